@@ -1,0 +1,41 @@
+"""The error kinds domain code raises. serving/app.py maps each kind to one HTTP status."""
+
+from __future__ import annotations
+
+
+class EmbedStackError(Exception):
+    """Base class. The message must say what to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(EmbedStackError):
+    """The request is well-formed JSON but its content is not acceptable."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A single input is over a configured size limit."""
+
+
+class NotFound(EmbedStackError):
+    pass
+
+
+class Conflict(EmbedStackError):
+    pass
+
+
+class SpaceMismatch(Conflict):
+    """A vector or model from one embedding space was offered to another."""
+
+
+class Overloaded(EmbedStackError):
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(EmbedStackError):
+    pass

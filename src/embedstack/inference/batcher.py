@@ -1,0 +1,442 @@
+"""Dynamic batching in front of one Embedder: two priority lanes, admission control, cancellation.
+
+All queue state belongs to one owner coroutine on the event loop; the model runs in one dedicated
+runner thread, so it sees one batch at a time. While batch n runs, the owner may already hand over
+a full batch n+1 (the handoff holds at most one ready batch, so work does not pile up ahead of the
+model and the query lane keeps its priority). A batch that is not full is cut only when the model
+is idle and the oldest waiting text has waited `max_wait_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from embedstack.errors import InvalidInput, Overloaded, Unavailable
+from embedstack.inference.backend import Embedder
+from embedstack.obs.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Lane = Literal["query", "bulk"]
+LANES: tuple[Lane, ...] = ("query", "bulk")  # in priority order
+
+_READY_BATCHES = 1  # batches handed to the runner ahead of the running one
+_OFF_LOOP_TOKENIZE = 64  # requests with more texts are tokenized in a worker thread
+_MIN_RETRY_AFTER = 0.1
+_MAX_RETRY_AFTER = 60.0
+_DEFAULT_RETRY_AFTER = 1.0
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 64  # texts per model call
+    max_batch_tokens: int = 16384  # padded tokens per call: len(batch) * max(token counts)
+    max_wait_ms: float = 2.0  # how long the first waiting text may wait for company
+    max_pending: int = 8192  # admitted-but-unfinished texts, all lanes; beyond -> Overloaded
+    max_pending_bulk: int = 4096  # the bulk lane alone may not take all the room from queries
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "max_pending", "max_pending_bulk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BatcherConfig.{name} must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ValueError("BatcherConfig.max_wait_ms must not be negative")
+
+
+@dataclass(eq=False)
+class _Request:
+    """One embed() call: its texts are taken into batches in order, from `next_idx` on."""
+
+    texts: Sequence[str]
+    tokens: list[int]
+    lane: Lane
+    arrival: float
+    future: asyncio.Future[np.ndarray]
+    out: np.ndarray
+    next_idx: int = 0  # first text not yet taken into a batch
+    remaining: int = field(init=False)  # texts whose vectors have not arrived
+    closed: bool = False  # future resolved (result, error, cancelled); later results are dropped
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.texts)
+
+    @property
+    def queued(self) -> int:
+        return len(self.texts) - self.next_idx
+
+
+@dataclass(eq=False)
+class _Batch:
+    items: list[tuple[_Request, int]]  # (request, text index), sorted by token count
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """What the runner reports back for one batch."""
+
+    batch: _Batch
+    live: list[int]  # positions in batch.items that were sent to the model
+    vectors: np.ndarray | None
+    error: BaseException | None
+    seconds: float
+
+
+class Batcher:
+    """Coalesces embed() calls for one model into batches bounded by size and padded tokens."""
+
+    def __init__(
+        self, embedder: Embedder, config: BatcherConfig, metrics: Metrics | None = None
+    ) -> None:
+        self._embedder = embedder
+        self._config = config
+        spec = embedder.spec
+        self._model = spec.name
+        self._dim = spec.dim
+        self._max_tokens = max(1, spec.max_tokens)
+        self._metrics = metrics
+        self._queues: dict[Lane, deque[_Request]] = {lane: deque() for lane in LANES}
+        self._pending: dict[Lane, int] = dict.fromkeys(LANES, 0)
+        self._open: set[_Request] = set()
+        self._outstanding = 0  # batches handed to the runner and not yet completed
+        self._rate: float | None = None  # texts per second of model time (EWMA)
+        self._handoff: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._owner: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Start the owner task on the running loop and the model-runner thread."""
+        if self._stopped:
+            raise RuntimeError("a stopped Batcher cannot be restarted; create a new one")
+        if self._owner is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(
+            target=self._run_model, name=f"embedstack-batcher-{self._model}", daemon=True
+        )
+        self._thread.start()
+        self._owner = self._loop.create_task(self._own(), name=f"batcher-owner-{self._model}")
+        self._owner.add_done_callback(self._owner_done)
+
+    async def stop(self) -> None:
+        """Fail every unfinished request with Unavailable and join the runner thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await owner
+        self._fail_all(Unavailable(f"model {self._model!r} is shutting down; retry the request"))
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._handoff.put(None)
+            await asyncio.to_thread(thread.join)
+
+    # public API
+
+    async def embed(self, texts: Sequence[str], lane: Lane = "query") -> np.ndarray:
+        """Embed `texts`; returns float32 (len(texts), dim) in input order."""
+        if lane not in LANES:
+            raise InvalidInput(f"unknown lane {lane!r}; use one of {', '.join(LANES)}")
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        self._check_running()
+        self._admit(n, lane)
+        self._adjust(lane, n)  # reserve room before tokenizing, so admission stays exact
+        try:
+            if n > _OFF_LOOP_TOKENIZE:
+                tokens = await asyncio.to_thread(self._count_tokens, texts)
+            else:
+                tokens = self._count_tokens(texts)
+            self._check_running()
+        except BaseException as exc:
+            self._adjust(lane, -n)
+            if isinstance(exc, asyncio.CancelledError):
+                self._count_dropped(n)
+            raise
+        assert self._loop is not None and self._wake is not None
+        req = _Request(
+            texts=texts,
+            tokens=tokens,
+            lane=lane,
+            arrival=self._loop.time(),
+            future=self._loop.create_future(),
+            out=np.empty((n, self._dim), dtype=np.float32),
+        )
+        self._open.add(req)
+        self._queues[lane].append(req)
+        self._wake.set()
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            if not req.closed:
+                req.cancelled = True
+                self._count_dropped(req.queued)
+                self._close(req)
+                self._wake.set()
+            raise
+
+    def pending(self) -> dict[str, int]:
+        """Admitted-but-unfinished texts per lane."""
+        return {lane: self._pending[lane] for lane in LANES}
+
+    # admission
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise Unavailable(f"model {self._model!r} is shutting down; retry the request")
+        if self._owner is None:
+            raise Unavailable(f"model {self._model!r} is not started yet; retry shortly")
+
+    def _admit(self, n: int, lane: Lane) -> None:
+        cfg = self._config
+        lane_limit = (
+            cfg.max_pending if lane == "query" else min(cfg.max_pending, cfg.max_pending_bulk)
+        )
+        if n > lane_limit:
+            raise InvalidInput(
+                f"request has {n} texts but the {lane} lane admits at most {lane_limit} at once; "
+                "split the request into smaller ones"
+            )
+        total = sum(self._pending.values())
+        over_total = total + n > cfg.max_pending
+        over_bulk = lane == "bulk" and self._pending["bulk"] + n > cfg.max_pending_bulk
+        if over_total or over_bulk:
+            if self._metrics is not None:
+                self._metrics.batcher_rejected.labels(model=self._model).inc()
+            retry_after = self._retry_after()
+            which = "bulk lane" if over_bulk and not over_total else "queue"
+            raise Overloaded(
+                f"the {which} of model {self._model!r} is full ({total} texts pending); "
+                f"retry after {retry_after:.1f}s or lower client concurrency",
+                retry_after=retry_after,
+            )
+
+    def _retry_after(self) -> float:
+        if not self._rate:
+            return _DEFAULT_RETRY_AFTER
+        backlog = sum(self._pending.values()) / self._rate
+        return min(max(backlog, _MIN_RETRY_AFTER), _MAX_RETRY_AFTER)
+
+    def _count_tokens(self, texts: Sequence[str]) -> list[int]:
+        counts = self._embedder.tokenizer.count_tokens(texts)
+        if len(counts) != len(texts):
+            raise RuntimeError(
+                f"tokenizer of {self._model!r} returned {len(counts)} counts for {len(texts)} texts"
+            )
+        cap = self._max_tokens
+        return [max(1, min(int(c), cap)) for c in counts]
+
+    # bookkeeping (event loop only)
+
+    def _adjust(self, lane: Lane, delta: int) -> None:
+        self._pending[lane] += delta
+        if self._metrics is not None:
+            gauge = self._metrics.batcher_pending.labels(model=self._model, lane=lane)
+            gauge.set(self._pending[lane])
+
+    def _count_dropped(self, n: int) -> None:
+        if n and self._metrics is not None:
+            self._metrics.batcher_dropped.labels(model=self._model).inc(n)
+
+    def _close(
+        self, req: _Request, result: np.ndarray | None = None, error: BaseException | None = None
+    ) -> None:
+        """Resolve a request and release its texts that were never taken into a batch."""
+        if req.closed:
+            return
+        req.closed = True
+        self._open.discard(req)
+        if req.queued:
+            self._adjust(req.lane, -req.queued)
+            req.next_idx = len(req.texts)
+        if not req.future.done():
+            if error is not None:
+                req.future.set_exception(error)
+            elif result is not None:
+                req.future.set_result(result)
+            else:
+                req.future.cancel()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for req in list(self._open):
+            self._close(req, error=error)
+        for q in self._queues.values():
+            q.clear()
+
+    # the owner
+
+    async def _own(self) -> None:
+        assert self._loop is not None and self._wake is not None
+        max_wait = self._config.max_wait_ms / 1000.0
+        while True:
+            self._purge()
+            timeout: float | None = None
+            if self._outstanding <= _READY_BATCHES and self._has_queued():
+                items, full = self._plan()
+                now = self._loop.time()
+                deadline = self._oldest() + max_wait
+                if full or (self._outstanding == 0 and now >= deadline):
+                    self._dispatch(items)
+                    continue
+                if self._outstanding == 0:
+                    timeout = deadline - now
+                # else: the model is busy; keep accumulating until it is free
+            await self._sleep(timeout)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        assert self._wake is not None
+        if timeout is None:
+            await self._wake.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        self._wake.clear()
+
+    def _owner_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopped:
+            return
+        exc = task.exception()
+        log.error("batcher owner for %r died", self._model, exc_info=exc)
+        self._stopped = True
+        self._fail_all(Unavailable(f"the batcher of model {self._model!r} failed; retry later"))
+        self._handoff.put(None)
+
+    def _purge(self) -> None:
+        """Drop closed or fully taken requests from the heads of the lanes."""
+        for q in self._queues.values():
+            while q and (q[0].closed or q[0].queued == 0):
+                q.popleft()
+
+    def _has_queued(self) -> bool:
+        return any(self._queues.values())
+
+    def _oldest(self) -> float:
+        return min(q[0].arrival for q in self._queues.values() if q)
+
+    def _plan(self) -> tuple[list[tuple[_Request, int]], bool]:
+        """The next batch in lane priority and arrival order, and whether it is full."""
+        cfg = self._config
+        items: list[tuple[_Request, int]] = []
+        longest = 0
+        for lane in LANES:
+            for req in self._queues[lane]:
+                if req.closed:
+                    continue
+                for idx in range(req.next_idx, len(req.texts)):
+                    longest_with = max(longest, req.tokens[idx])
+                    if items and (len(items) + 1) * longest_with > cfg.max_batch_tokens:
+                        return items, True
+                    items.append((req, idx))
+                    longest = longest_with
+                    if len(items) >= cfg.max_batch_size:
+                        return items, True
+        return items, False
+
+    def _dispatch(self, items: list[tuple[_Request, int]]) -> None:
+        for req, idx in items:
+            req.next_idx = idx + 1
+        self._purge()
+        items.sort(key=lambda item: item[0].tokens[item[1]])
+        self._outstanding += 1
+        self._handoff.put(_Batch(items))
+
+    def _complete(self, outcome: _Outcome) -> None:
+        """Runs on the loop when the runner finished (or skipped) a batch."""
+        self._outstanding -= 1
+        batch, live, vectors, error = outcome.batch, outcome.live, outcome.vectors, outcome.error
+        released: dict[Lane, int] = dict.fromkeys(LANES, 0)
+        embedded: dict[Lane, int] = dict.fromkeys(LANES, 0)
+        skipped = 0
+        live_set = set(live)
+        for pos, (req, _) in enumerate(batch.items):
+            released[req.lane] += 1
+            if pos not in live_set and req.cancelled:
+                skipped += 1
+        for row, pos in enumerate(live):
+            req, idx = batch.items[pos]
+            if error is not None:
+                self._close(req, error=error)
+                continue
+            assert vectors is not None
+            embedded[req.lane] += 1
+            if req.closed:
+                continue
+            req.out[idx] = vectors[row]
+            req.remaining -= 1
+            if req.remaining == 0:
+                self._close(req, result=req.out)
+        for lane in LANES:
+            if released[lane]:
+                self._adjust(lane, -released[lane])
+        self._count_dropped(skipped)
+        if live and error is None:
+            seconds = outcome.seconds
+            if seconds > 0:
+                rate = len(live) / seconds
+                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+            if self._metrics is not None:
+                m, model = self._metrics, self._model
+                longest = max(batch.items[pos][0].tokens[batch.items[pos][1]] for pos in live)
+                m.batch_size.labels(model=model).observe(len(live))
+                m.batch_tokens.labels(model=model).observe(len(live) * longest)
+                m.inference_latency.labels(model=model).observe(seconds)
+                for lane in LANES:
+                    if embedded[lane]:
+                        m.embedded_texts.labels(model=model, lane=lane).inc(embedded[lane])
+        if self._wake is not None:
+            self._wake.set()
+
+    # the runner thread
+
+    def _run_model(self) -> None:
+        """Runner thread: embed handed-over batches one at a time."""
+        while True:
+            batch = self._handoff.get()
+            if batch is None:
+                return
+            # Texts whose caller went away while the batch waited are not worth model time.
+            live = [pos for pos, (req, _) in enumerate(batch.items) if not req.closed]
+            vectors: np.ndarray | None = None
+            error: BaseException | None = None
+            seconds = 0.0
+            if live:
+                texts = [batch.items[pos][0].texts[batch.items[pos][1]] for pos in live]
+                started = time.perf_counter()
+                try:
+                    vectors = np.asarray(self._embedder.embed_batch(texts), dtype=np.float32)
+                    if vectors.shape != (len(texts), self._dim):
+                        raise RuntimeError(
+                            f"model {self._model!r} returned shape {vectors.shape} "
+                            f"for {len(texts)} texts of dim {self._dim}"
+                        )
+                except Exception as exc:
+                    error, vectors = exc, None
+                seconds = time.perf_counter() - started
+            outcome = _Outcome(batch, live, vectors, error, seconds)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._complete, outcome)
+            except RuntimeError:  # the loop is closed; nobody is waiting any more
+                return

@@ -1,0 +1,139 @@
+"""A deterministic feature-hashing embedder, FOR FAST UNIT TESTS ONLY (it has no semantics)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from embedstack.types import ModelSpec
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+# "\x1f" counts as whitespace for `re`, so it never occurs inside a token: a safe joiner.
+_SEP = "\x1f"
+_SEP_B = b"\x1f"
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_BIGRAM_WEIGHT = 0.5
+_BLOCK = 1024  # texts per vectorized block: keeps the scratch arrays in cache
+_ALGORITHM = "hashing-v1:unigram+bigram:crc32+splitmix64"
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer on uint64 (wrapping arithmetic): stable across runs and platforms."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * _MIX1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _MIX2
+    return h ^ (h >> np.uint64(31))
+
+
+class RegexTokenizer:
+    """Words and punctuation (`\\w+|[^\\w\\s]`), with two notional special tokens."""
+
+    def __init__(self, max_tokens: int = 512) -> None:
+        self._max_tokens = max_tokens
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    @property
+    def num_special_tokens(self) -> int:
+        return 2
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in _TOKEN.finditer(text)]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(_TOKEN.findall(t)) + 2 for t in texts]
+
+    def tokens(self, text: str) -> list[str]:
+        """The (original-case) tokens of `text`."""
+        return _TOKEN.findall(text)
+
+
+class HashingEmbedder:
+    """Signed feature hashing of lowercased unigrams and bigrams, L2-normalized, float32.
+
+    FOR FAST UNIT TESTS ONLY: deterministic, dependency-free and fast (vectorized over the
+    batch), texts sharing words get higher cosine than unrelated texts, but it knows nothing
+    about meaning. Inputs are truncated to `max_tokens` like a real model; a text with no tokens
+    embeds to the unit vector e0.
+    """
+
+    def __init__(self, dim: int = 384, name: str = "hashing-test", max_tokens: int = 512) -> None:
+        if dim < 2:
+            raise ValueError(f"dim must be >= 2, got {dim}")
+        self._dim = dim
+        self._tokenizer = RegexTokenizer(max_tokens)
+        fingerprint = hashlib.sha256(f"{_ALGORITHM}|{name}|{dim}".encode()).hexdigest()
+        self._spec = ModelSpec(
+            name=name,
+            revision="1",
+            fingerprint=fingerprint,
+            dim=dim,
+            metric="cosine",
+            max_tokens=max_tokens,
+            pooling="hashing",
+            normalize=True,
+            tokenizer="regex",
+            precision="float32",
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def tokenizer(self) -> RegexTokenizer:
+        return self._tokenizer
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 array (len(texts), dim), each row L2-normalized."""
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for lo in range(0, len(texts), _BLOCK):
+            block = texts[lo : lo + _BLOCK]
+            out[lo : lo + len(block)] = self._embed_block(block)
+        return out
+
+    def _embed_block(self, texts: Sequence[str]) -> np.ndarray:
+        n, dim = len(texts), self._dim
+        keep = self._spec.max_tokens - 2
+        findall = _TOKEN.findall
+        flat: list[str] = []
+        lens: list[int] = []
+        for text in texts:
+            toks = findall(text)
+            if len(toks) > keep:
+                toks = toks[:keep]
+            lens.append(len(toks))
+            flat.extend(toks)
+        if flat:
+            joined = _SEP.join(flat).lower().encode("utf-8", "surrogatepass")
+            pieces = joined.split(_SEP_B)
+            raw = np.fromiter(map(zlib.crc32, pieces), dtype=np.uint64, count=len(pieces))
+            rows = np.repeat(np.arange(n, dtype=np.int64), lens)
+            same = rows[:-1] == rows[1:]
+            hashes = np.concatenate(
+                [_mix(raw + _GOLDEN), _mix((raw[:-1] * _GOLDEN + raw[1:]) ^ _MIX2)[same]]
+            )
+            weights = np.ones(len(hashes))
+            weights[len(raw) :] = _BIGRAM_WEIGHT
+            weights[(hashes >> np.uint64(63)) == 1] *= -1.0
+            buckets = (hashes % np.uint64(dim)).astype(np.int64)
+            keys = np.concatenate([rows, rows[:-1][same]]) * dim + buckets
+            vecs: np.ndarray = np.bincount(keys, weights=weights, minlength=n * dim)
+            vecs = vecs.reshape(n, dim).astype(np.float64, copy=False)
+        else:
+            vecs = np.zeros((n, dim), dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
+        empty = norms == 0.0
+        vecs[empty, 0] = 1.0
+        norms[empty] = 1.0
+        vecs /= norms[:, None]
+        return vecs

@@ -1,0 +1,193 @@
+"""A Tokenizer over a Hugging Face `tokenizer.json`, using the fast `tokenizers` library."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding
+from tokenizers import Tokenizer as _HFTok
+
+from embedstack.errors import InvalidInput
+
+# Texts longer than this are encoded in pieces cut at whitespace: one huge `encode` call is
+# superlinear in the `tokenizers` library, pieces are linear and run in parallel.
+_PIECE_THRESHOLD = 65_536
+_PIECE_CHARS = 32_768
+_READ_BLOCK = 1 << 20
+_CUT_CHARS = (" ", "\n", "\t", "\r")
+
+
+def file_fingerprint(paths: Iterable[str | Path]) -> str:
+    """sha256 hex over the given files, streamed; a directory stands for all files under it.
+
+    Each file contributes its name (relative to a given directory, else its base name), its
+    size and its bytes, in the order given (directories walked in sorted order), so renaming,
+    reordering or editing any file changes the fingerprint while the folder's location does not.
+    """
+    digest = hashlib.sha256()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(
+                (p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path)
+            )
+            named = [(p.relative_to(path).as_posix(), p) for p in files]
+        elif path.is_file():
+            named = [(path.name, path)]
+        else:
+            raise FileNotFoundError(f"cannot fingerprint {path}: no such file or directory")
+        for name, file in named:
+            digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+            digest.update(file.stat().st_size.to_bytes(8, "little"))
+            with file.open("rb") as fh:
+                while block := fh.read(_READ_BLOCK):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _split_points(text: str) -> list[int]:
+    """Cut positions splitting a long text into pieces of about _PIECE_CHARS characters.
+
+    Each cut sits just before a whitespace character, so no word is split and every later
+    piece starts with whitespace; for tokenizers that split on whitespace first (BERT's
+    WordPiece) the tokens are the same as one call over the whole text.
+    """
+    cuts = [0]
+    n = len(text)
+    pos = 0
+    while n - pos > _PIECE_CHARS:
+        target = pos + _PIECE_CHARS
+        lo = pos + _PIECE_CHARS // 2
+        cut = max(text.rfind(ws, lo, target) for ws in _CUT_CHARS)
+        if cut <= pos:
+            cut = target  # no whitespace nearby: cut inside a (huge) word
+        cuts.append(cut)
+        pos = cut
+    cuts.append(n)
+    return cuts
+
+
+class HFTokenizer:
+    """The model's own tokenizer (Tokenizer protocol) plus batch encoding for ONNX/torch backends.
+
+    Loaded from `tokenizer.json`; the padding and truncation stored in the file are switched off
+    on a private copy so counts and offsets are exact and untruncated.
+    """
+
+    def __init__(self, tokenizer_json: Path, max_tokens: int) -> None:
+        path = Path(tokenizer_json)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        tok = _HFTok.from_file(str(path))
+        padding = tok.padding
+        tok.no_padding()
+        tok.no_truncation()
+        self._tok = tok
+        self._json = tok.to_str()
+        self._path = path
+        self._max_tokens = max_tokens
+        if padding is not None:
+            self._pad_id = int(padding["pad_id"])
+            self._pad_token = str(padding["pad_token"])
+        else:
+            self._pad_token, self._pad_id = "[PAD]", 0
+            for cand in ("[PAD]", "<pad>", "<|pad|>"):
+                tid = tok.token_to_id(cand)
+                if tid is not None:
+                    self._pad_token, self._pad_id = cand, tid
+                    break
+        with_special = len(tok.encode("", add_special_tokens=True).ids)
+        without = len(tok.encode("", add_special_tokens=False).ids)
+        self._num_special = with_special - without
+        self._batch_toks: dict[int, _HFTok] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def max_tokens(self) -> int:
+        """The model's input limit, special tokens included (default for `encode_batch`)."""
+        return self._max_tokens
+
+    @property
+    def num_special_tokens(self) -> int:
+        return self._num_special
+
+    def _encode_pieces(self, text: str) -> list[tuple[int, int]]:
+        """Offsets of a long text, encoded piecewise in one parallel batch call."""
+        cuts = _split_points(text)
+        pieces = [text[a:b] for a, b in itertools.pairwise(cuts)]
+        encs = self._encode_batch_raw(pieces, add_special_tokens=False)
+        out: list[tuple[int, int]] = []
+        for base, enc in zip(cuts, encs, strict=False):
+            out.extend([(s + base, e + base) for s, e in enc.offsets])
+        return out
+
+    def _encode_batch_raw(self, texts: list[str], add_special_tokens: bool) -> list[Encoding]:
+        try:
+            return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        except TypeError as exc:  # e.g. lone surrogates, which are not valid Unicode text
+            raise InvalidInput(f"text could not be tokenized ({exc}); send valid UTF-8") from exc
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the tokens of `text` (no special tokens), untruncated."""
+        if len(text) > _PIECE_THRESHOLD:
+            return self._encode_pieces(text)
+        (enc,) = self._encode_batch_raw([text], add_special_tokens=False)
+        return list(enc.offsets)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts including special tokens, not truncated."""
+        texts = list(texts)
+        counts = [0] * len(texts)
+        small = [i for i, t in enumerate(texts) if len(t) <= _PIECE_THRESHOLD]
+        if small:
+            encs = self._encode_batch_raw([texts[i] for i in small], add_special_tokens=True)
+            for i, enc in zip(small, encs, strict=True):
+                counts[i] = len(enc.ids)
+        for i, t in enumerate(texts):
+            if len(t) > _PIECE_THRESHOLD:
+                counts[i] = len(self._encode_pieces(t)) + self._num_special
+        return counts
+
+    def _batch_tokenizer(self, max_length: int) -> _HFTok:
+        with self._lock:
+            tok = self._batch_toks.get(max_length)
+            if tok is None:
+                tok = _HFTok.from_str(self._json)
+                tok.enable_truncation(max_length)
+                tok.enable_padding(pad_id=self._pad_id, pad_token=self._pad_token)
+                self._batch_toks[max_length] = tok
+            return tok
+
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int64 arrays of shape (len(texts), longest).
+
+        Special tokens are added, each text is truncated to `max_length` tokens (default
+        `max_tokens`), and the batch is padded to its longest member.
+        """
+        limit = self._max_tokens if max_length is None else max_length
+        if limit <= self._num_special:
+            raise ValueError(f"max_length must exceed {self._num_special} special tokens")
+        texts = list(texts)
+        if not texts:
+            empty = np.zeros((0, 0), dtype=np.int64)
+            return empty, empty.copy()
+        try:
+            encs = self._batch_tokenizer(limit).encode_batch(texts, add_special_tokens=True)
+        except TypeError as exc:
+            raise InvalidInput(f"text could not be tokenized ({exc}); send valid UTF-8") from exc
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        return ids, mask

@@ -1,0 +1,83 @@
+"""Every Prometheus metric, defined once, on a registry owned by whoever builds the app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # serving
+        self.http_latency = Histogram(
+            "embedstack_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # inference
+        self.batch_size = Histogram(
+            "embedstack_batch_size", "Texts per model batch.", ["model"],
+            buckets=SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_tokens = Histogram(
+            "embedstack_batch_tokens", "Padded tokens per model batch.", ["model"],
+            buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_latency = Histogram(
+            "embedstack_inference_duration_seconds", "Model forward time per batch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batcher_pending = Gauge(
+            "embedstack_batcher_pending_texts", "Texts admitted and waiting for the model.",
+            ["model", "lane"], registry=r,
+        )  # fmt: skip
+        self.batcher_rejected = Counter(
+            "embedstack_batcher_rejected_total", "Requests shed with 429 by admission control.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.batcher_dropped = Counter(
+            "embedstack_batcher_dropped_total",
+            "Texts dropped before the model because their caller went away.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.embedded_texts = Counter(
+            "embedstack_embedded_texts_total", "Texts embedded.", ["model", "lane"], registry=r
+        )
+        # index
+        self.search_latency = Histogram(
+            "embedstack_index_search_duration_seconds", "Index search time per query batch.",
+            ["collection"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.vectors = Gauge(
+            "embedstack_index_vectors", "Live vectors in the serving index.", ["collection"],
+            registry=r,
+        )  # fmt: skip
+        self.index_memory = Gauge(
+            "embedstack_index_memory_bytes", "Index memory.", ["collection"], registry=r
+        )
+        self.tombstones = Gauge(
+            "embedstack_index_tombstones", "Removed vectors awaiting compaction.", ["collection"],
+            registry=r,
+        )  # fmt: skip
+        # ingest
+        self.queue_depth = Gauge(
+            "embedstack_queue_jobs", "Jobs in the ingest queue by status.", ["status"], registry=r
+        )
+        self.ingest_chunks = Counter(
+            "embedstack_ingest_chunks_total",
+            "Chunks processed by ingest workers, by outcome (embedded, skipped, removed).",
+            ["collection", "outcome"], registry=r,
+        )  # fmt: skip
+        self.ingest_jobs = Counter(
+            "embedstack_ingest_jobs_total", "Ingest jobs finished by outcome.", ["outcome"],
+            registry=r,
+        )  # fmt: skip

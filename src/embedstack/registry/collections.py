@@ -1,0 +1,164 @@
+"""Collections: validated configuration, the embedding space each lives in, and parity checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict
+from typing import Any
+
+from embedstack.errors import InvalidInput, NotFound, SpaceMismatch
+from embedstack.index.factory import validate_index_params
+from embedstack.inference.backend import Embedder, ModelRegistry
+from embedstack.ingest.chunking import validate_chunking
+from embedstack.registry.indexes import IndexConfig, IndexManager
+from embedstack.storage.store import CollectionRecord, Store
+from embedstack.types import METRICS, ChunkingSpec, byo_space_id
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_DIM = 8192
+
+
+class CollectionService:
+    def __init__(
+        self, store: Store, models: ModelRegistry, indexes: IndexManager, default_model: str
+    ) -> None:
+        self._store = store
+        self._models = models
+        self._indexes = indexes
+        self._default_model = default_model
+
+    def create(
+        self,
+        name: str,
+        model: str | None = None,
+        dim: int | None = None,
+        metric: str | None = None,
+        chunking: dict[str, Any] | None = None,
+        index: dict[str, Any] | None = None,
+    ) -> CollectionRecord:
+        if not NAME_RE.match(name):
+            raise InvalidInput(
+                f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
+                "'.', starting with a letter or digit"
+            )
+        index = dict(index or {})
+        index_type = str(index.pop("type", "hnsw"))
+        if model is None and dim is None:
+            model = self._default_model
+        if model is not None:
+            config, space_id = self._model_config(model, dim, metric, chunking)
+        else:
+            config, space_id = self._byo_config(dim, metric, chunking)
+        config["index"] = {
+            "type": index_type,
+            "params": validate_index_params(index_type, index),
+        }
+        self._store.create_collection(name, config, space_id)
+        record = self._store.get_collection(name)
+        self.open(record)
+        return record
+
+    def _model_config(
+        self, model: str, dim: int | None, metric: str | None, chunking: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], str]:
+        spec = self._models.get(model).spec
+        if dim is not None and dim != spec.dim:
+            raise InvalidInput(
+                f"model {model!r} makes {spec.dim}-dim vectors; drop 'dim' or set it to {spec.dim}"
+            )
+        if metric is not None and metric != spec.metric:
+            raise InvalidInput(
+                f"model {model!r} is trained for {spec.metric!r} similarity; drop 'metric' "
+                f"or set it to {spec.metric!r}"
+            )
+        chunk = validate_chunking(ChunkingSpec(**(chunking or {})), spec.max_tokens)
+        config = {
+            "model": model,
+            "model_spec": asdict(spec),
+            "dim": spec.dim,
+            "metric": spec.metric,
+            "chunking": asdict(chunk),
+        }
+        return config, spec.space_id
+
+    def _byo_config(
+        self, dim: int | None, metric: str | None, chunking: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], str]:
+        if dim is None or not 1 <= dim <= MAX_DIM:
+            raise InvalidInput(
+                f"'dim' must be an integer from 1 to {MAX_DIM} for a collection without a model"
+            )
+        if metric not in METRICS:
+            raise InvalidInput(
+                f"a collection without a model needs 'metric': one of {', '.join(METRICS)}"
+            )
+        if chunking:
+            raise InvalidInput("'chunking' applies only to collections with a model; drop it")
+        config = {"model": None, "model_spec": None, "dim": dim, "metric": metric}
+        return config, byo_space_id(dim, metric)
+
+    def open(self, record: CollectionRecord) -> None:
+        cfg = record.config
+        self._indexes.open(
+            IndexConfig(
+                collection=record.name,
+                space_id=record.space_id,
+                dim=int(cfg["dim"]),
+                metric=str(cfg["metric"]),
+                type=str(cfg["index"]["type"]),
+                params=dict(cfg["index"]["params"]),
+            )
+        )
+
+    def open_all(self) -> None:
+        for record in self._store.list_collections():
+            self.open(record)
+
+    def delete(self, name: str) -> None:
+        self._store.delete_collection(name)
+        self._indexes.drop(name)
+
+    def get(self, name: str) -> CollectionRecord:
+        return self._store.get_collection(name)
+
+    def embedder_for(self, record: CollectionRecord) -> Embedder:
+        """The model that built this collection, refused if it no longer loads as the same space."""
+        model = record.config.get("model")
+        if not model:
+            raise InvalidInput(
+                f"collection {record.name!r} has no model (bring-your-own vectors): "
+                "send 'vector' instead of 'text'"
+            )
+        embedder = self._models.get(str(model))
+        if embedder.spec.space_id != record.space_id:
+            raise SpaceMismatch(
+                f"collection {record.name!r} was built in space {record.space_id}, but model "
+                f"{model!r} now loads as space {embedder.spec.space_id} (its weights or settings "
+                "changed): queries would not be comparable; re-index into the new space"
+            )
+        return embedder
+
+    def describe(self, record: CollectionRecord) -> dict[str, Any]:
+        cfg = record.config
+        out: dict[str, Any] = {
+            "name": record.name,
+            "model": cfg.get("model"),
+            "space_id": record.space_id,
+            "shadow": None,
+            "dim": cfg["dim"],
+            "metric": cfg["metric"],
+            "chunking": cfg.get("chunking"),
+            "index": cfg["index"],
+            "created_at": record.created_at,
+        }
+        out.update(self._store.collection_stats(record.name))
+        try:
+            live = self._indexes.get(record.name)
+            out["vectors"] = live.index.count()
+            out["index_memory_bytes"] = live.index.memory_bytes()
+        except NotFound:
+            out["vectors"] = None
+        return out

@@ -1,0 +1,49 @@
+"""Health, readiness, metrics and the model list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from embedstack.serving.http import JSON
+from embedstack.serving.routes.deps import get_services
+from embedstack.serving.services import Services
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return JSON({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(services: Services = Depends(get_services)) -> Response:
+    default = services.settings.default_model
+    body = {
+        "ready": services.ready,
+        "models_loaded": sorted(services.batchers),
+        "collections": services.indexes.collections(),
+    }
+    ok = services.ready and default in services.batchers
+    return JSON(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(services: Services = Depends(get_services)) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models")
+async def list_models(services: Services = Depends(get_services)) -> Response:
+    data = []
+    for name in services.models.names():
+        entry: dict[str, object] = {"id": name, "object": "model", "owned_by": "embedstack"}
+        loaded = services.models.loaded().get(name)
+        if loaded is not None:
+            spec = loaded.spec
+            entry.update(dim=spec.dim, metric=spec.metric, max_tokens=spec.max_tokens,
+                         space_id=spec.space_id)  # fmt: skip
+        data.append(entry)
+    return JSON({"object": "list", "data": data})

@@ -1,0 +1,53 @@
+"""Collections: create, list, describe, delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from embedstack.serving.http import JSON
+from embedstack.serving.routes.deps import ready_services
+from embedstack.serving.schemas import CollectionCreate
+from embedstack.serving.services import Services
+
+router = APIRouter(prefix="/v1/collections")
+
+
+@router.post("", status_code=201)
+async def create_collection(
+    body: CollectionCreate, services: Services = Depends(ready_services)
+) -> Response:
+    if body.model is not None:
+        await services.batcher(body.model)  # loads the model once, off the loop
+    record = await asyncio.to_thread(
+        services.collections.create,
+        body.name,
+        body.model,
+        body.dim,
+        body.metric,
+        body.chunking.model_dump() if body.chunking else None,
+        body.index,
+    )
+    described = await asyncio.to_thread(services.collections.describe, record)
+    return JSON(described, status_code=201)
+
+
+@router.get("")
+async def list_collections(services: Services = Depends(ready_services)) -> Response:
+    records = await asyncio.to_thread(services.store.list_collections)
+    out = [await asyncio.to_thread(services.collections.describe, r) for r in records]
+    return JSON({"collections": out})
+
+
+@router.get("/{name}")
+async def get_collection(name: str, services: Services = Depends(ready_services)) -> Response:
+    record = await asyncio.to_thread(services.collections.get, name)
+    return JSON(await asyncio.to_thread(services.collections.describe, record))
+
+
+@router.delete("/{name}")
+async def delete_collection(name: str, services: Services = Depends(ready_services)) -> Response:
+    await asyncio.to_thread(services.collections.delete, name)
+    return JSON({"deleted": name})

@@ -1,0 +1,69 @@
+"""POST /v1/embeddings: OpenAI-compatible."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from embedstack.errors import InvalidInput
+from embedstack.serving.http import JSON, unless_disconnected
+from embedstack.serving.routes.deps import ready_services
+from embedstack.serving.schemas import EmbeddingRequest
+from embedstack.serving.services import Services
+
+router = APIRouter()
+
+
+def _validate_inputs(texts: list[str], services: Services) -> None:
+    limit = services.settings.max_inputs_per_embedding_request
+    if not texts:
+        raise InvalidInput("'input' is empty: send a string or a non-empty list of strings")
+    if len(texts) > limit:
+        raise InvalidInput(f"'input' has {len(texts)} items, over the limit of {limit}: split it")
+    max_chars = services.settings.max_document_chars
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise InvalidInput(f"input[{i}] is empty or whitespace: every input needs text")
+        if len(t) > max_chars:
+            raise InvalidInput(f"input[{i}] has {len(t)} characters, over the {max_chars} limit")
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(
+    body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services)
+) -> Response:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    _validate_inputs(texts, services)
+    model = body.model or services.settings.default_model
+    embedder = await asyncio.to_thread(services.models.get, model)
+    if body.dimensions is not None and body.dimensions != embedder.spec.dim:
+        raise InvalidInput(
+            f"model {model!r} makes {embedder.spec.dim}-dim vectors; omit 'dimensions' or set it "
+            f"to {embedder.spec.dim}"
+        )
+    vectors = await unless_disconnected(request, services.embed(model, texts, "query"))
+    counts = (
+        embedder.tokenizer.count_tokens(texts)
+        if len(texts) <= 64
+        else await asyncio.to_thread(embedder.tokenizer.count_tokens, texts)
+    )
+    tokens = int(sum(min(c, embedder.spec.max_tokens) for c in counts))
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    data: list[dict[str, object]] = []
+    for i, v in enumerate(vectors):
+        emb: object = (
+            base64.b64encode(v.tobytes()).decode() if body.encoding_format == "base64" else v
+        )
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return JSON(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )

@@ -1,0 +1,64 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- OpenAI-compatible embeddings ------------------------------------------------------------
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients may send fields we don't use
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+# -- collections --------------------------------------------------------------------------------
+class ChunkingBody(Strict):
+    mode: Literal["tokens", "sentences"] = "tokens"
+    size: int = 256
+    overlap: int = 32
+
+
+class CollectionCreate(Strict):
+    name: str = Field(description="1-64 letters, digits, '_', '-', '.'")
+    model: str | None = Field(None, description="embedding model; default: the bundled model")
+    dim: int | None = Field(None, description="bring-your-own vectors: their dimension")
+    metric: Literal["cosine", "ip", "l2"] | None = None
+    chunking: ChunkingBody | None = None
+    index: dict[str, Any] | None = Field(
+        None, description='e.g. {"type": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 64}'
+    )
+
+
+# -- documents ----------------------------------------------------------------------------------
+class DocumentIn(Strict):
+    id: str = Field(min_length=1, max_length=512)
+    text: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: list[float] | None = None
+    space_id: str | None = None
+
+
+class DocumentsIn(Strict):
+    documents: list[DocumentIn]
+
+
+# -- query --------------------------------------------------------------------------------------
+class QueryIn(Strict):
+    text: str | None = None
+    vector: list[float] | None = None
+    space_id: str | None = None
+    k: int = Field(10, ge=1)
+    filter: dict[str, Any] | None = None
+    group_by: Literal["document"] | None = None
+    ef_search: int | None = Field(None, ge=1, le=4096)

@@ -1,0 +1,141 @@
+"""The server's composition root: builds every component from Settings, owns their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedstack.config import Settings
+from embedstack.errors import Unavailable
+from embedstack.inference.backend import ModelEntry, ModelRegistry
+from embedstack.inference.batcher import Batcher, BatcherConfig, Lane
+from embedstack.inference.hashing import HashingEmbedder
+from embedstack.inference.sentence_transformers import BUNDLED_L6_NAME, load_bundled_l6
+from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
+from embedstack.ingest.queue import Queue, SqliteQueue
+from embedstack.obs.metrics import Metrics
+from embedstack.registry.collections import CollectionService
+from embedstack.registry.indexes import IndexManager
+from embedstack.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_models(settings: Settings) -> ModelRegistry:
+    models = ModelRegistry()
+    models.register(
+        ModelEntry(
+            BUNDLED_L6_NAME,
+            "sentence-transformers all-MiniLM-L6-v2, 384-d, cosine",
+            load_bundled_l6,
+        )
+    )
+    if settings.enable_test_models:
+        models.register(
+            ModelEntry(
+                "hashing-test", "deterministic hashing embedder (tests only)", HashingEmbedder
+            )
+        )
+    return models
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    queue: Queue
+    models: ModelRegistry
+    indexes: IndexManager
+    collections: CollectionService
+    search_pool: ThreadPoolExecutor
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+    workers: list[IngestWorker] = field(default_factory=list)
+    ready: bool = False
+    _batcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        store = Store(data / "store.db")
+        queue = SqliteQueue(data / "queue.db", max_attempts=settings.max_attempts)
+        models = build_models(settings)
+        indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
+        collections = CollectionService(store, models, indexes, settings.default_model)
+        pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+        return cls(settings, metrics, store, queue, models, indexes, collections, pool)
+
+    async def batcher(self, model: str) -> Batcher:
+        """The batcher of a model, loading the model on first use (off the event loop)."""
+        found = self.batchers.get(model)
+        if found is not None:
+            return found
+        async with self._batcher_lock:
+            if model not in self.batchers:
+                embedder = await asyncio.to_thread(self.models.get, model)
+                s = self.settings
+                config = BatcherConfig(
+                    max_batch_size=s.max_batch_size,
+                    max_batch_tokens=s.max_batch_tokens,
+                    max_wait_ms=s.max_wait_ms,
+                    max_pending=s.max_pending,
+                    max_pending_bulk=s.max_pending_bulk,
+                )
+                b = Batcher(embedder, config, self.metrics)
+                await b.start()
+                self.batchers[model] = b
+            return self.batchers[model]
+
+    async def embed(self, model: str, texts: Sequence[str], lane: Lane = "query") -> np.ndarray:
+        b = await self.batcher(model)
+        return await b.embed(texts, lane)
+
+    async def embed_bulk(self, model: str, texts: Sequence[str]) -> np.ndarray:
+        return await self.embed(model, texts, "bulk")
+
+    def make_worker(self, name: str | None = None) -> IngestWorker:
+        s = self.settings
+        cfg = WorkerConfig(
+            visibility_timeout=s.visibility_timeout_s, batch_documents=s.ingest_batch_documents
+        )
+        return IngestWorker(
+            self.store, self.queue, self.models, self.embed_bulk, self.metrics, cfg,
+            on_written=self.after_write, name=name,
+        )  # fmt: skip
+
+    async def after_write(self, collection: str) -> None:
+        await asyncio.to_thread(self.indexes.sync, collection)
+
+    def notify_workers(self) -> None:
+        for w in self.workers:
+            w.notify()
+
+    def recover_pending(self) -> int:
+        """Re-enqueue documents that were stored but never indexed (e.g. a crash before enqueue)."""
+        jobs = 0
+        for collection, ids in self.store.pending_documents().items():
+            for start in range(0, len(ids), 1000):
+                self.queue.enqueue(
+                    {"collection": collection, "documents": ids[start : start + 1000]}
+                )
+                jobs += 1
+        return jobs
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("the server is starting: retry in a few seconds (see GET /readyz)")
+
+    async def close(self) -> None:
+        for b in self.batchers.values():
+            await b.stop()
+        await asyncio.to_thread(self.indexes.snapshot_all)
+        self.search_pool.shutdown(wait=True)
+        self.queue.close()
+        self.store.close()

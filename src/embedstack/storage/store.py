@@ -1,0 +1,445 @@
+"""The SQLite store: the source of truth. WAL mode, one writer connection, readers per thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from embedstack.errors import Conflict, NotFound
+from embedstack.storage.filters import filter_sql
+from embedstack.storage.migrations import MIGRATIONS
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    name: str
+    config: dict[str, Any]
+    space_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    vector: bytes | None = None
+    indexed_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A chunk ready to store; `vector` is float32 bytes in the chunk's space."""
+
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    token_count: int
+    hash: str
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class DocumentChunks:
+    document_id: str
+    content_hash: str  # the version these chunks were made from
+    chunks: list[ChunkRow]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    added: int
+    removed: int
+    kept: int
+    stale_documents: int  # changed or deleted while being processed: left to a later job
+    max_seq: int
+
+
+@dataclass(frozen=True)
+class HitRow:
+    chunk_id: int
+    document_id: str
+    ordinal: int
+    text: str
+    metadata: dict[str, Any]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer = self._connect()
+        self._migrate()
+
+    # -- connections ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+            row = c.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for number, sql in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    for statement in sql.split(";"):
+                        if statement.strip():
+                            c.execute(statement)
+                    c.execute("INSERT INTO schema_version(version) VALUES (?)", (number,))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    # -- collections ------------------------------------------------------------------------
+    def create_collection(self, name: str, config: dict[str, Any], space_id: str) -> None:
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM collections WHERE name=?", (name,)).fetchone():
+                raise Conflict(f"collection {name!r} already exists: pick another name")
+            c.execute(
+                "INSERT INTO collections(name, config, space_id, created_at) VALUES (?,?,?,?)",
+                (name, orjson.dumps(config).decode(), space_id, time.time()),
+            )
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT name, config, space_id, created_at FROM collections WHERE name=?", (name,)
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(
+                f"collection {name!r} does not exist: create it with POST /v1/collections"
+            )
+        return CollectionRecord(row[0], orjson.loads(row[1]), row[2], row[3])
+
+    def list_collections(self) -> list[CollectionRecord]:
+        rows = self._reader().execute(
+            "SELECT name, config, space_id, created_at FROM collections ORDER BY name"
+        )
+        return [CollectionRecord(r[0], orjson.loads(r[1]), r[2], r[3]) for r in rows]
+
+    def delete_collection(self, name: str) -> None:
+        with self._tx() as c:
+            if c.execute("DELETE FROM collections WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"collection {name!r} does not exist")
+            for table in ("documents", "chunks", "changes"):
+                c.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
+
+    def collection_stats(self, name: str) -> dict[str, int]:
+        r = self._reader()
+        docs, pending = r.execute(
+            "SELECT count(*), coalesce(sum(indexed_hash IS NOT content_hash), 0) "
+            "FROM documents WHERE collection=?",
+            (name,),
+        ).fetchone()
+        chunks = r.execute("SELECT count(*) FROM chunks WHERE collection=?", (name,)).fetchone()[0]
+        return {"documents": docs, "documents_pending": pending, "chunks": chunks}
+
+    # -- documents --------------------------------------------------------------------------
+    def put_documents(self, collection: str, docs: Sequence[DocumentRow]) -> list[str]:
+        """Upsert documents in one transaction. Returns the ids that need (re)indexing."""
+        now = time.time()
+        changed: list[str] = []
+        with self._tx() as c:
+            if not c.execute("SELECT 1 FROM collections WHERE name=?", (collection,)).fetchone():
+                raise NotFound(f"collection {collection!r} does not exist")
+            for d in docs:
+                row = c.execute(
+                    "SELECT content_hash, indexed_hash FROM documents WHERE collection=? AND id=?",
+                    (collection, d.id),
+                ).fetchone()
+                if row is not None and row[0] == d.content_hash and row[1] == d.content_hash:
+                    continue  # unchanged and already indexed: costs nothing
+                c.execute(
+                    "INSERT INTO documents(collection, id, text, metadata, vector, content_hash,"
+                    " indexed_hash, updated_at) VALUES (?,?,?,?,?,?,NULL,?)"
+                    " ON CONFLICT(collection, id) DO UPDATE SET text=excluded.text,"
+                    " metadata=excluded.metadata, vector=excluded.vector,"
+                    " content_hash=excluded.content_hash, updated_at=excluded.updated_at",
+                    (
+                        collection,
+                        d.id,
+                        d.text,
+                        orjson.dumps(d.metadata).decode(),
+                        d.vector,
+                        d.content_hash,
+                        now,
+                    ),
+                )
+                changed.append(d.id)
+        return changed
+
+    def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow]:
+        out: list[DocumentRow] = []
+        r = self._reader()
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = r.execute(
+                "SELECT id, text, metadata, content_hash, vector, indexed_hash FROM documents"
+                f" WHERE collection=? AND id IN ({marks})",
+                (collection, *part),
+            )
+            out += [
+                DocumentRow(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])
+                for row in rows
+            ]
+        return out
+
+    def delete_document(self, collection: str, doc_id: str) -> int:
+        """Delete a document and its chunks. Returns the change seq (0 if nothing changed)."""
+        with self._tx() as c:
+            if (
+                c.execute(
+                    "DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id)
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"document {doc_id!r} does not exist in collection {collection!r}")
+            rows = c.execute(
+                "SELECT id, space_id FROM chunks WHERE collection=? AND document_id=?",
+                (collection, doc_id),
+            ).fetchall()
+            for chunk_id, space in rows:
+                c.execute("DELETE FROM chunks WHERE id=?", (chunk_id,))
+                c.execute(
+                    "INSERT INTO changes(collection, space_id, chunk_id, op) VALUES (?,?,?,-1)",
+                    (collection, space, chunk_id),
+                )
+            return self._max_seq(c, collection)
+
+    def pending_documents(self, limit: int = 100_000) -> dict[str, list[str]]:
+        """Documents stored but not (or no longer) indexed, by collection: for recovery."""
+        out: dict[str, list[str]] = {}
+        rows = self._reader().execute(
+            "SELECT collection, id FROM documents WHERE indexed_hash IS NOT content_hash LIMIT ?",
+            (limit,),
+        )
+        for coll, doc_id in rows:
+            out.setdefault(coll, []).append(doc_id)
+        return out
+
+    # -- chunks -----------------------------------------------------------------------------
+    def existing_chunks(
+        self, collection: str, space_id: str, doc_ids: Sequence[str]
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """doc id -> [(chunk id, ordinal, hash)]."""
+        out: dict[str, list[tuple[int, int, str]]] = {}
+        r = self._reader()
+        for start in range(0, len(doc_ids), 500):
+            part = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = r.execute(
+                "SELECT document_id, id, ordinal, hash FROM chunks WHERE collection=?"
+                f" AND space_id=? AND document_id IN ({marks})",
+                (collection, space_id, *part),
+            )
+            for doc_id, chunk_id, ordinal, h in rows:
+                out.setdefault(doc_id, []).append((chunk_id, ordinal, h))
+        return out
+
+    def vectors_by_hash(
+        self, collection: str, space_id: str, hashes: Sequence[str]
+    ) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        r = self._reader()
+        uniq = list(dict.fromkeys(hashes))
+        for start in range(0, len(uniq), 500):
+            part = uniq[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = r.execute(
+                f"SELECT hash, vector FROM chunks WHERE collection=? AND space_id=?"
+                f" AND hash IN ({marks})",
+                (collection, space_id, *part),
+            )
+            for h, vec in rows:
+                out[h] = vec
+        return out
+
+    def write_chunks(
+        self, collection: str, space_id: str, docs: Sequence[DocumentChunks]
+    ) -> WriteResult:
+        """Replace the chunks of each document (in one space) in one transaction.
+
+        A document whose stored content changed (or that was deleted) since `content_hash`
+        was read is skipped: the job that carries the newer version will index it.
+        """
+        added = removed = kept = stale = 0
+        with self._tx() as c:
+            for d in docs:
+                row = c.execute(
+                    "SELECT content_hash FROM documents WHERE collection=? AND id=?",
+                    (collection, d.document_id),
+                ).fetchone()
+                if row is None or row[0] != d.content_hash:
+                    stale += 1
+                    continue
+                old = {
+                    (ordinal, h): chunk_id
+                    for chunk_id, ordinal, h in c.execute(
+                        "SELECT id, ordinal, hash FROM chunks WHERE collection=? AND space_id=?"
+                        " AND document_id=?",
+                        (collection, space_id, d.document_id),
+                    )
+                }
+                for ch in d.chunks:
+                    if old.pop((ch.ordinal, ch.hash), None) is not None:
+                        kept += 1
+                        continue
+                    cur = c.execute(
+                        "INSERT INTO chunks(collection, space_id, document_id, ordinal, text,"
+                        " start, end, token_count, hash, vector) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (collection, space_id, d.document_id, ch.ordinal, ch.text, ch.start,
+                         ch.end, ch.token_count, ch.hash, ch.vector),
+                    )  # fmt: skip
+                    self._change(c, collection, space_id, int(cur.lastrowid or 0), 1)
+                    added += 1
+                for chunk_id in old.values():
+                    c.execute("DELETE FROM chunks WHERE id=?", (chunk_id,))
+                    self._change(c, collection, space_id, chunk_id, -1)
+                    removed += 1
+                c.execute(
+                    "UPDATE documents SET indexed_hash=content_hash WHERE collection=? AND id=?",
+                    (collection, d.document_id),
+                )
+            seq = self._max_seq(c, collection)
+        return WriteResult(added, removed, kept, stale, seq)
+
+    @staticmethod
+    def _change(c: sqlite3.Connection, collection: str, space: str, chunk_id: int, op: int) -> None:
+        c.execute(
+            "INSERT INTO changes(collection, space_id, chunk_id, op) VALUES (?,?,?,?)",
+            (collection, space, chunk_id, op),
+        )
+
+    @staticmethod
+    def _max_seq(c: sqlite3.Connection, collection: str) -> int:
+        row = c.execute("SELECT max(seq) FROM changes WHERE collection=?", (collection,)).fetchone()
+        return int(row[0] or 0)
+
+    def max_seq(self, collection: str, space_id: str) -> int:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT max(seq) FROM changes WHERE collection=? AND space_id=?",
+                (collection, space_id),
+            )
+            .fetchone()
+        )
+        return int(row[0] or 0)
+
+    def changes_since(
+        self, collection: str, space_id: str, seq: int, limit: int = 50_000
+    ) -> list[tuple[int, int, int]]:
+        """[(seq, chunk id, op)] after `seq`, oldest first; op 1 = add, -1 = remove."""
+        return (
+            self._reader()
+            .execute(
+                "SELECT seq, chunk_id, op FROM changes WHERE collection=? AND space_id=? AND seq>?"
+                " ORDER BY seq LIMIT ?",
+                (collection, space_id, seq, limit),
+            )
+            .fetchall()
+        )
+
+    def chunk_vectors(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of the chunks that still exist among `ids`."""
+        found: list[int] = []
+        blobs: list[bytes] = []
+        r = self._reader()
+        for start in range(0, len(ids), 900):
+            part = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(part))
+            for chunk_id, vec in r.execute(
+                f"SELECT id, vector FROM chunks WHERE id IN ({marks})", part
+            ):
+                found.append(chunk_id)
+                blobs.append(vec)
+        return _to_arrays(found, blobs, dim)
+
+    def iter_vectors(
+        self, collection: str, space_id: str, dim: int, batch: int = 20_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every live chunk vector of a space, in id order, in batches."""
+        last = 0
+        r = self._reader()
+        while True:
+            rows = r.execute(
+                "SELECT id, vector FROM chunks WHERE collection=? AND space_id=? AND id>?"
+                " ORDER BY id LIMIT ?",
+                (collection, space_id, last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield _to_arrays([r_[0] for r_ in rows], [r_[1] for r_ in rows], dim)
+
+    def hydrate(self, chunk_ids: Sequence[int]) -> dict[int, HitRow]:
+        out: dict[int, HitRow] = {}
+        if not chunk_ids:
+            return out
+        marks = ",".join("?" * len(chunk_ids))
+        rows = self._reader().execute(
+            "SELECT c.id, c.document_id, c.ordinal, c.text, d.metadata FROM chunks c"
+            " JOIN documents d ON d.collection=c.collection AND d.id=c.document_id"
+            f" WHERE c.id IN ({marks})",
+            [int(i) for i in chunk_ids],
+        )
+        for chunk_id, doc_id, ordinal, text, meta in rows:
+            out[chunk_id] = HitRow(chunk_id, doc_id, ordinal, text, orjson.loads(meta))
+        return out
+
+    def filter_chunk_ids(self, collection: str, space_id: str, flt: dict[str, Any]) -> np.ndarray:
+        where, params = filter_sql(flt)
+        rows = self._reader().execute(
+            "SELECT c.id FROM chunks c JOIN documents d"
+            " ON d.collection=c.collection AND d.id=c.document_id"
+            f" WHERE c.collection=? AND c.space_id=? AND {where}",
+            (collection, space_id, *params),
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+
+def _to_arrays(ids: list[int], blobs: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not ids:
+        return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+    vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+    return np.asarray(ids, dtype=np.int64), vecs.copy()
