@@ -180,12 +180,49 @@ def _token_windows(
 ) -> list[tuple[int, int, int]]:
     """Windows (start, end, count) over tokens [lo, hi): `budget` tokens, `overlap` shared.
 
-    Counts are checked in batches against the tokenizer; a window whose text re-tokenizes to
-    more than `size` tokens (e.g. it starts inside a word) is shortened and the next window
-    starts `overlap` tokens before its new end.
+    A window's text is re-tokenized on its own, which can give more tokens than it had in
+    context when it starts inside a word ("##ization" alone becomes "iz", "##ation"). Such a
+    window is shortened, and the next one starts `overlap` tokens before its new end. The
+    plan predicts this from the first word of each window (exact for tokenizers that split
+    words apart first, like WordPiece); one batch count checks every window, and if a
+    prediction was wrong the rest is redone window by window.
     """
+    planned = _plan_windows(doc, lo, hi, budget, overlap)
     out: list[tuple[int, int, int]] = []
-    pos, lookahead = lo, hi  # first batch: everything; after a shortened window: small batches
+    for (s, e), count in zip(planned, doc.counts(planned), strict=True):
+        if count > doc.size:
+            out.extend(_checked_windows(doc, s, hi, budget, overlap))
+            break
+        out.append((s, e, count))
+    return out
+
+
+def _plan_windows(doc: _Doc, lo: int, hi: int, budget: int, overlap: int) -> list[tuple[int, int]]:
+    special = doc.tokenizer.num_special_tokens
+    starts, ends = doc.starts, doc.ends
+    out: list[tuple[int, int]] = []
+    pos = lo
+    while True:
+        e = min(pos + budget, hi)
+        if pos > 0 and starts[pos] <= ends[pos - 1]:  # glued to the previous token
+            r = pos + 1
+            while r < e and starts[r] <= ends[r - 1]:
+                r += 1
+            excess = doc.counts([(pos, r)])[0] - special - (r - pos)
+            if excess > 0:
+                e = max(pos + 1, e - excess)
+        out.append((pos, e))
+        if e >= hi:
+            return out
+        pos = max(e - overlap, pos + 1)
+
+
+def _checked_windows(
+    doc: _Doc, lo: int, hi: int, budget: int, overlap: int
+) -> list[tuple[int, int, int]]:
+    """Like _token_windows without prediction: count batches, shorten, redo from there."""
+    out: list[tuple[int, int, int]] = []
+    pos, lookahead = lo, 4
     while True:
         proposals: list[tuple[int, int]] = []
         p = pos

@@ -82,8 +82,10 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return JSON(error_body("InvalidInput", _describe_validation(exc)), status_code=422)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, EmbedStackError):  # raised while FastAPI read the body
+        return await _domain_error(request, exc.__cause__)
     message = str(exc.detail)
     if exc.status_code == 404:
         message = "no such route: see GET /docs for the API"
@@ -124,6 +126,17 @@ class MetricsAndLimits:
             return
         started = time.perf_counter()
         status = [500]
+        received = [0]
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise PayloadTooLarge(
+                        f"request body is over the {limit}-byte limit: split it into several requests"
+                    )
+            return message
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -131,7 +144,7 @@ class MetricsAndLimits:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, limited_receive, send_wrapper)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")

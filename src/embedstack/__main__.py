@@ -1,0 +1,3 @@
+from embedstack.cli import main
+
+main()
