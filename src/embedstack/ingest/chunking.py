@@ -34,7 +34,7 @@ _CJK_END = re.compile(r"[\u3002\uff01\uff1f]+[\u300d\u300f\uff09]*\s*")
 _PARA = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 # A line break before a list item or heading also ends a sentence.
 _LIST_BREAK = re.compile(r"\n[ \t]*(?=[-*\u2022#>]\s|\d{1,3}[.)]\s)")
-_WORD_BEFORE = re.compile(r"(\w+)\W*$")
+_WORD_BEFORE = re.compile(r"(\w[\w.]*)$")
 _OPENERS = "\"'(\u201c\u2018[\u00ab\u00bf\u00a1"
 _ABBREVIATIONS = frozenset(
     {
@@ -45,6 +45,18 @@ _ABBREVIATIONS = frozenset(
         "i", "u", "p", "pp", "ed", "eds", "op", "ca",
     }
 )  # fmt: skip
+
+
+def _is_abbreviation(text: str, dot: int) -> bool:
+    """Whether the word ending at `text[dot] == "."` is an abbreviation, initial or acronym."""
+    before = _WORD_BEFORE.search(text, max(0, dot - 40), dot)
+    if before is None:
+        return False
+    word = before.group(1)
+    letters = word.replace(".", "")
+    if "." in word and letters.isalpha():  # e.g. / U.S. / p.m.
+        return True
+    return letters.lower() in _ABBREVIATIONS or (len(letters) == 1 and letters.isupper())
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -64,13 +76,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         ch = text[nxt]
         if not (ch.isupper() or ch.isdigit() or ch in _OPENERS):
             continue
-        if text[m.start()] == ".":
-            before = _WORD_BEFORE.search(text, max(0, m.start() - 40), m.start())
-            if before is not None and (
-                before.group(1).lower() in _ABBREVIATIONS
-                or (len(before.group(1)) == 1 and before.group(1).isupper())
-            ):
-                continue
+        if text[m.start()] == "." and _is_abbreviation(text, m.start()):
+            continue
         cuts.add(m.start(1))
     for pattern in (_CJK_END, _PARA, _LIST_BREAK):
         for m in pattern.finditer(text):
@@ -209,8 +216,9 @@ def _plan_windows(doc: _Doc, lo: int, hi: int, budget: int, overlap: int) -> lis
             while r < e and starts[r] <= ends[r - 1]:
                 r += 1
             excess = doc.counts([(pos, r)])[0] - special - (r - pos)
-            if excess > 0:
-                e = max(pos + 1, e - excess)
+            over = (e - pos) + excess - budget
+            if over > 0:
+                e = max(pos + 1, e - over)
         out.append((pos, e))
         if e >= hi:
             return out

@@ -1,0 +1,65 @@
+"""The CLI as a person uses it: --help, ingest a folder with a progress bar, query a server."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import DATA, EMBEDSTACK, Server, load_jsonl, server_env
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EMBEDSTACK, *args], env=env or server_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_explains_every_command() -> None:
+    top = _run("--help")
+    assert top.returncode == 0
+    for command in ("serve", "worker", "ingest", "query"):
+        assert command in top.stdout
+        sub = _run(command, "--help")
+        assert sub.returncode == 0 and len(sub.stdout.splitlines()) > 5, sub.stdout
+
+
+def test_ingest_folder_and_jsonl_then_query(tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "cats.md").write_text("Cats are small domesticated carnivorous mammals.")
+    (folder / "rust.txt").write_text("Rust is a systems programming language focused on safety.")
+    jsonl = tmp_path / "pydoc.jsonl"
+    docs = load_jsonl(DATA / "pydoc_sections.jsonl")[:20]
+    jsonl.write_bytes(b"\n".join(orjson.dumps(d) for d in docs))
+    data = tmp_path / "data"
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    first = _run("ingest", str(folder), "-c", "notes", "--data-dir", str(data), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "queued 2 documents" in first.stdout
+    second = _run("ingest", str(jsonl), "-c", "notes", "--data-dir", str(data), env=env)
+    assert second.returncode == 0, second.stderr
+    assert "queued 20 documents" in second.stdout
+
+    server = Server(data, env).start()
+    try:
+        out = _run("query", "cats mammals", "-c", "notes", "-k", "3", "--url", server.url, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "cats.md" in out.stdout and "score" in out.stdout
+        raw = _run("query", "programming language", "-c", "notes", "--url", server.url,
+                   "--json", "--filter", '{"source": {"$ne": null}}', env=env)  # fmt: skip
+        hits = orjson.loads(raw.stdout)["hits"]
+        assert {h["document_id"] for h in hits} <= {"cats.md", "rust.txt"}
+        missing = _run("query", "x", "-c", "nope", "--url", server.url, env=env)
+        assert missing.returncode != 0 and "does not exist" in missing.stderr
+    finally:
+        server.stop()
+
+
+def test_ingest_reports_bad_jsonl(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "txt": "no text field"}\n')
+    out = _run("ingest", str(bad), "-c", "x", "--data-dir", str(tmp_path / "d"),
+               env=server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test"))  # fmt: skip
+    assert out.returncode != 0 and "bad.jsonl:2" in out.stderr

@@ -1,0 +1,97 @@
+"""The user-facing paths on the real bundled all-MiniLM-L6-v2 model, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("real") / "data", server_env()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tutorial() -> list[dict[str, object]]:
+    docs = load_jsonl(DATA / "pydoc_sections.jsonl")
+    return [d for d in docs if str(d["metadata"]["file"]).startswith("tutorial/")]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def ingested(real_server: Server, tutorial: list[dict[str, object]]) -> httpx.Client:
+    c = real_server.client()
+    r = c.post(
+        "/v1/collections",
+        json={"name": "pydoc", "chunking": {"mode": "sentences", "size": 128, "overlap": 16}},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["model"] == "all-MiniLM-L6-v2" and r.json()["metric"] == "cosine"
+    job = c.post("/v1/collections/pydoc/documents", json={"documents": tutorial}).json()
+    done = wait_job(c, job["job_id"], timeout=600)
+    assert done["status"] == "done", done
+    return c
+
+
+def test_ingest_then_query_finds_sections_by_title(
+    ingested: httpx.Client, tutorial: list[dict[str, object]]
+) -> None:
+    described = ingested.get("/v1/collections/pydoc").json()
+    assert described["documents"] == len(tutorial)
+    assert described["vectors"] == described["chunks"] > len(tutorial)
+    found = 0
+    for doc in tutorial:
+        title = str(doc["metadata"]["title"])  # type: ignore[index]
+        r = ingested.post(
+            "/v1/collections/pydoc/query", json={"text": title, "k": 10, "group_by": "document"}
+        )
+        assert r.status_code == 200
+        hits = r.json()["hits"]
+        assert len({h["document_id"] for h in hits}) == len(hits)  # grouped: one hit per document
+        found += doc["id"] in [h["document_id"] for h in hits]
+    # section title -> its own section in the top 10 documents: a real semantic model does this
+    assert found / len(tutorial) >= 0.6, found
+
+
+def test_query_with_filter_and_known_answer(ingested: httpx.Client) -> None:
+    r = ingested.post(
+        "/v1/collections/pydoc/query",
+        json={"text": "how do I catch an exception with try and except?", "k": 5,
+              "filter": {"file": {"$in": ["tutorial/errors.rst.txt"]}}},
+    )  # fmt: skip
+    hits = r.json()["hits"]
+    assert hits and all(h["metadata"]["file"] == "tutorial/errors.rst.txt" for h in hits)
+    assert any("except" in h["text"] for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0001
+
+
+def test_openai_client_round_trip(real_server: Server) -> None:
+    openai = pytest.importorskip("openai")
+    from sentence_transformers import SentenceTransformer
+
+    from embedstack.inference.sentence_transformers import bundled_l6_path
+
+    client = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused")
+    texts = ["The quick brown fox.", "Vector databases store embeddings."]
+    got = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # base64 by default
+    floats = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input=texts, encoding_format="float"
+    )
+    ours = np.array([d.embedding for d in got.data], dtype=np.float32)
+    ours_float = np.array([d.embedding for d in floats.data], dtype=np.float32)
+    reference = SentenceTransformer(str(bundled_l6_path()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    assert ours.shape == (2, 384) and got.model == "all-MiniLM-L6-v2"
+    assert np.allclose(ours, ours_float, atol=1e-6)
+    assert np.min(np.sum(ours * reference, axis=1)) > 0.9999
+    assert got.usage.prompt_tokens > 0 and got.usage.total_tokens == got.usage.prompt_tokens
+    single = client.embeddings.create(model="all-MiniLM-L6-v2", input="just one")
+    assert len(single.data) == 1 and single.data[0].index == 0
