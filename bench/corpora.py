@@ -56,7 +56,8 @@ def gcide_entries(limit: int | None = None) -> Iterator[tuple[str, str]]:
             n = n * 64 + value[c]
         return n
 
-    data = gzip.open(GCIDE / "gcide.dict.dz").read()
+    with gzip.open(GCIDE / "gcide.dict.dz") as f:
+        data = f.read()
     count = 0
     for line in (GCIDE / "gcide.index").read_text(encoding="utf-8").splitlines():
         word, off, length = line.split("\t")[:3]

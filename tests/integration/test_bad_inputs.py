@@ -162,7 +162,7 @@ def test_byo_vectors_round_trip(client: httpx.Client) -> None:
     assert wait_job(client, job["job_id"])["status"] == "done"
     r = client.post("/v1/collections/vecs/query", json={"vector": [0, 0, 1, 0], "k": 2})
     hits = r.json()["hits"]
-    assert [h["document_id"] for h in hits][0] == "v2" and hits[0]["text"] == "t2"
+    assert hits[0]["document_id"] == "v2" and hits[0]["text"] == "t2"
     r = client.post(
         "/v1/collections/vecs/query",
         json={"vector": [0, 0, 1, 0], "k": 4, "filter": {"i": {"$gte": 3}}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ from embedstack.ingest.chunking import (
     split_sentences,
     validate_chunking,
 )
-from embedstack.types import Chunk, ChunkingSpec
+from embedstack.types import Chunk, ChunkingSpec, ChunkMode
+
+MODES: tuple[ChunkMode, ...] = ("tokens", "sentences")
 
 PARAGRAPH = (
     "The history of information retrieval begins long before computers. Librarians in the "
@@ -78,7 +81,7 @@ def check_invariants(chunks: list[Chunk], text: str, tok: Tokenizer, spec: Chunk
 
 def check_token_windows(chunks: list[Chunk], text: str, tok: Tokenizer, spec: ChunkingSpec) -> None:
     sets = token_sets(chunks, tok, text)
-    for a, b in zip(sets, sets[1:], strict=False):
+    for a, b in itertools.pairwise(sets):
         assert len(a & b) == spec.overlap
         assert max(a) < max(b)
 
@@ -132,7 +135,9 @@ def test_split_sentences_paragraphs_lists_and_wraps() -> None:
 
 
 def test_split_sentences_cjk_and_quotes() -> None:
-    assert sentences("今日は晴れ。明日は雨！本当？") == ["今日は晴れ。", "明日は雨！", "本当？"]
+    bang, query = "\uff01", "\uff1f"  # full-width ! and ?
+    text = f"今日は晴れ。明日は雨{bang}本当{query}"
+    assert sentences(text) == ["今日は晴れ。", f"明日は雨{bang}", f"本当{query}"]
     assert sentences('He said "stop." Then left.') == ['He said "stop."', "Then left."]
 
 
@@ -335,7 +340,7 @@ def documents(draw: st.DrawFn) -> str:
 def specs(draw: st.DrawFn) -> ChunkingSpec:
     size = draw(st.integers(10, 40))
     overlap = draw(st.integers(0, (size - 1) // 2))
-    mode = draw(st.sampled_from(["tokens", "sentences"]))
+    mode = draw(st.sampled_from(MODES))
     return ChunkingSpec(mode, size, overlap)
 
 

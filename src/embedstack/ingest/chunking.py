@@ -188,11 +188,11 @@ def _token_windows(
     """Windows (start, end, count) over tokens [lo, hi): `budget` tokens, `overlap` shared.
 
     A window's text is re-tokenized on its own, which can give more tokens than it had in
-    context when it starts inside a word ("##ization" alone becomes "iz", "##ation"). Such a
-    window is shortened, and the next one starts `overlap` tokens before its new end. The
-    plan predicts this from the first word of each window (exact for tokenizers that split
-    words apart first, like WordPiece); one batch count checks every window, and if a
-    prediction was wrong the rest is redone window by window.
+    context when it starts inside a word (a piece such as "##ization" read alone may split
+    into more pieces). Such a window is shortened, and the next one starts `overlap` tokens
+    before its new end. The plan predicts this from the first word of each window (exact for
+    tokenizers that split words apart first, like WordPiece); one batch count checks every
+    window, and if a prediction was wrong the rest is redone window by window.
     """
     planned = _plan_windows(doc, lo, hi, budget, overlap)
     out: list[tuple[int, int, int]] = []

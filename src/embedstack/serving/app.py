@@ -134,7 +134,8 @@ class MetricsAndLimits:
                 received[0] += len(message.get("body", b""))
                 if received[0] > limit:
                     raise PayloadTooLarge(
-                        f"request body is over the {limit}-byte limit: split it into several requests"
+                        f"request body is over the {limit}-byte limit: split it into several"
+                        " requests"
                     )
             return message
 
