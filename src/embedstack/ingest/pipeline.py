@@ -21,6 +21,7 @@ from embedstack.inference.backend import ModelRegistry
 from embedstack.ingest.chunking import chunk_text
 from embedstack.ingest.queue import Job, Queue
 from embedstack.obs.metrics import Metrics
+from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import ChunkRow, CollectionRecord, DocumentChunks, DocumentRow, Store
 from embedstack.types import ChunkingSpec
 
@@ -123,6 +124,12 @@ class IngestWorker:
             )
 
     async def process(self, payload: dict[str, Any]) -> JobTotals:
+        """Index the job's documents into every active space of the collection.
+
+        A back-fill job (payload "space") writes only that shadow space and leaves the
+        documents' indexed mark alone; a normal job writes all active spaces (serving, shadow,
+        previous) so a shadow is complete when its back-fill ends and a rollback loses nothing.
+        """
         totals = JobTotals()
         name = str(payload["collection"])
         try:
@@ -130,29 +137,40 @@ class IngestWorker:
         except NotFound:
             totals.errors.append(f"collection {name!r} was deleted before indexing")
             return totals
+        spaces = await asyncio.to_thread(self._store.spaces, name)
+        backfill = payload.get("space")
+        if backfill is not None:
+            spaces = [s for s in spaces if s.space_id == backfill]
         ids = [str(i) for i in payload["documents"]]
         step = self._config.batch_documents
         for start in range(0, len(ids), step):
             docs = await asyncio.to_thread(
                 self._store.get_documents, name, ids[start : start + step]
             )
-            todo = [d for d in docs if d.indexed_hash != d.content_hash]
             totals.documents += len(docs)
-            if todo:
-                await self._index_documents(coll, todo, totals)
+            todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
+            for n, space in enumerate(spaces):
+                if todo:
+                    last = n == len(spaces) - 1 and backfill is None
+                    await self._index_documents(coll, space, todo, totals, mark_indexed=last)
         if self._on_written is not None:
             await self._on_written(name)
         return totals
 
     async def _index_documents(
-        self, coll: CollectionRecord, docs: list[DocumentRow], totals: JobTotals
+        self,
+        coll: CollectionRecord,
+        space: SpaceInfo,
+        docs: list[DocumentRow],
+        totals: JobTotals,
+        mark_indexed: bool,
     ) -> None:
-        if coll.config.get("model"):
-            prepared = await self._embed_documents(coll, docs, totals)
+        if space.model:
+            prepared = await self._embed_documents(coll, space, docs, totals)
         else:
             prepared = [_vector_document(d) for d in docs]
         result = await asyncio.to_thread(
-            self._store.write_chunks, coll.name, coll.space_id, prepared
+            self._store.write_chunks, coll.name, space.space_id, prepared, mark_indexed
         )
         totals.chunks_kept += result.kept
         totals.chunks_removed += result.removed
@@ -163,15 +181,15 @@ class IngestWorker:
         m.labels(coll.name, "kept").inc(result.kept)
 
     async def _embed_documents(
-        self, coll: CollectionRecord, docs: list[DocumentRow], totals: JobTotals
+        self, coll: CollectionRecord, space: SpaceInfo, docs: list[DocumentRow], totals: JobTotals
     ) -> list[DocumentChunks]:
-        model_name = str(coll.config["model"])
-        embedder = self._models.get(model_name)
-        if embedder.spec.space_id != coll.space_id:
+        assert space.model is not None
+        embedder = await asyncio.to_thread(self._models.get, space.model)
+        if embedder.spec.space_id != space.space_id:
             raise SpaceMismatch(
-                f"collection {coll.name!r} is in space {coll.space_id} but model {model_name!r} "
-                f"now loads as space {embedder.spec.space_id}: its weights or settings changed; "
-                "re-index the collection into the new space instead of mixing them"
+                f"collection {coll.name!r} holds space {space.space_id} but model "
+                f"{space.model!r} now loads as space {embedder.spec.space_id}: its weights or "
+                "settings changed; upgrade the collection instead of mixing spaces"
             )
         spec = ChunkingSpec(**coll.config["chunking"])
         tok = embedder.tokenizer
@@ -180,7 +198,7 @@ class IngestWorker:
         )
         hashes = [c.hash for chunks in chunked for c in chunks]
         known = await asyncio.to_thread(
-            self._store.vectors_by_hash, coll.name, coll.space_id, hashes
+            self._store.vectors_by_hash, coll.name, space.space_id, hashes
         )
         missing: dict[str, str] = {}
         for chunks in chunked:
@@ -188,7 +206,7 @@ class IngestWorker:
                 if c.hash not in known:
                     missing.setdefault(c.hash, c.text)
         if missing:
-            vecs = await self._embed(model_name, list(missing.values()))
+            vecs = await self._embed(space.model, list(missing.values()))
             for h, v in zip(missing, vecs, strict=True):
                 known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
         totals.chunks_embedded += len(missing)

@@ -58,15 +58,21 @@ class Metrics:
             ["collection"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.vectors = Gauge(
-            "embedstack_index_vectors", "Live vectors in the serving index.", ["collection"],
+            "embedstack_index_vectors", "Live vectors per index.", ["collection", "space"],
             registry=r,
         )  # fmt: skip
         self.index_memory = Gauge(
-            "embedstack_index_memory_bytes", "Index memory.", ["collection"], registry=r
+            "embedstack_index_memory_bytes", "Index memory.", ["collection", "space"], registry=r
         )
         self.tombstones = Gauge(
-            "embedstack_index_tombstones", "Removed vectors awaiting compaction.", ["collection"],
+            "embedstack_index_tombstones", "Removed vectors awaiting compaction.",
+            ["collection", "space"],
             registry=r,
+        )  # fmt: skip
+        self.upgrade_documents = Gauge(
+            "embedstack_upgrade_documents",
+            "Shadow re-index progress of the latest upgrade, documents done and total.",
+            ["collection", "kind"], registry=r,
         )  # fmt: skip
         # ingest
         self.queue_depth = Gauge(

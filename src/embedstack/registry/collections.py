@@ -12,6 +12,7 @@ from embedstack.index.factory import validate_index_params
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.ingest.chunking import validate_chunking
 from embedstack.registry.indexes import IndexConfig, IndexManager
+from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, Store
 from embedstack.types import METRICS, ChunkingSpec, byo_space_id
 
@@ -56,7 +57,7 @@ class CollectionService:
             "type": index_type,
             "params": validate_index_params(index_type, index),
         }
-        self._store.create_collection(name, config, space_id)
+        self._store.create_collection(name, config, space_id, model, config.get("model_spec"))
         record = self._store.get_collection(name)
         self.open(record)
         return record
@@ -100,22 +101,30 @@ class CollectionService:
         config = {"model": None, "model_spec": None, "dim": dim, "metric": metric}
         return config, byo_space_id(dim, metric)
 
-    def open(self, record: CollectionRecord) -> None:
+    def index_config(self, record: CollectionRecord, space: SpaceInfo) -> IndexConfig:
         cfg = record.config
-        self._indexes.open(
-            IndexConfig(
-                collection=record.name,
-                space_id=record.space_id,
-                dim=int(cfg["dim"]),
-                metric=str(cfg["metric"]),
-                type=str(cfg["index"]["type"]),
-                params=dict(cfg["index"]["params"]),
-            )
+        spec = space.model_spec or {}
+        return IndexConfig(
+            collection=record.name,
+            space_id=space.space_id,
+            dim=int(spec.get("dim", cfg["dim"])),
+            metric=str(spec.get("metric", cfg["metric"])),
+            type=str(cfg["index"]["type"]),
+            params=dict(cfg["index"]["params"]),
         )
+
+    def open(self, record: CollectionRecord) -> None:
+        """Open (load or build) the index of every active space of the collection."""
+        for space in self._store.spaces(record.name):
+            self._indexes.open(self.index_config(record, space))
 
     def open_all(self) -> None:
         for record in self._store.list_collections():
             self.open(record)
+
+    def resolve(self, name: str) -> CollectionRecord:
+        """A collection by name or alias."""
+        return self._store.get_collection(self._store.resolve(name))
 
     def delete(self, name: str) -> None:
         self._store.delete_collection(name)
@@ -124,21 +133,27 @@ class CollectionService:
     def get(self, name: str) -> CollectionRecord:
         return self._store.get_collection(name)
 
-    def embedder_for(self, record: CollectionRecord) -> Embedder:
-        """The model that built this collection, refused if it no longer loads as the same space."""
-        model = record.config.get("model")
-        if not model:
+    def space(self, record: CollectionRecord, space_id: str | None = None) -> SpaceInfo:
+        """The serving space, or the named active space (shadow / previous) of a collection."""
+        wanted = space_id or record.space_id
+        for space in self._store.spaces(record.name):
+            if space.space_id == wanted:
+                return space
+        active = ", ".join(f"{s.space_id} ({s.state})" for s in self._store.spaces(record.name))
+        raise SpaceMismatch(
+            f"space {wanted} is not a space of collection {record.name!r}, whose spaces are "
+            f"{active}: vectors from different models or settings cannot be mixed"
+        )
+
+    def embedder_for(self, record: CollectionRecord, space: SpaceInfo) -> Embedder:
+        """The model of a space, refused if it no longer loads as exactly that space."""
+        if not space.model:
             raise InvalidInput(
                 f"collection {record.name!r} has no model (bring-your-own vectors): "
                 "send 'vector' instead of 'text'"
             )
-        embedder = self._models.get(str(model))
-        if embedder.spec.space_id != record.space_id:
-            raise SpaceMismatch(
-                f"collection {record.name!r} was built in space {record.space_id}, but model "
-                f"{model!r} now loads as space {embedder.spec.space_id} (its weights or settings "
-                "changed): queries would not be comparable; re-index into the new space"
-            )
+        embedder = self._models.get(space.model)
+        check_parity(embedder, record.name, space.space_id)
         return embedder
 
     def describe(self, record: CollectionRecord) -> dict[str, Any]:
@@ -148,6 +163,7 @@ class CollectionService:
             "model": cfg.get("model"),
             "space_id": record.space_id,
             "shadow": None,
+            "previous": None,
             "dim": cfg["dim"],
             "metric": cfg["metric"],
             "chunking": cfg.get("chunking"),
@@ -155,10 +171,28 @@ class CollectionService:
             "created_at": record.created_at,
         }
         out.update(self._store.collection_stats(record.name))
-        try:
-            live = self._indexes.get(record.name)
-            out["vectors"] = live.index.count()
-            out["index_memory_bytes"] = live.index.memory_bytes()
-        except NotFound:
-            out["vectors"] = None
+        for space in self._store.spaces(record.name):
+            info: dict[str, Any] = {"space_id": space.space_id, "model": space.model}
+            try:
+                live = self._indexes.get(record.name, space.space_id)
+                info["vectors"] = live.index.count()
+                info["index_memory_bytes"] = live.index.memory_bytes()
+            except NotFound:
+                info["vectors"] = None
+            if space.state == "serving":
+                out["model"] = space.model
+                out.update({k: v for k, v in info.items() if k not in ("space_id", "model")})
+            else:
+                out[space.state] = info
         return out
+
+
+def check_parity(embedder: Embedder, collection: str, space_id: str) -> None:
+    """Refuse a model that no longer loads as the space a collection's vectors were made in."""
+    if embedder.spec.space_id != space_id:
+        raise SpaceMismatch(
+            f"collection {collection!r} holds vectors of space {space_id}, but model "
+            f"{embedder.spec.name!r} now loads as space {embedder.spec.space_id} (its weights "
+            "or settings changed): they would not be comparable; upgrade the collection to the "
+            "new space instead of mixing them"
+        )

@@ -55,6 +55,9 @@ class LiveIndex:
         self.lock = threading.Lock()
 
 
+Key = tuple[str, str]  # (collection, space id)
+
+
 class IndexManager:
     def __init__(
         self, store: Store, root: Path, metrics: Metrics, compaction_ratio: float = 0.2
@@ -63,7 +66,7 @@ class IndexManager:
         self._root = root
         self._metrics = metrics
         self._compaction_ratio = compaction_ratio
-        self._live: dict[str, LiveIndex] = {}
+        self._live: dict[Key, LiveIndex] = {}
         self._guard = threading.Lock()
 
     def _dir(self, cfg: IndexConfig) -> Path:
@@ -72,11 +75,33 @@ class IndexManager:
     # -- lifecycle --------------------------------------------------------------------------
     def open(self, cfg: IndexConfig) -> LiveIndex:
         """Load the snapshot (if it matches the config) and replay later changes, else rebuild."""
+        key = (cfg.collection, cfg.space_id)
+        existing = self._live.get(key)
+        if existing is not None and existing.config == cfg:
+            return existing
         live = self._load(cfg) or self._rebuild(cfg)
         with self._guard:
-            self._live[cfg.collection] = live
-        self.sync(cfg.collection)
+            self._live[key] = live
+        self.sync(*key)
         return live
+
+    def replace(self, cfg: IndexConfig) -> LiveIndex:
+        """Build an index with new settings aside, catch it up, and swap it in atomically."""
+        key = (cfg.collection, cfg.space_id)
+        fresh = self._rebuild(cfg)
+        self._catch_up(fresh)
+        old = self._live.get(key)
+        if old is None:
+            with self._guard:
+                self._live[key] = fresh
+            return fresh
+        with old.lock:  # no writes land on the old index while we swap
+            self._catch_up(fresh)
+            with self._guard:
+                self._live[key] = fresh
+        shutil.rmtree(self._dir(old.config), ignore_errors=True)
+        self.snapshot(*key)
+        return fresh
 
     def _load(self, cfg: IndexConfig) -> LiveIndex | None:
         snap = read_snapshot(self._dir(cfg))
@@ -102,51 +127,71 @@ class IndexManager:
             index.add(ids, vecs)
         return LiveIndex(cfg, index, seq)
 
-    def drop(self, collection: str) -> None:
+    def drop(self, collection: str, space_id: str | None = None) -> None:
         with self._guard:
-            live = self._live.pop(collection, None)
-        if live is not None:
-            shutil.rmtree(self._root / collection, ignore_errors=True)
+            keys = [k for k in self._live if k[0] == collection and space_id in (None, k[1])]
+            for key in keys:
+                del self._live[key]
+        target = self._root / collection
+        shutil.rmtree(target if space_id is None else target / space_id, ignore_errors=True)
 
-    def get(self, collection: str) -> LiveIndex:
-        live = self._live.get(collection)
+    def get(self, collection: str, space_id: str) -> LiveIndex:
+        live = self._live.get((collection, space_id))
         if live is None:
-            raise NotFound(f"collection {collection!r} has no index open")
+            raise NotFound(f"collection {collection!r} has no open index for space {space_id}")
         return live
 
-    def collections(self) -> list[str]:
+    def caught_up(self, collection: str, seq: int) -> bool:
+        """Whether every open index of the collection holds all its changes up to `seq`."""
+        for c, space in self.open_keys():
+            if c == collection:
+                live = self._live.get((c, space))
+                wanted = min(seq, self._store.max_seq(c, space))
+                if live is not None and live.applied_seq < wanted:
+                    return False
+        return True
+
+    def open_keys(self) -> list[Key]:
         return list(self._live)
 
     # -- keeping current --------------------------------------------------------------------
-    def sync(self, collection: str) -> int:
+    def sync(self, collection: str, space_id: str) -> int:
         """Apply every stored change not yet in the index. Returns the applied seq."""
-        live = self._live.get(collection)
+        live = self._live.get((collection, space_id))
         if live is None:
             return 0
         with live.lock:
-            cfg = live.config
-            while True:
-                changes = self._store.changes_since(cfg.collection, cfg.space_id, live.applied_seq)
-                if not changes:
-                    break
-                net: dict[int, int] = {}
-                for _, chunk_id, op in changes:
-                    net[chunk_id] = op  # ids are never reused: the last op is the state
-                adds = [i for i, op in net.items() if op > 0]
-                removes = [i for i, op in net.items() if op < 0]
-                if removes:
-                    live.index.remove(np.asarray(removes, dtype=np.int64))
-                if adds:
-                    ids, vecs = self._store.chunk_vectors(adds, cfg.dim)
-                    live.index.add(ids, vecs)
-                live.applied_seq = changes[-1][0]
+            self._catch_up(live)
             self._maybe_compact(live)
             self._observe(live)
             return live.applied_seq
 
+    def _catch_up(self, live: LiveIndex) -> None:
+        cfg = live.config
+        while True:
+            changes = self._store.changes_since(cfg.collection, cfg.space_id, live.applied_seq)
+            if not changes:
+                return
+            net: dict[int, int] = {}
+            for _, chunk_id, op in changes:
+                net[chunk_id] = op  # ids are never reused: the last op is the state
+            adds = [i for i, op in net.items() if op > 0]
+            removes = [i for i, op in net.items() if op < 0]
+            if removes:
+                live.index.remove(np.asarray(removes, dtype=np.int64))
+            if adds:
+                ids, vecs = self._store.chunk_vectors(adds, cfg.dim)
+                live.index.add(ids, vecs)
+            live.applied_seq = changes[-1][0]
+
+    def sync_collection(self, collection: str) -> None:
+        for key in self.open_keys():
+            if key[0] == collection:
+                self.sync(*key)
+
     def sync_all(self) -> None:
-        for name in self.collections():
-            self.sync(name)
+        for key in self.open_keys():
+            self.sync(*key)
 
     def _maybe_compact(self, live: LiveIndex) -> None:
         ratio_of = getattr(live.index, "tombstone_ratio", None)
@@ -163,17 +208,17 @@ class IndexManager:
         )
 
     def _observe(self, live: LiveIndex) -> None:
-        name = live.config.collection
-        self._metrics.vectors.labels(name).set(live.index.count())
-        self._metrics.index_memory.labels(name).set(live.index.memory_bytes())
+        labels = (live.config.collection, live.config.space_id)
+        self._metrics.vectors.labels(*labels).set(live.index.count())
+        self._metrics.index_memory.labels(*labels).set(live.index.memory_bytes())
         ratio_of = getattr(live.index, "tombstone_ratio", None)
         tomb = ratio_of() * live.index.count() / max(1e-9, 1 - ratio_of()) if ratio_of else 0
-        self._metrics.tombstones.labels(name).set(round(tomb))
+        self._metrics.tombstones.labels(*labels).set(round(tomb))
 
     # -- snapshots --------------------------------------------------------------------------
-    def snapshot(self, collection: str) -> bool:
+    def snapshot(self, collection: str, space_id: str) -> bool:
         """Write a snapshot if the index moved since the last one. Returns whether it wrote."""
-        live = self._live.get(collection)
+        live = self._live.get((collection, space_id))
         if live is None:
             return False
         with live.lock:
@@ -188,17 +233,22 @@ class IndexManager:
             return True
 
     def snapshot_all(self) -> None:
-        for name in self.collections():
+        for key in self.open_keys():
             try:
-                self.snapshot(name)
+                self.snapshot(*key)
             except OSError:
-                log.exception("snapshot of %s failed; will retry", name)
+                log.exception("snapshot of %s failed; will retry", key)
 
     # -- reading ----------------------------------------------------------------------------
     def search(
-        self, collection: str, queries: np.ndarray, k: int, allow: np.ndarray | None = None
+        self,
+        collection: str,
+        space_id: str,
+        queries: np.ndarray,
+        k: int,
+        allow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        live = self.get(collection)
+        live = self.get(collection, space_id)
         started = time.perf_counter()
         out = live.index.search(queries, k, allow)
         self._metrics.search_latency.labels(collection).observe(time.perf_counter() - started)

@@ -111,7 +111,7 @@ class Services:
         )  # fmt: skip
 
     async def after_write(self, collection: str) -> None:
-        await asyncio.to_thread(self.indexes.sync, collection)
+        await asyncio.to_thread(self.indexes.sync_collection, collection)
 
     def notify_workers(self) -> None:
         for w in self.workers:

@@ -46,4 +46,42 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX changes_by_space ON changes(collection, space_id, seq);
     """,
+    # 2: embedding spaces per collection (serving, shadow, previous), aliases, upgrades
+    """
+    CREATE TABLE spaces(
+        collection TEXT NOT NULL,
+        space_id TEXT NOT NULL,
+        model TEXT,
+        model_spec TEXT,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY(collection, space_id)
+    );
+    INSERT INTO spaces(collection, space_id, model, model_spec, state, created_at, updated_at)
+        SELECT name, space_id, json_extract(config, '$.model'),
+               json_extract(config, '$.model_spec'), 'serving', created_at, created_at
+        FROM collections;
+    CREATE TABLE aliases(
+        alias TEXT PRIMARY KEY,
+        collection TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE upgrades(
+        id TEXT PRIMARY KEY,
+        collection TEXT NOT NULL,
+        from_space TEXT NOT NULL,
+        to_space TEXT NOT NULL,
+        model TEXT NOT NULL,
+        state TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        done INTEGER NOT NULL,
+        options TEXT NOT NULL,
+        report TEXT,
+        error TEXT,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX upgrades_by_collection ON upgrades(collection, started_at);
+    """,
 )

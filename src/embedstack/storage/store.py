@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
 from embedstack.storage.migrations import MIGRATIONS
 
@@ -75,7 +76,7 @@ class HitRow:
     metadata: dict[str, Any]
 
 
-class Store:
+class Store(CatalogMixin):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,14 +128,20 @@ class Store:
         self._writer.close()
 
     # -- collections ------------------------------------------------------------------------
-    def create_collection(self, name: str, config: dict[str, Any], space_id: str) -> None:
+    def create_collection(
+        self, name: str, config: dict[str, Any], space_id: str, model: str | None = None,
+        model_spec: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         with self._tx() as c:
+            if c.execute("SELECT 1 FROM aliases WHERE alias=?", (name,)).fetchone():
+                raise Conflict(f"{name!r} is an alias: pick another collection name")
             if c.execute("SELECT 1 FROM collections WHERE name=?", (name,)).fetchone():
                 raise Conflict(f"collection {name!r} already exists: pick another name")
             c.execute(
                 "INSERT INTO collections(name, config, space_id, created_at) VALUES (?,?,?,?)",
                 (name, orjson.dumps(config).decode(), space_id, time.time()),
             )
+            self.add_space(c, name, space_id, model, model_spec, "serving")
 
     def get_collection(self, name: str) -> CollectionRecord:
         row = (
@@ -160,7 +167,7 @@ class Store:
         with self._tx() as c:
             if c.execute("DELETE FROM collections WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"collection {name!r} does not exist")
-            for table in ("documents", "chunks", "changes"):
+            for table in ("documents", "chunks", "changes", "spaces", "upgrades", "aliases"):
                 c.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
 
     def collection_stats(self, name: str) -> dict[str, int]:
@@ -170,7 +177,11 @@ class Store:
             "FROM documents WHERE collection=?",
             (name,),
         ).fetchone()
-        chunks = r.execute("SELECT count(*) FROM chunks WHERE collection=?", (name,)).fetchone()[0]
+        chunks = r.execute(
+            "SELECT count(*) FROM chunks c JOIN collections k"
+            " ON k.name=c.collection AND k.space_id=c.space_id WHERE c.collection=?",
+            (name,),
+        ).fetchone()[0]
         return {"documents": docs, "documents_pending": pending, "chunks": chunks}
 
     # -- documents --------------------------------------------------------------------------
@@ -295,7 +306,11 @@ class Store:
         return out
 
     def write_chunks(
-        self, collection: str, space_id: str, docs: Sequence[DocumentChunks]
+        self,
+        collection: str,
+        space_id: str,
+        docs: Sequence[DocumentChunks],
+        mark_indexed: bool = True,
     ) -> WriteResult:
         """Replace the chunks of each document (in one space) in one transaction.
 
@@ -336,10 +351,12 @@ class Store:
                     c.execute("DELETE FROM chunks WHERE id=?", (chunk_id,))
                     self._change(c, collection, space_id, chunk_id, -1)
                     removed += 1
-                c.execute(
-                    "UPDATE documents SET indexed_hash=content_hash WHERE collection=? AND id=?",
-                    (collection, d.document_id),
-                )
+                if mark_indexed:
+                    c.execute(
+                        "UPDATE documents SET indexed_hash=content_hash"
+                        " WHERE collection=? AND id=?",
+                        (collection, d.document_id),
+                    )
             seq = self._max_seq(c, collection)
         return WriteResult(added, removed, kept, stale, seq)
 

@@ -24,7 +24,7 @@ async def readyz(services: Services = Depends(get_services)) -> Response:
     body = {
         "ready": services.ready,
         "models_loaded": sorted(services.batchers),
-        "collections": services.indexes.collections(),
+        "indexes": [f"{c}/{s}" for c, s in services.indexes.open_keys()],
     }
     ok = services.ready and default in services.batchers
     return JSON(body, status_code=200 if ok else 503)

@@ -43,7 +43,7 @@ async def list_collections(services: Services = Depends(ready_services)) -> Resp
 
 @router.get("/{name}")
 async def get_collection(name: str, services: Services = Depends(ready_services)) -> Response:
-    record = await asyncio.to_thread(services.collections.get, name)
+    record = await asyncio.to_thread(services.collections.resolve, name)
     return JSON(await asyncio.to_thread(services.collections.describe, record))
 
 

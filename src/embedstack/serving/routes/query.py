@@ -16,6 +16,7 @@ from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.routes.documents import checked_vector
 from embedstack.serving.schemas import QueryIn
 from embedstack.serving.services import Services
+from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
 
 router = APIRouter()
@@ -23,34 +24,54 @@ GROUP_FETCH_ROUNDS = 6
 
 
 async def _query_vector(
-    body: QueryIn, record: CollectionRecord, request: Request, services: Services
-) -> np.ndarray:
+    body: QueryIn, record: CollectionRecord, space: SpaceInfo, request: Request,
+    services: Services,
+) -> np.ndarray:  # fmt: skip
     if (body.text is None) == (body.vector is None):
         raise InvalidInput("send exactly one of 'text' or 'vector'")
     if body.vector is not None:
-        space = body.space_id if record.config.get("model") else body.space_id or record.space_id
-        return checked_vector(body.vector, record, "the query vector", space)
+        claimed = body.space_id is not None
+        return checked_vector(body.vector, record, space, "the query vector", claimed)
     assert body.text is not None
     if not body.text.strip():
         raise InvalidInput("'text' is empty: send the words to search for")
     if len(body.text) > services.settings.max_document_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
-    embedder = services.collections.embedder_for(record)  # enforces space parity
+    embedder = services.collections.embedder_for(record, space)  # enforces space parity
     vecs = await unless_disconnected(
         request, services.embed(embedder.spec.name, [body.text], "query")
     )
     return np.asarray(vecs[0], dtype=np.float32)
 
 
-async def _search(
-    services: Services, name: str, vec: np.ndarray, k: int, allow: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
+async def search_space(
+    services: Services, record: CollectionRecord, space: SpaceInfo, vec: np.ndarray, k: int,
+    flt: dict[str, Any] | None = None, group: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """k-NN in one space of a collection: filter, over-fetch for grouping, hydrate."""
+    allow = None
+    if flt:
+        allow = await asyncio.to_thread(
+            services.store.filter_chunk_ids, record.name, space.space_id, flt
+        )
+        if allow.size == 0:
+            return []
     loop = asyncio.get_running_loop()
-    scores, ids = await loop.run_in_executor(
-        services.search_pool, services.indexes.search, name, vec[None, :], k, allow
-    )
-    keep = ids[0] >= 0
-    return scores[0][keep], ids[0][keep]
+    fetch = k * 4 if group else k
+    hits: list[dict[str, Any]] = []
+    for _ in range(GROUP_FETCH_ROUNDS):
+        scores, ids = await loop.run_in_executor(
+            services.search_pool, services.indexes.search, record.name, space.space_id,
+            vec[None, :], fetch, allow,
+        )  # fmt: skip
+        keep = ids[0] >= 0
+        found_scores, found_ids = scores[0][keep], ids[0][keep]
+        rows = await asyncio.to_thread(services.store.hydrate, found_ids.tolist())
+        hits = _hits(found_scores, found_ids, rows, k, group)
+        if len(hits) >= k or len(found_ids) < fetch:
+            break
+        fetch *= 4  # grouping or a concurrent delete left us short: fetch deeper
+    return hits
 
 
 @router.post("/v1/collections/{name}/query")
@@ -60,24 +81,18 @@ async def query(
     started = time.perf_counter()
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
-    record = services.collections.get(name)
-    vec = await _query_vector(body, record, request, services)
-    allow = None
-    if body.filter:
-        allow = await asyncio.to_thread(
-            services.store.filter_chunk_ids, name, record.space_id, body.filter
-        )
-        if allow.size == 0:
-            return JSON({"hits": [], "space_id": record.space_id, "took_ms": _ms(started)})
-    fetch = body.k if body.group_by is None else body.k * 4
-    for _ in range(GROUP_FETCH_ROUNDS):
-        scores, ids = await _search(services, name, vec, fetch, allow)
-        rows = await asyncio.to_thread(services.store.hydrate, ids.tolist())
-        hits = _hits(scores, ids, rows, body.k, body.group_by is not None)
-        if len(hits) >= body.k or len(ids) < fetch:
-            break
-        fetch *= 4  # grouping or a concurrent delete left us short: fetch deeper
-    return JSON({"hits": hits, "space_id": record.space_id, "took_ms": _ms(started)})
+    # one snapshot of the collection decides the space of both the query vector and the index,
+    # so a cutover in flight can never mix spaces
+    record = await asyncio.to_thread(services.collections.resolve, name)
+    space = await asyncio.to_thread(services.collections.space, record, body.space_id)
+    vec = await _query_vector(body, record, space, request, services)
+    hits = await search_space(
+        services, record, space, vec, body.k, body.filter, body.group_by is not None
+    )
+    return JSON(
+        {"hits": hits, "collection": record.name, "space_id": space.space_id,
+         "took_ms": _ms(started)}
+    )  # fmt: skip
 
 
 def _hits(
