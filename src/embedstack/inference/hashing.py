@@ -66,12 +66,17 @@ class HashingEmbedder:
     embeds to the unit vector e0.
     """
 
-    def __init__(self, dim: int = 384, name: str = "hashing-test", max_tokens: int = 512) -> None:
+    def __init__(
+        self, dim: int = 384, name: str = "hashing-test", max_tokens: int = 512, seed: int = 0
+    ) -> None:
+        """`seed` != 0 permutes the output coordinates: a second, incompatible space."""
         if dim < 2:
             raise ValueError(f"dim must be >= 2, got {dim}")
         self._dim = dim
+        self._perm = np.random.default_rng(seed).permutation(dim) if seed else None
         self._tokenizer = RegexTokenizer(max_tokens)
-        fingerprint = hashlib.sha256(f"{_ALGORITHM}|{name}|{dim}".encode()).hexdigest()
+        tag = f"{_ALGORITHM}|{name}|{dim}" + (f"|seed={seed}" if seed else "")
+        fingerprint = hashlib.sha256(tag.encode()).hexdigest()
         self._spec = ModelSpec(
             name=name,
             revision="1",
@@ -99,7 +104,7 @@ class HashingEmbedder:
         for lo in range(0, len(texts), _BLOCK):
             block = texts[lo : lo + _BLOCK]
             out[lo : lo + len(block)] = self._embed_block(block)
-        return out
+        return out if self._perm is None else out[:, self._perm]
 
     def _embed_block(self, texts: Sequence[str]) -> np.ndarray:
         n, dim = len(texts), self._dim

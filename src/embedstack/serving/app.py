@@ -27,7 +27,15 @@ from embedstack.errors import (
     Unavailable,
 )
 from embedstack.serving.http import JSON, ClientGone
-from embedstack.serving.routes import admin, collections, documents, embeddings, query
+from embedstack.serving.routes import (
+    admin,
+    aliases,
+    collections,
+    documents,
+    embeddings,
+    query,
+    upgrades,
+)
 from embedstack.serving.services import Services
 
 log = logging.getLogger(__name__)
@@ -163,6 +171,7 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
         try:
             await asyncio.to_thread(services.indexes.sync_all)
+            await services.upgrades.refresh()
             for status, n in (await asyncio.to_thread(services.queue.counts)).items():
                 services.metrics.queue_depth.labels(status).set(n)
             if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
@@ -209,7 +218,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-    for module in (admin, embeddings, collections, documents, query):
+    for module in (admin, embeddings, collections, documents, query, upgrades, aliases):
         app.include_router(module.router)
     app.add_middleware(MetricsAndLimits, services=services)
     return app

@@ -62,3 +62,30 @@ class QueryIn(Strict):
     filter: dict[str, Any] | None = None
     group_by: Literal["document"] | None = None
     ef_search: int | None = Field(None, ge=1, le=4096)
+
+
+# -- upgrades and aliases -----------------------------------------------------------------------
+class UpgradeIn(Strict):
+    model: str = Field(description="the model of the new embedding space")
+    auto_cutover: bool = Field(False, description="cut over by itself once the gate passes")
+    eval: list[dict[str, Any]] | None = Field(
+        None, description='labeled gate set: [{"query": ..., "document_id": ...}]'
+    )
+    gate: dict[str, Any] | None = Field(
+        None, description="k, min_recall, max_recall_drop, min_overlap, sample_queries"
+    )
+
+
+class CutoverIn(Strict):
+    eval: list[dict[str, Any]] | None = None
+    gate: dict[str, Any] | None = None
+    force: bool = Field(False, description="skip the gate")
+
+
+class RetireIn(Strict):
+    space_id: str | None = Field(None, description="default: the previous space")
+
+
+class AliasIn(Strict):
+    alias: str
+    collection: str

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
+from embedstack.registry.upgrade import UpgradeService
 from embedstack.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,14 @@ def build_models(settings: Settings) -> ModelRegistry:
         )
     )
     if settings.enable_test_models:
-        models.register(
-            ModelEntry(
-                "hashing-test", "deterministic hashing embedder (tests only)", HashingEmbedder
+        for seed, name in enumerate(("hashing-test", "hashing-test-b")):  # two spaces
+            models.register(
+                ModelEntry(
+                    name,
+                    "deterministic hashing embedder (tests only)",
+                    partial(HashingEmbedder, name=name, seed=seed),
+                )
             )
-        )
     return models
 
 
@@ -54,6 +59,7 @@ class Services:
     indexes: IndexManager
     collections: CollectionService
     search_pool: ThreadPoolExecutor
+    upgrades: UpgradeService
     batchers: dict[str, Batcher] = field(default_factory=dict)
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
@@ -70,7 +76,15 @@ class Services:
         indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
         collections = CollectionService(store, models, indexes, settings.default_model)
         pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
-        return cls(settings, metrics, store, queue, models, indexes, collections, pool)
+        services: Services
+        upgrades = UpgradeService(
+            store, queue, models, indexes, collections,
+            lambda model, texts: services.embed_bulk(model, texts), metrics,
+        )  # fmt: skip
+        services = cls(
+            settings, metrics, store, queue, models, indexes, collections, pool, upgrades
+        )
+        return services
 
     async def batcher(self, model: str) -> Batcher:
         """The batcher of a model, loading the model on first use (off the event loop)."""

@@ -215,10 +215,12 @@ class CatalogMixin:
         return found[-1] if found else None
 
     def update_upgrade(self, upgrade_id: str, **fields: Any) -> None:
-        allowed = {"state", "report", "error", "total"}
+        allowed = {"state", "report", "error", "total", "done", "options"}
         assert set(fields) <= allowed, fields
         sets = ", ".join(f"{k}=?" for k in fields)
-        values = [orjson.dumps(v).decode() if k == "report" else v for k, v in fields.items()]
+        values = [
+            orjson.dumps(v).decode() if k in ("report", "options") else v for k, v in fields.items()
+        ]
         with self._tx() as c:
             c.execute(
                 f"UPDATE upgrades SET {sets}, updated_at=? WHERE id=?",

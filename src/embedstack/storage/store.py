@@ -429,6 +429,12 @@ class Store(CatalogMixin):
             last = rows[-1][0]
             yield _to_arrays([r_[0] for r_ in rows], [r_[1] for r_ in rows], dim)
 
+    def all_chunk_ids(self, collection: str, space_id: str) -> list[int]:
+        rows = self._reader().execute(
+            "SELECT id FROM chunks WHERE collection=? AND space_id=?", (collection, space_id)
+        )
+        return [r[0] for r in rows]
+
     def hydrate(self, chunk_ids: Sequence[int]) -> dict[int, HitRow]:
         out: dict[int, HitRow] = {}
         if not chunk_ids:

@@ -1,0 +1,36 @@
+"""Collection aliases: a stable name whose collection can be switched atomically."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from embedstack.errors import InvalidInput
+from embedstack.registry.collections import NAME_RE
+from embedstack.serving.http import JSON
+from embedstack.serving.routes.deps import ready_services
+from embedstack.serving.schemas import AliasIn
+from embedstack.serving.services import Services
+
+router = APIRouter(prefix="/v1/aliases")
+
+
+@router.post("")
+async def set_alias(body: AliasIn, services: Services = Depends(ready_services)) -> Response:
+    if not NAME_RE.match(body.alias):
+        raise InvalidInput(f"alias {body.alias!r} is not valid: use the rules of collection names")
+    await asyncio.to_thread(services.store.set_alias, body.alias, body.collection)
+    return JSON({"alias": body.alias, "collection": body.collection})
+
+
+@router.get("")
+async def list_aliases(services: Services = Depends(ready_services)) -> Response:
+    return JSON({"aliases": await asyncio.to_thread(services.store.aliases)})
+
+
+@router.delete("/{alias}")
+async def delete_alias(alias: str, services: Services = Depends(ready_services)) -> Response:
+    await asyncio.to_thread(services.store.delete_alias, alias)
+    return JSON({"deleted": alias})

@@ -1,0 +1,63 @@
+"""Model upgrades: start a shadow re-index, follow it, cut over, roll back, retire."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from embedstack.registry.upgrade import Gate, parse_eval
+from embedstack.serving.http import JSON
+from embedstack.serving.routes.deps import ready_services
+from embedstack.serving.schemas import CutoverIn, RetireIn, UpgradeIn
+from embedstack.serving.services import Services
+
+router = APIRouter(prefix="/v1/collections/{name}")
+
+
+def _eval(raw: list[Any] | None) -> list[tuple[str, str]] | None:
+    return parse_eval(raw) if raw is not None else None
+
+
+@router.post("/upgrade", status_code=202)
+async def start_upgrade(
+    name: str, body: UpgradeIn, services: Services = Depends(ready_services)
+) -> Response:
+    await services.batcher(body.model)  # load the new model once, off the loop
+    gate = Gate.parse(body.gate)
+    await asyncio.to_thread(
+        services.upgrades.start, name, body.model, body.auto_cutover, _eval(body.eval), gate
+    )
+    services.notify_workers()
+    return JSON(await asyncio.to_thread(services.upgrades.status, name), status_code=202)
+
+
+@router.get("/upgrade")
+async def upgrade_status(name: str, services: Services = Depends(ready_services)) -> Response:
+    return JSON(await asyncio.to_thread(services.upgrades.status, name))
+
+
+@router.post("/upgrade/cutover")
+async def cutover(
+    name: str, body: CutoverIn, services: Services = Depends(ready_services)
+) -> Response:
+    gate = Gate.parse(body.gate) if body.gate is not None else None
+    report = await services.upgrades.cutover(name, _eval(body.eval), gate, body.force)
+    status = await asyncio.to_thread(services.upgrades.status, name)
+    return JSON({**status, "report": report})
+
+
+@router.post("/rollback")
+async def rollback(name: str, services: Services = Depends(ready_services)) -> Response:
+    space = await asyncio.to_thread(services.upgrades.rollback, name)
+    return JSON({"collection": name, "space_id": space})
+
+
+@router.post("/retire")
+async def retire(
+    name: str, body: RetireIn, services: Services = Depends(ready_services)
+) -> Response:
+    space = await asyncio.to_thread(services.upgrades.retire, name, body.space_id)
+    return JSON({"collection": name, "retired": space})
