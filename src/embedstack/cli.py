@@ -156,9 +156,10 @@ def query(
     url: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Search a collection on a running server and print the hits as a table."""
-    import httpx
     from rich.console import Console
     from rich.table import Table
+
+    from embedstack.cli_http import call
 
     body: dict[str, Any] = {"text": text, "k": k}
     if filter_json:
@@ -168,15 +169,7 @@ def query(
             raise click.BadParameter(f"--filter is not valid JSON: {exc}") from exc
     if group_by_document:
         body["group_by"] = "document"
-    try:
-        resp = httpx.post(f"{url}/v1/collections/{collection}/query", json=body, timeout=30)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(
-            f"cannot reach {url} ({exc}): is `embedstack serve` running?"
-        ) from exc
-    data = resp.json()
-    if resp.status_code != 200:
-        raise click.ClickException(data.get("error", {}).get("message", resp.text))
+    data = call("POST", f"{url}/v1/collections/{collection}/query", body)
     if as_json:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
@@ -189,3 +182,13 @@ def query(
         snippet = " ".join(hit["text"].split())[:200]
         table.add_row(str(i), f"{hit['score']:.4f}", hit["document_id"], snippet)
     Console().print(table)
+
+
+def _register() -> None:
+    from embedstack.cli_upgrade import retire, rollback, upgrade
+
+    for command in (upgrade, rollback, retire):
+        main.add_command(command)
+
+
+_register()

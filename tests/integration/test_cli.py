@@ -63,3 +63,30 @@ def test_ingest_reports_bad_jsonl(tmp_path: Path) -> None:
     out = _run("ingest", str(bad), "-c", "x", "--data-dir", str(tmp_path / "d"),
                env=server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test"))  # fmt: skip
     assert out.returncode != 0 and "bad.jsonl:2" in out.stderr
+
+
+def test_upgrade_rollback_retire_commands(tmp_path: Path) -> None:
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    server = Server(tmp_path / "data", env).start()
+    try:
+        with server.client() as c:
+            assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+            docs = load_jsonl(DATA / "pydoc_sections.jsonl")[:30]
+            c.post("/v1/collections/kb/documents", json={"documents": docs})
+        evalset = tmp_path / "eval.jsonl"
+        evalset.write_bytes(b"\n".join(
+            orjson.dumps({"query": d["metadata"]["title"], "document_id": d["id"]}) for d in docs  # type: ignore[index]
+        ))  # fmt: skip
+        out = _run("upgrade", "-c", "kb", "--model", "hashing-test-b", "--eval", str(evalset),
+                   "--k", "5", "--max-recall-drop", "1", "--url", server.url, env=env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "recall@5" in out.stdout and "gate passed" in out.stdout
+        assert "now serves" in out.stdout
+        back = _run("rollback", "-c", "kb", "--url", server.url, env=env)
+        assert back.returncode == 0 and "again" in back.stdout, back.stderr
+        gone = _run("retire", "-c", "kb", "--url", server.url, env=env)
+        assert gone.returncode == 0 and "retired sp_" in gone.stdout, gone.stderr
+        again = _run("rollback", "-c", "kb", "--url", server.url, env=env)
+        assert again.returncode != 0 and "no previous space" in again.stderr
+    finally:
+        server.stop()

@@ -1,0 +1,25 @@
+"""The CLI's HTTP client for commands that drive a running server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import httpx
+
+
+def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON request; a connection failure or an error answer becomes a ClickException."""
+    try:
+        r = httpx.request(method, url, json=body, timeout=600)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(
+            f"cannot reach {url} ({exc}): is `embedstack serve` running?"
+        ) from exc
+    try:
+        data: dict[str, Any] = r.json()
+    except ValueError as exc:
+        raise click.ClickException(f"{url} answered {r.status_code}: {r.text[:200]}") from exc
+    if r.status_code >= 400:
+        raise click.ClickException(data.get("error", {}).get("message", r.text))
+    return data

@@ -1,0 +1,116 @@
+"""`embedstack upgrade | rollback | retire`: model upgrades driven over a running server's API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from embedstack.cli_http import call
+
+url_option = click.option("--url", default="http://127.0.0.1:8080", help="Server to drive.")
+collection_option = click.option("-c", "--collection", required=True, help="Collection or alias.")
+
+
+def _read_eval(path: Path) -> list[dict[str, Any]]:
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    if not rows or not all("query" in r and "document_id" in r for r in rows):
+        raise click.BadParameter(f"{path}: each line needs {{'query', 'document_id'}}")
+    return rows
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"upgrade gate ({report.get('mode')}, k={report.get('k')})")
+    table.add_column("space")
+    if report.get("mode") == "labeled":
+        table.add_column(f"recall@{report['k']}", justify="right")
+        table.add_column("MRR", justify="right")
+        for label in ("old", "new"):
+            table.add_row(label, f"{report[label]['recall']:.4f}", f"{report[label]['mrr']:.4f}")
+    elif report.get("mode") == "overlap":
+        table.add_column(f"top-{report['k']} overlap", justify="right")
+        table.add_row("old vs new", f"{report['overlap']:.4f}")
+    Console().print(table)
+    click.echo(f"gate {'passed' if report.get('passed') else 'FAILED'}")
+
+
+@click.command()
+@collection_option
+@click.option("--model", required=True, help="Model of the new embedding space.")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path, exists=True),
+              help="JSONL of {query, document_id} pairs: gate on recall@k and MRR.")  # fmt: skip
+@click.option("--k", type=int, default=10, help="k of the gate's recall / overlap.")
+@click.option("--min-recall", type=float, default=None, help="New space's recall@k floor.")
+@click.option("--max-recall-drop", type=float, default=0.0, help="Allowed recall@k loss.")
+@click.option("--min-overlap", type=float, default=0.3, help="Unlabeled gate: top-k overlap.")
+@click.option("--sample-queries", type=int, default=100, help="Unlabeled gate: sampled texts.")
+@click.option("--cutover/--no-cutover", default=True, help="Cut over when the gate passes.")
+@click.option("--force", is_flag=True, help="Cut over without the gate.")
+@url_option
+def upgrade(
+    collection: str, model: str, eval_file: Path | None, k: int, min_recall: float | None,
+    max_recall_drop: float, min_overlap: float, sample_queries: int, cutover: bool,
+    force: bool, url: str,
+) -> None:  # fmt: skip
+    """Re-index a collection into a new model's space while the old one keeps serving.
+
+    Every stored document is re-embedded from its stored text in the background (it survives
+    a server restart), new writes go to both spaces, then a gate compares old and new and the
+    collection flips to the new space atomically. `embedstack rollback` returns to the old one.
+    """
+    gate = {"k": k, "min_recall": min_recall, "max_recall_drop": max_recall_drop,
+            "min_overlap": min_overlap, "sample_queries": sample_queries}  # fmt: skip
+    labeled = _read_eval(eval_file) if eval_file else None
+    base = f"{url}/v1/collections/{collection}"
+    status = call("POST", f"{base}/upgrade", {"model": model, "eval": labeled, "gate": gate})
+    click.echo(f"upgrade {status['id']}: {status['from_space']} -> {status['to_space']}")
+    columns = (TextColumn("[bold]re-embedding"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} docs {task.fields[rate]}"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns) as progress:
+        task = progress.add_task("backfill", total=max(1, status["total"]), rate="")
+        while status["state"] == "backfilling":
+            time.sleep(0.5)
+            status = call("GET", f"{base}/upgrade")
+            eta = f", ETA {status['eta_s']:.0f}s" if status.get("eta_s") is not None else ""
+            progress.update(task, completed=status["done"],
+                            rate=f"({status['rate_docs_per_s']:.1f}/s{eta})")  # fmt: skip
+    if status["state"] != "ready":
+        raise click.ClickException(f"upgrade is {status['state']}: {status.get('error')}")
+    if not cutover:
+        click.echo("shadow index ready; cut over later with the API or run again with --cutover")
+        return
+    try:
+        done = call("POST", f"{base}/upgrade/cutover", {"force": force})
+    except click.ClickException:
+        report = call("GET", f"{base}/upgrade").get("report")
+        if report:
+            print_report(report)
+        raise
+    print_report(done["report"])
+    click.echo(f"{collection} now serves {done['to_space']} ({model})")
+
+
+@click.command()
+@collection_option
+@url_option
+def rollback(collection: str, url: str) -> None:
+    """Serve the previous embedding space again (while it is retained) - instant."""
+    done = call("POST", f"{url}/v1/collections/{collection}/rollback")
+    click.echo(f"{collection} serves {done['space_id']} again")
+
+
+@click.command()
+@collection_option
+@click.option("--space", default=None, help="Space id to retire (default: the previous one).")
+@url_option
+def retire(collection: str, space: str | None, url: str) -> None:
+    """Delete a non-serving embedding space and free its vectors and index."""
+    done = call("POST", f"{url}/v1/collections/{collection}/retire", {"space_id": space})
+    click.echo(f"retired {done['retired']}")
