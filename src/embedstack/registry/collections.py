@@ -113,6 +113,21 @@ class CollectionService:
             params=dict(cfg["index"]["params"]),
         )
 
+    def change_index(self, name: str, index: dict[str, Any]) -> CollectionRecord:
+        """Store new index settings; `rebuild` then builds and swaps the indexes."""
+        record = self.resolve(name)
+        index = dict(index)
+        index_type = str(index.pop("type", record.config["index"]["type"]))
+        params = validate_index_params(index_type, index)
+        config = {**record.config, "index": {"type": index_type, "params": params}}
+        self._store.update_collection_config(record.name, config)
+        return self._store.get_collection(record.name)
+
+    def rebuild(self, record: CollectionRecord) -> None:
+        """Build each active space's index with the record's settings aside; swap atomically."""
+        for space in self._store.spaces(record.name):
+            self._indexes.replace(self.index_config(record, space))
+
     def open(self, record: CollectionRecord) -> None:
         """Open (load or build) the index of every active space of the collection."""
         for space in self._store.spaces(record.name):

@@ -40,6 +40,12 @@ class CollectionCreate(Strict):
     )
 
 
+class CollectionPatch(Strict):
+    index: dict[str, Any] = Field(
+        description='new index settings, e.g. {"type": "hnsw", "M": 16}; built in the background'
+    )
+
+
 # -- documents ----------------------------------------------------------------------------------
 class DocumentIn(Strict):
     id: str = Field(min_length=1, max_length=512)

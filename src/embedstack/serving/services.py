@@ -23,7 +23,7 @@ from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.upgrade import UpgradeService
-from embedstack.storage.store import Store
+from embedstack.storage.store import CollectionRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Services:
     batchers: dict[str, Batcher] = field(default_factory=dict)
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
+    rebuilding: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _batcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -126,6 +127,26 @@ class Services:
 
     async def after_write(self, collection: str) -> None:
         await asyncio.to_thread(self.indexes.sync_collection, collection)
+
+    def start_rebuild(self, record: CollectionRecord) -> None:
+        """Rebuild a collection's indexes in the background (one at a time per collection)."""
+        previous = self.rebuilding.get(record.name)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                await asyncio.to_thread(self.collections.rebuild, record)
+            except Exception:
+                log.exception(
+                    "index rebuild of %s failed; the old index keeps serving", record.name
+                )
+            finally:
+                if self.rebuilding.get(record.name) is task:
+                    del self.rebuilding[record.name]
+
+        task = asyncio.create_task(run())
+        self.rebuilding[record.name] = task
 
     def notify_workers(self) -> None:
         for w in self.workers:

@@ -157,6 +157,17 @@ class Store(CatalogMixin):
             )
         return CollectionRecord(row[0], orjson.loads(row[1]), row[2], row[3])
 
+    def update_collection_config(self, name: str, config: dict[str, Any]) -> None:
+        with self._tx() as c:
+            if (
+                c.execute(
+                    "UPDATE collections SET config=? WHERE name=?",
+                    (orjson.dumps(config).decode(), name),
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"collection {name!r} does not exist")
+
     def list_collections(self) -> list[CollectionRecord]:
         rows = self._reader().execute(
             "SELECT name, config, space_id, created_at FROM collections ORDER BY name"

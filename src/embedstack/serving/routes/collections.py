@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from embedstack.serving.http import JSON
 from embedstack.serving.routes.deps import ready_services
-from embedstack.serving.schemas import CollectionCreate
+from embedstack.serving.schemas import CollectionCreate, CollectionPatch
 from embedstack.serving.services import Services
 
 router = APIRouter(prefix="/v1/collections")
@@ -44,10 +44,23 @@ async def list_collections(services: Services = Depends(ready_services)) -> Resp
 @router.get("/{name}")
 async def get_collection(name: str, services: Services = Depends(ready_services)) -> Response:
     record = await asyncio.to_thread(services.collections.resolve, name)
-    return JSON(await asyncio.to_thread(services.collections.describe, record))
+    described = await asyncio.to_thread(services.collections.describe, record)
+    return JSON({**described, "rebuilding": record.name in services.rebuilding})
 
 
 @router.delete("/{name}")
 async def delete_collection(name: str, services: Services = Depends(ready_services)) -> Response:
     await asyncio.to_thread(services.collections.delete, name)
     return JSON({"deleted": name})
+
+
+@router.patch("/{name}", status_code=202)
+async def update_collection(
+    name: str, body: CollectionPatch, services: Services = Depends(ready_services)
+) -> Response:
+    """Change index settings: the new index is built aside from the store and swapped in
+    atomically, so queries keep being answered by the old one until then."""
+    record = await asyncio.to_thread(services.collections.change_index, name, body.index)
+    services.start_rebuild(record)
+    described = await asyncio.to_thread(services.collections.describe, record)
+    return JSON({**described, "rebuilding": True}, status_code=202)
