@@ -1,0 +1,133 @@
+"""The SQLite store: migrations, upserts, chunk replacement with stale-version protection,
+the change log, metadata filters and the space catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedstack.errors import Conflict, InvalidInput, NotFound
+from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
+
+
+def _vec(seed: int, dim: int = 4) -> bytes:
+    return np.random.default_rng(seed).normal(size=dim).astype(np.float32).tobytes()
+
+
+def _chunk(ordinal: int, text: str, seed: int) -> ChunkRow:
+    return ChunkRow(ordinal, text, 0, len(text), 3, f"h-{text}", _vec(seed))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "store.db")
+    s.create_collection("c", {"dim": 4, "metric": "cosine"}, "sp1", "m1", {"dim": 4})
+    return s
+
+
+def test_migrations_are_idempotent(tmp_path: Path, store: Store) -> None:
+    store.close()
+    again = Store(store.path)
+    assert again.get_collection("c").space_id == "sp1"
+    versions = again._reader().execute("SELECT version FROM schema_version").fetchall()
+    assert [v[0] for v in versions] == [1, 2]
+
+
+def test_put_documents_reports_only_changes(store: Store) -> None:
+    docs = [DocumentRow("a", "x", {}, "h1"), DocumentRow("b", "y", {}, "h2")]
+    assert store.put_documents("c", docs) == ["a", "b"]
+    store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1)])])
+    # a is indexed and unchanged: no work; b is not yet indexed: still pending
+    assert store.put_documents("c", docs) == ["b"]
+    assert store.pending_documents() == {"c": ["b"]}
+    with pytest.raises(NotFound):
+        store.put_documents("nope", docs)
+
+
+def test_write_chunks_replaces_keeps_and_logs_changes(store: Store) -> None:
+    store.put_documents("c", [DocumentRow("a", "x y", {}, "h1")])
+    first = store.write_chunks(
+        "c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1), _chunk(1, "y", 2)])]
+    )
+    assert (first.added, first.removed, first.kept) == (2, 0, 0)
+    store.put_documents("c", [DocumentRow("a", "x z", {}, "h2")])
+    second = store.write_chunks(
+        "c", "sp1", [DocumentChunks("a", "h2", [_chunk(0, "x", 1), _chunk(1, "z", 3)])]
+    )
+    assert (second.added, second.removed, second.kept) == (1, 1, 1)
+    ops = [op for _, _, op in store.changes_since("c", "sp1", 0)]
+    assert ops == [1, 1, 1, -1]
+    assert second.max_seq == store.max_seq("c", "sp1") == 4
+
+
+def test_stale_version_is_not_written(store: Store) -> None:
+    store.put_documents("c", [DocumentRow("a", "v1", {}, "h1")])
+    store.put_documents("c", [DocumentRow("a", "v2", {}, "h2")])  # changed while a worker ran
+    result = store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "v1", 1)])])
+    assert result.stale_documents == 1 and result.added == 0
+    store.delete_document("c", "a")
+    gone = store.write_chunks("c", "sp1", [DocumentChunks("a", "h2", [_chunk(0, "v2", 1)])])
+    assert gone.stale_documents == 1
+
+
+def test_delete_document_logs_removals(store: Store) -> None:
+    store.put_documents("c", [DocumentRow("a", "x", {}, "h1")])
+    store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1)])])
+    seq = store.delete_document("c", "a")
+    assert store.changes_since("c", "sp1", seq - 1)[0][2] == -1
+    with pytest.raises(NotFound):
+        store.delete_document("c", "a")
+
+
+def test_filters(store: Store) -> None:
+    metas = [{"lang": "en", "year": 2020, "ok": True}, {"lang": "de", "year": 2023, "ok": False},
+             {"lang": "en", "year": 2024}]  # fmt: skip
+    for i, meta in enumerate(metas):
+        store.put_documents("c", [DocumentRow(f"d{i}", "t", meta, f"h{i}")])
+        store.write_chunks("c", "sp1", [DocumentChunks(f"d{i}", f"h{i}", [_chunk(0, f"t{i}", i)])])
+
+    def docs(flt: dict[str, object]) -> set[str]:
+        ids = store.filter_chunk_ids("c", "sp1", flt)
+        return {row.document_id for row in store.hydrate(ids.tolist()).values()}
+
+    assert docs({"lang": "en"}) == {"d0", "d2"}
+    assert docs({"lang": {"$in": ["de", "fr"]}}) == {"d1"}
+    assert docs({"year": {"$gte": 2023}, "lang": "en"}) == {"d2"}
+    assert docs({"ok": True}) == {"d0"}
+    assert docs({"ok": None}) == {"d2"}
+    assert docs({"ok": {"$ne": None}}) == {"d0", "d1"}
+    assert docs({"lang": {"$nin": ["en"]}}) == {"d1"}
+    for bad in ({"a": {"$regex": "x"}}, {'a"b': 1}, {"a": {"$in": []}}, {"a": [1]}, {"a": {}}):
+        with pytest.raises(InvalidInput):
+            docs(bad)  # type: ignore[arg-type]
+
+
+def test_catalog_cutover_rollback_retire_and_aliases(store: Store) -> None:
+    store.put_documents("c", [DocumentRow("a", "x", {}, "h1")])
+    store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1)])])
+    up = store.start_shadow("c", "sp2", "m2", {"dim": 4}, total=1, options={})
+    assert up.state == "backfilling" and up.from_space == "sp1"
+    with pytest.raises(Conflict):
+        store.start_shadow("c", "sp3", "m3", {"dim": 4}, total=1, options={})
+    store.write_chunks(
+        "c", "sp2", [DocumentChunks("a", "h1", [_chunk(0, "x", 5)])], mark_indexed=False
+    )
+    assert [s.state for s in store.spaces("c")] == ["serving", "shadow"]
+    assert store.cut_over("c", "sp2") == "sp1"
+    assert store.get_collection("c").space_id == "sp2"
+    assert {s.space_id: s.state for s in store.spaces("c")} == {"sp1": "previous", "sp2": "serving"}
+    assert store.collection_stats("c")["chunks"] == 1  # the serving space's chunks only
+    with pytest.raises(Conflict):
+        store.retire("c", "sp2")  # serving
+    store.retire("c", "sp1")
+    assert store.all_chunk_ids("c", "sp1") == [] and len(store.all_chunk_ids("c", "sp2")) == 1
+    store.set_alias("prod", "c")
+    assert store.resolve("prod") == "c" and store.resolve("c") == "c"
+    with pytest.raises(Conflict):
+        store.set_alias("c", "c")
+    with pytest.raises(Conflict):
+        store.create_collection("prod", {}, "spx")
+    store.delete_collection("c")
+    assert store.aliases() == {} and store.upgrades() == []
