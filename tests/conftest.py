@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,23 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 300.0) -> dict[
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} not finished in {timeout}s")
+
+
+@pytest.fixture()
+def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers that are stopped at teardown even when the test fails."""
+    started: list[Server] = []
+
+    def make(
+        env: dict[str, str], args: list[str] | None = None, data: Path | None = None
+    ) -> Server:
+        server = Server(data or tmp_path / "data", env, args or [])
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop(kill=True)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -25,7 +26,9 @@ def test_help_explains_every_command() -> None:
         assert sub.returncode == 0 and len(sub.stdout.splitlines()) > 5, sub.stdout
 
 
-def test_ingest_folder_and_jsonl_then_query(tmp_path: Path) -> None:
+def test_ingest_folder_and_jsonl_then_query(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "cats.md").write_text("Cats are small domesticated carnivorous mammals.")
@@ -42,7 +45,7 @@ def test_ingest_folder_and_jsonl_then_query(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "queued 20 documents" in second.stdout
 
-    server = Server(data, env).start()
+    server = make_server(env, data=data)
     try:
         out = _run("query", "cats mammals", "-c", "notes", "-k", "3", "--url", server.url, env=env)
         assert out.returncode == 0, out.stderr
@@ -65,9 +68,11 @@ def test_ingest_reports_bad_jsonl(tmp_path: Path) -> None:
     assert out.returncode != 0 and "bad.jsonl:2" in out.stderr
 
 
-def test_upgrade_rollback_retire_commands(tmp_path: Path) -> None:
+def test_upgrade_rollback_retire_commands(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
     env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
-    server = Server(tmp_path / "data", env).start()
+    server = make_server(env)
     try:
         with server.client() as c:
             assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,9 +30,9 @@ def _top(c: httpx.Client, collection: str, text: str, k: int = 3) -> list[str]:
     return [h["document_id"] for h in r.json()["hits"]]
 
 
-def test_restart_keeps_everything(tmp_path: Path) -> None:
+def test_restart_keeps_everything(tmp_path: Path, make_server: Callable[..., Server]) -> None:
     env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
-    server = Server(tmp_path / "data", env).start()
+    server = make_server(env)
     docs = [_doc(i) for i in range(300)]
     with server.client() as c:
         assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
@@ -76,13 +77,15 @@ def _start_worker(data: Path, env: dict[str, str], log: Path) -> subprocess.Pope
     )  # fmt: skip
 
 
-def test_killed_worker_loses_nothing_and_indexes_once(tmp_path: Path) -> None:
+def test_killed_worker_loses_nothing_and_indexes_once(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
     env = server_env(
         EMBEDSTACK_DEFAULT_MODEL="hashing-test",
         EMBEDSTACK_VISIBILITY_TIMEOUT_S="2",
         EMBEDSTACK_INGEST_BATCH_DOCUMENTS="4",
     )
-    server = Server(tmp_path / "data", env, args=["--workers", "0"]).start()
+    server = make_server(env, ["--workers", "0"])
     docs = [_doc(i, words=400) for i in range(1200)]
     jobs = []
     with server.client() as c:

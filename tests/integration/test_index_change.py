@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Server, server_env, wait_job
 from tests.integration.test_upgrade import Prober, _doc
 
 
-def test_patch_index_swaps_without_failed_queries(tmp_path: Path) -> None:
-    server = Server(tmp_path / "data", server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")).start()
+def test_patch_index_swaps_without_failed_queries(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
+    server = make_server(server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test"))
     docs = [_doc(i) for i in range(2000)]
     with server.client() as c:
         assert (

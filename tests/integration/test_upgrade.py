@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -59,9 +60,11 @@ class Prober(threading.Thread):
                     self.errors.append(f"mixed or wrong answer for {doc['id']}: {top}")
 
 
-def test_upgrade_cutover_rollback_under_load(tmp_path: Path) -> None:
+def test_upgrade_cutover_rollback_under_load(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
     env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test", EMBEDSTACK_SYNC_INTERVAL_S="0.1")
-    server = Server(tmp_path / "data", env).start()
+    server = make_server(env)
     docs = [_doc(i) for i in range(1500)]
     c = server.client()
     assert (
@@ -143,9 +146,11 @@ def test_upgrade_cutover_rollback_under_load(tmp_path: Path) -> None:
     server.stop()
 
 
-def test_gate_refuses_a_worse_model_and_upgrade_survives_restart(tmp_path: Path) -> None:
+def test_gate_refuses_a_worse_model_and_upgrade_survives_restart(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
     env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test", EMBEDSTACK_WORKERS="0")
-    server = Server(tmp_path / "data", env).start()
+    server = make_server(env)
     docs = [_doc(i) for i in range(300)]
     with server.client() as c:
         assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
