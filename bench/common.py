@@ -1,8 +1,8 @@
 """Shared helpers for the benchmarks: a real `embedstack serve` subprocess, corpora, tables.
 
 `python bench/common.py profile-serve OUT.prof -- serve --port P ...` runs the server with a
-CPU-time cProfile in every thread (merged into OUT.prof at shutdown); bench/ingest.py --profile
-uses it. Everything binds to 127.0.0.1 only.
+CPU-time cProfile of its event loop and thread-pool work between SIGUSR1 and SIGUSR2, written to
+OUT.prof at shutdown; bench/ingest.py --profile uses it. Everything binds to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -25,15 +25,20 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled model needs no hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in tables
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PYDOC_JSONL = ROOT / "tests" / "data" / "pydoc_sections.jsonl"
-console = Console(highlight=False)
+# wide enough for the tables when the output goes to a file or a pipe
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def load_note() -> str:
     one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+    cores = os.cpu_count()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min), {cores} cores"
 
 
 def say(text: str) -> None:
@@ -52,6 +57,23 @@ def server_env(**extra: str) -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", EMBEDSTACK_LOG_LEVEL="warning")
     env.update(extra)
     return env
+
+
+def use_torch_threads(n: int) -> dict[str, str]:
+    """Give the in-process baseline `n` torch threads (0: torch's default) and return the
+    server settings that do the same, so both sides run the model alike."""
+    if n <= 0:
+        return {}
+    import torch
+
+    torch.set_num_threads(n)
+    return {"EMBEDSTACK_TORCH_THREADS": str(n)}
+
+
+THREADS_HELP = (
+    "torch intra-op threads for the baseline and the server alike (default 0: torch's default, "
+    "one per core); 1 is far steadier on a machine loaded by other jobs"
+)
 
 
 class Server:
@@ -80,7 +102,7 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # a first start may gate backends
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
@@ -91,7 +113,7 @@ class Server:
                 pass
             time.sleep(0.2)
         self.__exit__()
-        raise RuntimeError(f"server not ready in 180 s; log: {self.log}")
+        raise RuntimeError(f"server not ready in 600 s; log: {self.log}")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is None:
@@ -103,6 +125,10 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -186,36 +212,60 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 # -- profiling the server ------------------------------------------------------------------
-def profiled_serve(out: Path, argv: list[str]) -> None:
-    """Run the embedstack CLI with a CPU-time profiler in every thread; merge them into `out`."""
-    profiles: list[cProfile.Profile] = []
-    original = threading.Thread.run
+_profiling = threading.Event()
+_profiles: dict[int, cProfile.Profile] = {}
 
-    def run(self: threading.Thread) -> None:
-        prof = cProfile.Profile(time.thread_time)
-        profiles.append(prof)
+
+def _thread_profile() -> cProfile.Profile:
+    """This thread's profiler, measuring CPU time (waiting threads cost nothing)."""
+    return _profiles.setdefault(threading.get_ident(), cProfile.Profile(time.thread_time))
+
+
+def profiled_serve(out: Path, argv: list[str]) -> None:
+    """Run the embedstack CLI; profile between SIGUSR1 and SIGUSR2; write `out` at exit.
+
+    Covered: the event loop thread and every thread-pool work item (asyncio.to_thread,
+    run_in_executor: SQLite, chunking, index adds, searches). Not covered: dedicated threads
+    such as the batcher's model runner (see the inference metrics) and OpenMP threads.
+    """
+    from concurrent.futures import thread
+
+    original = thread._WorkItem.run
+
+    def run_item(self: Any) -> None:
+        if not _profiling.is_set():
+            return original(self)
+        prof = _thread_profile()
         prof.enable()
         try:
-            original(self)
+            return original(self)
         finally:
             prof.disable()
 
-    threading.Thread.run = run  # type: ignore[method-assign]
+    def toggle(signum: int, _: object) -> None:  # signal handlers run on the main thread
+        if signum == signal.SIGUSR1:
+            _profiling.set()
+            _thread_profile().enable()
+        else:
+            _profiling.clear()
+            _thread_profile().disable()
+
+    thread._WorkItem.run = run_item  # type: ignore[method-assign]
+    signal.signal(signal.SIGUSR1, toggle)
+    signal.signal(signal.SIGUSR2, toggle)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: ignore that one, to dump
+    signal.signal(signal.SIGTERM, lambda *_: None)
     from embedstack.cli import main
 
-    prof = cProfile.Profile(time.thread_time)
-    profiles.append(prof)
-    prof.enable()
     try:
         main(argv, standalone_mode=False)
     finally:
-        prof.disable()
-        stats = pstats.Stats(profiles[0])
-        for p in profiles[1:]:
-            with_calls = p.getstats()
-            if with_calls:
+        used = [p for p in _profiles.values() if p.getstats()]
+        if used:
+            stats = pstats.Stats(used[0])
+            for p in used[1:]:
                 stats.add(p)
-        stats.dump_stats(str(out))
+            stats.dump_stats(str(out))
 
 
 if __name__ == "__main__":

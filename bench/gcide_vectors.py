@@ -60,7 +60,11 @@ def embed(texts: list[str]) -> np.ndarray:
     model = load_bundled_l6()
     order = np.argsort([len(t) for t in texts], kind="stable")  # less padding per batch
     out = np.empty((len(texts), model.spec.dim), dtype=np.float32)
-    columns = (TextColumn("embedding GCIDE"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    columns = (
+        TextColumn("embedding GCIDE"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    )
     started = time.perf_counter()
     with Progress(*columns, TimeRemainingColumn()) as bar:
         task = bar.add_task("embed", total=len(texts))

@@ -185,9 +185,12 @@ def query(
 
 
 def _register() -> None:
+    from embedstack.cli_models import models
+    from embedstack.cli_ops import plan, tune
     from embedstack.cli_upgrade import retire, rollback, upgrade
 
-    for command in (upgrade, rollback, retire):
+    main.add_command(models)
+    for command in (upgrade, rollback, retire, tune, plan):
         main.add_command(command)
 
 

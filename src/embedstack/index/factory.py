@@ -1,4 +1,8 @@
-"""Create, validate and load index backends by type name."""
+"""Create, validate and load index backends by type name.
+
+Types: exact (numpy), flat, hnsw, hnsw_sq8, sq8, ivf_flat, ivf_pq (faiss) and scann (optional
+extra: `pip install embedstack[scann]`). Parameters and defaults are listed in params.py.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,48 @@ from typing import Any
 
 from embedstack.errors import InvalidInput
 from embedstack.index.base import VectorIndex
-from embedstack.index.exact import ExactIndex, read_meta
-from embedstack.index.faiss_index import FAISS_TYPES, FaissIndex, validate_faiss_params
+from embedstack.index.common import read_meta
+from embedstack.index.exact import ExactIndex
+from embedstack.index.faiss_index import FAISS_TYPES, FaissIndex
+from embedstack.index.params import INDEX_TYPES, check_type, validate_params
 
-INDEX_TYPES: tuple[str, ...] = ("exact", *FAISS_TYPES)
-
-
-def _check_type(index_type: str) -> None:
-    if index_type not in INDEX_TYPES:
-        raise InvalidInput(
-            f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
-        )
+__all__ = ["INDEX_TYPES", "create_index", "load_index", "validate_index_params"]
 
 
 def validate_index_params(index_type: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """Return `params` with defaults filled; raise InvalidInput naming the fix otherwise."""
-    _check_type(index_type)
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInput(f"index params must be an object, got {type(params).__name__}")
-    return validate_faiss_params(index_type, params)
+    full = validate_params(index_type, params)
+    if index_type == "scann":
+        from embedstack.index.scann_index import require_scann
+
+        require_scann()
+    return full
 
 
 def create_index(
     index_type: str, dim: int, metric: str, params: dict[str, Any] | None = None
 ) -> VectorIndex:
-    """A new empty index of `index_type` ("exact", "flat" or "hnsw")."""
+    """A new empty index of `index_type` (one of INDEX_TYPES)."""
     full = validate_index_params(index_type, params)
     if index_type == "exact":
         return ExactIndex(dim, metric)
+    if index_type == "scann":
+        from embedstack.index.scann_index import ScannIndex
+
+        return ScannIndex(dim, metric, full)
     return FaissIndex(dim, metric, index_type, full)
 
 
 def load_index(path: Path) -> VectorIndex:
     """Load an index saved by any backend's `save(path)`."""
-    index_type = read_meta(Path(path)).get("type")
-    _check_type(str(index_type))
+    index_type = str(read_meta(Path(path)).get("type"))
+    check_type(index_type)
     if index_type == "exact":
         return ExactIndex.load(path)
+    if index_type == "scann":
+        from embedstack.index.scann_index import ScannIndex
+
+        return ScannIndex.load(path)
+    if index_type not in FAISS_TYPES:
+        raise InvalidInput(f"index type {index_type!r} cannot be loaded here")
     return FaissIndex.load(path)

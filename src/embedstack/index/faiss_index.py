@@ -1,12 +1,18 @@
-"""faiss-backed index: "flat" (exact) or "hnsw" (graph), both under IndexIDMap2 for our own ids.
+"""One VectorIndex over every faiss family: flat, hnsw, hnsw_sq8, sq8, ivf_flat, ivf_pq.
 
-HNSW deletes are tombstones, excluded at search time with an IDSelector (faiss translates
-selector ids through IndexIDMap2). A tombstoned id cannot be re-added to an HNSW index until it
-has been compacted: our callers never re-use ids, so `add` raises InvalidInput instead.
+The faiss structure stores positions; an IdMap beside it holds our ids and tombstones (see
+idmap.py). Types that need training (sq8, hnsw_sq8, ivf_*) start as an exact IndexFlat and train
+automatically inside the `add` that brings the live count to the type's training threshold; the
+recall gate (gate.py) then measures the trained index and raises its search knobs to the floor.
+
+Writers (add, remove, the training step) hold the write lock; searches share the read lock.
+`compacted()` and `retrained()` only read: they return a new index for the caller to swap in.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +20,8 @@ import faiss
 import numpy as np
 
 from embedstack.errors import InvalidInput
-from embedstack.index.exact import (
+from embedstack.index import structures as st
+from embedstack.index.common import (
     ReadWriteLock,
     as_ids,
     as_matrix,
@@ -26,55 +33,24 @@ from embedstack.index.exact import (
     pad_value,
     read_meta,
     save_dir_atomically,
+    save_npy,
     unique_first,
 )
+from embedstack.index.gate import GateResult, tune
+from embedstack.index.idmap import IdMap, bitmap_selector
+from embedstack.index.params import INDEX_PARAMS, TRAINED_TYPES, check_knobs, validate_params
 
-FAISS_TYPES: tuple[str, ...] = ("flat", "hnsw")
-HNSW_DEFAULTS: dict[str, int] = {"M": 32, "ef_construction": 200, "ef_search": 64}
-HNSW_RANGES: dict[str, tuple[int, int]] = {
-    "M": (4, 256),
-    "ef_construction": (8, 8192),
-    "ef_search": (1, 32768),
-}
+log = logging.getLogger(__name__)
+
+FAISS_TYPES: tuple[str, ...] = ("flat", "hnsw", "hnsw_sq8", "sq8", "ivf_flat", "ivf_pq")
 SMALL_ALLOW_MIN = 2000  # allow sets smaller than max(this, 2% of count) are searched exactly
 SMALL_ALLOW_FRACTION = 0.02
-IDMAP_BYTES_PER_ID = 8 + 48  # id_map entry + rev_map hash node
 ADD_BATCH = 65536
-
-
-def _check_int(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InvalidInput(f"index param {key} must be an integer in [{low}, {high}]")
-    if not low <= int(value) <= high:
-        raise InvalidInput(f"index param {key}={value} is out of range; use [{low}, {high}]")
-    return int(value)
-
-
-def validate_faiss_params(index_type: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Fill defaults and reject unknown keys or out-of-range values."""
-    params = dict(params or {})
-    allowed = HNSW_DEFAULTS if index_type == "hnsw" else {}
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) or "none"
-        raise InvalidInput(
-            f"unknown index param(s) {', '.join(unknown)} for {index_type!r}; valid: {valid}"
-        )
-    out = {**allowed, **params}
-    return {key: _check_int(key, out[key], *HNSW_RANGES[key]) for key in allowed}
-
-
-def _contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Boolean mask: which of `ids` are in the sorted array `sorted_ids`."""
-    if len(sorted_ids) == 0:
-        return np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return np.asarray(sorted_ids[pos] == ids)
+FORMAT = 2
+KNOB_CAPS = {"ef_search": 4096, "refine_factor": 64}
 
 
 class FaissIndex:
-    """VectorIndex over faiss IndexFlat* or IndexHNSWFlat wrapped in IndexIDMap2."""
-
     def __init__(
         self,
         dim: int,
@@ -88,24 +64,33 @@ class FaissIndex:
         self._dim = dim
         self._metric = metric
         self._type = index_type
-        self._params = validate_faiss_params(index_type, params)
-        self._base, self._index = self._build()
-        self._ids = np.empty(0, dtype=np.int64)  # sorted; every id in faiss, tombstones included
-        self._dead = np.empty(0, dtype=np.int64)  # sorted tombstones (hnsw only)
-        self._dead_sel: tuple[Any, Any] | None = None  # (IDSelectorNot, its IDSelectorBatch)
+        self._params = validate_params(index_type, params)
+        st.check_shape(index_type, self._params, dim)
         self._lock = ReadWriteLock()
-
-    def _build(self) -> tuple[Any, Any]:
-        ip = self._metric != "l2"
-        base: Any
-        if self._type == "flat":
-            base = faiss.IndexFlatIP(self._dim) if ip else faiss.IndexFlatL2(self._dim)
+        self._map = IdMap()
+        self._trained_n = 0  # live vectors at training time; 0 while untrained
+        self._added = 0  # vectors added since training
+        self._gate: dict[str, Any] = {}
+        self._shape: dict[str, int] = {}
+        self._knobs = self._default_knobs()
+        self._cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[Any, Any]] = {}
+        if index_type in TRAINED_TYPES:
+            self._faiss: Any = faiss.index_factory(dim, "Flat", st.faiss_metric(metric))
+            self._trained = False
         else:
-            faiss_metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
-            base = faiss.IndexHNSWFlat(self._dim, self._params["M"], faiss_metric)
-            base.hnsw.efConstruction = self._params["ef_construction"]
-        return base, faiss.IndexIDMap2(base)
+            self._shape = st.resolve(index_type, self._params, dim, 0)
+            self._faiss = st.build(index_type, self._shape, self._params, dim, metric)
+            self._trained = True
+        self._template = st.serialize(self._faiss)
 
+    def _default_knobs(self) -> dict[str, int]:
+        spec = INDEX_PARAMS[self._type]
+        knobs = {key: int(self._params[key]) for key, p in spec.items() if p.knob}
+        if knobs.get("refine_factor") == 0:
+            del knobs["refine_factor"]
+        return knobs
+
+    # -- properties -------------------------------------------------------------------------
     @property
     def dim(self) -> int:
         return self._dim
@@ -122,136 +107,254 @@ class FaissIndex:
     def params(self) -> dict[str, Any]:
         return dict(self._params)
 
+    @property
+    def trained(self) -> bool:
+        """False while a trained type still serves exactly from its buffer."""
+        return self._trained
+
+    @property
+    def knobs(self) -> dict[str, int]:
+        """Search knobs in effect (the configured ones, raised by the recall gate if needed)."""
+        return dict(self._knobs)
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        """The recall gate's last result: floor, recall, knobs, passed ({} if it never ran)."""
+        return dict(self._gate)
+
     def count(self) -> int:
-        return len(self._ids) - len(self._dead)
+        return self._map.live_count
 
     def tombstone_ratio(self) -> float:
-        """Fraction of stored vectors that are tombstones (0.0 for flat or empty)."""
-        total = len(self._ids)
-        return len(self._dead) / total if total else 0.0
+        """Fraction of stored positions that are tombstones (0.0 when empty)."""
+        size = self._map.size
+        return self._map.dead_count / size if size else 0.0
 
-    def _set_dead(self, dead: np.ndarray) -> None:
-        self._dead = dead
-        if len(dead):
-            batch = faiss.IDSelectorBatch(dead)
-            self._dead_sel = (faiss.IDSelectorNot(batch), batch)
-        else:
-            self._dead_sel = None
+    def memory_bytes(self) -> int:
+        with self._lock.read():
+            return st.memory_bytes(self._faiss) + self._map.memory_bytes() + len(self._template)
 
+    # -- writes -----------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = as_ids(ids)
         vectors = as_matrix(vectors, self._dim, "vectors")
         if len(ids) != len(vectors):
             raise InvalidInput(f"got {len(ids)} ids but {len(vectors)} vectors; pass one per id")
         keep = unique_first(ids)
-        new_ids, new_vecs = ids[keep], vectors[keep]
         with self._lock.write():
-            reused = _contains(self._dead, new_ids)
-            if reused.any():
-                raise InvalidInput(
-                    f"ids {new_ids[reused][:5].tolist()} were removed from this HNSW index and "
-                    "cannot be re-added before compaction; use new ids"
-                )
-            fresh = ~_contains(self._ids, new_ids)
-            new_ids, new_vecs = new_ids[fresh], new_vecs[fresh]
-            if len(new_ids) == 0:
+            fresh = keep[self._map.find(ids[keep]) < 0]
+            if len(fresh) == 0:
                 return
-            self._index.add_with_ids(np.ascontiguousarray(new_vecs), new_ids)
-            merged = np.concatenate([self._ids, new_ids])
-            merged.sort()
-            self._ids = merged
+            for start in range(0, len(fresh), ADD_BATCH):
+                rows = fresh[start : start + ADD_BATCH]
+                self._faiss.add(np.ascontiguousarray(vectors[rows]))
+                self._map.append(ids[rows])
+            self._cache.clear()
+            self._added += len(fresh)
+            if not self._trained and self.count() >= st.train_min(self._type, self._params):
+                self._train()
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.unique(as_ids(ids))
         with self._lock.write():
-            targets = ids[_contains(self._ids, ids) & ~_contains(self._dead, ids)]
-            if len(targets) == 0:
-                return 0
-            if self._type == "flat":
-                self._index.remove_ids(targets)
-                self._ids = np.setdiff1d(self._ids, targets, assume_unique=True)
-            else:
-                self._set_dead(np.union1d(self._dead, targets))
-            return len(targets)
+            removed = self._map.kill(ids)
+            if removed:
+                self._cache.clear()
+            return removed
 
+    def _train(self, vectors: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
+        """Replace the exact buffer with the trained structure (caller holds the write lock)."""
+        if vectors is None or ids is None:
+            live = self._map.live_positions()
+            vectors, ids = st.vectors_at(self._faiss, live), self._map.ids_at(live)
+            assert vectors is not None  # the untrained buffer is an IndexFlat
+        n = len(ids)
+        self._shape = st.resolve(self._type, self._params, self._dim, n)
+        structure = st.build(self._type, self._shape, self._params, self._dim, self._metric)
+        sample = np.random.default_rng(0).permutation(n)[: st.TRAIN_SAMPLE_MAX]
+        structure.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+        template = st.serialize(structure)
+        for start in range(0, n, ADD_BATCH):
+            structure.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH]))
+        self._faiss, self._template, self._map = structure, template, IdMap(ids)
+        self._trained, self._trained_n, self._added = True, n, 0
+        self._knobs = self._default_knobs()
+        self._cache.clear()
+        self._run_gate(vectors, ids)
+
+    def _run_gate(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        caps = {**KNOB_CAPS, "nprobe": self._shape.get("nlist", 1)}
+        result: GateResult = tune(
+            lambda q, k, knobs: self._search_unlocked(q, k, knobs)[1],
+            vectors,
+            ids,
+            self._metric,
+            self._knobs,
+            caps,
+            float(self._params.get("recall_floor", 0.0)),
+        )
+        self._knobs = dict(result.knobs)
+        self._gate = result.as_dict()
+        self._cache.clear()
+        if not result.passed:
+            log.warning(
+                "%s index reached recall@10 %.3f < floor %.2f at %s; raise its params",
+                self._type,
+                result.recall,
+                result.floor,
+                result.knobs,
+            )
+
+    # -- search -----------------------------------------------------------------------------
     def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        allow: np.ndarray | None = None,
-        *,
-        ef_search: int | None = None,
+        self, queries: np.ndarray, k: int, allow: np.ndarray | None = None, **knobs: int
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Best k per query. Keyword knobs (ef_search, nprobe, refine_factor: see params.py)
+        override this index's settings for this call only."""
         k = check_k(k)
         queries = as_matrix(queries, self._dim, "queries")
-        ef = self._params.get("ef_search", 0) if ef_search is None else ef_search
-        if self._type == "hnsw":
-            ef = _check_int("ef_search", ef, *HNSW_RANGES["ef_search"])
+        over = check_knobs(self._type, knobs) if knobs else {}
+        if "refine_factor" in over and "refine_factor" not in self._knobs:
+            raise InvalidInput("this ivf_pq index stores no float vectors (refine_factor=0)")
         allowed = None if allow is None else np.unique(as_ids(allow, "allow"))
-        with self._lock.read():
-            if self.count() == 0:
+        self._lock.acquire_read()
+        try:
+            if self._map.live_count == 0:
                 return empty_result(len(queries), k, self._metric)
-            sel: Any = self._dead_sel[0] if self._dead_sel else None
-            if allowed is not None:
-                allowed = allowed[_contains(self._ids, allowed) & ~_contains(self._dead, allowed)]
-                small = max(SMALL_ALLOW_MIN, SMALL_ALLOW_FRACTION * self.count())
-                if len(allowed) == 0:
-                    return empty_result(len(queries), k, self._metric)
-                if len(allowed) < small:  # HNSW recall collapses under selective filters
-                    vecs = self._index.reconstruct_batch(allowed)
-                    return brute_force(vecs, allowed, queries, k, self._metric)
-                sel = faiss.IDSelectorBatch(allowed)
-            kwargs: dict[str, Any] = {} if sel is None else {"sel": sel}
-            params: Any = None
-            if self._type == "hnsw":
-                params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing in stubs
-                    efSearch=max(ef, k), **kwargs
-                )
-            elif kwargs:
-                params = faiss.SearchParameters(**kwargs)
-            scores, labels = self._index.search(queries, k, params=params)
+            if allowed is None:
+                return self._search_unlocked(queries, k, {**self._knobs, **over} if over else None)
+            return self._search_allowed(queries, k, allowed, {**self._knobs, **over})
+        finally:
+            self._lock.release_read()
+
+    def _search_unlocked(
+        self, queries: np.ndarray, k: int, knobs: dict[str, int] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = (k, tuple(sorted(knobs.items())) if knobs else ())
+        cached = self._cache.get(key)
+        if cached is None:
+            if len(self._cache) > 64:  # many distinct per-call knobs: start over
+                self._cache.clear()
+            sel = self._map.dead_selector()
+            cached = st.search_params(self._type, self._trained, knobs or self._knobs, k, sel)
+            self._cache[key] = cached
+        return self._finish(*self._faiss.search(queries, k, params=cached[0]))
+
+    def _finish(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._metric == "l2":
             scores = np.sqrt(np.maximum(scores, 0.0))
-        scores[labels < 0] = pad_value(self._metric)
-        return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+        if labels.size and labels.min() < 0:
+            scores[labels < 0] = pad_value(self._metric)
+        return scores, self._map.to_ids(labels)
 
-    def memory_bytes(self) -> int:
-        total = len(self._ids)
-        per_vec = self._dim * 4 + IDMAP_BYTES_PER_ID + 8
-        if self._type == "hnsw":
-            per_vec += int(self._params["M"] * 2 * 4 * 1.1) + 16  # links + levels/offsets
-        return total * per_vec + len(self._dead) * 8
+    def _search_allowed(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, knobs: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        positions = self._map.find(allowed)
+        positions = positions[positions >= 0]
+        if len(positions) == 0:
+            return empty_result(len(queries), k, self._metric)
+        if len(positions) < max(SMALL_ALLOW_MIN, SMALL_ALLOW_FRACTION * self.count()):
+            vecs = st.vectors_at(self._faiss, positions)  # graph/IVF recall falls when selective
+            if vecs is not None:
+                ids = self._map.ids_at(positions)
+                return brute_force(vecs, ids, queries, k, self._metric)
+        mask = np.zeros(self._map.size, dtype=bool)
+        mask[positions] = True
+        sel, _bits = bitmap_selector(mask)
+        if "nprobe" in knobs:  # scan as many allowed candidates as an unfiltered search would
+            widen = self.count() / len(positions)
+            knobs = {**knobs, "nprobe": int(min(self._shape["nlist"], knobs["nprobe"] * widen))}
+        params, _refs = st.search_params(self._type, self._trained, knobs, k, sel)
+        return self._finish(*self._faiss.search(queries, k, params=params))
 
-    def _live_ids(self) -> np.ndarray:
-        return np.setdiff1d(self._ids, self._dead, assume_unique=True)
+    # -- rebuilds ---------------------------------------------------------------------------
+    def needs_retrain(self) -> bool:
+        """True once a trained index has grown past retrain_growth x the size it trained on, or
+        has taken in more new vectors than that since training (churn: the quantizers describe
+        data that has since been replaced)."""
+        growth = float(self._params.get("retrain_growth", 0.0))
+        limit = growth * self._trained_n
+        return limit > 0 and (self.count() > limit or self._added > limit)
+
+    def retrainer(self) -> Callable[[], FaissIndex]:
+        """Snapshot the live vectors now (cheap: one copy, under the read lock) and return a
+        function that trains a new index on them (slow: run it off the write path).
+
+        The new index has the same type and params, auto params (nlist) re-resolved for the
+        current size, and is re-gated. Writes made after this call are not in it: replay them
+        before swapping it in. IVF-PQ without a float store (refine_factor=0) trains on decoded
+        PQ vectors."""
+        with self._lock.read():
+            live = self._map.live_positions()
+            vectors = st.all_vectors(self._faiss)[live] if len(live) else None
+            ids = self._map.ids_at(live)
+
+        def train() -> FaissIndex:
+            fresh = FaissIndex(self._dim, self._metric, self._type, self._params)
+            if vectors is None:
+                return fresh
+            if self._type not in TRAINED_TYPES:
+                fresh.add(ids, vectors)
+                return fresh
+            with fresh._lock.write():
+                fresh._faiss.add(vectors)
+                fresh._map.append(ids)
+                fresh._train(vectors, ids)
+            return fresh
+
+        return train
+
+    def retrained(self) -> FaissIndex:
+        """`retrainer()()`: snapshot and train in one call."""
+        return self.retrainer()()
 
     def compacted(self) -> FaissIndex:
-        """A fresh index of the live vectors only. Mutations made after the snapshot are not in it:
-        block writes (or replay them) between calling this and swapping the reference."""
+        """A new index of the live vectors only, same trained quantizers and knobs. IVF codes are
+        copied under the read lock; graph and flat types copy their vectors out and re-add them
+        after releasing it, so searches continue meanwhile. Mutations made after the snapshot are
+        not in the result: block writes (or replay them) until it is swapped in."""
         with self._lock.read():
-            live = self._live_ids()
-            vecs = self._index.reconstruct_batch(live) if len(live) else None
+            live = self._map.live_positions()
+            idmap = IdMap(self._map.ids_at(live))
+            if st.is_ivf(self._faiss):
+                return self._clone_with(st.compact_ivf(self._faiss, self._template, live), idmap)
+            vectors = st.vectors_at(self._faiss, live)
+        assert vectors is not None  # every non-IVF structure can reconstruct
+        return self._clone_with(st.rebuilt(self._template, vectors), idmap)
+
+    def _clone_with(self, structure: Any, idmap: IdMap) -> FaissIndex:
         fresh = FaissIndex(self._dim, self._metric, self._type, self._params)
-        if vecs is not None:
-            for start in range(0, len(live), ADD_BATCH):
-                stop = start + ADD_BATCH
-                fresh.add(live[start:stop], vecs[start:stop])
+        fresh._faiss, fresh._map, fresh._template = structure, idmap, self._template
+        fresh._trained, fresh._trained_n, fresh._added = self._trained, self._trained_n, self._added
+        fresh._shape, fresh._knobs, fresh._gate = dict(self._shape), self.knobs, self.gate
         return fresh
 
+    # -- persistence ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         with self._lock.read():
+            ids, live = self._map.state()
             meta = {
                 "type": self._type,
+                "format": FORMAT,
                 "params": self._params,
                 "dim": self._dim,
                 "metric": self._metric,
                 "count": self.count(),
-                "tombstones": self._dead.tolist(),
+                "trained": self._trained,
+                "trained_n": self._trained_n,
+                "added": self._added,
+                "shape": self._shape,
+                "knobs": self._knobs,
+                "gate": self._gate,
             }
 
             def write(tmp: Path) -> None:
-                faiss.write_index(self._index, str(tmp / "index.faiss"))
+                faiss.write_index(self._faiss, str(tmp / "index.faiss"))
                 fsync_file(tmp / "index.faiss")
+                save_npy(tmp / "template.npy", np.frombuffer(self._template, dtype=np.uint8))
+                save_npy(tmp / "ids.npy", ids)
+                save_npy(tmp / "live.npy", live)
 
             save_dir_atomically(path, meta, write)
 
@@ -259,13 +362,22 @@ class FaissIndex:
     def load(cls, path: Path) -> FaissIndex:
         path = Path(path)
         meta = read_meta(path)
+        if meta.get("format") != FORMAT:
+            raise InvalidInput(f"index at {path} has an older format; rebuild it from the store")
         index = cls(int(meta["dim"]), str(meta["metric"]), str(meta["type"]), meta["params"])
-        loaded = faiss.read_index(str(path / "index.faiss"))
-        if not isinstance(loaded, faiss.IndexIDMap2) or loaded.d != index.dim:
+        structure = faiss.read_index(str(path / "index.faiss"))
+        ids = np.load(path / "ids.npy", allow_pickle=False)
+        live = np.load(path / "live.npy", allow_pickle=False)
+        idmap = IdMap(ids, live)
+        if structure.ntotal != idmap.size or structure.d != index.dim:
             raise InvalidInput(f"index at {path} does not match its index.json; rebuild it")
-        index._base, index._index = None, loaded
-        index._ids = np.sort(faiss.vector_to_array(loaded.id_map).astype(np.int64))
-        index._set_dead(np.unique(np.asarray(meta.get("tombstones", []), dtype=np.int64)))
-        if index.count() != meta["count"] or not _contains(index._ids, index._dead).all():
+        if idmap.live_count != meta["count"]:
             raise InvalidInput(f"index at {path} is inconsistent (count mismatch); rebuild it")
+        index._faiss, index._map = structure, idmap
+        index._template = np.load(path / "template.npy", allow_pickle=False).tobytes()
+        index._trained, index._trained_n = bool(meta["trained"]), int(meta["trained_n"])
+        index._added = int(meta.get("added", 0))
+        index._shape = {k: int(v) for k, v in meta["shape"].items()}
+        index._knobs = {k: int(v) for k, v in meta["knobs"].items()}
+        index._gate = dict(meta["gate"])
         return index

@@ -16,7 +16,6 @@ from embedstack.errors import Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.hashing import HashingEmbedder
-from embedstack.inference.sentence_transformers import BUNDLED_L6_NAME, load_bundled_l6
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
@@ -29,14 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def build_models(settings: Settings) -> ModelRegistry:
+    from embedstack.inference.models import available_models
+
     models = ModelRegistry()
-    models.register(
-        ModelEntry(
-            BUNDLED_L6_NAME,
-            "sentence-transformers all-MiniLM-L6-v2, 384-d, cosine",
-            load_bundled_l6,
-        )
-    )
+    # every bundled model x backend; "all-MiniLM-L6-v2" is served in its fp32 space by the
+    # fastest backend that passed the accuracy gate on this machine (inference/models.py)
+    for entry in available_models():
+        models.register(entry)
     if settings.enable_test_models:
         for seed, name in enumerate(("hashing-test", "hashing-test-b")):  # two spaces
             models.register(

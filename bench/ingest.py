@@ -1,0 +1,311 @@
+"""Ingest throughput through the whole write path, against plain sentence-transformers.
+
+Part 1, the bundled model: documents go in as POST /v1/collections/{name}/documents batches, then
+durable queue -> worker -> chunking -> batcher -> model -> store -> index, timed until every job
+reports "done" (GET /v1/jobs/{id}, which waits for the serving index). Baseline in the same run:
+`SentenceTransformer(...).encode(chunk_texts, batch_size=32)` of the very chunks the collection
+makes (same tokenizer, same ChunkingSpec), alternating with the server slice by slice (--rounds)
+so that both see the same machine load. RATIO = our chunks/s / plain chunks/s.
+
+Part 2, the pipeline's own ceiling: the same write path with the hashing test embedder (almost
+free), sized to run >= --hash-seconds. Target: >= 20,000 chunks/s, so the model stays the
+bottleneck. --profile runs that part under a CPU-time profiler (the server's event loop and
+thread pools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import pstats
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from common import (
+    THREADS_HELP,
+    Server,
+    batched,
+    load_note,
+    post,
+    pydoc_docs,
+    say,
+    server_env,
+    table,
+    unique_gcide,
+    use_torch_threads,
+    wait_jobs,
+)
+from embedstack.ingest.chunking import chunk_text
+from embedstack.types import ChunkingSpec
+
+CHUNKING = {"mode": "tokens", "size": 256, "overlap": 32}
+HASH_MODEL = "hashing-test"
+CALIBRATION_DOCS = 5000
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--corpus",
+        choices=("gcide", "pydoc"),
+        default="gcide",
+        help="gcide: distinct GCIDE dictionary entries in dictionary order (default); "
+        "pydoc: the 213 python3.11-doc sections of tests/data/pydoc_sections.jsonl",
+    )
+    p.add_argument(
+        "--docs",
+        type=int,
+        default=2000,
+        help="documents for the model run (default 2000 GCIDE entries, ~2,500 chunks: about a "
+        "minute for each side on 2 idle cores, several on a loaded machine)",
+    )
+    p.add_argument("--batch", type=int, default=500, help="documents per POST (default 500)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the model run alternates baseline and server over this many slices of "
+        "the documents, so both see the same machine load (default 3)",
+    )
+    p.add_argument(
+        "--hash-seconds",
+        type=float,
+        default=10.0,
+        help="the hashing-embedder run is sized from a calibration run to last at "
+        "least this long (default 10)",
+    )
+    p.add_argument(
+        "--hash-max-docs",
+        type=int,
+        default=400_000,
+        help="cap on documents for the hashing run (default 400,000)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=20_000.0,
+        help="pipeline ceiling target in chunks/s (default 20,000)",
+    )
+    p.add_argument("--skip-model", action="store_true", help="only run the hashing ceiling")
+    p.add_argument("--skip-hash", action="store_true", help="only run the model comparison")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="OUT.prof",
+        default=None,
+        help="profile the server (CPU time of its event loop and thread-pool work) during the "
+        "measured hashing run; write OUT.prof and print the top functions",
+    )
+    p.add_argument("--torch-threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="the server's in-process ingest workers (default 0: its default, 1)",
+    )
+    return p.parse_args()
+
+
+def workers(args: argparse.Namespace) -> dict[str, str]:
+    return {"EMBEDSTACK_WORKERS": str(args.workers)} if args.workers > 0 else {}
+
+
+def load_docs(corpus: str, n: int) -> list[tuple[str, str]]:
+    rows = unique_gcide(n) if corpus == "gcide" else pydoc_docs(n)
+    return [(f"{corpus}-{i}", text) for i, (_, text) in enumerate(rows)]
+
+
+def chunk_rounds(docs: list[tuple[str, str]], rounds: int) -> list[list[str]]:
+    """Per round (a contiguous slice of `docs`): the chunk texts the collection will embed.
+    A chunk text seen in an earlier document is left out: the worker reuses its vector."""
+    from embedstack.inference.hf_tokenizer import HFTokenizer
+    from embedstack.inference.sentence_transformers import bundled_l6_path
+
+    tok = HFTokenizer(bundled_l6_path() / "tokenizer.json", 256)
+    spec = ChunkingSpec(**CHUNKING)  # type: ignore[arg-type]
+    seen: set[str] = set()
+    out: list[list[str]] = []
+    for part in split(docs, rounds):
+        texts = [c.text for doc_id, text in part for c in chunk_text(doc_id, text, tok, spec)]
+        out.append([t for t in dict.fromkeys(texts) if t not in seen])
+        seen.update(out[-1])
+    return out
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    """`items` in `parts` contiguous slices of near-equal size."""
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
+    return [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+
+
+def bodies(docs: list[tuple[str, str]], batch: int) -> list[bytes]:
+    """Request bodies encoded up front, so the timed loop spends no client time on JSON."""
+    return [
+        orjson.dumps({"documents": [{"id": i, "text": t} for i, t in part]})
+        for part in batched(docs, batch)
+    ]
+
+
+def write_path(client: httpx.Client, collection: str, payloads: list[bytes]) -> dict[str, Any]:
+    """POST every batch, wait for every job; seconds from the first POST to the last "done"."""
+    started = time.perf_counter()
+    jobs = [post(client, f"/v1/collections/{collection}/documents", b)["job_id"] for b in payloads]
+    done = wait_jobs(client, jobs)
+    seconds = time.perf_counter() - started
+    totals = [j["result"] or {} for j in done]
+    return {
+        "seconds": seconds,
+        "documents": sum(int(t.get("documents", 0)) for t in totals),
+        "embedded": sum(int(t.get("chunks_embedded", 0)) for t in totals),
+        "reused": sum(int(t.get("chunks_reused", 0)) for t in totals),
+    }
+
+
+def metric_sum(client: httpx.Client, name: str, label: str) -> float:
+    """Sum of a Prometheus sample `name` over the series whose labels contain `label`."""
+    total = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def model_seconds(client: httpx.Client) -> float:
+    """The bundled model's forward time so far, from the server's Prometheus metrics."""
+    return metric_sum(client, "embedstack_inference_duration_seconds_sum", "MiniLM")
+
+
+def create(client: httpx.Client, name: str, model: str) -> None:
+    post(client, "/v1/collections", {"name": name, "model": model, "chunking": CHUNKING})
+
+
+def model_run(args: argparse.Namespace, workdir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from embedstack.inference.sentence_transformers import bundled_l6_path
+
+    say(f"[bold]Part 1: bundled all-MiniLM-L6-v2[/] ({args.corpus}, {args.docs} documents)")
+    docs = load_docs(args.corpus, args.docs)
+    started = time.perf_counter()
+    rounds = chunk_rounds(docs, args.rounds)
+    chunks = [t for texts in rounds for t in texts]
+    say(f"{len(docs)} documents -> {len(chunks)} distinct chunks "
+        f"(chunked in {time.perf_counter() - started:.1f} s)")  # fmt: skip
+    plain = SentenceTransformer(str(bundled_l6_path()), device="cpu")
+    plain.encode(chunks[:32], batch_size=32)  # warm-up, not timed
+    plain_s = ours_s = 0.0
+    embedded = reused = 0
+    env = server_env(**use_torch_threads(args.torch_threads), **workers(args))
+    with Server(workdir / "model", env) as server, server.client() as client:
+        create(client, "warmup", "all-MiniLM-L6-v2")
+        warm = post(client, "/v1/collections/warmup/documents", bodies(docs[:8], 8)[0])
+        wait_jobs(client, [warm["job_id"]])
+        create(client, "bench", "all-MiniLM-L6-v2")
+        before = model_seconds(client)
+        # alternate baseline and server round by round, so both see the same machine load
+        for r, (part, texts) in enumerate(zip(split(docs, args.rounds), rounds, strict=True)):
+            say(f"round {r + 1}/{args.rounds}: {len(texts)} chunks ... {load_note()}")
+            started = time.perf_counter()
+            plain.encode(texts, batch_size=32)
+            plain_s += time.perf_counter() - started
+            ours = write_path(client, "bench", bodies(part, args.batch))
+            ours_s += ours["seconds"]
+            embedded, reused = embedded + ours["embedded"], reused + ours["reused"]
+        model_s = model_seconds(client) - before
+    say(f"done. {load_note()}")
+    n_chunks = embedded + reused
+    table(
+        "Write path with the bundled model vs plain sentence-transformers (same chunks)",
+        ["path", "documents", "chunks", "seconds", "docs/s", "chunks/s"],
+        [
+            ["plain ST encode(batch_size=32)", len(docs), len(chunks), plain_s,
+             len(docs) / plain_s, len(chunks) / plain_s],
+            ["embedstack HTTP -> queue -> ... -> index (auto backend)", len(docs), n_chunks, ours_s,
+             len(docs) / ours_s, n_chunks / ours_s],
+        ],
+    )  # fmt: skip
+    say(
+        f"embedstack: {embedded} chunks embedded, {reused} reused; model forward time "
+        f"{model_s:.1f} s = {100 * model_s / ours_s:.0f}% of its wall time"
+    )
+    ratio = (n_chunks / ours_s) / (len(chunks) / plain_s)
+    say(f"[bold]RATIO ingest chunks/s embedstack / plain encode = {ratio:.2f}[/]")
+
+
+def hash_docs(base: list[tuple[str, str]], n: int, tag: str) -> list[tuple[str, str]]:
+    """`n` documents with distinct texts, cycling through `base` with a numbered suffix."""
+    out = []
+    for i in range(n):
+        _, text = base[i % len(base)]
+        out.append((f"{tag}-{i}", f"{text} [{tag} {i // len(base)}]"))
+    return out
+
+
+def hash_run(args: argparse.Namespace, workdir: Path) -> None:
+    say(f"\n[bold]Part 2: pipeline ceiling with the {HASH_MODEL} embedder[/]")
+    base = load_docs(args.corpus, 200_000)
+    env = server_env(EMBEDSTACK_ENABLE_TEST_MODELS="1", **workers(args))
+    with Server(workdir / "hash", env, args.profile) as server, server.client() as client:
+        create(client, "calibrate", HASH_MODEL)
+        cal = write_path(client, "calibrate", bodies(hash_docs(base, CALIBRATION_DOCS, "c"), 1000))
+        rate = cal["documents"] / cal["seconds"]
+        n = min(args.hash_max_docs, max(CALIBRATION_DOCS, int(rate * args.hash_seconds * 1.2)))
+        say(f"calibration: {rate:,.0f} docs/s; measuring {n:,} documents ... {load_note()}")
+        payloads = bodies(hash_docs(base, n, "m"), 1000)
+        create(client, "hash", HASH_MODEL)
+        post_before = metric_sum(client, "embedstack_http_request_duration_seconds_sum", "POST")
+        model_before = metric_sum(client, "embedstack_inference_duration_seconds_sum", HASH_MODEL)
+        if args.profile is not None:
+            server.signal(signal.SIGUSR1)
+        run = write_path(client, "hash", payloads)
+        if args.profile is not None:
+            server.signal(signal.SIGUSR2)
+        post_s = metric_sum(client, "embedstack_http_request_duration_seconds_sum", "POST")
+        model_s = metric_sum(client, "embedstack_inference_duration_seconds_sum", HASH_MODEL)
+    say(f"done. {load_note()}")
+    chunks = run["embedded"] + run["reused"]
+    rate = chunks / run["seconds"]
+    met = "yes" if rate >= args.target else "NO"
+    table(
+        f"Write path with the {HASH_MODEL} embedder (the pipeline's ceiling)",
+        ["documents", "chunks", "seconds", "docs/s", "chunks/s", "target chunks/s", "met"],
+        [[run["documents"], chunks, run["seconds"], run["documents"] / run["seconds"], rate,
+          args.target, met]],
+    )  # fmt: skip
+    say(
+        f"server time in POST handlers {post_s - post_before:.1f} s, in the embedder "
+        f"{model_s - model_before:.1f} s, of {run['seconds']:.1f} s wall"
+    )
+    say(f"[bold]RATIO pipeline ceiling / target = {rate / args.target:.2f}[/]")
+    if args.profile is not None:
+        say("\nCPU profile of the server's loop and thread pools in the measured run:")
+        stats = pstats.Stats(str(args.profile))
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+
+
+def main() -> None:
+    args = parse_args()
+    if not 1 <= args.batch <= 1000:
+        raise SystemExit("--batch must be 1..1000 (the server's per-request limit)")
+    say(f"bench/ingest.py {' '.join(sys.argv[1:])}\n{load_note()}")
+    with tempfile.TemporaryDirectory(prefix="embedstack-bench-") as tmp:
+        for part in ("model", "hash"):
+            (Path(tmp) / part).mkdir()
+        if not args.skip_model:
+            model_run(args, Path(tmp))
+        if not args.skip_hash:
+            hash_run(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

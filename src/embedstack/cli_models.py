@@ -1,0 +1,96 @@
+"""`embedstack models list|check`: the model catalog and the accuracy gate from the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from embedstack.inference.models import Catalog
+
+CACHE_HELP = "Folder for ONNX exports and gate reports (default ~/.cache/embedstack)."
+
+
+def _catalog(cache_dir: Path | None, queries: int | None = None) -> Catalog:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from embedstack.inference.gate import load_sample
+    from embedstack.inference.models import Catalog
+
+    sample = load_sample()
+    return Catalog(cache_dir, sample=sample.head(queries) if queries else sample)
+
+
+cache_option = click.option(
+    "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=CACHE_HELP
+)
+
+
+@click.group()
+def models() -> None:
+    """The models and backends this machine offers, and their accuracy gate."""
+
+
+@models.command("list")
+@click.option("--queries", type=int, default=None, help="Show checks run with --queries N.")
+@cache_option
+def list_models(queries: int | None, cache_dir: Path | None) -> None:
+    """Every model name with dim, metric, max tokens, backend, space id and measured speed.
+
+    "<model>" is served by the fastest backend that passed the gate here (run `models check`
+    first to measure); "<model>@<backend>" names one backend. Speeds and gate verdicts come from
+    the last `models check` on this machine ("-" where none ran yet).
+    """
+    catalog = _catalog(cache_dir, queries)
+    head = f"{'name':42} {'dim':>4} {'metric':6} {'max tok':>7} {'backend':26} {'precision':13} {'space id':19} {'texts/s':>8}  gate"  # noqa: E501
+    click.echo(head)
+    for row in catalog.listing():
+        s, r = row.spec, row.report
+        speed = f"{r.texts_per_s:8.0f}" if r else f"{'-':>8}"
+        gate = "-" if r is None else ("passed" if r.passed else "REFUSED")
+        click.echo(
+            f"{row.name:42} {s.dim:>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "
+            f"{s.precision:13} {s.space_id:19} {speed}  {gate}"
+        )
+
+
+@models.command()
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Measure again even where a cached report exists.")
+@click.option(
+    "--queries", type=int, default=None, help="Use only the first N sample queries (faster)."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 if any checked backend is refused.")
+@cache_option
+def check(
+    names: tuple[str, ...], force: bool, queries: int | None, strict: bool, cache_dir: Path | None
+) -> None:
+    """Gate backends against the fp32 reference on real text and record the verdicts.
+
+    NAMES are models ("all-MiniLM-L6-v2": all its backends) or "<model>@<backend>"; none means
+    every model. A backend passes when its cosine to fp32 is >= 0.999 on average and >= 0.99 at
+    worst and recall@10 moves by at most 0.5 points.
+    """
+    catalog = _catalog(cache_dir, queries)
+    targets: list[tuple[str, str]] = []
+    for name in names or tuple(catalog.models()):
+        model, _, backend = name.partition("@")
+        if backend:
+            catalog.variant(model, backend)  # NotFound with the choices
+            targets.append((model, backend))
+        else:
+            targets += [(model, v.backend) for v in catalog.variants(model)]
+    refused = 0
+    for model, backend in targets:
+        try:
+            report = catalog.check(model, backend, force=force)
+        except Exception as exc:
+            click.echo(f"{model} on {backend}: could not run ({type(exc).__name__}: {exc})")
+            refused += 1
+            continue
+        refused += not report.passed
+        click.echo(f"{report.summary()}; {report.texts_per_s:.0f} texts/s")
+    if refused and strict:
+        raise SystemExit(1)

@@ -1,0 +1,114 @@
+"""The recall floor: when a quantized index trains, it measures itself and raises its knobs.
+
+Queries are a sample of the training vectors themselves, each excluded from its own answer
+(leave-one-out), and the truth is exact search over the same vectors. Starting from the configured
+knobs, the gate doubles them in turn (nprobe, refine_factor, ef_search, ...) until recall@10
+reaches the floor or every knob is at its cap, and keeps the cheapest setting it tried that
+passed. The result is recorded, so an index that could not reach its floor says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedstack.index.common import brute_force
+
+GATE_QUERIES = 200
+GATE_K = 10
+MARGIN = 0.02  # aim a little above the floor: the self-test sample is small and in-distribution
+MAX_STEPS = 16
+PLATEAU = 0.003  # a doubling that gains less than this marks its knob saturated
+
+SearchFn = Callable[[np.ndarray, int, dict[str, int]], np.ndarray]
+
+
+@dataclass
+class GateResult:
+    floor: float
+    recall: float
+    knobs: dict[str, int]
+    passed: bool
+    tried: list[tuple[dict[str, int], float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "floor": self.floor,
+            "recall": round(self.recall, 4),
+            "knobs": dict(self.knobs),
+            "passed": self.passed,
+        }
+
+
+def leave_one_out_recall(
+    search: SearchFn,
+    knobs: dict[str, int],
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    truth: np.ndarray,
+) -> float:
+    got = search(queries, GATE_K + 1, knobs)
+    hits = 0
+    for row, own in enumerate(query_ids.tolist()):
+        mine = [i for i in got[row].tolist() if i != own and i >= 0][:GATE_K]
+        hits += len(set(mine) & set(truth[row].tolist()))
+    return hits / max(1, truth.size)
+
+
+def _truth(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
+    _, got = brute_force(vectors, ids, vectors[rows], GATE_K + 1, metric)
+    own = ids[rows]
+    out = np.empty((len(rows), GATE_K), dtype=np.int64)
+    for r in range(len(rows)):
+        out[r] = [i for i in got[r].tolist() if i != own[r]][:GATE_K]
+    return out
+
+
+def tune(
+    search: SearchFn,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    metric: str,
+    knobs: dict[str, int],
+    caps: dict[str, int],
+    floor: float,
+    seed: int = 0,
+) -> GateResult:
+    """Raise `knobs` (doubling, round robin over those below their `caps`) until recall reaches
+    floor + MARGIN. A doubling that gains less than PLATEAU is undone and its knob left alone
+    from then on. Fails (passed=False, best setting tried) when no knob can be raised further."""
+    n = len(ids)
+    if floor <= 0 or n <= GATE_K + 1:
+        return GateResult(floor, float("nan"), dict(knobs), True)
+    rows = np.random.default_rng(seed).choice(n, min(GATE_QUERIES, n), replace=False)
+    truth = _truth(vectors, ids, rows, metric)
+    queries, query_ids = vectors[rows], ids[rows]
+    target = min(1.0, floor + MARGIN)
+
+    def measure(setting: dict[str, int]) -> float:
+        return leave_one_out_recall(search, setting, queries, query_ids, truth)
+
+    current = dict(knobs)
+    recall = measure(current)
+    tried = [(dict(current), recall)]
+    saturated: set[str] = set()  # knobs whose doubling gained (almost) nothing: left as they were
+    order = [key for key in knobs if key in caps]
+    for step in range(MAX_STEPS):
+        raisable = [k for k in order if current[k] < caps[k] and k not in saturated]
+        if recall >= target or not raisable:
+            break
+        key = raisable[step % len(raisable)]
+        trial = {**current, key: min(caps[key], max(1, current[key]) * 2)}
+        got = measure(trial)
+        tried.append((trial, got))
+        if got - recall < PLATEAU:
+            saturated.add(key)
+            continue
+        current, recall = trial, got
+    if recall >= floor:
+        return GateResult(floor, recall, current, True, tried)
+    best_knobs, best = max(tried, key=lambda t: t[1])
+    return GateResult(floor, best, best_knobs, False, tried)

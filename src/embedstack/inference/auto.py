@@ -1,0 +1,78 @@
+"""AutoEmbedder: a model in its fp32 space, served by the fastest backend that passed the gate.
+
+With every candidate's gate report cached for this machine, the chosen backend is built at once.
+Otherwise the fp32 reference serves right away and a background thread gates the candidates
+(minutes on a busy 2-core machine), then swaps the winner in; the swap is one reference
+assignment, seen by the batcher's runner thread at its next batch. Vectors before and after the
+swap agree within the gate's tolerance, so they share the space id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedstack.inference.backend import Embedder, Tokenizer
+from embedstack.types import ModelSpec
+
+if TYPE_CHECKING:
+    from embedstack.inference.models import Catalog
+
+log = logging.getLogger(__name__)
+
+
+class AutoEmbedder:
+    def __init__(self, catalog: Catalog, model: str, background: bool = True) -> None:
+        self._catalog = catalog
+        self._model = model
+        self._spec = catalog.spec(model)
+        self._selected = threading.Event()
+        choice = catalog.cached_auto_choice(model)
+        if choice is not None or not background:
+            backend = choice if choice is not None else catalog.choose(model)
+            self._current = catalog.build_as(model, backend)
+            self._backend = backend
+            self._selected.set()
+            return
+        reference = catalog.reference(model).backend
+        self._current = catalog.build_as(model, reference)
+        self._backend = reference
+        self._thread = threading.Thread(
+            target=self._select, name=f"embedstack-gate-{model}", daemon=True
+        )
+        self._thread.start()
+
+    def _select(self) -> None:
+        try:
+            backend = self._catalog.choose(self._model)
+            if backend != self._backend:
+                self._current = self._catalog.build_as(self._model, backend)
+                self._backend = backend
+        except Exception:
+            log.exception("auto backend selection for %s failed; staying on fp32", self._model)
+        finally:
+            self._selected.set()
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._current.tokenizer
+
+    @property
+    def backend(self) -> str:
+        return f"auto:{self._backend}"
+
+    def wait_selected(self, timeout: float | None = None) -> bool:
+        """True once the gated choice is made (at once when it came from the cache)."""
+        return self._selected.wait(timeout)
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        current: Embedder = self._current
+        return current.embed_batch(texts)

@@ -1,0 +1,279 @@
+"""The accuracy gate: a backend is accepted for a model only if it matches fp32 on real text.
+
+Both the fp32 reference and the candidate embed the same real sample (the shipped sample: 213
+section titles of the Python docs as queries, 415 of their paragraphs as passages). Accepted when
+the per-text cosine between the two is >= 0.999 on average and >= 0.99 at worst, and recall@10
+(titles -> their own section's paragraphs, exact search) differs by at most 0.5 points.
+Results are cached per (weights fingerprint, backend, machine), since the numbers depend on the
+CPU's instruction set and on the library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from embedstack.inference.backend import Embedder
+
+SAMPLE_FILE = "gate_sample.jsonl"
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    min_mean_cosine: float = 0.999
+    min_min_cosine: float = 0.99
+    max_recall_delta_points: float = 0.5
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class GateSample:
+    """Passages, queries, and for each query the passage indices that answer it."""
+
+    passages: list[str]
+    queries: list[str]
+    relevant: list[list[int]]
+
+    @property
+    def texts(self) -> list[str]:
+        return [*self.passages, *self.queries]
+
+    def head(self, queries: int) -> GateSample:
+        """The first `queries` queries and only the passages they need (a smaller, faster gate)."""
+        keep = sorted({p for rel in self.relevant[:queries] for p in rel})
+        new = {old: i for i, old in enumerate(keep)}
+        return GateSample(
+            [self.passages[i] for i in keep],
+            self.queries[:queries],
+            [[new[p] for p in rel] for rel in self.relevant[:queries]],
+        )
+
+
+def load_sample(path: Path | None = None) -> GateSample:
+    """The shipped real-text sample (or a JSONL file of {"query", "passages": [...]} lines)."""
+    if path is None:
+        raw = resources.files("embedstack.inference").joinpath("data", SAMPLE_FILE).read_bytes()
+    else:
+        raw = path.read_bytes()
+    passages: list[str] = []
+    queries: list[str] = []
+    relevant: list[list[int]] = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        start = len(passages)
+        passages.extend(str(p) for p in row["passages"])
+        queries.append(str(row["query"]))
+        relevant.append(list(range(start, len(passages))))
+    return GateSample(passages, queries, relevant)
+
+
+@dataclass(frozen=True)
+class GateReport:
+    model: str
+    backend: str
+    passed: bool
+    mean_cosine: float
+    min_cosine: float
+    recall_reference: float
+    recall_candidate: float
+    texts: int
+    texts_per_s: float  # candidate speed on the sample (this machine, at check time)
+    reference_texts_per_s: float
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def recall_delta_points(self) -> float:
+        return 100.0 * (self.recall_candidate - self.recall_reference)
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED (" + "; ".join(self.reasons) + ")"
+        return (
+            f"{self.model} on {self.backend}: cosine to fp32 mean {self.mean_cosine:.6f} "
+            f"min {self.min_cosine:.6f}, recall@10 {100 * self.recall_candidate:.2f} vs fp32 "
+            f"{100 * self.recall_reference:.2f} ({self.recall_delta_points:+.2f} points) "
+            f"on {self.texts} real texts: {verdict}"
+        )
+
+
+def recall_at_k(
+    passages: np.ndarray, queries: np.ndarray, relevant: Sequence[Sequence[int]], k: int
+) -> float:
+    """Mean over queries of the share of its relevant passages among its top k (exact search)."""
+    scores = queries @ passages.T
+    k = min(k, passages.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    hits = [
+        len(set(row.tolist()) & set(rel)) / len(rel) for row, rel in zip(top, relevant, strict=True)
+    ]
+    return float(np.mean(hits))
+
+
+def _normalized(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    sample: GateSample,
+    thresholds: GateThresholds = GateThresholds(),
+) -> tuple[float, float, float, float, list[str]]:
+    """(mean cosine, min cosine, recall ref, recall candidate, reasons it fails) on `sample`."""
+    ref, cand = _normalized(reference), _normalized(candidate)
+    if ref.shape != cand.shape:
+        raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}")
+    cos = np.sum(ref * cand, axis=1)
+    n = len(sample.passages)
+    rel, k = sample.relevant, thresholds.k
+    r_ref = recall_at_k(ref[:n], ref[n:], rel, k)
+    r_cand = recall_at_k(cand[:n], cand[n:], rel, k)
+    t = thresholds
+    reasons = []
+    if cos.mean() < t.min_mean_cosine:
+        reasons.append(f"mean cosine {cos.mean():.6f} < {t.min_mean_cosine}")
+    if cos.min() < t.min_min_cosine:
+        reasons.append(f"min cosine {cos.min():.6f} < {t.min_min_cosine}")
+    delta = 100.0 * abs(r_cand - r_ref)
+    if delta > t.max_recall_delta_points:
+        reasons.append(f"recall@{k} moved {delta:.2f} points > {t.max_recall_delta_points}")
+    return float(cos.mean()), float(cos.min()), r_ref, r_cand, reasons
+
+
+def timed_embed(
+    embedder: Embedder, texts: Sequence[str], batch: int = 64
+) -> tuple[np.ndarray, float]:
+    """Vectors of `texts` in batches as the batcher sends them, and texts per second."""
+    embedder.embed_batch(texts[:batch])  # warm up (first-run allocations, lazy init)
+    started = time.perf_counter()
+    parts = [embedder.embed_batch(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    seconds = max(time.perf_counter() - started, 1e-9)
+    return np.concatenate(parts), len(texts) / seconds
+
+
+def race(
+    embedders: Mapping[str, Embedder], texts: Sequence[str], rounds: int = 3
+) -> dict[str, float]:
+    """Median texts/s of each embedder on the same texts, run interleaved round by round."""
+    seconds: dict[str, list[float]] = {name: [] for name in embedders}
+    for e in embedders.values():
+        e.embed_batch(texts[:64])  # warm up
+    for _ in range(rounds):
+        for name, e in embedders.items():
+            started = time.perf_counter()
+            for i in range(0, len(texts), 64):
+                e.embed_batch(texts[i : i + 64])
+            seconds[name].append(time.perf_counter() - started)
+    return {name: len(texts) / max(float(np.median(s)), 1e-9) for name, s in seconds.items()}
+
+
+def run_gate(
+    model: str,
+    backend: str,
+    reference: tuple[np.ndarray, float],
+    candidate: Embedder,
+    sample: GateSample,
+    thresholds: GateThresholds = GateThresholds(),
+) -> GateReport:
+    """Gate `candidate` against the reference vectors (and speed) of `sample.texts`."""
+    ref_vectors, ref_speed = reference
+    vectors, speed = timed_embed(candidate, sample.texts)
+    mean, worst, r_ref, r_cand, reasons = compare(ref_vectors, vectors, sample, thresholds)
+    return GateReport(
+        model,
+        backend,
+        not reasons,
+        mean,
+        worst,
+        r_ref,
+        r_cand,
+        len(sample.texts),
+        speed,
+        ref_speed,
+        reasons,
+    )
+
+
+def machine_key() -> str:
+    """What the gate's numbers depend on besides the model: CPU, flags, library versions."""
+    parts = [platform.machine(), str(os.cpu_count())]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith(("model name", "flags")):
+                parts.append(line.strip())
+            if line.startswith("flags"):
+                break
+    for mod in ("onnxruntime", "torch", "transformers"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            parts.append(f"{mod}={version(mod)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class GateCache:
+    """Gate reports in one JSON file, keyed by fingerprint + backend + machine."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    @staticmethod
+    def key(fingerprint: str, backend: str, machine: str | None = None) -> str:
+        return f"{fingerprint[:16]}|{backend}|{machine or machine_key()}"
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self._path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> GateReport | None:
+        raw = self._read().get(key)
+        if raw is None:
+            return None
+        try:
+            return GateReport(**raw)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def put(self, key: str, report: GateReport) -> None:
+        self._write(key, asdict(report))
+
+    def _write(self, key: str, value: dict[str, object]) -> None:
+        data = self._read()
+        data[key] = value
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".gate.", suffix=".tmp", dir=self._path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, self._path)
+
+    def get_choice(self, key: str) -> str | None:
+        """A cached auto choice (the winner of a speed race), if any."""
+        raw = self._read().get(key)
+        return str(raw["choice"]) if isinstance(raw, dict) and "choice" in raw else None
+
+    def put_choice(self, key: str, backend: str, speeds: Mapping[str, float]) -> None:
+        self._write(key, {"choice": backend, "texts_per_s": dict(speeds)})
+
+    def all(self) -> dict[str, GateReport]:
+        out = {}
+        for key in self._read():
+            report = self.get(key)
+            if report is not None:
+                out[key] = report
+        return out

@@ -1,0 +1,308 @@
+"""The model catalog: every model x backend this machine can run, gated against fp32.
+
+Names: "<model>" is the collection-facing model; it keeps the fp32 space id and is served by the
+fastest backend that passed the accuracy gate on this machine (`auto`). "<model>@<backend>" picks
+a backend explicitly; its spec is honest about precision ("int8-dynamic", "bf16", ...), so a
+reduced-precision variant is a space of its own, while fp32 backends share the fp32 space.
+Every backend but the reference itself must pass the gate before it is handed out; one that fails
+is refused (Unavailable) with the measured numbers. Gate reports are cached in
+`<cache_dir>/gate.json` by (weights fingerprint, backend, machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from embedstack.errors import NotFound, Unavailable
+from embedstack.inference import bundled
+from embedstack.inference.auto import AutoEmbedder
+from embedstack.inference.backend import Embedder, ModelEntry
+from embedstack.inference.gate import (
+    GateCache,
+    GateReport,
+    GateSample,
+    compare,
+    load_sample,
+    race,
+    run_gate,
+)
+from embedstack.inference.gate import timed_embed as _timed
+from embedstack.inference.onnx import OnnxOptions
+from embedstack.inference.onnx_export import default_cache_dir
+from embedstack.inference.packed import PackedEmbedder
+from embedstack.inference.quantize import Int8Config
+from embedstack.inference.remote import RemoteConfig
+from embedstack.inference.variants import BundledVariants, Variant
+from embedstack.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+RACE_TEXTS = 192  # sample texts each passing backend embeds per round of the speed race
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One row of `embedstack models list`."""
+
+    name: str
+    model: str
+    backend: str
+    spec: ModelSpec
+    report: GateReport | None
+
+
+class Catalog:
+    """Builds variants, runs and caches the gate, picks the auto backend. No global state."""
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        onnx: OnnxOptions = OnnxOptions(),
+        int8: Int8Config = Int8Config(),
+        sample: GateSample | None = None,
+        remotes: Sequence[RemoteConfig] = (),
+        background: bool = True,
+        candidates: Sequence[str] | None = None,
+        race_texts: int = RACE_TEXTS,
+    ) -> None:
+        self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        self._onnx = onnx
+        self._int8 = int8
+        self._sample = sample
+        self._remotes = list(remotes)
+        self._background = background
+        self._candidates = None if candidates is None else set(candidates)
+        self._race_texts = race_texts
+        self._builders = BundledVariants(
+            self.cache_dir, onnx, int8, self.spec, lambda: self.sample().passages
+        )
+        self.gate_cache = GateCache(self.cache_dir / "gate.json")
+        self._refs: dict[str, tuple[np.ndarray, float]] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self._variants: dict[str, list[Variant]] = {}
+        self._lock = threading.Lock()
+
+    # models and their variants
+
+    def models(self) -> list[str]:
+        return [bundled.L6_NAME, bundled.L3_NAME]
+
+    def spec(self, model: str) -> ModelSpec:
+        """The model's fp32 spec (fingerprinting the weights once per catalog)."""
+        if model not in self._specs:
+            if model == bundled.L6_NAME:
+                self._specs[model] = bundled.l6_spec()
+            elif model == bundled.L3_NAME:
+                self._specs[model] = bundled.l3_spec()
+            else:
+                raise NotFound(f"unknown model {model!r}; known: {', '.join(self.models())}")
+        return self._specs[model]
+
+    def variants(self, model: str) -> list[Variant]:
+        """The backends of `model` this machine can run (probed once per catalog)."""
+        if model not in self._variants:
+            if model == bundled.L6_NAME:
+                self._variants[model] = self._builders.l6()
+            elif model == bundled.L3_NAME:
+                self._variants[model] = self._builders.l3()
+            else:
+                raise NotFound(f"unknown model {model!r}; known: {', '.join(self.models())}")
+        return self._variants[model]
+
+    def reference(self, model: str) -> Variant:
+        return next(v for v in self.variants(model) if v.reference)
+
+    def variant(self, model: str, backend: str) -> Variant:
+        for v in self.variants(model):
+            if v.backend == backend:
+                return v
+        names = ", ".join(v.backend for v in self.variants(model))
+        raise NotFound(f"model {model!r} has no backend {backend!r} here; it has: {names}")
+
+    # the gate
+
+    def sample(self) -> GateSample:
+        if self._sample is None:
+            self._sample = load_sample()
+        return self._sample
+
+    def reference_vectors(self, model: str) -> tuple[np.ndarray, float]:
+        with self._lock:
+            if model not in self._refs:
+                ref = self.reference(model).build()
+                self._refs[model] = _timed(ref, self.sample().texts)
+            return self._refs[model]
+
+    def check(
+        self, model: str, backend: str, force: bool = False, embedder: Embedder | None = None
+    ) -> GateReport:
+        """The gate report of `backend` for `model` (cached unless `force`)."""
+        key = self._key(self.spec(model), backend)
+        found = None if force else self.gate_cache.get(key)
+        if found is not None:
+            return found
+        ref = self.reference_vectors(model)
+        if backend == self.reference(model).backend:
+            report = GateReport(
+                model, backend, True, 1.0, 1.0, 0.0, 0.0, len(ref[0]), ref[1], ref[1]
+            )
+            report = self._with_recall(report, ref[0])
+        else:
+            candidate = embedder or self.variant(model, backend).build()
+            report = run_gate(model, backend, ref, candidate, self.sample())
+        log.info("accuracy gate: %s", report.summary())
+        self.gate_cache.put(key, report)
+        return report
+
+    def _with_recall(self, report: GateReport, vectors: np.ndarray) -> GateReport:
+        _, _, r, _, _ = compare(vectors, vectors, self.sample())
+        return replace(report, recall_reference=r, recall_candidate=r)
+
+    def gated(self, model: str, backend: str) -> Embedder:
+        """The backend's embedder, or Unavailable with the numbers if it fails the gate."""
+        if backend == self.reference(model).backend:
+            return self.variant(model, backend).build()
+        embedder = self.variant(model, backend).build()
+        report = self.check(model, backend, embedder=embedder)
+        if not report.passed:
+            raise Unavailable(f"backend refused by the accuracy gate: {report.summary()}")
+        return embedder
+
+    def auto_reports(self, model: str) -> list[GateReport]:
+        """Gate every auto candidate (cached reports reused); unloadable ones are skipped."""
+        reports = []
+        for v in self.variants(model):
+            if self._is_candidate(v):
+                try:
+                    reports.append(self.check(model, v.backend))
+                except Exception as exc:  # a backend that cannot even load is no candidate
+                    log.warning("backend %s of %s unavailable: %s", v.backend, model, exc)
+        return reports
+
+    def cached_auto_choice(self, model: str) -> str | None:
+        """The auto backend if the gate reports and the speed race are cached, else None."""
+        spec = self.spec(model)
+        reports = [
+            self.gate_cache.get(self._key(spec, v.backend))
+            for v in self.variants(model)
+            if self._is_candidate(v)
+        ]
+        if any(r is None for r in reports):
+            return None
+        passing = sorted(r.backend for r in reports if r is not None and r.passed)
+        if len(passing) < 2:
+            return passing[0] if passing else self.reference(model).backend
+        return self.gate_cache.get_choice(self._race_key(spec, passing))
+
+    def choose(self, model: str) -> str:
+        """The fastest backend that passes the gate on this machine (gating as needed).
+
+        Speeds from gate runs at different moments are not comparable on a shared machine, so
+        the passing backends race on the same texts, interleaved, and the winner is cached.
+        """
+        passing = sorted(r.backend for r in self.auto_reports(model) if r.passed)
+        if len(passing) < 2:
+            best = passing[0] if passing else self.reference(model).backend
+        else:
+            key = self._race_key(self.spec(model), passing)
+            found = self.gate_cache.get_choice(key)
+            if found is None:
+                texts = self.sample().texts[: self._race_texts]
+                speeds = race({b: self.variant(model, b).build() for b in passing}, texts)
+                found = max(speeds, key=lambda b: speeds[b])
+                log.info("model %s: speed race on %d texts: %s", model, len(texts), speeds)
+                self.gate_cache.put_choice(key, found, speeds)
+            best = found
+        log.info("model %s: auto-selected backend %s", model, best)
+        return best
+
+    def _race_key(self, spec: ModelSpec, backends: Sequence[str]) -> str:
+        return self.gate_cache.key(spec.fingerprint, "race:" + ",".join(backends))
+
+    def build_as(self, model: str, backend: str) -> Embedder:
+        """`backend`'s embedder answering in the model's fp32 space (it passed the gate)."""
+        embedder = self.variant(model, backend).build()
+        if isinstance(embedder, PackedEmbedder):
+            return embedder.with_spec(self.spec(model), f"auto:{backend}")
+        return embedder
+
+    def auto(self, model: str, background: bool | None = None) -> AutoEmbedder:
+        """The model in its fp32 space on the fastest gated backend (see AutoEmbedder)."""
+        return AutoEmbedder(self, model, self._background if background is None else background)
+
+    def _is_candidate(self, v: Variant) -> bool:
+        """Whether `v` competes for the auto choice (all `auto` variants unless restricted)."""
+        if self._candidates is not None:
+            return v.reference or v.backend in self._candidates
+        return v.auto
+
+    def _key(self, spec: ModelSpec, backend: str) -> str:
+        return self.gate_cache.key(spec.fingerprint, f"{backend}|{len(self.sample().texts)}")
+
+    # registry entries
+
+    def listing(self) -> list[Listing]:
+        rows = []
+        for model in self.models():
+            spec = self.spec(model)
+            choice = self.cached_auto_choice(model)
+            best = self.gate_cache.get(self._key(spec, choice)) if choice else None
+            rows.append(Listing(model, model, f"auto:{choice}" if choice else "auto", spec, best))
+            for v in self.variants(model):
+                s = bundled.with_precision(spec, v.precision)
+                report = self.gate_cache.get(self._key(spec, v.backend))
+                rows.append(Listing(v.name, model, v.backend, s, report))
+        return rows
+
+    def entries(self) -> list[ModelEntry]:
+        out = []
+        for model in self.models():
+            out.append(
+                ModelEntry(
+                    model, f"{model}: fastest gated backend, fp32 space", self._auto_factory(model)
+                )
+            )
+            for v in self.variants(model):
+                out.append(
+                    ModelEntry(
+                        v.name,
+                        f"{model} on {v.backend} ({v.precision})",
+                        self._gated_factory(model, v.backend),
+                    )
+                )
+        for cfg in self._remotes:
+            out.append(
+                ModelEntry(cfg.name, f"remote {cfg.model} at {cfg.base_url}", _remote_factory(cfg))
+            )
+        return out
+
+    def _auto_factory(self, model: str) -> Callable[[], Embedder]:
+        return lambda: self.auto(model)
+
+    def _gated_factory(self, model: str, backend: str) -> Callable[[], Embedder]:
+        return lambda: self.gated(model, backend)
+
+
+def _remote_factory(cfg: RemoteConfig) -> Callable[[], Embedder]:
+    def build() -> Embedder:
+        from embedstack.inference.hf_tokenizer import HFTokenizer
+        from embedstack.inference.remote import RemoteEmbedder
+
+        return RemoteEmbedder(cfg, HFTokenizer(bundled.l6_tokenizer_json(), cfg.max_tokens))
+
+    return build
+
+
+def available_models(
+    cache_dir: Path | None = None,
+    remotes: Sequence[RemoteConfig] = (),
+    onnx: OnnxOptions = OnnxOptions(),
+) -> list[ModelEntry]:
+    """Registry entries for every model and backend here (see the module docstring)."""
+    return Catalog(cache_dir, onnx=onnx, remotes=remotes).entries()

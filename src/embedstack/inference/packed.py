@@ -1,0 +1,174 @@
+"""The shared hot loop of the fast backends: tokenize once, sort by length, pad per sub-batch.
+
+`PackedEmbedder` turns texts into vectors around any `Forward` (an ONNX Runtime session, a
+torch module): the fast tokenizer encodes the whole batch in one call (Rust, in parallel, GIL
+released), token ids go into one flat array, and the texts are cut, shortest first, into
+sub-batches bounded by padded tokens, so padding is minimal whatever order they came in. The
+padded arrays are built with numpy, not per item. Optionally (`overlap`) a large batch is
+tokenized in slices by a helper thread while the previous slice runs the forward pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer as _HFTok
+
+from embedstack.errors import InvalidInput
+from embedstack.inference.hf_tokenizer import HFTokenizer
+from embedstack.types import ModelSpec
+
+
+class Forward(Protocol):
+    """One forward pass: int64 (n, L) ids and mask -> float32 (n, dim) pooled vectors."""
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A tokenized batch: every text's ids back to back, with start and length per text."""
+
+    flat: np.ndarray  # int64 (total tokens,)
+    starts: np.ndarray  # int64 (n,)
+    lengths: np.ndarray  # int64 (n,)
+
+    def pad(self, idx: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, mask) of the texts `idx`, padded to their longest member."""
+        lengths = self.lengths[idx]
+        width = int(lengths.max()) if len(idx) else 0
+        cols = np.arange(width, dtype=np.int64)
+        mask = cols[None, :] < lengths[:, None]
+        pos = np.where(mask, self.starts[idx][:, None] + cols[None, :], 0)
+        ids = (
+            np.where(mask, self.flat[pos], pad_id) if self.flat.size else np.full(pos.shape, pad_id)
+        )
+        return ids.astype(np.int64, copy=False), mask.astype(np.int64)
+
+
+class TokenPacker:
+    """The model's fast tokenizer with truncation and no padding, encoding into `Packed`."""
+
+    def __init__(self, tokenizer_json: str, max_tokens: int, pad_id: int = 0) -> None:
+        tok = _HFTok.from_file(tokenizer_json)
+        tok.no_padding()
+        tok.enable_truncation(max_tokens)
+        self._tok = tok
+        self.pad_id = pad_id
+
+    def encode(self, texts: Sequence[str]) -> Packed:
+        try:
+            encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        except TypeError as exc:  # e.g. lone surrogates
+            raise InvalidInput(f"text could not be tokenized ({exc}); send valid UTF-8") from exc
+        ids = [e.ids for e in encs]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        total = int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+        starts = np.zeros(len(ids), dtype=np.int64)
+        if len(ids) > 1:
+            np.cumsum(lengths[:-1], out=starts[1:])
+        return Packed(flat, starts, lengths)
+
+
+def plan_batches(lengths: np.ndarray, max_tokens: int, max_size: int) -> list[np.ndarray]:
+    """Indices sorted by length, cut into runs whose padded size (n * longest) fits the budget."""
+    order = np.argsort(lengths, kind="stable")
+    out: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        # sorted ascending: the last member is the longest, so a run of k fits when
+        # k * lengths[order[start + k - 1]] <= max_tokens
+        k_max = min(max_size, n - start)
+        run = lengths[order[start : start + k_max]]
+        fits = np.arange(1, k_max + 1) * run <= max_tokens
+        k = max(1, int(np.argmin(fits)) if not fits.all() else k_max)
+        out.append(order[start : start + k])
+        start += k
+    return out
+
+
+class PackedEmbedder:
+    """An Embedder over a `Forward`: minimal padding, optional overlap, numpy normalization."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        tokenizer: HFTokenizer,
+        forward: Forward,
+        backend: str,
+        *,
+        max_batch_tokens: int = 4096,
+        max_batch_size: int = 64,
+        overlap_above: int | None = None,
+    ) -> None:
+        self._spec = spec
+        self._tokenizer = tokenizer
+        self._packer = TokenPacker(str(tokenizer.path), spec.max_tokens)
+        self._forward = forward
+        self._backend = backend
+        self._max_batch_tokens = max_batch_tokens
+        self._max_batch_size = max_batch_size
+        self._overlap_above = overlap_above
+        self._helper: ThreadPoolExecutor | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        return self._tokenizer
+
+    @property
+    def backend(self) -> str:
+        """Which engine computes the vectors (e.g. "onnx-fp32", "torch-bf16-autocast")."""
+        return self._backend
+
+    def with_spec(self, spec: ModelSpec, backend: str | None = None) -> PackedEmbedder:
+        """The same engine answering for another spec (used when the gate allows it)."""
+        clone = PackedEmbedder.__new__(PackedEmbedder)
+        clone.__dict__.update(self.__dict__)
+        clone._spec = spec
+        clone._backend = backend or self._backend
+        return clone
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        n = len(texts)
+        out = np.empty((n, self._spec.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        for offset, packed in self._packed_slices(texts):
+            self._run(packed, out[offset : offset + len(packed.lengths)])
+        if self._spec.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            np.divide(out, np.maximum(norms, 1e-12), out=out)
+        return out
+
+    def _run(self, packed: Packed, out: np.ndarray) -> None:
+        for idx in plan_batches(packed.lengths, self._max_batch_tokens, self._max_batch_size):
+            ids, mask = packed.pad(idx, self._packer.pad_id)
+            out[idx] = self._forward(ids, mask)
+
+    def _packed_slices(self, texts: Sequence[str]) -> Iterator[tuple[int, Packed]]:
+        """The batch tokenized whole, or in slices, the next one while the current runs."""
+        limit = self._overlap_above
+        if limit is None or len(texts) <= limit:
+            yield 0, self._packer.encode(texts)
+            return
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="embedstack-tokenize")
+        starts = list(range(0, len(texts), limit))
+        pending: Future[Packed] = self._helper.submit(self._packer.encode, texts[:limit])
+        for i, start in enumerate(starts):
+            current = pending.result()
+            if i + 1 < len(starts):
+                nxt = starts[i + 1]
+                pending = self._helper.submit(self._packer.encode, texts[nxt : nxt + limit])
+            yield start, current

@@ -1,0 +1,157 @@
+"""A backend for any OpenAI-compatible embeddings endpoint (POST {base_url}/embeddings).
+
+Texts are sent in requests of at most `batch_size` inputs; each request has a timeout and is
+retried with exponential backoff (honouring Retry-After) on timeouts, connection errors, 429 and
+5xx. Counting tokens and cutting chunks use a local tokenizer that matches the remote model.
+The space is the remote model's own: its spec names the endpoint and model, precision "remote".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import httpx
+import numpy as np
+
+from embedstack.errors import InvalidInput, Unavailable
+from embedstack.inference.hf_tokenizer import HFTokenizer
+from embedstack.types import Metric, ModelSpec
+
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_MAX_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    name: str  # the name embedstack serves it under
+    base_url: str  # e.g. http://127.0.0.1:7997/v1
+    model: str  # the model name the endpoint expects
+    dim: int | None = None  # None: asked from the endpoint with one probe request
+    metric: Metric = "cosine"
+    max_tokens: int = 256
+    normalize: bool = True
+    api_key: str | None = None
+    batch_size: int = 64
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    backoff_s: float = 0.25
+    revision: str = "1"
+
+
+class RemoteEmbedder:
+    def __init__(
+        self,
+        config: RemoteConfig,
+        tokenizer: HFTokenizer,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if config.batch_size < 1 or config.max_retries < 0:
+            raise ValueError("batch_size must be >= 1 and max_retries >= 0")
+        self._config = config
+        self._tokenizer = tokenizer
+        self._sleep = sleep
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._client = httpx.Client(
+            base_url=config.base_url.rstrip("/"), headers=headers,
+            timeout=config.timeout_s, transport=transport,
+        )  # fmt: skip
+        where = f"{config.base_url.rstrip('/')}|{config.model}"
+        self._spec = ModelSpec(
+            name=config.name,
+            revision=config.revision,
+            fingerprint=hashlib.sha256(where.encode()).hexdigest(),
+            dim=config.dim or 1,
+            metric=config.metric,
+            max_tokens=config.max_tokens,
+            pooling="remote",
+            normalize=config.normalize,
+            tokenizer=tokenizer.path.name,
+            precision="remote",
+        )
+        if config.dim is None:
+            (probe,) = self._request(["dimension probe"])
+            self._spec = replace(self._spec, dim=len(probe))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        return self._tokenizer
+
+    @property
+    def backend(self) -> str:
+        return f"remote:{self._config.base_url}"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        size = self._config.batch_size
+        out = np.empty((len(texts), self._spec.dim), dtype=np.float32)
+        for start in range(0, len(texts), size):
+            rows = self._request(list(texts[start : start + size]))
+            out[start : start + len(rows)] = np.asarray(rows, dtype=np.float32)
+        if self._spec.normalize and len(texts):
+            np.divide(out, np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), out=out)
+        return out
+
+    def _request(self, texts: list[str]) -> list[list[float]]:
+        cfg = self._config
+        body = {"model": cfg.model, "input": texts, "encoding_format": "float"}
+        last = "no attempt"
+        for attempt in range(cfg.max_retries + 1):
+            delay = cfg.backoff_s * (2**attempt) * (0.5 + random.random())
+            try:
+                r = self._client.post("/embeddings", json=body)
+            except httpx.TimeoutException as exc:
+                last = f"timed out after {cfg.timeout_s}s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__}: {exc})"
+            else:
+                if r.status_code == 200:
+                    return self._parse(r, len(texts))
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code not in _RETRY_STATUS:
+                    if 400 <= r.status_code < 500 and r.status_code not in (401, 403, 404):
+                        raise InvalidInput(f"remote model {cfg.name!r} refused the input: {last}")
+                    raise Unavailable(f"remote model {cfg.name!r} at {cfg.base_url}: {last}")
+                delay = max(delay, _retry_after(r))
+            if attempt < cfg.max_retries:
+                self._sleep(delay)
+        raise Unavailable(
+            f"remote model {cfg.name!r} at {cfg.base_url} failed "
+            f"{cfg.max_retries + 1} times: {last}"
+        )
+
+    def _parse(self, r: httpx.Response, n: int) -> list[list[float]]:
+        try:
+            data = sorted(r.json()["data"], key=lambda d: int(d["index"]))
+            rows = [list(map(float, d["embedding"])) for d in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Unavailable(
+                f"remote model {self._config.name!r} sent a bad reply: {exc}"
+            ) from exc
+        if len(rows) != n or any(len(row) != len(rows[0]) for row in rows):
+            raise Unavailable(
+                f"remote model {self._config.name!r} sent {len(rows)} vectors for {n}"
+            )
+        if self._config.dim is not None and rows and len(rows[0]) != self._spec.dim:
+            raise Unavailable(
+                f"remote model {self._config.name!r} sent {len(rows[0])}-d vectors, "
+                f"configured {self._spec.dim}"
+            )
+        return rows
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(float(r.headers.get("retry-after", 0.0)), _MAX_RETRY_AFTER)
+    except ValueError:
+        return 0.0

@@ -1,0 +1,157 @@
+"""The backends of each bundled model: how to build every model x engine x precision.
+
+all-MiniLM-L6-v2: sentence-transformers (the fp32 reference), ONNX Runtime fp32 (exported once,
+cached by fingerprint), ONNX int8 (dynamic, per channel), ONNX int8 after SmoothQuant rescaling
+(FFN down-projections kept fp32), torch fp32, torch bf16 (autocast or bf16 weights, where the CPU
+has AVX-512 BF16 / AMX), torch CUDA fp16/bf16/fp32 (where there is a GPU).
+paraphrase-MiniLM-L3-v2: its packaged ONNX graph in fp32 (the reference) and int8.
+Whether a backend may serve is not decided here: the catalog gates each one against fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedstack.inference import bundled
+from embedstack.inference.backend import Embedder
+from embedstack.inference.onnx import OnnxOptions, onnx_embedder
+from embedstack.inference.onnx_export import cached_file, export_bert_mean_pool, exported_model
+from embedstack.inference.packed import PackedEmbedder, TokenPacker
+from embedstack.inference.quantize import Int8Config, quantize_int8_dynamic
+from embedstack.inference.smooth import ALPHA, calibration_texts, input_ranges, smooth
+from embedstack.inference.torch_backend import (
+    TorchMode,
+    cpu_has_bf16,
+    cuda_available,
+    torch_embedder,
+)
+from embedstack.types import ModelSpec
+
+ST_BACKEND = "sentence-transformers"
+# the FFN down-projections (input: GELU output, heavy-tailed) stay fp32 in the smoothed int8 model
+SMOOTH_INT8 = Int8Config(exclude=tuple(f"layer.{i}/output/dense" for i in range(6)))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model on one backend."""
+
+    model: str
+    backend: str
+    precision: str
+    build: Callable[[], Embedder]
+    auto: bool = True  # a candidate for the auto-selected backend
+    reference: bool = False  # the fp32 engine the others are gated against
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}@{self.backend}"
+
+
+class BundledVariants:
+    """Variant lists for the bundled models; builders run only when a variant is loaded."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        onnx: OnnxOptions,
+        int8: Int8Config,
+        spec: Callable[[str], ModelSpec],
+        calibration: Callable[[], Sequence[str]],
+    ) -> None:
+        self.cache_dir = cache_dir
+        self._onnx = onnx
+        self._int8 = int8
+        self.spec = spec
+        self._calibration = calibration
+
+    def l6(self) -> list[Variant]:
+        from embedstack.inference.sentence_transformers import load_bundled_l6
+
+        m = bundled.L6_NAME
+        out = [
+            Variant(m, ST_BACKEND, "float32", load_bundled_l6, reference=True),
+            Variant(m, "onnx-fp32", "float32", lambda: self._l6_onnx("fp32")),
+            Variant(m, "onnx-int8", "int8-dynamic", lambda: self._l6_onnx("int8")),
+            Variant(m, "onnx-int8-smooth", "int8-smooth", self._l6_smooth_int8),
+            Variant(m, "torch-fp32", "float32", lambda: self._l6_torch("fp32"), auto=False),
+        ]
+        cpu_modes: tuple[TorchMode, ...] = ("bf16-autocast", "bf16") if cpu_has_bf16() else ()
+        for mode in cpu_modes:
+            out.append(Variant(m, f"torch-{mode}", mode, self._torch_builder(mode)))
+        gpu_modes: tuple[TorchMode, ...] = ("fp16", "bf16", "fp32") if cuda_available() else ()
+        for mode in gpu_modes:
+            prec = "float32" if mode == "fp32" else mode
+            out.append(Variant(m, f"cuda-{mode}", prec, self._torch_builder(mode, "cuda")))
+        return out
+
+    def _torch_builder(self, mode: TorchMode, device: str = "cpu") -> Callable[[], Embedder]:
+        return lambda: self._l6_torch(mode, device)
+
+    def _l6_torch(self, mode: TorchMode, device: str = "cpu") -> PackedEmbedder:
+        spec = self.spec(bundled.L6_NAME)
+        prec = "float32" if mode == "fp32" else mode
+        backend = f"{'cuda' if device.startswith('cuda') else 'torch'}-{mode}"
+        s = bundled.with_precision(spec, prec)
+        return torch_embedder(s, bundled.l6_dir(), backend, mode, device)
+
+    def _l6_onnx(self, kind: str) -> PackedEmbedder:
+        spec = self.spec(bundled.L6_NAME)
+        fp32 = exported_model(bundled.l6_dir(), spec.fingerprint, self.cache_dir)
+        tok = bundled.l6_tokenizer_json()
+        if kind == "fp32":
+            return onnx_embedder(spec, fp32, tok, "embedding", "onnx-fp32", self._onnx)
+        path = self._int8_file(fp32, spec.fingerprint)
+        s = bundled.with_precision(spec, "int8-dynamic")
+        return onnx_embedder(s, path, tok, "embedding", "onnx-int8", self._onnx)
+
+    def _l6_smooth_int8(self) -> Embedder:
+        """SmoothQuant-rescaled export (alpha 0.8), int8 except the FFN down-projections."""
+        spec = self.spec(bundled.L6_NAME)
+        tok = bundled.l6_tokenizer_json()
+        texts = calibration_texts(self._calibration())
+
+        def rescale(bert: Any) -> None:
+            smooth(bert, input_ranges(bert, TokenPacker(str(tok), spec.max_tokens), texts))
+
+        def export(tmp: Path) -> None:
+            export_bert_mean_pool(bundled.l6_dir(), tmp, rescale)
+
+        smoothed = cached_file(
+            self.cache_dir, spec.fingerprint, f"model-smooth-a{ALPHA}.onnx", export
+        )
+        path = self._int8_file(smoothed, spec.fingerprint, SMOOTH_INT8)
+        s = bundled.with_precision(spec, "int8-smooth")
+        return onnx_embedder(s, path, tok, "embedding", "onnx-int8-smooth", self._onnx)
+
+    def _int8_file(self, fp32: Path, fingerprint: str, config: Int8Config | None = None) -> Path:
+        config = config or self._int8
+        name = f"{fp32.stem.replace('-fp32', '')}-int8-{config.tag}.onnx"
+
+        def build(tmp: Path) -> None:
+            quantize_int8_dynamic(fp32, tmp, config)
+
+        return cached_file(self.cache_dir, fingerprint, name, build)
+
+    def l3(self) -> list[Variant]:
+        m = bundled.L3_NAME
+        tok = bundled.l6_tokenizer_json()
+
+        def fp32() -> Embedder:
+            spec = self.spec(m)
+            path = bundled.l3_onnx_file()
+            return onnx_embedder(spec, path, tok, bundled.L3_OUTPUT, "onnx-fp32", self._onnx)
+
+        def int8() -> Embedder:
+            spec = self.spec(m)
+            path = self._int8_file(bundled.l3_onnx_file(), spec.fingerprint)
+            s = bundled.with_precision(spec, "int8-dynamic")
+            return onnx_embedder(s, path, tok, bundled.L3_OUTPUT, "onnx-int8", self._onnx)
+
+        return [
+            Variant(m, "onnx-fp32", "float32", fp32, reference=True),
+            Variant(m, "onnx-int8", "int8-dynamic", int8),
+        ]

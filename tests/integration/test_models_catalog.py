@@ -1,0 +1,118 @@
+"""The catalog on the real bundled models: gated backends, int8 refused, auto in the fp32 space."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from embedstack.cli_models import models as models_cli
+from embedstack.errors import Unavailable
+from embedstack.inference.bundled import L3_NAME, L6_NAME, l6_dir, l6_spec
+from embedstack.inference.gate import load_sample
+from embedstack.inference.models import Catalog, available_models
+from embedstack.inference.torch_backend import TorchForward, cpu_has_bf16, cuda_available
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+QUERIES = 15  # 15 section titles + their paragraphs: real text, a few seconds per backend
+CANDIDATES = ("onnx-fp32", "onnx-int8")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "embedstack-cache"  # shared with the ONNX unit tests
+
+
+@pytest.fixture(scope="module")
+def catalog(cache: Path) -> Catalog:
+    # auto competes between the fp32 reference, ONNX fp32 and int8 here (bf16 and smoothed int8
+    # are gated by the benchmark and `models check`; they would add minutes of CPU to the suite)
+    return Catalog(
+        cache,
+        sample=load_sample().head(QUERIES),
+        background=False,
+        candidates=CANDIDATES,
+        race_texts=24,
+    )
+
+
+def test_int8_is_refused_with_the_measured_numbers(catalog: Catalog) -> None:
+    with pytest.raises(Unavailable) as err:
+        catalog.gated(L6_NAME, "onnx-int8")
+    msg = str(err.value)
+    assert "accuracy gate" in msg and "mean cosine" in msg and "recall@10" in msg
+    report = catalog.check(L6_NAME, "onnx-int8")  # cached now
+    assert not report.passed and report.mean_cosine < 0.999
+
+
+def test_auto_serves_the_fp32_space_on_a_passing_backend(catalog: Catalog, cache: Path) -> None:
+    auto = catalog.auto(L6_NAME)
+    assert auto.wait_selected(0) and auto.spec == l6_spec()
+    chosen = auto.backend.removeprefix("auto:")
+    assert catalog.check(L6_NAME, chosen).passed and chosen != "onnx-int8"
+    sample = catalog.sample()
+    ref = catalog.reference_vectors(L6_NAME)[0]
+    got = auto.embed_batch(sample.texts)
+    cos = np.sum(ref * got, axis=1)
+    assert cos.mean() >= 0.999 and cos.min() >= 0.99
+    # a second catalog on the same cache decides from the cached reports, without gating again
+    again = Catalog(
+        cache, sample=load_sample().head(QUERIES), candidates=CANDIDATES, race_texts=24
+    ).auto(L6_NAME)
+    assert again.wait_selected(0) and again.backend == auto.backend
+
+
+def test_every_explicit_variant_is_honest_about_its_space(catalog: Catalog) -> None:
+    fp32 = l6_spec().space_id
+    for v in catalog.variants(L6_NAME):
+        spec = catalog.spec(L6_NAME) if v.precision == "float32" else None
+        if spec is not None:
+            assert spec.space_id == fp32
+    rows = {row.name: row for row in catalog.listing()}
+    assert rows[f"{L6_NAME}@onnx-int8"].spec.space_id != fp32
+    assert rows[f"{L6_NAME}@onnx-int8"].spec.precision == "int8-dynamic"
+    assert rows[L6_NAME].spec.space_id == fp32
+    names = {e.name for e in available_models(catalog.cache_dir)}
+    assert {L6_NAME, L3_NAME, f"{L6_NAME}@onnx-fp32", f"{L3_NAME}@onnx-int8"} <= names
+
+
+def test_l3_is_served_through_onnx(catalog: Catalog) -> None:
+    emb = catalog.auto(L3_NAME)
+    assert emb.backend == "auto:onnx-fp32" or catalog.check(L3_NAME, "onnx-int8").passed
+    a, b, c = emb.embed_batch(["How do I read a file?", "Reading files in Python", "banana bread"])
+    assert a.shape == (384,) and float(a @ b) > float(a @ c) + 0.2
+
+
+def test_cli_check_and_list(catalog: Catalog, cache: Path) -> None:
+    runner = CliRunner()
+    args = ["--queries", str(QUERIES), "--cache-dir", str(cache)]
+    out = runner.invoke(models_cli, ["check", f"{L6_NAME}@onnx-fp32", *args])
+    assert out.exit_code == 0, out.output
+    assert "passed" in out.output and "cosine to fp32 mean" in out.output
+    strict = runner.invoke(models_cli, ["check", f"{L6_NAME}@onnx-int8", "--strict", *args])
+    assert strict.exit_code == 1 and "FAILED" in strict.output
+    listed = runner.invoke(models_cli, ["list", *args])
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split()[0]: line for line in listed.output.splitlines()[1:]}
+    assert "REFUSED" in lines[f"{L6_NAME}@onnx-int8"] and "passed" in lines[f"{L6_NAME}@onnx-fp32"]
+    assert " 384 cosine     256 " in lines[L6_NAME] and " 128 " in lines[L3_NAME]
+    bad = runner.invoke(models_cli, ["check", f"{L6_NAME}@nope", *args])
+    assert bad.exit_code != 0
+
+
+def test_hardware_specific_backends_are_offered_only_where_they_run(catalog: Catalog) -> None:
+    backends = {v.backend for v in catalog.variants(L6_NAME)}
+    assert any(b.startswith("cuda-") for b in backends) == cuda_available()
+    assert ("torch-bf16-autocast" in backends) == cpu_has_bf16()
+    with pytest.raises(ValueError, match="CUDA only"):
+        TorchForward(l6_dir(), "fp16", "cpu")
+
+
+@pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")
+def test_cuda_half_precision_passes_the_gate(catalog: Catalog) -> None:
+    for backend in ("cuda-fp16", "cuda-bf16"):
+        report = catalog.check(L6_NAME, backend, force=True)
+        assert report.passed, report.summary()
