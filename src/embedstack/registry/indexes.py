@@ -194,6 +194,13 @@ class IndexManager:
             self.sync(*key)
 
     def _maybe_compact(self, live: LiveIndex) -> None:
+        needs_retrain = getattr(live.index, "needs_retrain", None)
+        retrained = getattr(live.index, "retrained", None)
+        if needs_retrain is not None and retrained is not None and needs_retrain():
+            started = time.perf_counter()
+            live.index = retrained()  # grown past its training size: retrain on live vectors
+            log.info("retrained %s in %.2fs", live.config.collection, time.perf_counter() - started)
+            return
         ratio_of = getattr(live.index, "tombstone_ratio", None)
         compacted = getattr(live.index, "compacted", None)
         if ratio_of is None or compacted is None or ratio_of() <= self._compaction_ratio:
