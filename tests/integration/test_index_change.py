@@ -36,6 +36,16 @@ def test_patch_index_swaps_without_failed_queries(
         )
         assert r.status_code == 202 and r.json()["rebuilding"] is True
         assert c.patch("/v1/collections/kb", json={"index": {"type": "nope"}}).status_code == 422
+        # a quantized index must reach its recall floor on this collection's data
+        r = c.patch("/v1/collections/kb", json={"index": {"type": "sq8", "recall_floor": 0.99999}})
+        assert r.status_code in (202, 422), r.text
+        if r.status_code == 422:
+            assert "recall" in r.json()["error"]["message"]
+        time.sleep(0.2)
+        r = c.patch(
+            "/v1/collections/kb", json={"index": {"type": "hnsw", "M": 16, "ef_search": 128}}
+        )
+        assert r.status_code == 202
         deadline = time.monotonic() + 120
         while c.get("/v1/collections/kb").json()["rebuilding"] and time.monotonic() < deadline:
             time.sleep(0.1)

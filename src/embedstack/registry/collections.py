@@ -9,6 +9,7 @@ from typing import Any
 
 from embedstack.errors import InvalidInput, NotFound, SpaceMismatch
 from embedstack.index.factory import validate_index_params
+from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.ingest.chunking import validate_chunking
 from embedstack.registry.indexes import IndexConfig, IndexManager
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DIM = 8192
+DEFAULT_RECALL_FLOOR = 0.9
 
 
 class CollectionService:
@@ -119,9 +121,25 @@ class CollectionService:
         index = dict(index)
         index_type = str(index.pop("type", record.config["index"]["type"]))
         params = validate_index_params(index_type, index)
+        if is_quantized(index_type):
+            self._check_floor(record, index_type, params)
         config = {**record.config, "index": {"type": index_type, "params": params}}
         self._store.update_collection_config(record.name, config)
         return self._store.get_collection(record.name)
+
+    def _check_floor(
+        self, record: CollectionRecord, index_type: str, params: dict[str, Any]
+    ) -> None:
+        """A quantized index is accepted only if it reaches its recall floor on this data."""
+        space = self.space(record)
+        cfg = self.index_config(record, space)
+        sample = next(
+            iter(self._store.iter_vectors(record.name, space.space_id, cfg.dim, 20_000)), None
+        )
+        if sample is None or len(sample[0]) < 1000:
+            return  # too little data to measure; the index's own gate checks when it trains
+        floor = float(params.get("recall_floor") or DEFAULT_RECALL_FLOOR)
+        check_recall_floor(index_type, params, cfg.dim, cfg.metric, sample[0], sample[1], 10, floor)
 
     def rebuild(self, record: CollectionRecord) -> None:
         """Build each active space's index with the record's settings aside; swap atomically."""
