@@ -1,7 +1,7 @@
 """Embedding throughput per backend vs plain SentenceTransformer.encode, in the same run.
 
     python bench/embed.py [--texts 1000] [--repeats 3] [--backends onnx-fp32,torch-bf16]
-                          [--e2e] [--cache-dir DIR]
+                          [--e2e] [--no-infinity] [--cache-dir DIR]
 
 Corpora: GCIDE dictionary entries (bench/corpora.py, needs `apt-get install dict-gcide`) and the
 paragraphs of tests/data/pydoc_sections.jsonl. For each corpus, plain `SentenceTransformer.encode`
@@ -11,7 +11,10 @@ median texts/s, the ratio to plain encode and the cosine to plain encode on that
 accuracy gate's verdict (shipped real-text sample; cached per machine).
 With --e2e, a real server (the default model: auto-selected gated backend) is measured through
 POST /v1/embeddings (4 concurrent clients x 64 texts) and through ingest (POST documents until
-the jobs are done), beside the same server on the plain sentence-transformers backend.
+the jobs are done), beside the same server on the plain sentence-transformers backend, and
+infinity-emb 0.0.78 (torch engine, CPU, fp32, batch 64) serving the same model folder, measured
+through its POST /embeddings with the same load (bench/peers/infinity_peer.py; its own venv under
+~/.cache/embedstack/peers, created on first use; --no-infinity skips it).
 """
 
 from __future__ import annotations
@@ -25,19 +28,37 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import orjson
+from rich.markup import escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import PYDOC_JSONL, Server, load_note, post, say, server_env, table, wait_jobs
+from common import (
+    PYDOC_JSONL,
+    Server,
+    batched,
+    load_note,
+    post,
+    say,
+    server_env,
+    table,
+    wait_jobs,
+)
 from embedstack.inference.bundled import L6_NAME, l6_dir
 from embedstack.inference.models import Catalog
+from ingest import CHUNKING, chunk_rounds
+from peers.infinity_peer import InfinityServer, InfinityUnavailable
 
 CALL = 64  # texts per embed_batch call, the batcher's default max_batch_size
+CLIENTS = 4  # concurrent HTTP clients in the end-to-end runs
+INFINITY_ROW = "infinity-emb (torch, cpu)"
 
 
 def pydoc_paragraphs(n: int) -> list[str]:
@@ -127,69 +148,122 @@ def gate_table(catalog: Catalog, backends: Sequence[str]) -> None:
     say(f"auto-selected backend for {L6_NAME}: {catalog.choose(L6_NAME)}")
 
 
-def e2e(texts: list[str]) -> None:
+@cache
+def plain_model() -> Any:
+    """The in-process baseline: SentenceTransformer on the bundled model, max_seq_length 256."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(l6_dir()), device="cpu")
+    st.max_seq_length = 256
+    return st
+
+
+def http_embed_speed(client: httpx.Client, path: str, model: str, texts: list[str]) -> float:
+    """texts/s of POST `path` {"model", "input"} over all `texts`, CALL texts a request, from
+    CLIENTS concurrent clients (the OpenAI-style embeddings body both servers take)."""
+    batches = [texts[i : i + CALL] for i in range(0, len(texts), CALL)]
+
+    def send(batch: list[str]) -> None:
+        post(client, path, {"model": model, "input": batch})
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(send, batches))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def infinity_speed(texts: list[str]) -> float | None:
+    """texts/s of infinity-emb serving the bundled model, through its POST /embeddings with the
+    same load as e2e(); None (with the reason printed) when it cannot run or disagrees with
+    plain encode (cosine <= 0.999 on a sample)."""
+    try:
+        with (
+            InfinityServer(l6_dir(), served_model_name=L6_NAME, batch_size=CALL) as server,
+            httpx.Client(base_url=server.url, timeout=600) as client,
+        ):
+            sample = texts[:16]
+            answer = post(client, "/embeddings", {"model": server.model, "input": sample})
+            got = np.array([d["embedding"] for d in answer["data"]], dtype=np.float32)
+            post(client, "/embeddings", {"model": server.model, "input": texts[:CALL]})  # warm up
+            speed = http_embed_speed(client, "/embeddings", server.model, texts)
+    except (InfinityUnavailable, RuntimeError, OSError, httpx.HTTPError) as exc:
+        say(escape(f"infinity-emb skipped: {exc}"))
+        return None
+    want = plain_model().encode(sample, batch_size=32, normalize_embeddings=True)
+    cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1)
+    say(
+        f"infinity-emb vs plain encode on {len(sample)} texts: "
+        f"cos mean {cos.mean():.6f} min {cos.min():.6f}"
+    )
+    if cos.min() <= 0.999:
+        say("infinity-emb skipped: its vectors differ from plain encode (cos min <= 0.999)")
+        return None
+    return speed
+
+
+def e2e(texts: list[str], infinity: bool = True) -> None:
+    """HTTP texts/s against plain encode of the same texts, ingest chunks/s against plain encode
+    of the very chunks the collection makes (ingest embeds whole documents, not truncated ones)."""
     # the server decides from the gate reports and speed race cached in ~/.cache/embedstack:
     # make them now, so that it serves the chosen backend from its first request
     say(f"auto choice for the server: {Catalog(background=False).choose(L6_NAME)}")
+    docs = [(str(i), t) for i, t in enumerate(texts)]
+    chunk_texts = chunk_rounds(docs, 1)[0]
     rows = []
     env = server_env()  # the server keeps its gate reports in ~/.cache/embedstack
     for model in (f"{L6_NAME}@sentence-transformers", L6_NAME):
         with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp), env) as server:
             client = server.client(timeout=600)
             post(client, "/v1/embeddings", {"model": model, "input": texts[:8]})  # load + select
-            batches = [texts[i : i + CALL] for i in range(0, len(texts), CALL)]
-
-            def send(batch: list[str], c=client, m=model) -> None:
-                post(c, "/v1/embeddings", {"model": m, "input": batch})
-
-            started = time.perf_counter()
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(send, batches))
-            http_speed = len(texts) / (time.perf_counter() - started)
-            post(client, "/v1/collections", {"name": "bench", "model": model})
-            docs = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+            backend = client.get("/readyz").json().get("backends", {}).get(model, "?")
+            http_speed = http_embed_speed(client, "/v1/embeddings", model, texts)
+            post(client, "/v1/collections", {"name": "bench", "model": model, "chunking": CHUNKING})
             started = time.perf_counter()
             jobs = [
-                post(client, "/v1/collections/bench/documents", {"documents": docs[i : i + 256]})[
-                    "job_id"
-                ]
-                for i in range(0, len(docs), 256)
+                post(client, "/v1/collections/bench/documents", {"documents": body})["job_id"]
+                for body in batched([{"id": i, "text": t} for i, t in docs], 256)
             ]
             wait_jobs(client, jobs, timeout=3600)
-            ingest_speed = len(texts) / (time.perf_counter() - started)
-            chunks = client.get("/v1/collections/bench").json().get("chunks", len(texts))
-            rows.append([model, f"{http_speed:.0f}", f"{ingest_speed:.0f}", str(chunks)])
+            seconds = time.perf_counter() - started
+            chunks = int(client.get("/v1/collections/bench").json().get("chunks", 0))
+            name = f"{model} ({backend})"
+            rows.append([name, http_speed, len(texts) / seconds, chunks / seconds])
+    peer = infinity_speed(texts) if infinity else None
     plain = plain_encode_speed(texts)
-    base_http, base_ingest = float(rows[0][1]), float(rows[0][2])
-    for row in rows:
-        http, ingest = float(row[1]), float(row[2])
-        row += [
-            f"{http / plain:.2f}x",
-            f"{ingest / plain:.2f}x",
-            f"{http / base_http:.2f}x",
-            f"{ingest / base_ingest:.2f}x",
-        ]
+    plain_chunks = plain_encode_speed(chunk_texts)
+    out = []
+    for name, http, docs_s, chunks_s in rows:
+        out.append(
+            [
+                name,
+                f"{http:.0f}",
+                f"{http / plain:.2f}x",
+                f"{docs_s:.0f}",
+                f"{chunks_s:.0f}",
+                f"{chunks_s / plain_chunks:.2f}x",
+            ]
+        )
+    if peer is not None:
+        out.append([INFINITY_ROW, f"{peer:.0f}", f"{peer / plain:.2f}x", "-", "-", "-"])
     cols = [
-        "model",
+        "model (serving backend)",
         "POST /v1/embeddings texts/s",
+        "vs plain encode",
         "ingest docs/s",
-        "chunks",
-        "http vs plain encode",
-        "ingest vs plain encode",
-        "http vs st server",
-        "ingest vs st server",
+        "ingest chunks/s",
+        "vs plain encode of the chunks",
     ]
     table(
-        f"end to end, {len(texts)} texts; plain encode in-process: {plain:.0f} texts/s", cols, rows
+        f"end to end, {len(texts)} texts -> {len(chunk_texts)} chunks; plain encode in-process: "
+        f"{plain:.0f} texts/s, {plain_chunks:.0f} chunks/s",
+        cols,
+        out,
     )
 
 
 def plain_encode_speed(texts: list[str], repeats: int = 2) -> float:
     """Plain SentenceTransformer.encode (batch 32) of the same texts, in this process."""
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(l6_dir()), device="cpu")
-    st.max_seq_length = 256
+    st = plain_model()
     st.encode(texts[:CALL], batch_size=32)
     best = min(timed(lambda: st.encode(texts, batch_size=32))[1] for _ in range(repeats))
     return len(texts) / best
@@ -206,6 +280,9 @@ def main() -> None:
     )
     ap.add_argument("--e2e", action="store_true")
     ap.add_argument("--e2e-only", action="store_true")
+    ap.add_argument(
+        "--no-infinity", action="store_true", help="no infinity-emb row in the end-to-end table"
+    )
     ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args()
     say(load_note())
@@ -221,7 +298,7 @@ def main() -> None:
         in_process(catalog, backends, corpora, args.repeats)
         gate_table(catalog, backends)
     if args.e2e or args.e2e_only:
-        e2e(corpora.get("GCIDE entries", corpora["pydoc paragraphs"]))
+        e2e(corpora.get("GCIDE entries", corpora["pydoc paragraphs"]), not args.no_infinity)
     say(load_note())
 
 

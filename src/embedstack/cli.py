@@ -71,7 +71,11 @@ def serve(
     from embedstack.serving.services import Services
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
-    app = create_app(Services.build(settings))
+    try:
+        services = Services.build(settings)
+    except ValueError as exc:  # a setting this machine cannot honour: say which, no traceback
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(services)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         access_log=False, timeout_graceful_shutdown=10,

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     enable_test_models: bool = False
     workers: int = Field(1, ge=0, le=64, description="in-process ingest workers")
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    # model -> backend that serves it in its fp32 space, instead of the auto choice, e.g.
+    # EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}'; still gated against fp32
+    model_backends: dict[str, str] = Field(default_factory=dict)
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)

@@ -14,6 +14,7 @@ from embedstack.errors import Unavailable
 from embedstack.inference.bundled import L3_NAME, L6_NAME, l6_dir, l6_spec
 from embedstack.inference.gate import load_sample
 from embedstack.inference.models import Catalog, available_models
+from embedstack.inference.ov_backend import cpu_has_ov_bf16
 from embedstack.inference.torch_backend import TorchForward, cpu_has_bf16, cuda_available
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,3 +117,42 @@ def test_cuda_half_precision_passes_the_gate(catalog: Catalog) -> None:
     for backend in ("cuda-fp16", "cuda-bf16"):
         report = catalog.check(L6_NAME, backend, force=True)
         assert report.passed, report.summary()
+
+
+def test_openvino_backends_pass_the_gate_and_serve_the_fp32_space(catalog: Catalog) -> None:
+    backends = ["openvino-fp32", *(["openvino-bf16"] if cpu_has_ov_bf16() else [])]
+    ref = catalog.reference_vectors(L6_NAME)[0]
+    texts = catalog.sample().texts
+    for backend in backends:
+        report = catalog.check(L6_NAME, backend)
+        assert report.passed, report.summary()
+        assert report.mean_cosine >= 0.9999 and abs(report.recall_delta_points) <= 0.5
+        served = catalog.gated_as(L6_NAME, backend)
+        assert served.spec == l6_spec() and served.backend == backend
+        cos = np.sum(served.embed_batch(texts) * ref, axis=1)
+        assert cos.min() >= 0.999, (backend, float(cos.min()))
+    l3 = catalog.gated(L3_NAME, "openvino-fp32")
+    l3_ref = catalog.variant(L3_NAME, "onnx-fp32").build()
+    cos = np.sum(l3.embed_batch(texts[:32]) * l3_ref.embed_batch(texts[:32]), axis=1)
+    assert cos.min() >= 0.9999
+
+
+def test_a_pinned_backend_replaces_the_auto_choice(cache: Path) -> None:
+    def pinned(backend: str) -> Catalog:
+        return Catalog(
+            cache, sample=load_sample().head(QUERIES), background=False, race_texts=24,
+            pins={L6_NAME: backend},
+        )  # fmt: skip
+
+    auto = pinned("onnx-fp32").auto(L6_NAME)
+    assert auto.backend == "pinned:onnx-fp32" and auto.spec == l6_spec()
+    assert auto.embed_batch(["pinned"]).shape == (1, 384)
+    rows = {row.name: row for row in pinned("onnx-fp32").listing()}
+    assert rows[L6_NAME].backend == "pinned:onnx-fp32"
+    # a pin to a backend that fails the gate is refused with the numbers, never served
+    with pytest.raises(Unavailable, match="accuracy gate.*recall@10"):
+        pinned("onnx-int8").auto(L6_NAME)
+    with pytest.raises(ValueError, match="choose one of: auto, sentence-transformers"):
+        pinned("onnx-fp64").check_pins()
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        Catalog(cache, pins={"nope": "onnx-fp32"}).check_pins()

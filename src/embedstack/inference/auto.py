@@ -1,5 +1,7 @@
 """AutoEmbedder: a model in its fp32 space, served by the fastest backend that passed the gate.
 
+Or by the backend the operator pinned (`model_backends` setting), gated the same way first.
+
 With every candidate's gate report cached for this machine, the chosen backend is built at once.
 Otherwise the fp32 reference serves right away and a background thread gates the candidates
 (minutes on a busy 2-core machine), then swaps the winner in; the swap is one reference
@@ -26,11 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class AutoEmbedder:
-    def __init__(self, catalog: Catalog, model: str, background: bool = True) -> None:
+    def __init__(
+        self, catalog: Catalog, model: str, background: bool = True, pinned: str | None = None
+    ) -> None:
         self._catalog = catalog
         self._model = model
         self._spec = catalog.spec(model)
         self._selected = threading.Event()
+        self._mode = "auto"
+        if pinned is not None:
+            # the operator's choice: gated now (cached after the first time), refused if it fails
+            self._mode = "pinned"
+            self._current = catalog.gated_as(model, pinned)
+            self._backend = pinned
+            self._selected.set()
+            return
         choice = catalog.cached_auto_choice(model)
         if choice is not None or not background:
             backend = choice if choice is not None else catalog.choose(model)
@@ -67,7 +79,7 @@ class AutoEmbedder:
 
     @property
     def backend(self) -> str:
-        return f"auto:{self._backend}"
+        return f"{self._mode}:{self._backend}"
 
     def wait_selected(self, timeout: float | None = None) -> bool:
         """True once the gated choice is made (at once when it came from the cache)."""

@@ -38,6 +38,11 @@ class Embedder(Protocol):
     @property
     def tokenizer(self) -> Tokenizer: ...
 
+    @property
+    def backend(self) -> str:
+        """Which engine computes the vectors, e.g. "onnx-fp32" or "auto:openvino-bf16"."""
+        ...
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array (len(texts), dim); normalized when spec.normalize."""
         ...

@@ -98,6 +98,10 @@ class HashingEmbedder:
     def tokenizer(self) -> RegexTokenizer:
         return self._tokenizer
 
+    @property
+    def backend(self) -> str:
+        return "hashing"
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array (len(texts), dim), each row L2-normalized."""
         out = np.empty((len(texts), self._dim), dtype=np.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from embedstack.inference.gate import (
 from embedstack.inference.gate import timed_embed as _timed
 from embedstack.inference.onnx import OnnxOptions
 from embedstack.inference.onnx_export import default_cache_dir
+from embedstack.inference.ov_backend import OvOptions
 from embedstack.inference.packed import PackedEmbedder
 from embedstack.inference.quantize import Int8Config
 from embedstack.inference.remote import RemoteConfig
@@ -65,11 +66,13 @@ class Catalog:
         cache_dir: Path | None = None,
         onnx: OnnxOptions = OnnxOptions(),
         int8: Int8Config = Int8Config(),
+        ov: OvOptions = OvOptions(),
         sample: GateSample | None = None,
         remotes: Sequence[RemoteConfig] = (),
         background: bool = True,
         candidates: Sequence[str] | None = None,
         race_texts: int = RACE_TEXTS,
+        pins: Mapping[str, str] | None = None,
     ) -> None:
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self._onnx = onnx
@@ -79,8 +82,9 @@ class Catalog:
         self._background = background
         self._candidates = None if candidates is None else set(candidates)
         self._race_texts = race_texts
+        self._pins = dict(pins or {})
         self._builders = BundledVariants(
-            self.cache_dir, onnx, int8, self.spec, lambda: self.sample().passages
+            self.cache_dir, onnx, int8, ov, self.spec, lambda: self.sample().passages
         )
         self.gate_cache = GateCache(self.cache_dir / "gate.json")
         self._refs: dict[str, tuple[np.ndarray, float]] = {}
@@ -174,6 +178,26 @@ class Catalog:
             raise Unavailable(f"backend refused by the accuracy gate: {report.summary()}")
         return embedder
 
+    def gated_as(self, model: str, backend: str) -> Embedder:
+        """`backend` answering in the model's fp32 space, if it passes the gate (else
+        Unavailable with the measured numbers)."""
+        return self._in_fp32_space(model, backend, self.gated(model, backend))
+
+    def check_pins(self) -> None:
+        """Refuse (ValueError, naming what exists) a pinned model or backend that is not here."""
+        for model, backend in self._pins.items():
+            if model not in self.models():
+                raise ValueError(
+                    f"model_backends names unknown model {model!r}; "
+                    f"bundled models: {', '.join(self.models())}"
+                )
+            if backend != "auto" and backend not in {v.backend for v in self.variants(model)}:
+                names = ", ".join(["auto", *(v.backend for v in self.variants(model))])
+                raise ValueError(
+                    f"model_backends pins {model!r} to {backend!r}, which this machine cannot "
+                    f"run; choose one of: {names}"
+                )
+
     def auto_reports(self, model: str) -> list[GateReport]:
         """Gate every auto candidate (cached reports reused); unloadable ones are skipped."""
         reports = []
@@ -227,14 +251,22 @@ class Catalog:
 
     def build_as(self, model: str, backend: str) -> Embedder:
         """`backend`'s embedder answering in the model's fp32 space (it passed the gate)."""
-        embedder = self.variant(model, backend).build()
+        return self._in_fp32_space(model, backend, self.variant(model, backend).build())
+
+    def _in_fp32_space(self, model: str, backend: str, embedder: Embedder) -> Embedder:
         if isinstance(embedder, PackedEmbedder):
-            return embedder.with_spec(self.spec(model), f"auto:{backend}")
+            return embedder.with_spec(self.spec(model), backend)
         return embedder
 
     def auto(self, model: str, background: bool | None = None) -> AutoEmbedder:
-        """The model in its fp32 space on the fastest gated backend (see AutoEmbedder)."""
-        return AutoEmbedder(self, model, self._background if background is None else background)
+        """The model in its fp32 space on its pinned or fastest gated backend (AutoEmbedder)."""
+        pinned = self._pins.get(model)
+        return AutoEmbedder(
+            self,
+            model,
+            self._background if background is None else background,
+            pinned=None if pinned in (None, "auto") else pinned,
+        )
 
     def _is_candidate(self, v: Variant) -> bool:
         """Whether `v` competes for the auto choice (all `auto` variants unless restricted)."""
@@ -251,9 +283,11 @@ class Catalog:
         rows = []
         for model in self.models():
             spec = self.spec(model)
-            choice = self.cached_auto_choice(model)
+            pinned = self._pins.get(model, "auto")
+            choice = self.cached_auto_choice(model) if pinned == "auto" else pinned
+            mode = "auto" if pinned == "auto" else "pinned"
             best = self.gate_cache.get(self._key(spec, choice)) if choice else None
-            rows.append(Listing(model, model, f"auto:{choice}" if choice else "auto", spec, best))
+            rows.append(Listing(model, model, f"{mode}:{choice}" if choice else mode, spec, best))
             for v in self.variants(model):
                 s = bundled.with_precision(spec, v.precision)
                 report = self.gate_cache.get(self._key(spec, v.backend))
@@ -303,6 +337,10 @@ def available_models(
     cache_dir: Path | None = None,
     remotes: Sequence[RemoteConfig] = (),
     onnx: OnnxOptions = OnnxOptions(),
+    pins: Mapping[str, str] | None = None,
 ) -> list[ModelEntry]:
-    """Registry entries for every model and backend here (see the module docstring)."""
-    return Catalog(cache_dir, onnx=onnx, remotes=remotes).entries()
+    """Registry entries for every model and backend here (see the module docstring); `pins`
+    (model -> backend) replace the auto choice and are checked here, at startup."""
+    catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins)
+    catalog.check_pins()
+    return catalog.entries()

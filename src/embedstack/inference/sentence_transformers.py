@@ -56,6 +56,10 @@ class SentenceTransformerEmbedder:
     def tokenizer(self) -> HFTokenizer:
         return self._tokenizer
 
+    @property
+    def backend(self) -> str:
+        return "sentence-transformers"
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         out = self._model.encode(
             list(texts),

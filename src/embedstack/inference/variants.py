@@ -2,9 +2,10 @@
 
 all-MiniLM-L6-v2: sentence-transformers (the fp32 reference), ONNX Runtime fp32 (exported once,
 cached by fingerprint), ONNX int8 (dynamic, per channel), ONNX int8 after SmoothQuant rescaling
-(FFN down-projections kept fp32), torch fp32, torch bf16 (autocast or bf16 weights, where the CPU
-has AVX-512 BF16 / AMX), torch CUDA fp16/bf16/fp32 (where there is a GPU).
-paraphrase-MiniLM-L3-v2: its packaged ONNX graph in fp32 (the reference) and int8.
+(FFN down-projections kept fp32), OpenVINO fp32 and bf16 over the same export, torch fp32,
+torch bf16 (autocast or bf16 weights, where the CPU has AVX-512 BF16 / AMX), torch CUDA
+fp16/bf16/fp32 (where there is a GPU).
+paraphrase-MiniLM-L3-v2: its packaged ONNX graph in fp32 (the reference), int8, OpenVINO.
 Whether a backend may serve is not decided here: the catalog gates each one against fp32.
 """
 
@@ -19,6 +20,13 @@ from embedstack.inference import bundled
 from embedstack.inference.backend import Embedder
 from embedstack.inference.onnx import OnnxOptions, onnx_embedder
 from embedstack.inference.onnx_export import cached_file, export_bert_mean_pool, exported_model
+from embedstack.inference.ov_backend import (
+    OvOptions,
+    OvPrecision,
+    cpu_has_ov_bf16,
+    openvino_available,
+    openvino_embedder,
+)
 from embedstack.inference.packed import PackedEmbedder, TokenPacker
 from embedstack.inference.quantize import Int8Config, quantize_int8_dynamic
 from embedstack.inference.smooth import ALPHA, calibration_texts, input_ranges, smooth
@@ -59,12 +67,14 @@ class BundledVariants:
         cache_dir: Path,
         onnx: OnnxOptions,
         int8: Int8Config,
+        ov: OvOptions,
         spec: Callable[[str], ModelSpec],
         calibration: Callable[[], Sequence[str]],
     ) -> None:
         self.cache_dir = cache_dir
         self._onnx = onnx
         self._int8 = int8
+        self._ov = ov
         self.spec = spec
         self._calibration = calibration
 
@@ -79,6 +89,7 @@ class BundledVariants:
             Variant(m, "onnx-int8-smooth", "int8-smooth", self._l6_smooth_int8),
             Variant(m, "torch-fp32", "float32", lambda: self._l6_torch("fp32"), auto=False),
         ]
+        out += self._openvino(m, lambda: self._l6_export(), "embedding")
         cpu_modes: tuple[TorchMode, ...] = ("bf16-autocast", "bf16") if cpu_has_bf16() else ()
         for mode in cpu_modes:
             out.append(Variant(m, f"torch-{mode}", mode, self._torch_builder(mode)))
@@ -98,9 +109,39 @@ class BundledVariants:
         s = bundled.with_precision(spec, prec)
         return torch_embedder(s, bundled.l6_dir(), backend, mode, device)
 
+    def _openvino(self, model: str, graph: Callable[[], Path], output: str) -> list[Variant]:
+        """OpenVINO fp32 and (where the CPU multiplies bf16) bf16 over the model's ONNX graph."""
+        if not openvino_available():
+            return []
+
+        def build(precision: OvPrecision) -> Callable[[], Embedder]:
+            def make() -> Embedder:
+                spec = self.spec(model)
+                prec = "float32" if precision == "f32" else precision
+                return openvino_embedder(
+                    bundled.with_precision(spec, prec),
+                    graph(),
+                    bundled.l6_tokenizer_json(),
+                    output,
+                    precision,
+                    f"openvino-{precision.replace('f32', 'fp32')}",
+                    self._ov,
+                )
+
+            return make
+
+        out = [Variant(model, "openvino-fp32", "float32", build("f32"))]
+        if cpu_has_ov_bf16():
+            out.append(Variant(model, "openvino-bf16", "bf16", build("bf16")))
+        return out
+
+    def _l6_export(self) -> Path:
+        spec = self.spec(bundled.L6_NAME)
+        return exported_model(bundled.l6_dir(), spec.fingerprint, self.cache_dir)
+
     def _l6_onnx(self, kind: str) -> PackedEmbedder:
         spec = self.spec(bundled.L6_NAME)
-        fp32 = exported_model(bundled.l6_dir(), spec.fingerprint, self.cache_dir)
+        fp32 = self._l6_export()
         tok = bundled.l6_tokenizer_json()
         if kind == "fp32":
             return onnx_embedder(spec, fp32, tok, "embedding", "onnx-fp32", self._onnx)
@@ -154,4 +195,5 @@ class BundledVariants:
         return [
             Variant(m, "onnx-fp32", "float32", fp32, reference=True),
             Variant(m, "onnx-int8", "int8-dynamic", int8),
+            *self._openvino(m, bundled.l3_onnx_file, bundled.L3_OUTPUT),
         ]

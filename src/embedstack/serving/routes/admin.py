@@ -24,6 +24,8 @@ async def readyz(services: Services = Depends(get_services)) -> Response:
     body = {
         "ready": services.ready,
         "models_loaded": sorted(services.batchers),
+        # which engine serves each loaded model ("auto:openvino-bf16", "pinned:onnx-fp32", ...)
+        "backends": {name: m.backend for name, m in sorted(services.models.loaded().items())},
         "indexes": [f"{c}/{s}" for c, s in services.indexes.open_keys()],
     }
     ok = services.ready and default in services.batchers
@@ -44,6 +46,6 @@ async def list_models(services: Services = Depends(get_services)) -> Response:
         if loaded is not None:
             spec = loaded.spec
             entry.update(dim=spec.dim, metric=spec.metric, max_tokens=spec.max_tokens,
-                         space_id=spec.space_id)  # fmt: skip
+                         space_id=spec.space_id, backend=loaded.backend)  # fmt: skip
         data.append(entry)
     return JSON({"object": "list", "data": data})
