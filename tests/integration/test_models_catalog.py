@@ -150,7 +150,7 @@ def test_a_pinned_backend_replaces_the_auto_choice(cache: Path) -> None:
     rows = {row.name: row for row in pinned("onnx-fp32").listing()}
     assert rows[L6_NAME].backend == "pinned:onnx-fp32"
     # a pin to a backend that fails the gate is refused with the numbers, never served
-    with pytest.raises(Unavailable, match="accuracy gate.*recall@10"):
+    with pytest.raises(Unavailable, match=r"accuracy gate.*recall@10"):
         pinned("onnx-int8").auto(L6_NAME)
     with pytest.raises(ValueError, match="choose one of: auto, sentence-transformers"):
         pinned("onnx-fp64").check_pins()

@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import DATA, EMBEDSTACK, Server, load_jsonl, server_env, wait_job
 
-
 PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # gated at startup, not raced in the background
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from embedstack.errors import InvalidInput, Overloaded, Unavailable
 from embedstack.inference.batcher import Batcher, BatcherConfig
+from embedstack.inference.tokens import Packed
 from embedstack.obs.metrics import Metrics
 from embedstack.types import ModelSpec
 
@@ -38,6 +39,13 @@ class FakeTokenizer:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(t.split()) + 2 for t in texts]
+
+    def encode_packed(self, texts: Sequence[str]) -> Packed:
+        """Every token of "<id> w w" is <id>, so the runner's gather can be checked."""
+        ids = [[int(t.split()[0]) if t.split()[0].isdigit() else -1] * n
+               for t, n in zip(texts, self.count_tokens(texts), strict=True)]  # fmt: skip
+        lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        return Packed.of(np.array([x for i in ids for x in i], dtype=np.int64), lengths)
 
 
 class FakeEmbedder:
@@ -65,8 +73,12 @@ class FakeEmbedder:
     def tokenizer(self) -> FakeTokenizer:
         return self._tokenizer
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
         self.batches.append(list(texts))
+        assert encoded is not None and encoded.size == len(texts)  # tokenized at admission
+        for text, start, length in zip(texts, encoded.starts, encoded.lengths, strict=True):
+            want = int(text.split()[0]) if text.split()[0].isdigit() else -1
+            assert (encoded.flat[start : start + length] == want).all(), text
         assert self.gate.wait(10), "test gate never released"
         if self.fail_on is not None and any(self.fail_on in t for t in texts):
             raise ValueError("model blew up")

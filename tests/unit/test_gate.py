@@ -85,7 +85,7 @@ def test_run_gate_and_cache_roundtrip(tmp_path: Path) -> None:
     vectors, sample = _clustered(np.random.default_rng(3), 10, 2)
 
     class Candidate:
-        def embed_batch(self, texts: list[str]) -> np.ndarray:
+        def embed_batch(self, texts: list[str], encoded: object = None) -> np.ndarray:
             idx = [i for i, t in enumerate(sample.texts) if t in set(texts)]
             return vectors[idx]
 
@@ -108,7 +108,7 @@ def test_race_times_every_embedder_and_the_choice_is_cached(tmp_path: Path) -> N
         def __init__(self, delay: float) -> None:
             self.delay = delay
 
-        def embed_batch(self, texts: list[str]) -> np.ndarray:
+        def embed_batch(self, texts: list[str], encoded: object = None) -> np.ndarray:
             import time
 
             time.sleep(self.delay)
@@ -127,7 +127,7 @@ class _FakeEngine:
         self.name = name
         self.tokenizer = name
 
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
+    def embed_batch(self, texts: list[str], encoded: object = None) -> np.ndarray:
         return np.full((len(texts), 2), 1.0 if self.name == "fast" else 0.0, dtype=np.float32)
 
 

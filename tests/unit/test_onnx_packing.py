@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from embedstack.inference.bundled import l6_spec, l6_tokenizer_json
 from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder, TokenPacker, plan_batches
+from embedstack.inference.packed import PackedEmbedder, plan_batches
+from embedstack.inference.tokens import TokenPacker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"

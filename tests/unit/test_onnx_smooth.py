@@ -8,8 +8,8 @@ import numpy as np
 
 from embedstack.inference.bundled import l6_dir, l6_tokenizer_json
 from embedstack.inference.gate import load_sample
-from embedstack.inference.packed import TokenPacker
 from embedstack.inference.smooth import calibration_texts, input_ranges, smooth
+from embedstack.inference.tokens import TokenPacker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedstack.inference.backend import Embedder, Tokenizer
+from embedstack.inference.tokens import Packed
 from embedstack.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -85,6 +86,6 @@ class AutoEmbedder:
         """True once the gated choice is made (at once when it came from the cache)."""
         return self._selected.wait(timeout)
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        current: Embedder = self._current
-        return current.embed_batch(texts)
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
+        current: Embedder = self._current  # every backend of a model shares its tokenizer file
+        return current.embed_batch(texts, encoded)

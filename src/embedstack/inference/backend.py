@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from embedstack.errors import NotFound
+from embedstack.inference.tokens import Packed
 from embedstack.types import ModelSpec
 
 
@@ -28,6 +29,11 @@ class Tokenizer(Protocol):
         """Token counts including special tokens, not truncated."""
         ...
 
+    def encode_packed(self, texts: Sequence[str]) -> Packed:
+        """Token ids including special tokens, truncated to the model's limit (the batcher
+        tokenizes each text once, at admission, and hands these to `embed_batch`)."""
+        ...
+
 
 class Embedder(Protocol):
     """A model. `embed_batch` is called from one runner thread at a time."""
@@ -43,8 +49,10 @@ class Embedder(Protocol):
         """Which engine computes the vectors, e.g. "onnx-fp32" or "auto:openvino-bf16"."""
         ...
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 array (len(texts), dim); normalized when spec.normalize."""
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
+        """float32 array (len(texts), dim); normalized when spec.normalize. `encoded`, when
+        given, is `tokenizer.encode_packed(texts)`: backends that run token ids use it instead
+        of tokenizing again; the others ignore it."""
         ...
 
 

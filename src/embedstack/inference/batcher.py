@@ -1,10 +1,13 @@
 """Dynamic batching in front of one Embedder: two priority lanes, admission control, cancellation.
 
 All queue state belongs to one owner coroutine on the event loop; the model runs in one dedicated
-runner thread, so it sees one batch at a time. While batch n runs, the owner may already hand over
-a full batch n+1 (the handoff holds at most one ready batch, so work does not pile up ahead of the
-model and the query lane keeps its priority). A batch that is not full is cut only when the model
-is idle and the oldest waiting text has waited `max_wait_ms`.
+runner thread, so it sees one batch at a time. Texts are tokenized once, at admission (in a worker
+thread for large requests, so in parallel with the model), and the runner hands the token ids to
+the model with each batch: tokenizing batch n+1 overlaps the forward pass of batch n. While batch
+n runs, the owner may already hand over a full batch n+1 (the handoff holds at most one ready
+batch, so work does not pile up ahead of the model and the query lane keeps its priority). A batch
+that is not full is cut only when the model is idle and the oldest waiting text has waited
+`max_wait_ms`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from embedstack.errors import InvalidInput, Overloaded, Unavailable
 from embedstack.inference.backend import Embedder
+from embedstack.inference.tokens import Packed
 from embedstack.obs.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ Lane = Literal["query", "bulk"]
 LANES: tuple[Lane, ...] = ("query", "bulk")  # in priority order
 
 _READY_BATCHES = 1  # batches handed to the runner ahead of the running one
-_OFF_LOOP_TOKENIZE = 64  # requests with more texts are tokenized in a worker thread
+_OFF_LOOP_TOKENIZE = 16  # requests with more texts are tokenized in a worker thread
 _MIN_RETRY_AFTER = 0.1
 _MAX_RETRY_AFTER = 60.0
 _DEFAULT_RETRY_AFTER = 1.0
@@ -59,7 +63,8 @@ class _Request:
     """One embed() call: its texts are taken into batches in order, from `next_idx` on."""
 
     texts: Sequence[str]
-    tokens: list[int]
+    encoded: Packed  # the texts' token ids, truncated to the model's limit
+    tokens: list[int]  # their counts (at least 1 each)
     lane: Lane
     arrival: float
     future: asyncio.Future[np.ndarray]
@@ -155,19 +160,26 @@ class Batcher:
 
     async def embed(self, texts: Sequence[str], lane: Lane = "query") -> np.ndarray:
         """Embed `texts`; returns float32 (len(texts), dim) in input order."""
+        vectors, _ = await self.embed_counted(texts, lane)
+        return vectors
+
+    async def embed_counted(
+        self, texts: Sequence[str], lane: Lane = "query"
+    ) -> tuple[np.ndarray, int]:
+        """Embed `texts`; returns the vectors and the tokens the model read (usage)."""
         if lane not in LANES:
             raise InvalidInput(f"unknown lane {lane!r}; use one of {', '.join(LANES)}")
         n = len(texts)
         if n == 0:
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return np.zeros((0, self._dim), dtype=np.float32), 0
         self._check_running()
         self._admit(n, lane)
         self._adjust(lane, n)  # reserve room before tokenizing, so admission stays exact
         try:
             if n > _OFF_LOOP_TOKENIZE:
-                tokens = await asyncio.to_thread(self._count_tokens, texts)
+                encoded = await asyncio.to_thread(self._encode, texts)
             else:
-                tokens = self._count_tokens(texts)
+                encoded = self._encode(texts)
             self._check_running()
         except BaseException as exc:
             self._adjust(lane, -n)
@@ -175,8 +187,10 @@ class Batcher:
                 self._count_dropped(n)
             raise
         assert self._loop is not None and self._wake is not None
+        tokens = np.clip(encoded.lengths, 1, self._max_tokens).tolist()
         req = _Request(
             texts=texts,
+            encoded=encoded,
             tokens=tokens,
             lane=lane,
             arrival=self._loop.time(),
@@ -187,7 +201,7 @@ class Batcher:
         self._queues[lane].append(req)
         self._wake.set()
         try:
-            return await req.future
+            return await req.future, sum(tokens)
         except asyncio.CancelledError:
             if not req.closed:
                 req.cancelled = True
@@ -238,14 +252,14 @@ class Batcher:
         backlog = sum(self._pending.values()) / self._rate
         return min(max(backlog, _MIN_RETRY_AFTER), _MAX_RETRY_AFTER)
 
-    def _count_tokens(self, texts: Sequence[str]) -> list[int]:
-        counts = self._embedder.tokenizer.count_tokens(texts)
-        if len(counts) != len(texts):
+    def _encode(self, texts: Sequence[str]) -> Packed:
+        encoded = self._embedder.tokenizer.encode_packed(texts)
+        if encoded.size != len(texts):
             raise RuntimeError(
-                f"tokenizer of {self._model!r} returned {len(counts)} counts for {len(texts)} texts"
+                f"tokenizer of {self._model!r} returned {encoded.size} encodings "
+                f"for {len(texts)} texts"
             )
-        cap = self._max_tokens
-        return [max(1, min(int(c), cap)) for c in counts]
+        return encoded
 
     # bookkeeping (event loop only)
 
@@ -410,6 +424,24 @@ class Batcher:
 
     # the runner thread
 
+    @staticmethod
+    def _gather(batch: _Batch, live: list[int]) -> tuple[list[str], Packed, np.ndarray]:
+        """The live texts grouped by request, their token ids in one packed batch (a numpy
+        gather per request), and for each of them its row among `live`."""
+        groups: dict[_Request, list[tuple[int, int]]] = {}
+        for row, pos in enumerate(live):
+            req, idx = batch.items[pos]
+            groups.setdefault(req, []).append((row, idx))
+        texts: list[str] = []
+        parts: list[Packed] = []
+        rows: list[int] = []
+        for req, members in groups.items():
+            picked = [i for _, i in members]
+            texts.extend(req.texts[i] for i in picked)
+            parts.append(req.encoded.take(picked))
+            rows.extend(r for r, _ in members)
+        return texts, Packed.concat(parts), np.asarray(rows, dtype=np.int64)
+
     def _run_model(self) -> None:
         """Runner thread: embed handed-over batches one at a time."""
         while True:
@@ -422,15 +454,17 @@ class Batcher:
             error: BaseException | None = None
             seconds = 0.0
             if live:
-                texts = [batch.items[pos][0].texts[batch.items[pos][1]] for pos in live]
+                texts, encoded, order = self._gather(batch, live)
                 started = time.perf_counter()
                 try:
-                    vectors = np.asarray(self._embedder.embed_batch(texts), dtype=np.float32)
-                    if vectors.shape != (len(texts), self._dim):
+                    got = np.asarray(self._embedder.embed_batch(texts, encoded), np.float32)
+                    if got.shape != (len(texts), self._dim):
                         raise RuntimeError(
-                            f"model {self._model!r} returned shape {vectors.shape} "
+                            f"model {self._model!r} returned shape {got.shape} "
                             f"for {len(texts)} texts of dim {self._dim}"
                         )
+                    vectors = np.empty_like(got)
+                    vectors[order] = got  # back to the order of `live`
                 except Exception as exc:
                     error, vectors = exc, None
                 seconds = time.perf_counter() - started

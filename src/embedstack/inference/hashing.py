@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embedstack.inference.tokens import Packed
 from embedstack.types import ModelSpec
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -51,6 +52,11 @@ class RegexTokenizer:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]
+
+    def encode_packed(self, texts: Sequence[str]) -> Packed:
+        """Counts only (the hashing embedder hashes words, not ids): ids are all zero."""
+        lengths = np.minimum(np.array(self.count_tokens(texts), dtype=np.int64), self._max_tokens)
+        return Packed.of(np.zeros(int(lengths.sum()), dtype=np.int64), lengths)
 
     def tokens(self, text: str) -> list[str]:
         """The (original-case) tokens of `text`."""
@@ -102,7 +108,7 @@ class HashingEmbedder:
     def backend(self) -> str:
         return "hashing"
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
         """float32 array (len(texts), dim), each row L2-normalized."""
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         for lo in range(0, len(texts), _BLOCK):

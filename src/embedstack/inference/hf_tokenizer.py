@@ -13,6 +13,7 @@ from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTok
 
 from embedstack.errors import InvalidInput
+from embedstack.inference.tokens import Packed, TokenPacker
 
 # Texts longer than this are encoded in pieces cut at whitespace: one huge `encode` call is
 # superlinear in the `tokenizers` library, pieces are linear and run in parallel.
@@ -107,6 +108,7 @@ class HFTokenizer:
         without = len(tok.encode("", add_special_tokens=False).ids)
         self._num_special = with_special - without
         self._batch_toks: dict[int, _HFTok] = {}
+        self._packer = TokenPacker(str(path), max_tokens, self._pad_id)
         self._lock = threading.Lock()
 
     @property
@@ -121,6 +123,14 @@ class HFTokenizer:
     @property
     def num_special_tokens(self) -> int:
         return self._num_special
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def encode_packed(self, texts: Sequence[str]) -> Packed:
+        """Token ids with special tokens, truncated to `max_tokens`, packed back to back."""
+        return self._packer.encode(texts)
 
     def _encode_pieces(self, text: str) -> list[tuple[int, int]]:
         """Offsets of a long text, encoded piecewise in one parallel batch call."""

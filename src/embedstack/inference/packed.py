@@ -4,23 +4,22 @@
 torch module): the fast tokenizer encodes the whole batch in one call (Rust, in parallel, GIL
 released), token ids go into one flat array, and the texts are cut, shortest first, into
 sub-batches bounded by padded tokens, so padding is minimal whatever order they came in. The
-padded arrays are built with numpy, not per item. Optionally (`overlap`) a large batch is
-tokenized in slices by a helper thread while the previous slice runs the forward pass.
+padded arrays are built with numpy, not per item. Behind the batcher the texts arrive already
+tokenized (`encoded`, done at admission on other threads while the previous batch ran), so the
+runner thread only pads and runs the forward pass. Called directly with texts, a large batch is
+optionally (`overlap`) tokenized in slices by a helper thread while the previous slice runs.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from tokenizers import Tokenizer as _HFTok
 
-from embedstack.errors import InvalidInput
 from embedstack.inference.hf_tokenizer import HFTokenizer
+from embedstack.inference.tokens import Packed
 from embedstack.types import ModelSpec
 
 
@@ -28,52 +27,6 @@ class Forward(Protocol):
     """One forward pass: int64 (n, L) ids and mask -> float32 (n, dim) pooled vectors."""
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Packed:
-    """A tokenized batch: every text's ids back to back, with start and length per text."""
-
-    flat: np.ndarray  # int64 (total tokens,)
-    starts: np.ndarray  # int64 (n,)
-    lengths: np.ndarray  # int64 (n,)
-
-    def pad(self, idx: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, mask) of the texts `idx`, padded to their longest member."""
-        lengths = self.lengths[idx]
-        width = int(lengths.max()) if len(idx) else 0
-        cols = np.arange(width, dtype=np.int64)
-        mask = cols[None, :] < lengths[:, None]
-        pos = np.where(mask, self.starts[idx][:, None] + cols[None, :], 0)
-        ids = (
-            np.where(mask, self.flat[pos], pad_id) if self.flat.size else np.full(pos.shape, pad_id)
-        )
-        return ids.astype(np.int64, copy=False), mask.astype(np.int64)
-
-
-class TokenPacker:
-    """The model's fast tokenizer with truncation and no padding, encoding into `Packed`."""
-
-    def __init__(self, tokenizer_json: str, max_tokens: int, pad_id: int = 0) -> None:
-        tok = _HFTok.from_file(tokenizer_json)
-        tok.no_padding()
-        tok.enable_truncation(max_tokens)
-        self._tok = tok
-        self.pad_id = pad_id
-
-    def encode(self, texts: Sequence[str]) -> Packed:
-        try:
-            encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
-        except TypeError as exc:  # e.g. lone surrogates
-            raise InvalidInput(f"text could not be tokenized ({exc}); send valid UTF-8") from exc
-        ids = [e.ids for e in encs]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        total = int(lengths.sum())
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
-        starts = np.zeros(len(ids), dtype=np.int64)
-        if len(ids) > 1:
-            np.cumsum(lengths[:-1], out=starts[1:])
-        return Packed(flat, starts, lengths)
 
 
 def plan_batches(lengths: np.ndarray, max_tokens: int, max_size: int) -> list[np.ndarray]:
@@ -110,7 +63,6 @@ class PackedEmbedder:
     ) -> None:
         self._spec = spec
         self._tokenizer = tokenizer
-        self._packer = TokenPacker(str(tokenizer.path), spec.max_tokens)
         self._forward = forward
         self._backend = backend
         self._max_batch_tokens = max_batch_tokens
@@ -139,13 +91,18 @@ class PackedEmbedder:
         clone._backend = backend or self._backend
         return clone
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
         n = len(texts)
         out = np.empty((n, self._spec.dim), dtype=np.float32)
         if n == 0:
             return out
-        for offset, packed in self._packed_slices(texts):
-            self._run(packed, out[offset : offset + len(packed.lengths)])
+        if encoded is not None:  # tokenized by the batcher, off this thread
+            if encoded.size != n:
+                raise ValueError(f"{encoded.size} encodings for {n} texts")
+            self._run(encoded, out)
+        else:
+            for offset, packed in self._packed_slices(texts):
+                self._run(packed, out[offset : offset + packed.size])
         if self._spec.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.divide(out, np.maximum(norms, 1e-12), out=out)
@@ -153,22 +110,23 @@ class PackedEmbedder:
 
     def _run(self, packed: Packed, out: np.ndarray) -> None:
         for idx in plan_batches(packed.lengths, self._max_batch_tokens, self._max_batch_size):
-            ids, mask = packed.pad(idx, self._packer.pad_id)
+            ids, mask = packed.pad(idx, self._tokenizer.pad_id)
             out[idx] = self._forward(ids, mask)
 
     def _packed_slices(self, texts: Sequence[str]) -> Iterator[tuple[int, Packed]]:
         """The batch tokenized whole, or in slices, the next one while the current runs."""
         limit = self._overlap_above
         if limit is None or len(texts) <= limit:
-            yield 0, self._packer.encode(texts)
+            yield 0, self._tokenizer.encode_packed(texts)
             return
         if self._helper is None:
             self._helper = ThreadPoolExecutor(1, thread_name_prefix="embedstack-tokenize")
         starts = list(range(0, len(texts), limit))
-        pending: Future[Packed] = self._helper.submit(self._packer.encode, texts[:limit])
+        encode = self._tokenizer.encode_packed
+        pending: Future[Packed] = self._helper.submit(encode, texts[:limit])
         for i, start in enumerate(starts):
             current = pending.result()
             if i + 1 < len(starts):
                 nxt = starts[i + 1]
-                pending = self._helper.submit(self._packer.encode, texts[nxt : nxt + limit])
+                pending = self._helper.submit(encode, texts[nxt : nxt + limit])
             yield start, current

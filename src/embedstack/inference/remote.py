@@ -19,6 +19,7 @@ import numpy as np
 
 from embedstack.errors import InvalidInput, Unavailable
 from embedstack.inference.hf_tokenizer import HFTokenizer
+from embedstack.inference.tokens import Packed
 from embedstack.types import Metric, ModelSpec
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -92,7 +93,7 @@ class RemoteEmbedder:
     def close(self) -> None:
         self._client.close()
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
         size = self._config.batch_size
         out = np.empty((len(texts), self._spec.dim), dtype=np.float32)
         for start in range(0, len(texts), size):

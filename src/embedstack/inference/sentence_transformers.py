@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstack.inference.hf_tokenizer import HFTokenizer, file_fingerprint
+from embedstack.inference.tokens import Packed
 from embedstack.types import ModelSpec
 
 BUNDLED_L6_NAME = "all-MiniLM-L6-v2"
@@ -60,7 +61,7 @@ class SentenceTransformerEmbedder:
     def backend(self) -> str:
         return "sentence-transformers"
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
         out = self._model.encode(
             list(texts),
             batch_size=max(1, len(texts)),

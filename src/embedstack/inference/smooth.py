@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.inference.packed import TokenPacker, plan_batches
+from embedstack.inference.packed import plan_batches
+from embedstack.inference.tokens import TokenPacker
 
 ALPHA = 0.8  # measured on all-MiniLM-L6-v2: 0.5 -> cosine 0.988, 0.8 -> 0.998, 1.0 -> 0.996
 

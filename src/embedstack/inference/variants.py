@@ -27,9 +27,10 @@ from embedstack.inference.ov_backend import (
     openvino_available,
     openvino_embedder,
 )
-from embedstack.inference.packed import PackedEmbedder, TokenPacker
+from embedstack.inference.packed import PackedEmbedder
 from embedstack.inference.quantize import Int8Config, quantize_int8_dynamic
 from embedstack.inference.smooth import ALPHA, calibration_texts, input_ranges, smooth
+from embedstack.inference.tokens import TokenPacker
 from embedstack.inference.torch_backend import (
     TorchMode,
     cpu_has_bf16,

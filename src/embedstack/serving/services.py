@@ -111,6 +111,11 @@ class Services:
         b = await self.batcher(model)
         return await b.embed(texts, lane)
 
+    async def embed_counted(self, model: str, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors and the tokens the model read (texts are tokenized once, by the batcher)."""
+        b = await self.batcher(model)
+        return await b.embed_counted(texts, "query")
+
     async def embed_bulk(self, model: str, texts: Sequence[str]) -> np.ndarray:
         return await self.embed(model, texts, "bulk")
 

@@ -45,13 +45,7 @@ async def create_embeddings(
             f"model {model!r} makes {embedder.spec.dim}-dim vectors; omit 'dimensions' or set it "
             f"to {embedder.spec.dim}"
         )
-    vectors = await unless_disconnected(request, services.embed(model, texts, "query"))
-    counts = (
-        embedder.tokenizer.count_tokens(texts)
-        if len(texts) <= 64
-        else await asyncio.to_thread(embedder.tokenizer.count_tokens, texts)
-    )
-    tokens = int(sum(min(c, embedder.spec.max_tokens) for c in counts))
+    vectors, tokens = await unless_disconnected(request, services.embed_counted(model, texts))
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     data: list[dict[str, object]] = []
     for i, v in enumerate(vectors):
