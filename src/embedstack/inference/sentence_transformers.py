@@ -62,9 +62,11 @@ class SentenceTransformerEmbedder:
         return "sentence-transformers"
 
     def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
+        # the library's own loop and default batch (it sorts the call's texts by length and pads
+        # per batch of 32): this backend is the plain reference, so it runs as users run it
         out = self._model.encode(
             list(texts),
-            batch_size=max(1, len(texts)),
+            batch_size=32,
             normalize_embeddings=self._spec.normalize,
             convert_to_numpy=True,
             show_progress_bar=False,
