@@ -11,8 +11,6 @@ import cProfile
 import os
 import pstats
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +22,8 @@ import httpx
 import orjson
 from rich.console import Console
 from rich.table import Table
+
+from embedstack.testing import EMBEDSTACK, ServerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled model needs no hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in tables
@@ -43,12 +43,6 @@ def load_note() -> str:
 
 def say(text: str) -> None:
     console.print(text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -76,62 +70,32 @@ THREADS_HELP = (
 )
 
 
-class Server:
-    """`embedstack serve` on a free loopback port with its own data dir; a context manager."""
+class Server(ServerProcess):
+    """`embedstack serve` on a free loopback port with data and log in `workdir`; a context
+    manager (see embedstack.testing). With `profile`, the server runs under the CPU profiler of
+    `profile-serve` below."""
 
     def __init__(self, workdir: Path, env: dict[str, str], profile: Path | None = None) -> None:
-        self.data_dir = workdir / "data"
-        self.env = env
-        self.profile = profile
-        self.port = free_port()
-        self.log = workdir / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        command = EMBEDSTACK
+        if profile is not None:
+            command = [
+                sys.executable,
+                str(BENCH / "common.py"),
+                "profile-serve",
+                str(profile),
+                "--",
+            ]
+        super().__init__(workdir / "data", env, command=command, log_dir=workdir)
 
     def __enter__(self) -> Server:
-        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--data-dir", str(self.data_dir)]
-        if self.profile is None:
-            cmd = [sys.executable, "-m", "embedstack", *args]
-        else:
-            cmd = [sys.executable, str(BENCH / "common.py"), "profile-serve", str(self.profile)]
-            cmd += ["--", *args]
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 600  # a first start may gate backends
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"server not ready in 600 s; log: {self.log}")
+        self.start(timeout=600)  # a first start on a new machine may gate backends
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
+        self.stop(grace=60)  # a profiled server writes its profile on the way out
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        return super().client(timeout)
 
 
 def post(client: httpx.Client, path: str, body: Any) -> dict[str, Any]:

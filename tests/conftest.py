@@ -3,79 +3,29 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from embedstack.testing import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-EMBEDSTACK = [sys.executable, "-m", "embedstack"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_jsonl(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-@dataclass
-class Server:
-    data_dir: Path
-    env: dict[str, str]
-    args: list[str] = field(default_factory=list)
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
+class Server(ServerProcess):
+    """`embedstack serve` for one test (see embedstack.testing)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 120.0) -> Server:
-        self.port = free_port()
-        self.log = self.data_dir.parent / f"server-{self.port}.log"
-        cmd = [*EMBEDSTACK, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        self.proc = subprocess.Popen(
-            [*cmd, *self.args], env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def __init__(self, data_dir: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+        super().__init__(data_dir, env, args or [])
 
 
 def server_env(**extra: str) -> dict[str, str]:

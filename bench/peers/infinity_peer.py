@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ import httpx
 from rich.markup import escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import free_port, say
+from common import say
+from embedstack.testing import free_port, stop_process, wait_until
 
 PEERS_HOME = Path.home() / ".cache" / "embedstack" / "peers"
 VENV = PEERS_HOME / "infinity-venv"
@@ -160,17 +160,12 @@ class InfinityServer:
             self.proc = subprocess.Popen(
                 cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT, cwd=PEERS_HOME
             )
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                self.proc = None
-                raise RuntimeError(f"infinity_emb exited: {tail}")
-            if self._ready():
-                return self
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError(f"infinity_emb not ready in {self.ready_timeout:.0f} s; log: {self.log}")
+        try:
+            wait_until(self.proc, self._ready, self.ready_timeout, self.log, "infinity_emb", 0.5)
+        except RuntimeError:
+            self.__exit__()
+            raise
+        return self
 
     def _ready(self) -> bool:
         try:
@@ -182,16 +177,9 @@ class InfinityServer:
         return any(m.get("id") == self.model for m in models.get("data", []))
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
 
 
 def smoke(n: int) -> None:

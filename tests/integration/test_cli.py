@@ -8,7 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import DATA, EMBEDSTACK, Server, load_jsonl, server_env
+from embedstack.testing import EMBEDSTACK
+from tests.conftest import DATA, Server, load_jsonl, server_env
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import EMBEDSTACK, Server, server_env, wait_job
+from embedstack.testing import EMBEDSTACK
+from tests.conftest import Server, server_env, wait_job
 
 
 def _doc(i: int, words: int = 60) -> dict[str, object]:

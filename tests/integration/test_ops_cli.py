@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import EMBEDSTACK, Server, server_env, wait_job
+from embedstack.testing import EMBEDSTACK
+from tests.conftest import Server, server_env, wait_job
 
 DIM = 32
 

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, EMBEDSTACK, Server, load_jsonl, server_env, wait_job
+from embedstack.testing import EMBEDSTACK
+from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
 
 PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # gated at startup, not raced in the background
 

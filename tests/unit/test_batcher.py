@@ -188,6 +188,36 @@ def test_batches_respect_size_and_padded_token_limits_and_are_length_sorted() ->
     assert len(fake.batches) > 3
 
 
+def test_bulk_work_is_batched_by_length_and_the_oldest_text_goes_first() -> None:
+    fake = FakeEmbedder(max_tokens=64)
+    tok = FakeTokenizer()
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 60, size=256).tolist()
+
+    async def main() -> None:
+        async with started(fake, max_batch_size=16, max_batch_tokens=1024) as b:
+            blocker = await occupy(b, fake)
+            docs = [text(100 + i, words=n) for i, n in enumerate(lengths)]
+            task = asyncio.create_task(b.embed(docs, lane="bulk"))
+            await settle()
+            fake.gate.set()
+            assert ids(await task) == [100 + i for i in range(len(docs))]
+            await blocker
+
+    run(main())
+    bulk = fake.batches[1:]
+    assert sum(len(batch) for batch in bulk) == len(lengths)
+    assert text(100, lengths[0]) in bulk[0]  # the oldest text is never passed over
+    real = padded = 0
+    for batch in bulk:
+        counts = tok.count_tokens(batch)
+        assert counts == sorted(counts) and len(batch) <= 16
+        real, padded = real + sum(counts), padded + len(batch) * max(counts)
+    arrival = [n + 2 for n in lengths]  # the same texts cut in arrival order, for comparison
+    in_order = sum(16 * max(arrival[i : i + 16]) for i in range(0, len(arrival), 16))
+    assert padded / real < 1.3 and padded < 0.75 * in_order, (padded / real, in_order / real)
+
+
 def test_single_text_longer_than_token_budget_is_a_batch_of_its_own() -> None:
     fake = FakeEmbedder(max_tokens=64)
 

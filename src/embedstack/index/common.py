@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.errors import InvalidInput
+from embedstack.fsutil import fsync_dir, write_durably
 from embedstack.types import METRICS
 
 QUERY_BLOCK_ELEMS = 1 << 24  # cap on the (queries x rows) score block held at once
@@ -121,19 +122,6 @@ def empty_result(nq: int, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.full((nq, k), -1, dtype=np.int64)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, arr, allow_pickle=False)
@@ -151,10 +139,7 @@ def save_dir_atomically(path: Path, meta: dict[str, Any], write: Callable[[Path]
     tmp.mkdir()
     try:
         write(tmp)
-        with open(tmp / "index.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(tmp / "index.json", json.dumps(meta).encode())
         fsync_dir(tmp)
         os.rename(tmp, path)
     except BaseException:

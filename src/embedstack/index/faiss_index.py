@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from embedstack.errors import InvalidInput
+from embedstack.fsutil import fsync_file
 from embedstack.index import structures as st
 from embedstack.index.common import (
     ReadWriteLock,
@@ -29,7 +30,6 @@ from embedstack.index.common import (
     check_dim_metric,
     check_k,
     empty_result,
-    fsync_file,
     pad_value,
     read_meta,
     save_dir_atomically,

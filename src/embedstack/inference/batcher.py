@@ -36,6 +36,7 @@ Lane = Literal["query", "bulk"]
 LANES: tuple[Lane, ...] = ("query", "bulk")  # in priority order
 
 _READY_BATCHES = 1  # batches handed to the runner ahead of the running one
+_SORT_WINDOW = 4  # bulk texts are sorted by length over this many batches' worth
 _OFF_LOOP_TOKENIZE = 16  # requests with more texts are tokenized in a worker thread
 _MIN_RETRY_AFTER = 0.1
 _MAX_RETRY_AFTER = 60.0
@@ -60,7 +61,7 @@ class BatcherConfig:
 
 @dataclass(eq=False)
 class _Request:
-    """One embed() call: its texts are taken into batches in order, from `next_idx` on."""
+    """One embed() call; `left` holds the indices of its texts not yet taken into a batch."""
 
     texts: Sequence[str]
     encoded: Packed  # the texts' token ids, truncated to the model's limit
@@ -69,17 +70,25 @@ class _Request:
     arrival: float
     future: asyncio.Future[np.ndarray]
     out: np.ndarray
-    next_idx: int = 0  # first text not yet taken into a batch
+    left: list[int] = field(init=False)  # texts not yet taken into a batch, in input order
     remaining: int = field(init=False)  # texts whose vectors have not arrived
     closed: bool = False  # future resolved (result, error, cancelled); later results are dropped
     cancelled: bool = False
 
     def __post_init__(self) -> None:
         self.remaining = len(self.texts)
+        self.left = list(range(len(self.texts)))
 
     @property
     def queued(self) -> int:
-        return len(self.texts) - self.next_idx
+        return len(self.left)
+
+    def take(self, picked: set[int]) -> None:
+        n = len(picked)
+        if n <= len(self.left) and all(i in picked for i in self.left[:n]):
+            del self.left[:n]  # the usual case: a prefix
+        else:
+            self.left = [i for i in self.left if i not in picked]
 
 
 @dataclass(eq=False)
@@ -283,7 +292,7 @@ class Batcher:
         self._open.discard(req)
         if req.queued:
             self._adjust(req.lane, -req.queued)
-            req.next_idx = len(req.texts)
+            req.left = []
         if not req.future.done():
             if error is not None:
                 req.future.set_exception(error)
@@ -350,7 +359,14 @@ class Batcher:
         return min(q[0].arrival for q in self._queues.values() if q)
 
     def _plan(self) -> tuple[list[tuple[_Request, int]], bool]:
-        """The next batch in lane priority and arrival order, and whether it is full."""
+        """The next batch and whether it is full. Queries go first, in arrival order; bulk
+        work alone is batched by length (see `_plan_by_length`)."""
+        if any(req.queued and not req.closed for req in self._queues["query"]):
+            return self._plan_in_order()
+        return self._plan_by_length()
+
+    def _plan_in_order(self) -> tuple[list[tuple[_Request, int]], bool]:
+        """Texts in lane priority and arrival order until the size or padded-token budget."""
         cfg = self._config
         items: list[tuple[_Request, int]] = []
         longest = 0
@@ -358,7 +374,7 @@ class Batcher:
             for req in self._queues[lane]:
                 if req.closed:
                     continue
-                for idx in range(req.next_idx, len(req.texts)):
+                for idx in req.left:
                     longest_with = max(longest, req.tokens[idx])
                     if items and (len(items) + 1) * longest_with > cfg.max_batch_tokens:
                         return items, True
@@ -368,9 +384,43 @@ class Batcher:
                         return items, True
         return items, False
 
+    def _plan_by_length(self) -> tuple[list[tuple[_Request, int]], bool]:
+        """From the oldest `_SORT_WINDOW` batches' worth of bulk texts, sorted by token count,
+        the run around the oldest text: its shorter neighbours first (they add no padding),
+        then longer ones while the budget allows. The oldest text is always in the batch, so
+        nothing starves, and texts of like length travel together (GCIDE chunks: padding
+        1.04x instead of 1.12x of real tokens with 1024-token model runs)."""
+        cfg = self._config
+        limit = _SORT_WINDOW * cfg.max_batch_size
+        window: list[tuple[_Request, int]] = []
+        for req in self._queues["bulk"]:
+            if not req.closed:
+                window.extend((req, idx) for idx in req.left[: limit - len(window)])
+                if len(window) >= limit:
+                    break
+        if not window:
+            return [], False
+        counts = [req.tokens[idx] for req, idx in window]
+        order = sorted(range(len(window)), key=lambda j: (counts[j], j))
+        lo = order.index(0)  # window[0] is the oldest text
+        hi, width = lo + 1, counts[0]
+        while hi - lo < cfg.max_batch_size:
+            if lo > 0 and (hi - lo + 1) * width <= cfg.max_batch_tokens:
+                lo -= 1
+            elif hi < len(order) and (hi - lo + 1) * counts[order[hi]] <= cfg.max_batch_tokens:
+                width = counts[order[hi]]
+                hi += 1
+            else:
+                break
+        items = [window[j] for j in order[lo:hi]]
+        return items, len(items) >= cfg.max_batch_size or len(items) < len(window)
+
     def _dispatch(self, items: list[tuple[_Request, int]]) -> None:
+        picked: dict[_Request, set[int]] = {}
         for req, idx in items:
-            req.next_idx = idx + 1
+            picked.setdefault(req, set()).add(idx)
+        for req, idxs in picked.items():
+            req.take(idxs)
         self._purge()
         items.sort(key=lambda item: item[0].tokens[item[1]])
         self._outstanding += 1
@@ -425,22 +475,23 @@ class Batcher:
     # the runner thread
 
     @staticmethod
-    def _gather(batch: _Batch, live: list[int]) -> tuple[list[str], Packed, np.ndarray]:
-        """The live texts grouped by request, their token ids in one packed batch (a numpy
-        gather per request), and for each of them its row among `live`."""
+    def _gather(batch: _Batch, live: list[int]) -> tuple[list[str], Packed]:
+        """The live texts in batch order and their token ids as one packed batch (a numpy
+        gather per request, then one to restore the batch order)."""
         groups: dict[_Request, list[tuple[int, int]]] = {}
         for row, pos in enumerate(live):
             req, idx = batch.items[pos]
             groups.setdefault(req, []).append((row, idx))
-        texts: list[str] = []
         parts: list[Packed] = []
         rows: list[int] = []
         for req, members in groups.items():
-            picked = [i for _, i in members]
-            texts.extend(req.texts[i] for i in picked)
-            parts.append(req.encoded.take(picked))
+            parts.append(req.encoded.take([i for _, i in members]))
             rows.extend(r for r, _ in members)
-        return texts, Packed.concat(parts), np.asarray(rows, dtype=np.int64)
+        encoded = Packed.concat(parts)
+        if len(parts) > 1:
+            encoded = encoded.take(np.argsort(np.asarray(rows, dtype=np.int64)))
+        texts = [batch.items[pos][0].texts[batch.items[pos][1]] for pos in live]
+        return texts, encoded
 
     def _run_model(self) -> None:
         """Runner thread: embed handed-over batches one at a time."""
@@ -454,17 +505,15 @@ class Batcher:
             error: BaseException | None = None
             seconds = 0.0
             if live:
-                texts, encoded, order = self._gather(batch, live)
+                texts, encoded = self._gather(batch, live)
                 started = time.perf_counter()
                 try:
-                    got = np.asarray(self._embedder.embed_batch(texts, encoded), np.float32)
-                    if got.shape != (len(texts), self._dim):
+                    vectors = np.asarray(self._embedder.embed_batch(texts, encoded), np.float32)
+                    if vectors.shape != (len(texts), self._dim):
                         raise RuntimeError(
-                            f"model {self._model!r} returned shape {got.shape} "
+                            f"model {self._model!r} returned shape {vectors.shape} "
                             f"for {len(texts)} texts of dim {self._dim}"
                         )
-                    vectors = np.empty_like(got)
-                    vectors[order] = got  # back to the order of `live`
                 except Exception as exc:
                     error, vectors = exc, None
                 seconds = time.perf_counter() - started

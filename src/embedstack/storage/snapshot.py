@@ -11,26 +11,10 @@ from typing import Any
 
 import orjson
 
+from embedstack.fsutil import atomic_write, fsync_dir
+
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def write_snapshot(
@@ -44,14 +28,14 @@ def write_snapshot(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-{name}-{uuid.uuid4().hex}"
     write(tmp / "data")
-    _atomic_write_file(tmp / MANIFEST, orjson.dumps(manifest))
-    _fsync_path(tmp)
+    atomic_write(tmp / MANIFEST, orjson.dumps(manifest))
+    fsync_dir(tmp)
     final = parent / name
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_path(parent)
-    _atomic_write_file(parent / CURRENT, name.encode())
+    fsync_dir(parent)
+    atomic_write(parent / CURRENT, name.encode())
     for old in parent.iterdir():
         if old.name not in (name, CURRENT) and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)

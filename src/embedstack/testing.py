@@ -1,0 +1,122 @@
+"""Real processes on loopback for the test suite and the benchmarks: one way to start, wait for
+and stop a server, so tests and benchmarks measure the same thing. Nothing here is used by the
+server itself; it imports no other embedstack module.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+EMBEDSTACK = [sys.executable, "-m", "embedstack"]
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 30.0, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL with `kill`), wait up to `grace` seconds, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wait_until(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float,
+    log: Path,
+    what: str,
+    interval: float = 0.1,
+) -> None:
+    """Poll `ready()` until it holds; RuntimeError with the log's tail if the process exits or
+    `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"{what} not ready in {timeout:.0f} s: {log.read_text()[-3000:]}")
+
+
+class ServerProcess:
+    """`embedstack serve` on a free loopback port with its own data dir, ready once /readyz
+    answers 200; usable as a context manager. `command` replaces `python -m embedstack` (e.g.
+    with a profiling wrapper); `args` are extra `serve` flags."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        args: Sequence[str] = (),
+        command: Sequence[str] = EMBEDSTACK,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.args = list(args)
+        self.command = list(command)
+        self.log_dir = log_dir or data_dir.parent
+        self.port = 0
+        self.log = self.log_dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        self.port = free_port()
+        self.log = self.log_dir / f"server-{self.port}.log"
+        cmd = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir), *self.args]
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(self.proc, self._ready, timeout, self.log, "server")
+        except RuntimeError:
+            self.stop(kill=True)
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+    def stop(self, kill: bool = False, grace: float = 30.0) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace, kill)
+            self.proc = None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None, "the server is not running"
+        self.proc.send_signal(signum)
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
