@@ -40,15 +40,18 @@ def list_models(queries: int | None, cache_dir: Path | None) -> None:
     """Every model name with dim, metric, max tokens, backend, space id and measured speed.
 
     "<model>" is served by the fastest backend that passed the gate here (run `models check`
-    first to measure); "<model>@<backend>" names one backend. Speeds and gate verdicts come from
-    the last `models check` on this machine ("-" where none ran yet).
+    first to measure); "<model>@<backend>" names one backend. Gate verdicts come from the last
+    `models check` on this machine ("-" where none ran yet). Speeds come from the last speed
+    race of the passing backends (same texts, interleaved: comparable); a speed marked "*" was
+    measured alone when that backend was gated, maybe under another load.
     """
     catalog = _catalog(cache_dir, queries)
     head = f"{'name':42} {'dim':>4} {'metric':6} {'max tok':>7} {'backend':26} {'precision':13} {'space id':19} {'texts/s':>8}  gate"  # noqa: E501
     click.echo(head)
     for row in catalog.listing():
         s, r = row.spec, row.report
-        speed = f"{r.texts_per_s:8.0f}" if r else f"{'-':>8}"
+        speed = f"{'-':>8}" if row.speed is None else f"{row.speed:7.0f}"
+        speed += " " if row.raced is not None or row.speed is None else "*"
         gate = "-" if r is None else ("passed" if r.passed else "REFUSED")
         click.echo(
             f"{row.name:42} {s.dim:>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "

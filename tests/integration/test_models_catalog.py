@@ -59,6 +59,11 @@ def test_auto_serves_the_fp32_space_on_a_passing_backend(catalog: Catalog, cache
     got = auto.embed_batch(sample.texts)
     cos = np.sum(ref * got, axis=1)
     assert cos.mean() >= 0.999 and cos.min() >= 0.99
+    # `models list` speeds come from that race (comparable rows), not from lone gate runs
+    rows = {row.name: row for row in catalog.listing()}
+    raced = catalog.race_speeds(L6_NAME)
+    assert set(raced) == {"onnx-fp32", "sentence-transformers"} and all(raced.values())
+    assert rows[L6_NAME].speed == raced[chosen] and rows[f"{L6_NAME}@onnx-int8"].raced is None
     # a second catalog on the same cache decides from the cached reports, without gating again
     again = Catalog(
         cache, sample=load_sample().head(QUERIES), candidates=CANDIDATES, race_texts=24

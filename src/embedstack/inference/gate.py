@@ -267,6 +267,14 @@ class GateCache:
         raw = self._read().get(key)
         return str(raw["choice"]) if isinstance(raw, dict) and "choice" in raw else None
 
+    def get_speeds(self, key: str) -> dict[str, float] | None:
+        """The texts/s each backend reached in that cached speed race, if any."""
+        raw = self._read().get(key)
+        speeds = raw.get("texts_per_s") if isinstance(raw, dict) else None
+        if isinstance(speeds, dict):
+            return {str(k): float(v) for k, v in speeds.items()}
+        return None
+
     def put_choice(self, key: str, backend: str, speeds: Mapping[str, float]) -> None:
         self._write(key, {"choice": backend, "texts_per_s": dict(speeds)})
 

@@ -56,6 +56,14 @@ class Listing:
     backend: str
     spec: ModelSpec
     report: GateReport | None
+    raced: float | None = None  # texts/s in the cached speed race (comparable across rows)
+
+    @property
+    def speed(self) -> float | None:
+        """The race speed, else the speed measured alone when the backend was gated."""
+        if self.raced is not None:
+            return self.raced
+        return None if self.report is None else self.report.texts_per_s
 
 
 class Catalog:
@@ -209,8 +217,8 @@ class Catalog:
                     log.warning("backend %s of %s unavailable: %s", v.backend, model, exc)
         return reports
 
-    def cached_auto_choice(self, model: str) -> str | None:
-        """The auto backend if the gate reports and the speed race are cached, else None."""
+    def _cached_passing(self, model: str) -> list[str] | None:
+        """The auto candidates that passed, if every candidate's gate report is cached."""
         spec = self.spec(model)
         reports = [
             self.gate_cache.get(self._key(spec, v.backend))
@@ -219,10 +227,23 @@ class Catalog:
         ]
         if any(r is None for r in reports):
             return None
-        passing = sorted(r.backend for r in reports if r is not None and r.passed)
+        return sorted(r.backend for r in reports if r is not None and r.passed)
+
+    def cached_auto_choice(self, model: str) -> str | None:
+        """The auto backend if the gate reports and the speed race are cached, else None."""
+        passing = self._cached_passing(model)
+        if passing is None:
+            return None
         if len(passing) < 2:
             return passing[0] if passing else self.reference(model).backend
-        return self.gate_cache.get_choice(self._race_key(spec, passing))
+        return self.gate_cache.get_choice(self._race_key(self.spec(model), passing))
+
+    def race_speeds(self, model: str) -> dict[str, float]:
+        """texts/s of the passing backends in their cached speed race ({} before one ran)."""
+        passing = self._cached_passing(model)
+        if not passing or len(passing) < 2:
+            return {}
+        return self.gate_cache.get_speeds(self._race_key(self.spec(model), passing)) or {}
 
     def choose(self, model: str) -> str:
         """The fastest backend that passes the gate on this machine (gating as needed).
@@ -287,11 +308,13 @@ class Catalog:
             choice = self.cached_auto_choice(model) if pinned == "auto" else pinned
             mode = "auto" if pinned == "auto" else "pinned"
             best = self.gate_cache.get(self._key(spec, choice)) if choice else None
-            rows.append(Listing(model, model, f"{mode}:{choice}" if choice else mode, spec, best))
+            raced = self.race_speeds(model)
+            label = f"{mode}:{choice}" if choice else mode
+            rows.append(Listing(model, model, label, spec, best, raced.get(choice or "")))
             for v in self.variants(model):
                 s = bundled.with_precision(spec, v.precision)
                 report = self.gate_cache.get(self._key(spec, v.backend))
-                rows.append(Listing(v.name, model, v.backend, s, report))
+                rows.append(Listing(v.name, model, v.backend, s, report, raced.get(v.backend)))
         return rows
 
     def entries(self) -> list[ModelEntry]:
