@@ -170,9 +170,20 @@ class _Doc:
         return self.starts[s], self.ends[e - 1]
 
     def counts(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
-        """The tokenizer's own counts (special tokens included) of the texts of token ranges."""
-        texts = [self.text[a:b] for a, b in (self.span(s, e) for s, e in ranges)]
-        return self.tokenizer.count_tokens(texts)
+        """The tokenizer's own counts (special tokens included) of the texts of token ranges.
+
+        A range whose text is the whole document is not tokenized again: the document was
+        tokenized whole, so its count is its tokens plus the special ones (most short documents
+        are one such chunk)."""
+        spans = [self.span(s, e) for s, e in ranges]
+        whole = (0, len(self.text))
+        todo = [i for i, span in enumerate(spans) if span != whole]
+        out = [self.n + self.tokenizer.num_special_tokens] * len(spans)
+        if todo:
+            found = self.tokenizer.count_tokens([self.text[slice(*spans[i])] for i in todo])
+            for i, count in zip(todo, found, strict=True):
+                out[i] = count
+        return out
 
     def shrink(self, s: int, e: int, count: int) -> tuple[int, int]:
         """Drop tokens from the end of [s, e) until its text counts <= size tokens."""
