@@ -68,6 +68,9 @@ def test_onnx_fp32_matches_sentence_transformers_on_real_text(
     # batch composition does not change a text's vector (padding is masked out)
     alone = np.concatenate([onnx.embed_batch([t]) for t in texts[:6]])
     np.testing.assert_allclose(alone, got[:6], atol=2e-5)
+    # token ids from the batcher (tokenized at admission) give the same vectors
+    pre = onnx.embed_batch(texts, onnx.tokenizer.encode_packed(texts))
+    np.testing.assert_allclose(pre, got, atol=1e-6)
 
 
 def test_l3_onnx_model_is_its_own_normalized_space() -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from embedstack.inference.bundled import l6_spec, l6_tokenizer_json
 from embedstack.inference.hf_tokenizer import HFTokenizer
 from embedstack.inference.packed import PackedEmbedder, plan_batches
-from embedstack.inference.tokens import TokenPacker
+from embedstack.inference.tokens import Packed, TokenPacker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"
@@ -44,6 +44,30 @@ def test_plan_covers_every_text_once_within_budget(
     for idx in plan:
         assert 1 <= len(idx) <= size
         assert len(idx) == 1 or len(idx) * arr[idx].max() <= budget
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30000), max_size=12), min_size=1, max_size=20), st.data())
+def test_take_and_concat_keep_every_texts_ids(rows: list[list[int]], data: st.DataObject) -> None:
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    packed = Packed.of(np.array([t for r in rows for t in r], dtype=np.int64), lengths)
+    picks = data.draw(st.lists(st.integers(0, len(rows) - 1), max_size=30))
+    split = data.draw(st.integers(0, len(picks)))
+    parts = [packed.take(picks[:split]), packed.take(picks[split:])]
+    joined = Packed.concat(parts)
+    assert joined.size == len(picks)
+    for i, row in enumerate(picks):
+        got = joined.flat[joined.starts[i] : joined.starts[i] + joined.lengths[i]]
+        assert got.tolist() == rows[row]
+
+
+def test_batcher_encodings_match_the_engines_own_tokenization() -> None:
+    hf = HFTokenizer(l6_tokenizer_json(), 256)
+    mine = hf.encode_packed(TEXTS)
+    theirs = TokenPacker(str(l6_tokenizer_json()), 256).encode(TEXTS)
+    np.testing.assert_array_equal(mine.flat, theirs.flat)
+    np.testing.assert_array_equal(mine.lengths, theirs.lengths)
+    assert hf.count_tokens(TEXTS[:2]) == mine.lengths[:2].tolist()  # untruncated == truncated
 
 
 def test_pad_matches_the_padded_tokenizer() -> None:
