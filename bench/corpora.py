@@ -3,6 +3,11 @@
 `python bench/corpora.py pydoc OUT.jsonl` writes the section corpus committed as
 tests/data/pydoc_sections.jsonl: each reST section of the Python tutorial and a few library
 chapters becomes a document whose metadata carries its title (a natural labeled query set).
+
+`python bench/corpora.py gate OUT.jsonl` writes the accuracy gate's sample, shipped as
+src/embedstack/inference/data/gate_sample.jsonl: sections of the tutorial, library reference,
+language reference, HOWTOs and FAQs whose title is unique and specific (two words or more), as
+{"query": title, "passages": its first paragraphs}, evenly spread over the docs.
 """
 
 from __future__ import annotations
@@ -79,10 +84,52 @@ PYDOC_FILES = [
     "library/pathlib.rst.txt",
 ]
 
+GATE_DIRS = ("tutorial", "library", "reference", "howto", "faq")
+GATE_QUERIES = 520  # ~1,500 texts: recall@10 moves ~0.1 point per query, not 0.5
+GATE_PASSAGES = 2  # first paragraphs of a section
+GATE_CHARS = 600  # a passage is cut at a sentence end near this length
+
+
+def _paragraphs(body: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n", body):
+        text = " ".join(para.split())
+        if len(text.split()) < 12 or text.startswith((">>>", "$", "{", "[", "(")):
+            continue
+        if len(text) > GATE_CHARS:
+            cut = text.rfind(". ", 0, GATE_CHARS)
+            text = text[: cut + 1] if cut > GATE_CHARS // 3 else text[:GATE_CHARS]
+        out.append(text)
+    return out
+
+
+def gate_sample() -> list[dict[str, object]]:
+    files = [
+        str(p.relative_to(PYDOC)) for d in GATE_DIRS for p in sorted((PYDOC / d).glob("*.rst.txt"))
+    ]
+    rows: list[dict[str, object]] = []
+    seen: dict[str, int] = {}
+    for doc in pydoc_sections(files, min_words=25):
+        title = str(doc["metadata"]["title"]).strip(" :.")  # type: ignore[index]
+        key = title.lower()
+        seen[key] = seen.get(key, 0) + 1
+        passages = _paragraphs(str(doc["text"]))[:GATE_PASSAGES]
+        if len(title.split()) >= 2 and passages and len(title) <= 80:
+            rows.append({"id": doc["id"], "query": title, "passages": passages})
+    unique = [r for r in rows if seen[str(r["query"]).lower()] == 1]
+    step = len(unique) / GATE_QUERIES
+    return [unique[int(i * step)] for i in range(min(GATE_QUERIES, len(unique)))]
+
+
 if __name__ == "__main__":
     kind, out = sys.argv[1], Path(sys.argv[2])
-    if kind != "pydoc":
-        raise SystemExit("usage: corpora.py pydoc OUT.jsonl")
+    if kind == "pydoc":
+        docs = list(pydoc_sections(PYDOC_FILES))
+    elif kind == "gate":
+        docs = gate_sample()
+    else:
+        raise SystemExit("usage: corpora.py pydoc|gate OUT.jsonl")
     with out.open("wb") as f:
-        for doc in pydoc_sections(PYDOC_FILES):
+        for doc in docs:
             f.write(orjson.dumps(doc) + b"\n")
+    print(f"{len(docs)} rows -> {out}")

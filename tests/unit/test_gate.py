@@ -35,8 +35,8 @@ def _clustered(rng: np.random.Generator, queries: int, per: int) -> tuple[np.nda
 
 def test_shipped_sample_is_real_text_with_labels() -> None:
     sample = load_sample()
-    assert len(sample.queries) == 213 and len(sample.passages) == 415
-    assert "Error Handling" in sample.queries
+    assert len(sample.queries) == 520 and len(sample.passages) == 984
+    assert "Memory Views" in sample.queries and len(set(sample.queries)) == 520
     assert all(rel and max(rel) < len(sample.passages) for rel in sample.relevant)
     small = sample.head(10)
     assert len(small.queries) == 10
