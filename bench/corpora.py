@@ -8,6 +8,11 @@ chapters becomes a document whose metadata carries its title (a natural labeled 
 src/embedstack/inference/data/gate_sample.jsonl: sections of the tutorial, library reference,
 language reference, HOWTOs and FAQs whose title is unique and specific (two words or more), as
 {"query": title, "passages": its first paragraphs}, evenly spread over the docs.
+
+`python bench/corpora.py calibration OUT.jsonl` writes the int8 calibration texts, shipped as
+src/embedstack/inference/data/calibration.jsonl: paragraphs from other parts of the docs (the
+C API, extending, using, installing, distributing), so no backend is calibrated on the texts
+that gate it.
 """
 
 from __future__ import annotations
@@ -121,14 +126,34 @@ def gate_sample() -> list[dict[str, object]]:
     return [unique[int(i * step)] for i in range(min(GATE_QUERIES, len(unique)))]
 
 
+CALIBRATION_DIRS = ("c-api", "extending", "using", "installing", "distributing")
+CALIBRATION_TEXTS = 200
+
+
+def calibration_texts() -> list[dict[str, object]]:
+    """Paragraphs disjoint from the gate sample's parts of the docs, evenly spread."""
+    files = [
+        str(p.relative_to(PYDOC))
+        for d in CALIBRATION_DIRS
+        for p in sorted((PYDOC / d).glob("*.rst.txt"))
+    ]
+    texts = [
+        t for doc in pydoc_sections(files, min_words=25) for t in _paragraphs(str(doc["text"]))
+    ]
+    step = len(texts) / CALIBRATION_TEXTS
+    return [{"text": texts[int(i * step)]} for i in range(min(CALIBRATION_TEXTS, len(texts)))]
+
+
 if __name__ == "__main__":
     kind, out = sys.argv[1], Path(sys.argv[2])
     if kind == "pydoc":
         docs = list(pydoc_sections(PYDOC_FILES))
     elif kind == "gate":
         docs = gate_sample()
+    elif kind == "calibration":
+        docs = calibration_texts()
     else:
-        raise SystemExit("usage: corpora.py pydoc|gate OUT.jsonl")
+        raise SystemExit("usage: corpora.py pydoc|gate|calibration OUT.jsonl")
     with out.open("wb") as f:
         for doc in docs:
             f.write(orjson.dumps(doc) + b"\n")

@@ -8,7 +8,7 @@ import numpy as np
 
 from embedstack.inference.bundled import l6_dir, l6_tokenizer_json
 from embedstack.inference.gate import load_sample
-from embedstack.inference.smooth import calibration_texts, input_ranges, smooth
+from embedstack.inference.smooth import input_ranges, load_calibration, smooth
 from embedstack.inference.tokens import TokenPacker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,7 +20,7 @@ def test_smoothing_is_exact_in_fp32_and_flattens_activation_ranges() -> None:
 
     model = AutoModel.from_pretrained(str(l6_dir()), attn_implementation="eager").eval()
     packer = TokenPacker(str(l6_tokenizer_json()), 256)
-    texts = calibration_texts(load_sample().passages, n=12)
+    texts = load_calibration(12)
     assert len(texts) == 12
     ranges = input_ranges(model, packer, texts)
     assert len(ranges) == 36  # 6 layers x (q, k, v, attention out, FFN in, FFN out)
@@ -36,3 +36,10 @@ def test_smoothing_is_exact_in_fp32_and_flattens_activation_ranges() -> None:
         )
     torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)
     assert spread_after < spread_before  # per-channel ranges are flatter: kinder to int8
+
+
+def test_calibration_text_is_not_the_gate_sample() -> None:
+    calibration = set(load_calibration())
+    sample = load_sample()
+    assert len(calibration) == 200
+    assert not calibration & set(sample.passages) and not calibration & set(sample.queries)

@@ -91,9 +91,7 @@ class Catalog:
         self._candidates = None if candidates is None else set(candidates)
         self._race_texts = race_texts
         self._pins = dict(pins or {})
-        self._builders = BundledVariants(
-            self.cache_dir, onnx, int8, ov, self.spec, lambda: self.sample().passages
-        )
+        self._builders = BundledVariants(self.cache_dir, onnx, int8, ov, self.spec)
         self.gate_cache = GateCache(self.cache_dir / "gate.json")
         self._refs: dict[str, tuple[np.ndarray, float]] = {}
         self._specs: dict[str, ModelSpec] = {}
@@ -296,7 +294,9 @@ class Catalog:
         return v.auto
 
     def _key(self, spec: ModelSpec, backend: str) -> str:
-        return self.gate_cache.key(spec.fingerprint, f"{backend}|{len(self.sample().texts)}")
+        tag = next((v.tag for v in self.variants(spec.name) if v.backend == backend), "")
+        name = f"{backend}+{tag}" if tag else backend
+        return self.gate_cache.key(spec.fingerprint, f"{name}|{len(self.sample().texts)}")
 
     # registry entries
 

@@ -29,7 +29,13 @@ from embedstack.inference.ov_backend import (
 )
 from embedstack.inference.packed import PackedEmbedder
 from embedstack.inference.quantize import Int8Config, quantize_int8_dynamic
-from embedstack.inference.smooth import ALPHA, calibration_texts, input_ranges, smooth
+from embedstack.inference.smooth import (
+    ALPHA,
+    calibration_tag,
+    input_ranges,
+    load_calibration,
+    smooth,
+)
 from embedstack.inference.tokens import TokenPacker
 from embedstack.inference.torch_backend import (
     TorchMode,
@@ -54,6 +60,7 @@ class Variant:
     build: Callable[[], Embedder]
     auto: bool = True  # a candidate for the auto-selected backend
     reference: bool = False  # the fp32 engine the others are gated against
+    tag: str = ""  # what else makes this build distinct (e.g. its calibration data)
 
     @property
     def name(self) -> str:
@@ -70,7 +77,7 @@ class BundledVariants:
         int8: Int8Config,
         ov: OvOptions,
         spec: Callable[[str], ModelSpec],
-        calibration: Callable[[], Sequence[str]],
+        calibration: Callable[[], Sequence[str]] = load_calibration,
     ) -> None:
         self.cache_dir = cache_dir
         self._onnx = onnx
@@ -87,7 +94,13 @@ class BundledVariants:
             Variant(m, ST_BACKEND, "float32", load_bundled_l6, reference=True),
             Variant(m, "onnx-fp32", "float32", lambda: self._l6_onnx("fp32")),
             Variant(m, "onnx-int8", "int8-dynamic", lambda: self._l6_onnx("int8")),
-            Variant(m, "onnx-int8-smooth", "int8-smooth", self._l6_smooth_int8),
+            Variant(
+                m,
+                "onnx-int8-smooth",
+                "int8-smooth",
+                self._l6_smooth_int8,
+                tag=f"cal-{calibration_tag(self._calibration())}",
+            ),
             Variant(m, "torch-fp32", "float32", lambda: self._l6_torch("fp32"), auto=False),
         ]
         out += self._openvino(m, lambda: self._l6_export(), "embedding")
@@ -151,10 +164,12 @@ class BundledVariants:
         return onnx_embedder(s, path, tok, "embedding", "onnx-int8", self._onnx)
 
     def _l6_smooth_int8(self) -> Embedder:
-        """SmoothQuant-rescaled export (alpha 0.8), int8 except the FFN down-projections."""
+        """SmoothQuant-rescaled export (alpha 0.8, ranges from the shipped calibration text),
+        int8 except the FFN down-projections (a per-layer choice: their inputs, GELU outputs,
+        are the heavy-tailed ones)."""
         spec = self.spec(bundled.L6_NAME)
         tok = bundled.l6_tokenizer_json()
-        texts = calibration_texts(self._calibration())
+        texts = list(self._calibration())
 
         def rescale(bert: Any) -> None:
             smooth(bert, input_ranges(bert, TokenPacker(str(tok), spec.max_tokens), texts))
@@ -162,9 +177,8 @@ class BundledVariants:
         def export(tmp: Path) -> None:
             export_bert_mean_pool(bundled.l6_dir(), tmp, rescale)
 
-        smoothed = cached_file(
-            self.cache_dir, spec.fingerprint, f"model-smooth-a{ALPHA}.onnx", export
-        )
+        name = f"model-smooth-a{ALPHA}-{calibration_tag(texts)}.onnx"
+        smoothed = cached_file(self.cache_dir, spec.fingerprint, name, export)
         path = self._int8_file(smoothed, spec.fingerprint, SMOOTH_INT8)
         s = bundled.with_precision(spec, "int8-smooth")
         return onnx_embedder(s, path, tok, "embedding", "onnx-int8-smooth", self._onnx)
