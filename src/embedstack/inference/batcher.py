@@ -388,8 +388,8 @@ class Batcher:
         """From the oldest `_SORT_WINDOW` batches' worth of bulk texts, sorted by token count,
         the run around the oldest text: its shorter neighbours first (they add no padding),
         then longer ones while the budget allows. The oldest text is always in the batch, so
-        nothing starves, and texts of like length travel together (GCIDE chunks: padding
-        1.04x instead of 1.12x of real tokens with 1024-token model runs)."""
+        nothing starves, and texts of like length travel together (simulated on GCIDE chunks
+        with 1024-token model runs: padding 1.04x of real tokens instead of 1.12x)."""
         cfg = self._config
         limit = _SORT_WINDOW * cfg.max_batch_size
         window: list[tuple[_Request, int]] = []
@@ -505,9 +505,9 @@ class Batcher:
             error: BaseException | None = None
             seconds = 0.0
             if live:
-                texts, encoded = self._gather(batch, live)
                 started = time.perf_counter()
                 try:
+                    texts, encoded = self._gather(batch, live)
                     vectors = np.asarray(self._embedder.embed_batch(texts, encoded), np.float32)
                     if vectors.shape != (len(texts), self._dim):
                         raise RuntimeError(
