@@ -88,28 +88,16 @@ def test_long_text_without_whitespace_is_cut_anyway() -> None:
     assert all(0 <= s <= e <= len(text) for s, e in offs)
 
 
-def test_encode_batch_pads_and_truncates() -> None:
+def test_encode_packed_truncates_and_keeps_the_special_tokens() -> None:
     texts = ["short", PARAGRAPH, " ".join(["word"] * 600)]
-    ids, mask = hf().encode_batch(texts)
-    assert ids.dtype == np.int64 and mask.dtype == np.int64
-    assert ids.shape == mask.shape == (3, 256)
-    assert mask.sum(axis=1).tolist() == [3, hf().count_tokens([PARAGRAPH])[0], 256]
-    assert (ids[:, 0] == 101).all()  # [CLS]
-    assert ids[2, 255] == 102  # [SEP] kept after truncation
-    assert (ids[0, 3:] == 0).all() and ids[0, 2] == 102
-    ids8, mask8 = hf().encode_batch(texts[:2], max_length=8)
-    assert ids8.shape == (2, 8)
-    assert mask8.sum(axis=1).tolist() == [3, 8]
-    ids_again, _ = hf().encode_batch(texts)
-    assert np.array_equal(ids, ids_again)  # the truncating copy leaves offsets untouched
-    assert hf().count_tokens([texts[2]]) == [602]
-
-
-def test_encode_batch_edge_cases() -> None:
-    ids, mask = hf().encode_batch([])
-    assert ids.shape == (0, 0) and mask.shape == (0, 0)
-    with pytest.raises(ValueError, match="max_length"):
-        hf().encode_batch(["x"], max_length=2)
+    packed = hf().encode_packed(texts)
+    assert packed.flat.dtype == np.int64
+    assert packed.lengths.tolist() == [3, hf().count_tokens([PARAGRAPH])[0], 256]
+    assert (packed.flat[packed.starts] == 101).all()  # [CLS]
+    ends = packed.starts + packed.lengths - 1
+    assert (packed.flat[ends] == 102).all()  # [SEP], kept after truncation too
+    assert hf().count_tokens([texts[2]]) == [602]  # counts stay untruncated
+    assert hf().encode_packed([]).size == 0
 
 
 def test_invalid_unicode_is_invalid_input() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers import Tokenizer
 
 from embedstack.inference.bundled import l6_spec, l6_tokenizer_json
 from embedstack.inference.hf_tokenizer import HFTokenizer
@@ -71,11 +72,15 @@ def test_batcher_encodings_match_the_engines_own_tokenization() -> None:
 
 
 def test_pad_matches_the_padded_tokenizer() -> None:
-    hf = HFTokenizer(l6_tokenizer_json(), 256)
+    padded = Tokenizer.from_file(str(l6_tokenizer_json()))  # the library's own padding
+    padded.enable_truncation(256)
+    padded.enable_padding(pad_id=0, pad_token="[PAD]")
     packed = TokenPacker(str(l6_tokenizer_json()), 256).encode(TEXTS)
     idx = np.array([4, 0, 1, 3])
     ids, mask = packed.pad(idx, 0)
-    want_ids, want_mask = hf.encode_batch([TEXTS[i] for i in idx])
+    encs = padded.encode_batch([TEXTS[i] for i in idx])
+    want_ids = np.array([e.ids for e in encs], dtype=np.int64)
+    want_mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
     assert ids.dtype == np.int64 and mask.dtype == np.int64
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(mask, want_mask)

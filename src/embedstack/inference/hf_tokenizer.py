@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTok
 
@@ -74,7 +72,8 @@ def _split_points(text: str) -> list[int]:
 
 
 class HFTokenizer:
-    """The model's own tokenizer (Tokenizer protocol) plus batch encoding for ONNX/torch backends.
+    """The model's own tokenizer (Tokenizer protocol): offsets and counts for chunking, packed
+    token ids for the batcher and the ONNX/OpenVINO/torch backends.
 
     Loaded from `tokenizer.json`; the padding and truncation stored in the file are switched off
     on a private copy so counts and offsets are exact and untruncated.
@@ -91,7 +90,6 @@ class HFTokenizer:
         tok.no_padding()
         tok.no_truncation()
         self._tok = tok
-        self._json = tok.to_str()
         self._path = path
         self._max_tokens = max_tokens
         if padding is not None:
@@ -107,9 +105,7 @@ class HFTokenizer:
         with_special = len(tok.encode("", add_special_tokens=True).ids)
         without = len(tok.encode("", add_special_tokens=False).ids)
         self._num_special = with_special - without
-        self._batch_toks: dict[int, _HFTok] = {}
         self._packer = TokenPacker(str(path), max_tokens, self._pad_id)
-        self._lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -117,7 +113,7 @@ class HFTokenizer:
 
     @property
     def max_tokens(self) -> int:
-        """The model's input limit, special tokens included (default for `encode_batch`)."""
+        """The model's input limit, special tokens included (`encode_packed` truncates to it)."""
         return self._max_tokens
 
     @property
@@ -168,36 +164,3 @@ class HFTokenizer:
             if len(t) > _PIECE_THRESHOLD:
                 counts[i] = len(self._encode_pieces(t)) + self._num_special
         return counts
-
-    def _batch_tokenizer(self, max_length: int) -> _HFTok:
-        with self._lock:
-            tok = self._batch_toks.get(max_length)
-            if tok is None:
-                tok = _HFTok.from_str(self._json)
-                tok.enable_truncation(max_length)
-                tok.enable_padding(pad_id=self._pad_id, pad_token=self._pad_token)
-                self._batch_toks[max_length] = tok
-            return tok
-
-    def encode_batch(
-        self, texts: Sequence[str], max_length: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask), int64 arrays of shape (len(texts), longest).
-
-        Special tokens are added, each text is truncated to `max_length` tokens (default
-        `max_tokens`), and the batch is padded to its longest member.
-        """
-        limit = self._max_tokens if max_length is None else max_length
-        if limit <= self._num_special:
-            raise ValueError(f"max_length must exceed {self._num_special} special tokens")
-        texts = list(texts)
-        if not texts:
-            empty = np.zeros((0, 0), dtype=np.int64)
-            return empty, empty.copy()
-        try:
-            encs = self._batch_tokenizer(limit).encode_batch(texts, add_special_tokens=True)
-        except TypeError as exc:
-            raise InvalidInput(f"text could not be tokenized ({exc}); send valid UTF-8") from exc
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        return ids, mask
