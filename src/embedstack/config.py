@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)
-    max_wait_ms: float = Field(2.0, ge=0)
+    # 0: a batch goes as soon as the model is free, and whatever arrives meanwhile forms the next
+    # one; above 0 an idle model waits that long for company (measured: text query p50 6.7 ms
+    # with 2 ms, 4.8 ms with 0, on the bundled model)
+    max_wait_ms: float = Field(0.0, ge=0)
     max_pending: int = Field(8192, ge=1)
     max_pending_bulk: int = Field(4096, ge=1)
     # ingest

@@ -7,7 +7,8 @@ the model with each batch: tokenizing batch n+1 overlaps the forward pass of bat
 n runs, the owner may already hand over a full batch n+1 (the handoff holds at most one ready
 batch, so work does not pile up ahead of the model and the query lane keeps its priority). A batch
 that is not full is cut only when the model is idle and the oldest waiting text has waited
-`max_wait_ms`.
+`max_wait_ms` (default 0: continuous batching, as TEI does; texts that arrive while the model
+runs form the next batch, so batches grow with load and a lone query never waits).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _DEFAULT_RETRY_AFTER = 1.0
 class BatcherConfig:
     max_batch_size: int = 64  # texts per model call
     max_batch_tokens: int = 16384  # padded tokens per call: len(batch) * max(token counts)
-    max_wait_ms: float = 2.0  # how long the first waiting text may wait for company
+    max_wait_ms: float = 0.0  # how long the first text may wait for company while the model idles
     max_pending: int = 8192  # admitted-but-unfinished texts, all lanes; beyond -> Overloaded
     max_pending_bulk: int = 4096  # the bulk lane alone may not take all the room from queries
 
