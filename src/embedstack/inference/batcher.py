@@ -8,7 +8,8 @@ n runs, the owner may already hand over a full batch n+1 (the handoff holds at m
 batch, so work does not pile up ahead of the model and the query lane keeps its priority). A batch
 that is not full is cut only when the model is idle and the oldest waiting text has waited
 `max_wait_ms` (default 0: continuous batching, as TEI does; texts that arrive while the model
-runs form the next batch, so batches grow with load and a lone query never waits).
+runs form the next batch, so batches grow with load and a lone query never waits). Which texts
+go together is decided in batch_plan.py.
 """
 
 from __future__ import annotations
@@ -21,23 +22,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from embedstack.errors import InvalidInput, Overloaded, Unavailable
 from embedstack.inference.backend import Embedder
+from embedstack.inference.batch_plan import LANES, Item, Lane, Pending, gather, plan, take
 from embedstack.inference.tokens import Packed
 from embedstack.obs.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Lane = Literal["query", "bulk"]
-LANES: tuple[Lane, ...] = ("query", "bulk")  # in priority order
-
 _READY_BATCHES = 1  # batches handed to the runner ahead of the running one
-_SORT_WINDOW = 4  # bulk texts are sorted by length over this many batches' worth
 _OFF_LOOP_TOKENIZE = 16  # requests with more texts are tokenized in a worker thread
 _MIN_RETRY_AFTER = 0.1
 _MAX_RETRY_AFTER = 60.0
@@ -61,40 +58,8 @@ class BatcherConfig:
 
 
 @dataclass(eq=False)
-class _Request:
-    """One embed() call; `left` holds the indices of its texts not yet taken into a batch."""
-
-    texts: Sequence[str]
-    encoded: Packed  # the texts' token ids, truncated to the model's limit
-    tokens: list[int]  # their counts (at least 1 each)
-    lane: Lane
-    arrival: float
-    future: asyncio.Future[np.ndarray]
-    out: np.ndarray
-    left: list[int] = field(init=False)  # texts not yet taken into a batch, in input order
-    remaining: int = field(init=False)  # texts whose vectors have not arrived
-    closed: bool = False  # future resolved (result, error, cancelled); later results are dropped
-    cancelled: bool = False
-
-    def __post_init__(self) -> None:
-        self.remaining = len(self.texts)
-        self.left = list(range(len(self.texts)))
-
-    @property
-    def queued(self) -> int:
-        return len(self.left)
-
-    def take(self, picked: set[int]) -> None:
-        n = len(picked)
-        if n <= len(self.left) and all(i in picked for i in self.left[:n]):
-            del self.left[:n]  # the usual case: a prefix
-        else:
-            self.left = [i for i in self.left if i not in picked]
-
-
-@dataclass(eq=False)
 class _Batch:
-    items: list[tuple[_Request, int]]  # (request, text index), sorted by token count
+    items: list[Item]  # sorted by token count
 
 
 @dataclass(eq=False)
@@ -121,9 +86,9 @@ class Batcher:
         self._dim = spec.dim
         self._max_tokens = max(1, spec.max_tokens)
         self._metrics = metrics
-        self._queues: dict[Lane, deque[_Request]] = {lane: deque() for lane in LANES}
+        self._queues: dict[Lane, deque[Pending]] = {lane: deque() for lane in LANES}
         self._pending: dict[Lane, int] = dict.fromkeys(LANES, 0)
-        self._open: set[_Request] = set()
+        self._open: set[Pending] = set()
         self._outstanding = 0  # batches handed to the runner and not yet completed
         self._rate: float | None = None  # texts per second of model time (EWMA)
         self._handoff: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
@@ -198,7 +163,7 @@ class Batcher:
             raise
         assert self._loop is not None and self._wake is not None
         tokens = np.clip(encoded.lengths, 1, self._max_tokens).tolist()
-        req = _Request(
+        req = Pending(
             texts=texts,
             encoded=encoded,
             tokens=tokens,
@@ -284,7 +249,7 @@ class Batcher:
             self._metrics.batcher_dropped.labels(model=self._model).inc(n)
 
     def _close(
-        self, req: _Request, result: np.ndarray | None = None, error: BaseException | None = None
+        self, req: Pending, result: np.ndarray | None = None, error: BaseException | None = None
     ) -> None:
         """Resolve a request and release its texts that were never taken into a batch."""
         if req.closed:
@@ -317,7 +282,8 @@ class Batcher:
             self._purge()
             timeout: float | None = None
             if self._outstanding <= _READY_BATCHES and self._has_queued():
-                items, full = self._plan()
+                cfg = self._config
+                items, full = plan(self._queues, cfg.max_batch_size, cfg.max_batch_tokens)
                 now = self._loop.time()
                 deadline = self._oldest() + max_wait
                 if full or (self._outstanding == 0 and now >= deadline):
@@ -359,69 +325,8 @@ class Batcher:
     def _oldest(self) -> float:
         return min(q[0].arrival for q in self._queues.values() if q)
 
-    def _plan(self) -> tuple[list[tuple[_Request, int]], bool]:
-        """The next batch and whether it is full. Queries go first, in arrival order; bulk
-        work alone is batched by length (see `_plan_by_length`)."""
-        if any(req.queued and not req.closed for req in self._queues["query"]):
-            return self._plan_in_order()
-        return self._plan_by_length()
-
-    def _plan_in_order(self) -> tuple[list[tuple[_Request, int]], bool]:
-        """Texts in lane priority and arrival order until the size or padded-token budget."""
-        cfg = self._config
-        items: list[tuple[_Request, int]] = []
-        longest = 0
-        for lane in LANES:
-            for req in self._queues[lane]:
-                if req.closed:
-                    continue
-                for idx in req.left:
-                    longest_with = max(longest, req.tokens[idx])
-                    if items and (len(items) + 1) * longest_with > cfg.max_batch_tokens:
-                        return items, True
-                    items.append((req, idx))
-                    longest = longest_with
-                    if len(items) >= cfg.max_batch_size:
-                        return items, True
-        return items, False
-
-    def _plan_by_length(self) -> tuple[list[tuple[_Request, int]], bool]:
-        """From the oldest `_SORT_WINDOW` batches' worth of bulk texts, sorted by token count,
-        the run around the oldest text: its shorter neighbours first (they add no padding),
-        then longer ones while the budget allows. The oldest text is always in the batch, so
-        nothing starves, and texts of like length travel together (simulated on GCIDE chunks
-        with 1024-token model runs: padding 1.04x of real tokens instead of 1.12x)."""
-        cfg = self._config
-        limit = _SORT_WINDOW * cfg.max_batch_size
-        window: list[tuple[_Request, int]] = []
-        for req in self._queues["bulk"]:
-            if not req.closed:
-                window.extend((req, idx) for idx in req.left[: limit - len(window)])
-                if len(window) >= limit:
-                    break
-        if not window:
-            return [], False
-        counts = [req.tokens[idx] for req, idx in window]
-        order = sorted(range(len(window)), key=lambda j: (counts[j], j))
-        lo = order.index(0)  # window[0] is the oldest text
-        hi, width = lo + 1, counts[0]
-        while hi - lo < cfg.max_batch_size:
-            if lo > 0 and (hi - lo + 1) * width <= cfg.max_batch_tokens:
-                lo -= 1
-            elif hi < len(order) and (hi - lo + 1) * counts[order[hi]] <= cfg.max_batch_tokens:
-                width = counts[order[hi]]
-                hi += 1
-            else:
-                break
-        items = [window[j] for j in order[lo:hi]]
-        return items, len(items) >= cfg.max_batch_size or len(items) < len(window)
-
-    def _dispatch(self, items: list[tuple[_Request, int]]) -> None:
-        picked: dict[_Request, set[int]] = {}
-        for req, idx in items:
-            picked.setdefault(req, set()).add(idx)
-        for req, idxs in picked.items():
-            req.take(idxs)
+    def _dispatch(self, items: list[Item]) -> None:
+        take(items)
         self._purge()
         items.sort(key=lambda item: item[0].tokens[item[1]])
         self._outstanding += 1
@@ -475,25 +380,6 @@ class Batcher:
 
     # the runner thread
 
-    @staticmethod
-    def _gather(batch: _Batch, live: list[int]) -> tuple[list[str], Packed]:
-        """The live texts in batch order and their token ids as one packed batch (a numpy
-        gather per request, then one to restore the batch order)."""
-        groups: dict[_Request, list[tuple[int, int]]] = {}
-        for row, pos in enumerate(live):
-            req, idx = batch.items[pos]
-            groups.setdefault(req, []).append((row, idx))
-        parts: list[Packed] = []
-        rows: list[int] = []
-        for req, members in groups.items():
-            parts.append(req.encoded.take([i for _, i in members]))
-            rows.extend(r for r, _ in members)
-        encoded = Packed.concat(parts)
-        if len(parts) > 1:
-            encoded = encoded.take(np.argsort(np.asarray(rows, dtype=np.int64)))
-        texts = [batch.items[pos][0].texts[batch.items[pos][1]] for pos in live]
-        return texts, encoded
-
     def _run_model(self) -> None:
         """Runner thread: embed handed-over batches one at a time."""
         while True:
@@ -508,7 +394,7 @@ class Batcher:
             if live:
                 started = time.perf_counter()
                 try:
-                    texts, encoded = self._gather(batch, live)
+                    texts, encoded = gather([batch.items[pos] for pos in live])
                     vectors = np.asarray(self._embedder.embed_batch(texts, encoded), np.float32)
                     if vectors.shape != (len(texts), self._dim):
                         raise RuntimeError(
