@@ -88,10 +88,7 @@ def timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
 def in_process(
     catalog: Catalog, backends: Sequence[str], corpora: dict[str, list[str]], repeats: int
 ) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(l6_dir()), device="cpu")
-    st.max_seq_length = 256
+    st = plain_model()
     embedders = {b: catalog.variant(L6_NAME, b).build() for b in backends}
     for name, texts in corpora.items():
         runs: dict[str, Callable[[], np.ndarray]] = {
