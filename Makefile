@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA ?= ./data
 
-.PHONY: install dev run test lint typecheck pytest bench clean
+.PHONY: install dev run test sizes lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,9 +27,12 @@ dev: $(VENV)/.dev-installed
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/embedstack serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
+sizes: | $(BIN)/python
+	$(BIN)/python tools/check_sizes.py --limit-mb 5
+
 lint: dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 typecheck: dev
 	$(BIN)/mypy
@@ -37,7 +40,7 @@ typecheck: dev
 pytest: dev
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -p no:cacheprovider
 
-test: lint typecheck pytest
+test: sizes lint typecheck pytest
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/ingest.py
