@@ -41,7 +41,7 @@ def read_sample(
     store = Store(path)
     try:
         record = store.get_collection(collection)
-        dim, metric = int(record.config["dim"]), str(record.config["metric"])
+        dim, metric = record.config.dim, record.config.metric
         all_ids = np.asarray(store.all_chunk_ids(collection, record.space_id), dtype=np.int64)
         total = len(all_ids)
         if total < 2:

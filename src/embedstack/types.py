@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -32,6 +32,12 @@ class ModelSpec:
     def space_id(self) -> str:
         return space_id_of(asdict(self))
 
+    @classmethod
+    def from_json(cls, data: JSONDict) -> ModelSpec:
+        """A spec as stored (asdict); keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 def space_id_of(payload: JSONDict) -> str:
     """A short stable id over a JSON-able description of a space."""
@@ -55,6 +61,53 @@ class ChunkingSpec:
 class IndexSpec:
     type: str = "hnsw"
     params: JSONDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """A collection's settings, parsed once where the store reads them.
+
+    `model` is None for a bring-your-own-vectors collection (then `model_spec` and `chunking` are
+    None too). The stored JSON keeps the shape it always had (`to_json` / `from_json`).
+    """
+
+    dim: int
+    metric: Metric
+    index: IndexSpec
+    model: str | None = None
+    model_spec: ModelSpec | None = None
+    chunking: ChunkingSpec | None = None
+
+    def with_index(self, index: IndexSpec) -> CollectionConfig:
+        return CollectionConfig(
+            self.dim, self.metric, index, self.model, self.model_spec, self.chunking
+        )
+
+    def to_json(self) -> JSONDict:
+        out: JSONDict = {
+            "model": self.model,
+            "model_spec": asdict(self.model_spec) if self.model_spec else None,
+            "dim": self.dim,
+            "metric": self.metric,
+        }
+        if self.chunking is not None:
+            out["chunking"] = asdict(self.chunking)
+        out["index"] = {"type": self.index.type, "params": dict(self.index.params)}
+        return out
+
+    @classmethod
+    def from_json(cls, data: JSONDict) -> CollectionConfig:
+        spec = data.get("model_spec")
+        chunking = data.get("chunking")
+        index = data.get("index") or {}
+        return cls(
+            dim=int(data["dim"]),
+            metric=data["metric"],
+            index=IndexSpec(str(index.get("type", "hnsw")), dict(index.get("params") or {})),
+            model=data.get("model"),
+            model_spec=ModelSpec.from_json(spec) if spec else None,
+            chunking=ChunkingSpec(**chunking) if chunking else None,
+        )
 
 
 @dataclass(frozen=True)

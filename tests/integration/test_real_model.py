@@ -120,3 +120,25 @@ def test_openai_client_round_trip(real_server: Server) -> None:
     assert got.usage.prompt_tokens > 0 and got.usage.total_tokens == got.usage.prompt_tokens
     single = client.embeddings.create(model="all-MiniLM-L6-v2", input="just one")
     assert len(single.data) == 1 and single.data[0].index == 0
+
+
+def test_the_second_bundled_model_gets_chunking_defaults_from_its_limit(
+    real_server: Server,
+) -> None:
+    c = real_server.client()
+    r = c.post("/v1/collections", json={"name": "kb-l3", "model": "paraphrase-MiniLM-L3-v2"})
+    assert r.status_code == 201, r.text
+    assert r.json()["chunking"] == {"mode": "tokens", "size": 128, "overlap": 16}
+    r = c.post(
+        "/v1/collections",
+        json={"name": "kb-l3-s", "model": "paraphrase-MiniLM-L3-v2", "chunking": {"size": 64}},
+    )
+    assert r.status_code == 201 and r.json()["chunking"]["overlap"] == 8, r.text
+    r = c.post(
+        "/v1/collections",
+        json={"name": "kb-l3-big", "model": "paraphrase-MiniLM-L3-v2", "chunking": {"size": 200}},
+    )
+    assert r.status_code == 422 and "model limit of 128" in r.json()["error"]["message"]
+    assert c.get("/v1/collections/kb-l3-big").status_code == 404  # nothing left behind
+    r = c.post("/v1/collections", json={"name": "kb-l6"})  # the default model keeps 256/32
+    assert r.json()["chunking"] == {"mode": "tokens", "size": 256, "overlap": 32}

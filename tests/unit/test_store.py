@@ -6,10 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from embedstack.errors import Conflict, InvalidInput, NotFound
 from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
+from embedstack.types import ChunkingSpec, CollectionConfig, IndexSpec, ModelSpec
+
+
+def _spec(name: str) -> ModelSpec:
+    return ModelSpec(name, "r1", "fp-" + name, 4, "cosine", 16)
+
+
+CONFIG = CollectionConfig(4, "cosine", IndexSpec("flat"), "m1", _spec("m1"), ChunkingSpec())
 
 
 def _vec(seed: int, dim: int = 4) -> bytes:
@@ -23,7 +32,7 @@ def _chunk(ordinal: int, text: str, seed: int) -> ChunkRow:
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "store.db")
-    s.create_collection("c", {"dim": 4, "metric": "cosine"}, "sp1", "m1", {"dim": 4})
+    s.create_collection("c", CONFIG, "sp1")
     return s
 
 
@@ -33,6 +42,21 @@ def test_migrations_are_idempotent(tmp_path: Path, store: Store) -> None:
     assert again.get_collection("c").space_id == "sp1"
     versions = again._reader().execute("SELECT version FROM schema_version").fetchall()
     assert [v[0] for v in versions] == [1, 2]
+
+
+def test_collection_config_is_typed_and_its_stored_json_keeps_its_shape(store: Store) -> None:
+    record = store.get_collection("c")
+    assert record.config == CONFIG
+    raw = store._reader().execute("SELECT config FROM collections WHERE name='c'").fetchone()[0]
+    stored = orjson.loads(raw)
+    assert set(stored) == {"model", "model_spec", "dim", "metric", "chunking", "index"}
+    assert stored["index"] == {"type": "flat", "params": {}}
+    assert stored["chunking"] == {"mode": "tokens", "size": 256, "overlap": 32}
+    assert CollectionConfig.from_json(stored) == CONFIG
+    byo = CollectionConfig(8, "l2", IndexSpec("hnsw", {"M": 16}))
+    assert set(byo.to_json()) == {"model", "model_spec", "dim", "metric", "index"}
+    assert CollectionConfig.from_json(byo.to_json()) == byo
+    assert store.spaces("c")[0].model_spec == _spec("m1")
 
 
 def test_put_documents_reports_only_changes(store: Store) -> None:
@@ -107,10 +131,10 @@ def test_filters(store: Store) -> None:
 def test_catalog_cutover_rollback_retire_and_aliases(store: Store) -> None:
     store.put_documents("c", [DocumentRow("a", "x", {}, "h1")])
     store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1)])])
-    up = store.start_shadow("c", "sp2", "m2", {"dim": 4}, total=1, options={})
+    up = store.start_shadow("c", "sp2", "m2", _spec("m2"), total=1, options={})
     assert up.state == "backfilling" and up.from_space == "sp1"
     with pytest.raises(Conflict):
-        store.start_shadow("c", "sp3", "m3", {"dim": 4}, total=1, options={})
+        store.start_shadow("c", "sp3", "m3", _spec("m3"), total=1, options={})
     store.write_chunks(
         "c", "sp2", [DocumentChunks("a", "h1", [_chunk(0, "x", 5)])], mark_indexed=False
     )
@@ -128,6 +152,6 @@ def test_catalog_cutover_rollback_retire_and_aliases(store: Store) -> None:
     with pytest.raises(Conflict):
         store.set_alias("c", "c")
     with pytest.raises(Conflict):
-        store.create_collection("prod", {}, "spx")
+        store.create_collection("prod", CONFIG, "spx")
     store.delete_collection("c")
     assert store.aliases() == {} and store.upgrades() == []

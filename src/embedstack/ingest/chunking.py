@@ -136,6 +136,20 @@ def _check_shape(spec: ChunkingSpec, num_special_tokens: int) -> None:
         )
 
 
+def chunking_for_model(
+    max_tokens: int, mode: str | None = None, size: int | None = None, overlap: int | None = None
+) -> ChunkingSpec:
+    """The chunking a collection gets when its request leaves parts out: the default window,
+    shrunk to the model's limit, and an overlap in the default proportion to the window.
+    Given values are kept as they are (`validate_chunking` judges them)."""
+    default = ChunkingSpec()
+    if size is None:
+        size = min(default.size, max_tokens)
+    if overlap is None:
+        overlap = default.overlap * size // default.size if isinstance(size, int) else 0
+    return ChunkingSpec(mode or default.mode, size, overlap)  # type: ignore[arg-type]
+
+
 def validate_chunking(
     spec: ChunkingSpec, max_tokens: int, num_special_tokens: int = 2
 ) -> ChunkingSpec:

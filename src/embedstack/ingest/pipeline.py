@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.errors import EmbedStackError, NotFound, SpaceMismatch
+from embedstack.errors import EmbedStackError, NotFound
 from embedstack.inference.backend import ModelRegistry
-from embedstack.ingest.chunking import chunk_text
+from embedstack.inference.parity import check_parity
+from embedstack.ingest.chunking import chunk_text, chunking_for_model
 from embedstack.ingest.queue import Job, Queue
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import ChunkRow, CollectionRecord, DocumentChunks, DocumentRow, Store
-from embedstack.types import ChunkingSpec
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,8 @@ class IngestWorker:
     ) -> list[DocumentChunks]:
         assert space.model is not None
         embedder = await asyncio.to_thread(self._models.get, space.model)
-        if embedder.spec.space_id != space.space_id:
-            raise SpaceMismatch(
-                f"collection {coll.name!r} holds space {space.space_id} but model "
-                f"{space.model!r} now loads as space {embedder.spec.space_id}: its weights or "
-                "settings changed; upgrade the collection instead of mixing spaces"
-            )
-        spec = ChunkingSpec(**coll.config["chunking"])
+        check_parity(embedder.spec, coll.name, space.space_id)
+        spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
         tok = embedder.tokenizer
         chunked = await asyncio.to_thread(
             lambda: [chunk_text(d.id, d.text, tok, spec) for d in docs]

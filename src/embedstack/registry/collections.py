@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
 from typing import Any
 
 from embedstack.errors import InvalidInput, NotFound, SpaceMismatch
 from embedstack.index.factory import validate_index_params
 from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
-from embedstack.ingest.chunking import validate_chunking
+from embedstack.inference.parity import check_parity
+from embedstack.ingest.chunking import chunking_for_model, validate_chunking
 from embedstack.registry.indexes import IndexConfig, IndexManager
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, Store
-from embedstack.types import METRICS, ChunkingSpec, byo_space_id
+from embedstack.types import METRICS, CollectionConfig, IndexSpec, Metric, byo_space_id
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +47,28 @@ class CollectionService:
                 f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
                 "'.', starting with a letter or digit"
             )
-        index = dict(index or {})
-        index_type = str(index.pop("type", "hnsw"))
+        index_spec = _index_spec(index, IndexSpec().type)
         if model is None and dim is None:
             model = self._default_model
         if model is not None:
-            config, space_id = self._model_config(model, dim, metric, chunking)
+            config = self._model_config(model, dim, metric, chunking, index_spec)
+            space_id = self._models.get(model).spec.space_id
         else:
-            config, space_id = self._byo_config(dim, metric, chunking)
-        config["index"] = {
-            "type": index_type,
-            "params": validate_index_params(index_type, index),
-        }
-        self._store.create_collection(name, config, space_id, model, config.get("model_spec"))
+            config = self._byo_config(dim, metric, chunking, index_spec)
+            space_id = byo_space_id(config.dim, config.metric)
+        self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
         self.open(record)
         return record
 
     def _model_config(
-        self, model: str, dim: int | None, metric: str | None, chunking: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], str]:
+        self,
+        model: str,
+        dim: int | None,
+        metric: str | None,
+        chunking: dict[str, Any] | None,
+        index: IndexSpec,
+    ) -> CollectionConfig:
         spec = self._models.get(model).spec
         if dim is not None and dim != spec.dim:
             raise InvalidInput(
@@ -77,19 +79,25 @@ class CollectionService:
                 f"model {model!r} is trained for {spec.metric!r} similarity; drop 'metric' "
                 f"or set it to {spec.metric!r}"
             )
-        chunk = validate_chunking(ChunkingSpec(**(chunking or {})), spec.max_tokens)
-        config = {
-            "model": model,
-            "model_spec": asdict(spec),
-            "dim": spec.dim,
-            "metric": spec.metric,
-            "chunking": asdict(chunk),
-        }
-        return config, spec.space_id
+        given = chunking or {}
+        unknown = set(given) - {"mode", "size", "overlap"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown chunking field(s) {sorted(unknown)}: use mode, size and overlap"
+            )
+        chunk = chunking_for_model(
+            spec.max_tokens, given.get("mode"), given.get("size"), given.get("overlap")
+        )
+        chunk = validate_chunking(chunk, spec.max_tokens)
+        return CollectionConfig(spec.dim, spec.metric, index, model, spec, chunk)
 
     def _byo_config(
-        self, dim: int | None, metric: str | None, chunking: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], str]:
+        self,
+        dim: int | None,
+        metric: str | None,
+        chunking: dict[str, Any] | None,
+        index: IndexSpec,
+    ) -> CollectionConfig:
         if dim is None or not 1 <= dim <= MAX_DIM:
             raise InvalidInput(
                 f"'dim' must be an integer from 1 to {MAX_DIM} for a collection without a model"
@@ -100,31 +108,28 @@ class CollectionService:
             )
         if chunking:
             raise InvalidInput("'chunking' applies only to collections with a model; drop it")
-        config = {"model": None, "model_spec": None, "dim": dim, "metric": metric}
-        return config, byo_space_id(dim, metric)
+        checked: Metric = metric  # type: ignore[assignment]
+        return CollectionConfig(dim, checked, index)
 
     def index_config(self, record: CollectionRecord, space: SpaceInfo) -> IndexConfig:
         cfg = record.config
-        spec = space.model_spec or {}
+        spec = space.model_spec
         return IndexConfig(
             collection=record.name,
             space_id=space.space_id,
-            dim=int(spec.get("dim", cfg["dim"])),
-            metric=str(spec.get("metric", cfg["metric"])),
-            type=str(cfg["index"]["type"]),
-            params=dict(cfg["index"]["params"]),
+            dim=spec.dim if spec else cfg.dim,
+            metric=spec.metric if spec else cfg.metric,
+            type=cfg.index.type,
+            params=dict(cfg.index.params),
         )
 
     def change_index(self, name: str, index: dict[str, Any]) -> CollectionRecord:
         """Store new index settings; `rebuild` then builds and swaps the indexes."""
         record = self.resolve(name)
-        index = dict(index)
-        index_type = str(index.pop("type", record.config["index"]["type"]))
-        params = validate_index_params(index_type, index)
-        if is_quantized(index_type):
-            self._check_floor(record, index_type, params)
-        config = {**record.config, "index": {"type": index_type, "params": params}}
-        self._store.update_collection_config(record.name, config)
+        spec = _index_spec(index, record.config.index.type)
+        if is_quantized(spec.type):
+            self._check_floor(record, spec.type, spec.params)
+        self._store.update_collection_config(record.name, record.config.with_index(spec))
         return self._store.get_collection(record.name)
 
     def _check_floor(
@@ -186,21 +191,22 @@ class CollectionService:
                 "send 'vector' instead of 'text'"
             )
         embedder = self._models.get(space.model)
-        check_parity(embedder, record.name, space.space_id)
+        check_parity(embedder.spec, record.name, space.space_id)
         return embedder
 
     def describe(self, record: CollectionRecord) -> dict[str, Any]:
         cfg = record.config
+        stored = cfg.to_json()
         out: dict[str, Any] = {
             "name": record.name,
-            "model": cfg.get("model"),
+            "model": cfg.model,
             "space_id": record.space_id,
             "shadow": None,
             "previous": None,
-            "dim": cfg["dim"],
-            "metric": cfg["metric"],
-            "chunking": cfg.get("chunking"),
-            "index": cfg["index"],
+            "dim": cfg.dim,
+            "metric": cfg.metric,
+            "chunking": stored.get("chunking"),
+            "index": stored["index"],
             "created_at": record.created_at,
         }
         out.update(self._store.collection_stats(record.name))
@@ -220,12 +226,8 @@ class CollectionService:
         return out
 
 
-def check_parity(embedder: Embedder, collection: str, space_id: str) -> None:
-    """Refuse a model that no longer loads as the space a collection's vectors were made in."""
-    if embedder.spec.space_id != space_id:
-        raise SpaceMismatch(
-            f"collection {collection!r} holds vectors of space {space_id}, but model "
-            f"{embedder.spec.name!r} now loads as space {embedder.spec.space_id} (its weights "
-            "or settings changed): they would not be comparable; upgrade the collection to the "
-            "new space instead of mixing them"
-        )
+def _index_spec(index: dict[str, Any] | None, default_type: str) -> IndexSpec:
+    """Index settings from a request, checked for their family."""
+    params = dict(index or {})
+    index_type = str(params.pop("type", default_type))
+    return IndexSpec(index_type, validate_index_params(index_type, params))

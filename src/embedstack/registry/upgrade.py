@@ -27,9 +27,10 @@ import numpy as np
 
 from embedstack.errors import Conflict, InvalidInput, NotFound
 from embedstack.inference.backend import ModelRegistry
+from embedstack.inference.parity import check_parity
 from embedstack.ingest.queue import Queue
 from embedstack.obs.metrics import Metrics
-from embedstack.registry.collections import CollectionService, check_parity
+from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.search import search_space
 from embedstack.storage.catalog import UpgradeRecord
@@ -116,9 +117,7 @@ class UpgradeService:
             "gate": asdict(gate or Gate()),
             "jobs": {},
         }
-        up = self._store.start_shadow(
-            record.name, spec.space_id, model, asdict(spec), total, options
-        )
+        up = self._store.start_shadow(record.name, spec.space_id, model, spec, total, options)
         self._indexes.open(
             self._collections.index_config(record, self._store.space(record.name, spec.space_id))
         )
@@ -205,7 +204,7 @@ class UpgradeService:
         for label, space in (("old", old), ("new", new)):
             assert space.model is not None
             embedder = await asyncio.to_thread(self._models.get, space.model)
-            check_parity(embedder, record.name, space.space_id)
+            check_parity(embedder.spec, record.name, space.space_id)
             vecs = await self._embed(space.model, queries)
             results[label] = await asyncio.to_thread(
                 self._ranked_documents, record.name, space.space_id, vecs, gate.k
@@ -222,10 +221,12 @@ class UpgradeService:
                 passed = passed and report["new"]["recall"] >= gate.min_recall
             report.update(mode="labeled", passed=passed)
         else:
+            # share of the top-k both spaces agree on; a collection with fewer than k documents
+            # is measured on the documents there are (identical rankings score 1.0)
             overlap = float(
                 np.mean(
                     [
-                        len(set(a) & set(b)) / gate.k
+                        len(set(a) & set(b)) / max(1, len(a), len(b))
                         for a, b in zip(results["old"], results["new"], strict=True)
                     ]
                 )

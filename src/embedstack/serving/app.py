@@ -27,6 +27,7 @@ from embedstack.errors import (
     Unavailable,
 )
 from embedstack.serving.http import JSON, ClientGone
+from embedstack.serving.responses import ErrorOut
 from embedstack.serving.routes import (
     admin,
     aliases,
@@ -218,7 +219,11 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
+        for kind, status in ERROR_STATUS
+    }
     for module in (admin, embeddings, collections, documents, query, upgrades, aliases):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors)
     app.add_middleware(MetricsAndLimits, services=services)
     return app

@@ -8,12 +8,14 @@ from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 T = TypeVar("T")
 
 
-class JSON(Response):
+class JSON(JSONResponse):
+    """orjson rendering; a JSONResponse so OpenAPI documents the declared response models."""
+
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:

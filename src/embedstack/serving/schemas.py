@@ -25,8 +25,8 @@ class EmbeddingRequest(BaseModel):
 # -- collections --------------------------------------------------------------------------------
 class ChunkingBody(Strict):
     mode: Literal["tokens", "sentences"] = "tokens"
-    size: int = 256
-    overlap: int = 32
+    size: int | None = Field(None, description="tokens per chunk; default: 256 or the model limit")
+    overlap: int | None = Field(None, description="tokens shared by neighbours; default: size/8")
 
 
 class CollectionCreate(Strict):

@@ -11,12 +11,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.types import ModelSpec
 
 ACTIVE_STATES = ("serving", "shadow", "previous")
 
@@ -26,7 +27,7 @@ class SpaceInfo:
     collection: str
     space_id: str
     model: str | None
-    model_spec: dict[str, Any] | None
+    model_spec: ModelSpec | None
     state: str
     created_at: float
 
@@ -60,6 +61,10 @@ def _upgrade(row: tuple[Any, ...]) -> UpgradeRecord:
                          orjson.loads(row[8]), report, row[10], row[11], row[12])  # fmt: skip
 
 
+def _spec_json(spec: ModelSpec | None) -> str | None:
+    return orjson.dumps(asdict(spec)).decode() if spec else None
+
+
 class CatalogMixin:
     """Methods of `Store` over the spaces, aliases and upgrades tables."""
 
@@ -78,7 +83,14 @@ class CatalogMixin:
             (collection, *states),
         )
         return [
-            SpaceInfo(r[0], r[1], r[2], orjson.loads(r[3]) if r[3] else None, r[4], r[5])
+            SpaceInfo(
+                r[0],
+                r[1],
+                r[2],
+                ModelSpec.from_json(orjson.loads(r[3])) if r[3] else None,
+                r[4],
+                r[5],
+            )
             for r in rows
         ]
 
@@ -94,7 +106,7 @@ class CatalogMixin:
         collection: str,
         space_id: str,
         model: str | None,
-        spec: dict[str, Any] | None,
+        spec: ModelSpec | None,
         state: str,
     ) -> None:
         now = time.time()
@@ -102,8 +114,7 @@ class CatalogMixin:
             "INSERT INTO spaces(collection, space_id, model, model_spec, state, created_at,"
             " updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(collection, space_id) DO UPDATE SET"
             " state=excluded.state, updated_at=excluded.updated_at",
-            (collection, space_id, model, orjson.dumps(spec).decode() if spec else None, state,
-             now, now),
+            (collection, space_id, model, _spec_json(spec), state, now, now),
         )  # fmt: skip
 
     def _set_state(self, c: sqlite3.Connection, collection: str, space_id: str, state: str) -> None:
@@ -117,7 +128,7 @@ class CatalogMixin:
         c.execute("DELETE FROM changes WHERE collection=? AND space_id=?", (collection, space_id))
 
     def start_shadow(
-        self, collection: str, space_id: str, model: str, spec: dict[str, Any],
+        self, collection: str, space_id: str, model: str, spec: ModelSpec,
         total: int, options: dict[str, Any],
     ) -> UpgradeRecord:  # fmt: skip
         """Register a shadow space and its upgrade record in one transaction."""
@@ -227,14 +238,6 @@ class CatalogMixin:
                 (*values, time.time(), upgrade_id),
             )
 
-    def add_upgrade_progress(self, upgrade_id: str, documents: int) -> None:
-        with self._tx() as c:
-            c.execute(
-                "UPDATE upgrades SET done=min(total, done+?), updated_at=? WHERE id=?",
-                (documents, time.time(), upgrade_id),
-            )
-
-    # -- aliases ----------------------------------------------------------------------------
     def set_alias(self, alias: str, collection: str) -> None:
         with self._tx() as c:
             if c.execute("SELECT 1 FROM collections WHERE name=?", (alias,)).fetchone():

@@ -18,12 +18,13 @@ from embedstack.errors import Conflict, NotFound
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
 from embedstack.storage.migrations import MIGRATIONS
+from embedstack.types import CollectionConfig
 
 
 @dataclass(frozen=True)
 class CollectionRecord:
     name: str
-    config: dict[str, Any]
+    config: CollectionConfig
     space_id: str
     created_at: float
 
@@ -128,10 +129,7 @@ class Store(CatalogMixin):
         self._writer.close()
 
     # -- collections ------------------------------------------------------------------------
-    def create_collection(
-        self, name: str, config: dict[str, Any], space_id: str, model: str | None = None,
-        model_spec: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    def create_collection(self, name: str, config: CollectionConfig, space_id: str) -> None:
         with self._tx() as c:
             if c.execute("SELECT 1 FROM aliases WHERE alias=?", (name,)).fetchone():
                 raise Conflict(f"{name!r} is an alias: pick another collection name")
@@ -139,9 +137,9 @@ class Store(CatalogMixin):
                 raise Conflict(f"collection {name!r} already exists: pick another name")
             c.execute(
                 "INSERT INTO collections(name, config, space_id, created_at) VALUES (?,?,?,?)",
-                (name, orjson.dumps(config).decode(), space_id, time.time()),
+                (name, orjson.dumps(config.to_json()).decode(), space_id, time.time()),
             )
-            self.add_space(c, name, space_id, model, model_spec, "serving")
+            self.add_space(c, name, space_id, config.model, config.model_spec, "serving")
 
     def get_collection(self, name: str) -> CollectionRecord:
         row = (
@@ -155,14 +153,14 @@ class Store(CatalogMixin):
             raise NotFound(
                 f"collection {name!r} does not exist: create it with POST /v1/collections"
             )
-        return CollectionRecord(row[0], orjson.loads(row[1]), row[2], row[3])
+        return _collection(row)
 
-    def update_collection_config(self, name: str, config: dict[str, Any]) -> None:
+    def update_collection_config(self, name: str, config: CollectionConfig) -> None:
         with self._tx() as c:
             if (
                 c.execute(
                     "UPDATE collections SET config=? WHERE name=?",
-                    (orjson.dumps(config).decode(), name),
+                    (orjson.dumps(config.to_json()).decode(), name),
                 ).rowcount
                 == 0
             ):
@@ -172,7 +170,7 @@ class Store(CatalogMixin):
         rows = self._reader().execute(
             "SELECT name, config, space_id, created_at FROM collections ORDER BY name"
         )
-        return [CollectionRecord(r[0], orjson.loads(r[1]), r[2], r[3]) for r in rows]
+        return [_collection(r) for r in rows]
 
     def delete_collection(self, name: str) -> None:
         with self._tx() as c:
@@ -280,24 +278,6 @@ class Store(CatalogMixin):
         return out
 
     # -- chunks -----------------------------------------------------------------------------
-    def existing_chunks(
-        self, collection: str, space_id: str, doc_ids: Sequence[str]
-    ) -> dict[str, list[tuple[int, int, str]]]:
-        """doc id -> [(chunk id, ordinal, hash)]."""
-        out: dict[str, list[tuple[int, int, str]]] = {}
-        r = self._reader()
-        for start in range(0, len(doc_ids), 500):
-            part = list(doc_ids[start : start + 500])
-            marks = ",".join("?" * len(part))
-            rows = r.execute(
-                "SELECT document_id, id, ordinal, hash FROM chunks WHERE collection=?"
-                f" AND space_id=? AND document_id IN ({marks})",
-                (collection, space_id, *part),
-            )
-            for doc_id, chunk_id, ordinal, h in rows:
-                out.setdefault(doc_id, []).append((chunk_id, ordinal, h))
-        return out
-
     def vectors_by_hash(
         self, collection: str, space_id: str, hashes: Sequence[str]
     ) -> dict[str, bytes]:
@@ -470,6 +450,11 @@ class Store(CatalogMixin):
             (collection, space_id, *params),
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+
+def _collection(row: tuple[Any, ...]) -> CollectionRecord:
+    config = CollectionConfig.from_json(orjson.loads(row[1]))
+    return CollectionRecord(row[0], config, row[2], row[3])
 
 
 def _to_arrays(ids: list[int], blobs: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import HealthOut, ModelsOut, ReadyOut
 from embedstack.serving.routes.deps import get_services
 from embedstack.serving.services import Services
 
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthOut)
 async def healthz() -> Response:
     return JSON({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=ReadyOut)
 async def readyz(services: Services = Depends(get_services)) -> Response:
     default = services.settings.default_model
     body = {
@@ -32,12 +33,12 @@ async def readyz(services: Services = Depends(get_services)) -> Response:
     return JSON(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(services: Services = Depends(get_services)) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelsOut)
 async def list_models(services: Services = Depends(get_services)) -> Response:
     data = []
     for name in services.models.names():

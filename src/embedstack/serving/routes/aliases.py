@@ -10,6 +10,7 @@ from starlette.responses import Response
 from embedstack.errors import InvalidInput
 from embedstack.registry.collections import NAME_RE
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import AliasesOut, AliasOut, DeletedOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import AliasIn
 from embedstack.serving.services import Services
@@ -17,7 +18,7 @@ from embedstack.serving.services import Services
 router = APIRouter(prefix="/v1/aliases")
 
 
-@router.post("")
+@router.post("", response_model=AliasOut)
 async def set_alias(body: AliasIn, services: Services = Depends(ready_services)) -> Response:
     if not NAME_RE.match(body.alias):
         raise InvalidInput(f"alias {body.alias!r} is not valid: use the rules of collection names")
@@ -25,12 +26,12 @@ async def set_alias(body: AliasIn, services: Services = Depends(ready_services))
     return JSON({"alias": body.alias, "collection": body.collection})
 
 
-@router.get("")
+@router.get("", response_model=AliasesOut)
 async def list_aliases(services: Services = Depends(ready_services)) -> Response:
     return JSON({"aliases": await asyncio.to_thread(services.store.aliases)})
 
 
-@router.delete("/{alias}")
+@router.delete("/{alias}", response_model=DeletedOut)
 async def delete_alias(alias: str, services: Services = Depends(ready_services)) -> Response:
     await asyncio.to_thread(services.store.delete_alias, alias)
     return JSON({"deleted": alias})

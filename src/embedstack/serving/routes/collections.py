@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import CollectionOut, CollectionsOut, DeletedOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import CollectionCreate, CollectionPatch
 from embedstack.serving.services import Services
@@ -15,7 +16,7 @@ from embedstack.serving.services import Services
 router = APIRouter(prefix="/v1/collections")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=CollectionOut)
 async def create_collection(
     body: CollectionCreate, services: Services = Depends(ready_services)
 ) -> Response:
@@ -34,27 +35,27 @@ async def create_collection(
     return JSON(described, status_code=201)
 
 
-@router.get("")
+@router.get("", response_model=CollectionsOut)
 async def list_collections(services: Services = Depends(ready_services)) -> Response:
     records = await asyncio.to_thread(services.store.list_collections)
     out = [await asyncio.to_thread(services.collections.describe, r) for r in records]
     return JSON({"collections": out})
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=CollectionOut)
 async def get_collection(name: str, services: Services = Depends(ready_services)) -> Response:
     record = await asyncio.to_thread(services.collections.resolve, name)
     described = await asyncio.to_thread(services.collections.describe, record)
     return JSON({**described, "rebuilding": record.name in services.rebuilding})
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", response_model=DeletedOut)
 async def delete_collection(name: str, services: Services = Depends(ready_services)) -> Response:
     await asyncio.to_thread(services.collections.delete, name)
     return JSON({"deleted": name})
 
 
-@router.patch("/{name}", status_code=202)
+@router.patch("/{name}", status_code=202, response_model=CollectionOut)
 async def update_collection(
     name: str, body: CollectionPatch, services: Services = Depends(ready_services)
 ) -> Response:

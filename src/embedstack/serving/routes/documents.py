@@ -14,6 +14,7 @@ from embedstack.errors import InvalidInput, PayloadTooLarge, SpaceMismatch
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import DocumentIn, DocumentsIn
 from embedstack.serving.services import Services
@@ -33,9 +34,9 @@ def checked_vector(
     For a collection with a model the caller must name the space the vector was made in
     (`claimed`): a vector of the same size from another model would be silently wrong.
     """
-    cfg = record.config
-    dim = int((space.model_spec or {}).get("dim", cfg["dim"]))
-    metric = str((space.model_spec or {}).get("metric", cfg["metric"]))
+    spec = space.model_spec
+    dim = spec.dim if spec else record.config.dim
+    metric = spec.metric if spec else record.config.metric
     if space.model and not claimed:
         raise SpaceMismatch(
             f"{where}: collection {record.name!r} embeds with model {space.model!r} (space "
@@ -79,7 +80,7 @@ def _document_row(
     if d.vector is None:
         raise InvalidInput(
             f"{where}: collection {record.name!r} has no model; send 'vector' "
-            f"({record.config['dim']} numbers)"
+            f"({record.config.dim} numbers)"
         )
     if d.space_id is not None and d.space_id != space.space_id:
         raise SpaceMismatch(
@@ -92,7 +93,7 @@ def _document_row(
     return DocumentRow(d.id, text, d.metadata, digest, vector=blob)
 
 
-@router.post("/v1/collections/{name}/documents", status_code=202)
+@router.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
 async def add_documents(
     name: str, body: DocumentsIn, services: Services = Depends(ready_services)
 ) -> Response:
@@ -119,7 +120,7 @@ async def add_documents(
     )
 
 
-@router.get("/v1/jobs/{job_id}")
+@router.get("/v1/jobs/{job_id}", response_model=JobOut)
 async def get_job(job_id: str, services: Services = Depends(ready_services)) -> Response:
     job = await asyncio.to_thread(services.queue.get, job_id)
     status = JOB_STATUS.get(job.status, job.status)
@@ -144,7 +145,7 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
     )
 
 
-@router.delete("/v1/collections/{name}/documents/{doc_id}")
+@router.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
 async def delete_document(
     name: str, doc_id: str, services: Services = Depends(ready_services)
 ) -> Response:

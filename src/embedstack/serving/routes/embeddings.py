@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
 from embedstack.serving.http import JSON, unless_disconnected
+from embedstack.serving.responses import EmbeddingsOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import EmbeddingRequest
 from embedstack.serving.services import Services
@@ -32,7 +33,7 @@ def _validate_inputs(texts: list[str], services: Services) -> None:
             raise InvalidInput(f"input[{i}] has {len(t)} characters, over the {max_chars} limit")
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", response_model=EmbeddingsOut)
 async def create_embeddings(
     body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services)
 ) -> Response:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from embedstack.errors import InvalidInput
 from embedstack.registry.search import search_space
 from embedstack.serving.http import JSON, unless_disconnected
+from embedstack.serving.responses import QueryOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.routes.documents import checked_vector
 from embedstack.serving.schemas import QueryIn
@@ -43,7 +44,7 @@ async def _query_vector(
     return np.asarray(vecs[0], dtype=np.float32)
 
 
-@router.post("/v1/collections/{name}/query")
+@router.post("/v1/collections/{name}/query", response_model=QueryOut)
 async def query(
     name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services)
 ) -> Response:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from embedstack.registry.upgrade import Gate, parse_eval
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import RetireOut, RollbackOut, UpgradeOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import CutoverIn, RetireIn, UpgradeIn
 from embedstack.serving.services import Services
@@ -21,7 +22,7 @@ def _eval(raw: list[Any] | None) -> list[tuple[str, str]] | None:
     return parse_eval(raw) if raw is not None else None
 
 
-@router.post("/upgrade", status_code=202)
+@router.post("/upgrade", status_code=202, response_model=UpgradeOut)
 async def start_upgrade(
     name: str, body: UpgradeIn, services: Services = Depends(ready_services)
 ) -> Response:
@@ -34,30 +35,34 @@ async def start_upgrade(
     return JSON(await asyncio.to_thread(services.upgrades.status, name), status_code=202)
 
 
-@router.get("/upgrade")
+@router.get("/upgrade", response_model=UpgradeOut)
 async def upgrade_status(name: str, services: Services = Depends(ready_services)) -> Response:
     return JSON(await asyncio.to_thread(services.upgrades.status, name))
 
 
-@router.post("/upgrade/cutover")
+@router.post("/upgrade/cutover", response_model=UpgradeOut)
 async def cutover(
-    name: str, body: CutoverIn, services: Services = Depends(ready_services)
+    name: str, body: CutoverIn | None = None, services: Services = Depends(ready_services)
 ) -> Response:
+    """Run the gate and flip the serving space; no body means `{}` (the upgrade's own gate)."""
+    body = body or CutoverIn()
     gate = Gate.parse(body.gate) if body.gate is not None else None
     report = await services.upgrades.cutover(name, _eval(body.eval), gate, body.force)
     status = await asyncio.to_thread(services.upgrades.status, name)
     return JSON({**status, "report": report})
 
 
-@router.post("/rollback")
+@router.post("/rollback", response_model=RollbackOut)
 async def rollback(name: str, services: Services = Depends(ready_services)) -> Response:
     space = await asyncio.to_thread(services.upgrades.rollback, name)
     return JSON({"collection": name, "space_id": space})
 
 
-@router.post("/retire")
+@router.post("/retire", response_model=RetireOut)
 async def retire(
-    name: str, body: RetireIn, services: Services = Depends(ready_services)
+    name: str, body: RetireIn | None = None, services: Services = Depends(ready_services)
 ) -> Response:
+    """Delete a retained space (default: the previous one); no body means `{}`."""
+    body = body or RetireIn()
     space = await asyncio.to_thread(services.upgrades.retire, name, body.space_id)
     return JSON({"collection": name, "retired": space})

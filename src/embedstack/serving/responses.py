@@ -1,0 +1,174 @@
+"""Response bodies of the HTTP API, declared on every route so /openapi.json documents what
+comes back. Routes still render with orjson (serving/http.py: JSON): these models document and
+are checked by tests, they are not run on the hot paths."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="the error kind, e.g. InvalidInput, NotFound, Overloaded")
+    message: str = Field(description="what went wrong and what to fix")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+# -- admin ----------------------------------------------------------------------------------------
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    models_loaded: list[str]
+    backends: dict[str, str] = Field(description="the engine serving each loaded model")
+    indexes: list[str] = Field(description="open indexes as collection/space_id")
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+    dim: int | None = None
+    metric: str | None = None
+    max_tokens: int | None = None
+    space_id: str | None = None
+    backend: str | None = None
+
+
+class ModelsOut(BaseModel):
+    object: Literal["list"]
+    data: list[ModelOut]
+
+
+# -- embeddings -----------------------------------------------------------------------------------
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsOut(BaseModel):
+    object: Literal["list"]
+    data: list[EmbeddingOut]
+    model: str
+    usage: Usage
+
+
+# -- collections ----------------------------------------------------------------------------------
+class SpaceOut(BaseModel):
+    space_id: str
+    model: str | None
+    vectors: int | None = None
+    index_memory_bytes: int | None = None
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str | None
+    space_id: str
+    shadow: SpaceOut | None = Field(description="the space being back-filled by an upgrade")
+    previous: SpaceOut | None = Field(description="the space kept for rollback")
+    dim: int
+    metric: str
+    chunking: dict[str, Any] | None
+    index: dict[str, Any]
+    created_at: float
+    documents: int
+    documents_pending: int
+    chunks: int
+    vectors: int | None = None
+    index_memory_bytes: int | None = None
+    rebuilding: bool | None = Field(None, description="a new index is being built aside")
+
+
+class CollectionsOut(BaseModel):
+    collections: list[CollectionOut]
+
+
+class DeletedOut(BaseModel):
+    deleted: str
+    collection: str | None = None
+
+
+# -- documents and jobs ---------------------------------------------------------------------------
+class SubmittedOut(BaseModel):
+    job_id: str
+    documents: int
+    unchanged: int
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    collection: str
+    documents: int
+    attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+# -- query ----------------------------------------------------------------------------------------
+class HitOut(BaseModel):
+    document_id: str
+    chunk_id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+class QueryOut(BaseModel):
+    hits: list[HitOut]
+    collection: str
+    space_id: str
+    took_ms: float
+
+
+# -- upgrades and aliases -------------------------------------------------------------------------
+class UpgradeOut(BaseModel):
+    id: str
+    collection: str
+    state: str
+    model: str
+    from_space: str
+    to_space: str
+    total: int
+    done: int
+    rate_docs_per_s: float
+    eta_s: float | None
+    auto_cutover: bool
+    report: dict[str, Any] | None
+    error: str | None
+    started_at: float
+    updated_at: float
+
+
+class RollbackOut(BaseModel):
+    collection: str
+    space_id: str
+
+
+class RetireOut(BaseModel):
+    collection: str
+    retired: str
+
+
+class AliasOut(BaseModel):
+    alias: str
+    collection: str
+
+
+class AliasesOut(BaseModel):
+    aliases: dict[str, str]
