@@ -60,9 +60,23 @@ def text_of(r: httpx.Response) -> str:
     return r.text
 
 
+def _default(value: Any) -> Any:
+    """What orjson leaves: array-likes (`tolist`) and number-likes (`__float__`)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__float__"):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON; numpy arrays and scalars as lists and numbers (without importing numpy)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_body(payload: Mapping[str, Any]) -> bytes:
     """JSON without the None fields (the server's defaults apply)."""
-    return orjson.dumps({k: v for k, v in payload.items() if v is not None})
+    return dumps({k: v for k, v in payload.items() if v is not None})
 
 
 def call(method: str, path: str, cls: type[M], payload: Mapping[str, Any] | None = None,
@@ -143,7 +157,7 @@ def split_documents(
     parts: list[bytes] = []
     size = len(head) + len(tail)
     for doc in docs:
-        encoded = orjson.dumps(document_dict(doc))
+        encoded = dumps(document_dict(doc))
         extra = len(encoded) + (1 if parts else 0)
         if parts and (len(parts) >= max_documents or size + extra > max_body_bytes):
             out.append((len(parts), head + b",".join(parts) + tail))
