@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.schema import NodeRelationship, TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (  # noqa: E402
+from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
+from llama_index.core.schema import NodeRelationship, TextNode
+from llama_index.core.vector_stores.types import (
     FilterCondition,
     FilterOperator,
     MetadataFilter,
@@ -22,12 +22,12 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
     VectorStoreQuery,
 )
 
-from embedstack.integrations.llamaindex import (  # noqa: E402
+from embedstack.integrations.llamaindex import (
     EmbedStackEmbedding,
     EmbedStackVectorStore,
     to_filter,
 )
-from tests.conftest import Server  # noqa: E402
+from tests.conftest import Server
 
 DOCS = [
     Document(
