@@ -8,9 +8,6 @@ cosine ~0.6, 10th ~0.5, 100th ~0.4; real: 0.54 / 0.42 / 0.33 on 2,000 entries).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import faiss
 import numpy as np
 import pytest
 
@@ -21,12 +18,7 @@ N = 12_000
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_omp_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
 
 
 def embedding_like(n: int, seed: int) -> np.ndarray:

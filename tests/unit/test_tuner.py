@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput
+from embedstack.index.gate import recall_at_k
 from embedstack.index.tuner import (
     Failure,
     Measurement,
@@ -18,22 +19,15 @@ from embedstack.index.tuner import (
     evaluate_grid,
     exact_neighbors,
     index_config,
-    recall_at_k,
 )
+from tests.conftest import clustered
 
 DIM = 32
 
 
-def clustered(n: int, dim: int = DIM, centers: int = 40, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centers, dim)).astype(np.float32)
-    x = c[rng.integers(0, centers, n)] + 0.4 * rng.normal(size=(n, dim)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    vectors = clustered(3100)
+    vectors = clustered(3100, 0, dim=DIM, spread=0.4)
     ids = np.arange(100, 3100, dtype=np.int64)  # not positions: the ids must come back as given
     return ids, vectors[100:], vectors[:100]
 
