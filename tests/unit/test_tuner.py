@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput
+from embedstack.index import scann_index
 from embedstack.index.gate import recall_at_k
 from embedstack.index.tuner import (
     Failure,
@@ -115,3 +116,19 @@ def test_index_config_restores_the_gate() -> None:
     assert index_config(m, 0.95) == {"type": "ivf_flat", "nlist": 0, "nprobe": 8,
                                      "recall_floor": 0.95}  # fmt: skip
     assert index_config(_m("hnsw", 1, 1, 1), 0.9) == {"type": "hnsw"}
+
+
+def test_a_family_that_cannot_be_built_is_reported_not_dropped(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> None:
+        raise InvalidInput("index type 'scann' needs the scann package")
+
+    monkeypatch.setattr(scann_index, "require_scann", missing)
+    grid = candidate_grid(3000, DIM, ["scann", "nope", "flat"])
+    assert [t for t, _ in grid] == ["scann", "nope", "flat"]  # one row per failed family
+    ids, base, queries = data
+    scann, nope, flat = list(evaluate_grid(grid, DIM, "cosine", ids, base, queries, 10))
+    assert isinstance(scann, Failure) and "scann package" in scann.reason
+    assert isinstance(nope, Failure) and "unknown index type 'nope'" in nope.reason
+    assert isinstance(flat, Measurement) and flat.recall == 1.0

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.errors import InvalidInput
+from embedstack.errors import EmbedStackError, InvalidInput
 from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import INDEX_TYPES, create_index, validate_index_params
 from embedstack.index.gate import recall_at_k
@@ -234,8 +234,9 @@ def evaluate_grid(
                 len(base_ids),
             )
         except Exception as exc:  # a broken candidate must not stop the grid
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            yield Failure(index_type, dict(params), str(message))
+            known = isinstance(exc, EmbedStackError)
+            message = exc.message if known else f"{type(exc).__name__}: {exc}"
+            yield Failure(index_type, dict(params), message)
 
 
 # -- the grid -------------------------------------------------------------------------------------
