@@ -234,9 +234,10 @@ def evaluate_grid(
                 len(base_ids),
             )
         except Exception as exc:  # a broken candidate must not stop the grid
-            known = isinstance(exc, EmbedStackError)
-            message = exc.message if known else f"{type(exc).__name__}: {exc}"
-            yield Failure(index_type, dict(params), message)
+            if isinstance(exc, EmbedStackError):
+                yield Failure(index_type, dict(params), exc.message)
+            else:
+                yield Failure(index_type, dict(params), f"{type(exc).__name__}: {exc}")
 
 
 # -- the grid -------------------------------------------------------------------------------------
