@@ -74,12 +74,12 @@ def test_churn_returns_to_fresh_build(index_type: str) -> None:
         gone = rng.choice(live, 500, replace=False)
         assert index.remove(gone) == 500
         live = np.setdiff1d(live, gone)
-        ratio = getattr(index, "tombstone_ratio", lambda: 0.0)()
+        ratio = index.tombstone_ratio()
         assert ratio <= COMPACTION_RATIO + 500 / 2000  # the policy keeps tombstones bounded
         if ratio > COMPACTION_RATIO:
             index = index.compacted()
             compactions += 1
-        if getattr(index, "needs_retrain", lambda: False)():
+        if index.needs_retrain():
             index = index.retrained()
             retrains += 1
     assert index.count() == len(live) == 1500
