@@ -51,8 +51,8 @@ from common import (
     table,
     wait_jobs,
 )
-from embedstack.inference.bundled import L6_NAME, l6_dir
-from embedstack.inference.models import Catalog
+from embedstack.inference.models.bundled import L6_NAME, l6_dir
+from embedstack.inference.models.catalog import Catalog
 from ingest import CHUNKING, chunk_rounds
 from peers.infinity_peer import InfinityServer, InfinityUnavailable
 

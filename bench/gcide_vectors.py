@@ -55,7 +55,7 @@ def _write_atomically(path: Path, write: object) -> None:
 def embed(texts: list[str]) -> np.ndarray:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from embedstack.inference.sentence_transformers import load_bundled_l6
+    from embedstack.inference.engines.sentence_transformers import load_bundled_l6
 
     model = load_bundled_l6()
     order = np.argsort([len(t) for t in texts], kind="stable")  # less padding per batch

@@ -127,8 +127,8 @@ def load_docs(corpus: str, n: int) -> list[tuple[str, str]]:
 def chunk_rounds(docs: list[tuple[str, str]], rounds: int) -> list[list[str]]:
     """Per round (a contiguous slice of `docs`): the chunk texts the collection will embed.
     A chunk text seen in an earlier document is left out: the worker reuses its vector."""
-    from embedstack.inference.hf_tokenizer import HFTokenizer
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+    from embedstack.inference.engines.sentence_transformers import bundled_l6_path
 
     tok = HFTokenizer(bundled_l6_path() / "tokenizer.json", 256)
     spec = ChunkingSpec(**CHUNKING)  # type: ignore[arg-type]
@@ -191,7 +191,7 @@ def create(client: httpx.Client, name: str, model: str) -> None:
 def model_run(args: argparse.Namespace, workdir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.engines.sentence_transformers import bundled_l6_path
 
     say(f"[bold]Part 1: bundled all-MiniLM-L6-v2[/] ({args.corpus}, {args.docs} documents)")
     docs = load_docs(args.corpus, args.docs)

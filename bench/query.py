@@ -288,7 +288,7 @@ def text_part(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.engines.sentence_transformers import bundled_l6_path
 
     n = min(args.text_docs, len(texts))
     queries = [" ".join(t.split()[:10]) for t in q_texts[: args.text_queries]]

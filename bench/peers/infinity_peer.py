@@ -187,7 +187,7 @@ def smoke(n: int) -> None:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.bundled import L6_NAME, l6_dir
+    from embedstack.inference.models.bundled import L6_NAME, l6_dir
 
     topics = ["cats", "databases", "the weather", "python packaging", "rivers"]
     texts = [f"smoke test sentence number {i} about {topics[i % len(topics)]}" for i in range(n)]

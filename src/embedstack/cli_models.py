@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from embedstack.inference.models import Catalog
+    from embedstack.inference.models.catalog import Catalog
 
 CACHE_HELP = "Folder for ONNX exports and gate reports (default ~/.cache/embedstack)."
 
 
 def _catalog(cache_dir: Path | None, queries: int | None = None) -> Catalog:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from embedstack.inference.gate import load_sample
-    from embedstack.inference.models import Catalog
+    from embedstack.inference.models.catalog import Catalog
+    from embedstack.inference.models.gate import load_sample
 
     sample = load_sample()
     return Catalog(cache_dir, sample=sample.head(queries) if queries else sample)

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from embedstack.cli_models import models as models_cli
 from embedstack.errors import Unavailable
-from embedstack.inference.bundled import L3_NAME, L6_NAME, l6_dir, l6_spec
-from embedstack.inference.gate import load_sample
-from embedstack.inference.models import Catalog, available_models
-from embedstack.inference.ov_backend import cpu_has_ov_bf16
-from embedstack.inference.torch_backend import TorchForward, cpu_has_bf16, cuda_available
+from embedstack.inference.engines.openvino import cpu_has_ov_bf16
+from embedstack.inference.engines.torch import TorchForward, cpu_has_bf16, cuda_available
+from embedstack.inference.models.bundled import L3_NAME, L6_NAME, l6_dir, l6_spec
+from embedstack.inference.models.catalog import Catalog, available_models
+from embedstack.inference.models.gate import load_sample
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUERIES = 15  # 15 section titles + their paragraphs: real text, a few seconds per backend

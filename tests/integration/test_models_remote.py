@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput, Unavailable
-from embedstack.inference.bundled import l6_tokenizer_json
-from embedstack.inference.hashing import HashingEmbedder
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.remote import RemoteConfig, RemoteEmbedder
+from embedstack.inference.engines.hashing import HashingEmbedder
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+from embedstack.inference.engines.remote import RemoteConfig, RemoteEmbedder
+from embedstack.inference.models.bundled import l6_tokenizer_json
 from tests.conftest import Server
 
 

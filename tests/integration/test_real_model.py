@@ -101,7 +101,7 @@ def test_openai_client_round_trip(real_server: Server) -> None:
     openai = pytest.importorskip("openai")
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.engines.sentence_transformers import bundled_l6_path
 
     client = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused")
     texts = ["The quick brown fox.", "Vector databases store embeddings."]

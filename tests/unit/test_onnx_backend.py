@@ -10,7 +10,10 @@ import numpy as np
 import orjson
 import pytest
 
-from embedstack.inference.bundled import (
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.onnx import onnx_embedder
+from embedstack.inference.engines.sentence_transformers import load_bundled_l6
+from embedstack.inference.models.bundled import (
     L3_OUTPUT,
     l3_onnx_file,
     l3_spec,
@@ -18,10 +21,7 @@ from embedstack.inference.bundled import (
     l6_spec,
     l6_tokenizer_json,
 )
-from embedstack.inference.onnx import onnx_embedder
-from embedstack.inference.onnx_export import EXPORT_OUTPUT, exported_model
-from embedstack.inference.packed import PackedEmbedder
-from embedstack.inference.sentence_transformers import load_bundled_l6
+from embedstack.inference.models.export import EXPORT_OUTPUT, exported_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"

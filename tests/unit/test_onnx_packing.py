@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from embedstack.inference.bundled import l6_spec, l6_tokenizer_json
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder, plan_batches
-from embedstack.inference.tokens import Packed, TokenPacker
+from embedstack.inference.batching.packed import PackedEmbedder, plan_batches
+from embedstack.inference.batching.tokens import Packed, TokenPacker
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+from embedstack.inference.models.bundled import l6_spec, l6_tokenizer_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"

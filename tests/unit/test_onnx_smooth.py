@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from embedstack.inference.bundled import l6_dir, l6_tokenizer_json
-from embedstack.inference.gate import load_sample
-from embedstack.inference.smooth import input_ranges, load_calibration, smooth
-from embedstack.inference.tokens import TokenPacker
+from embedstack.inference.batching.tokens import TokenPacker
+from embedstack.inference.models.bundled import l6_dir, l6_tokenizer_json
+from embedstack.inference.models.gate import load_sample
+from embedstack.inference.models.smooth import input_ranges, load_calibration, smooth
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -14,8 +14,8 @@ import numpy as np
 from embedstack.config import Settings
 from embedstack.errors import Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
-from embedstack.inference.batcher import Batcher, BatcherConfig, Lane
-from embedstack.inference.hashing import HashingEmbedder
+from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
+from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_models(settings: Settings) -> ModelRegistry:
-    from embedstack.inference.models import available_models
+    from embedstack.inference.models.catalog import available_models
 
     models = ModelRegistry()
     # every bundled model x backend; "all-MiniLM-L6-v2" is served in its fp32 space by the

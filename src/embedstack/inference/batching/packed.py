@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import ModelSpec
 
 

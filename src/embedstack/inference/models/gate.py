@@ -66,7 +66,7 @@ class GateSample:
 def load_sample(path: Path | None = None) -> GateSample:
     """The shipped real-text sample (or a JSONL file of {"query", "passages": [...]} lines)."""
     if path is None:
-        raw = resources.files("embedstack.inference").joinpath("data", SAMPLE_FILE).read_bytes()
+        raw = (resources.files("embedstack.inference.models") / "data" / SAMPLE_FILE).read_bytes()
     else:
         raw = path.read_bytes()
     passages: list[str] = []

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
 from embedstack.types import ModelSpec
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer, file_fingerprint
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer, file_fingerprint
 from embedstack.types import ModelSpec
 
 BUNDLED_L6_NAME = "all-MiniLM-L6-v2"

@@ -16,32 +16,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedstack.inference import bundled
 from embedstack.inference.backend import Embedder
-from embedstack.inference.onnx import OnnxOptions, onnx_embedder
-from embedstack.inference.onnx_export import cached_file, export_bert_mean_pool, exported_model
-from embedstack.inference.ov_backend import (
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.batching.tokens import TokenPacker
+from embedstack.inference.engines.onnx import OnnxOptions, onnx_embedder
+from embedstack.inference.engines.openvino import (
     OvOptions,
     OvPrecision,
     cpu_has_ov_bf16,
     openvino_available,
     openvino_embedder,
 )
-from embedstack.inference.packed import PackedEmbedder
-from embedstack.inference.quantize import Int8Config, quantize_int8_dynamic
-from embedstack.inference.smooth import (
+from embedstack.inference.engines.torch import (
+    TorchMode,
+    cpu_has_bf16,
+    cuda_available,
+    torch_embedder,
+)
+from embedstack.inference.models import bundled
+from embedstack.inference.models.export import cached_file, export_bert_mean_pool, exported_model
+from embedstack.inference.models.quantize import Int8Config, quantize_int8_dynamic
+from embedstack.inference.models.smooth import (
     ALPHA,
     calibration_tag,
     input_ranges,
     load_calibration,
     smooth,
-)
-from embedstack.inference.tokens import TokenPacker
-from embedstack.inference.torch_backend import (
-    TorchMode,
-    cpu_has_bf16,
-    cuda_available,
-    torch_embedder,
 )
 from embedstack.types import ModelSpec
 
@@ -87,7 +87,7 @@ class BundledVariants:
         self._calibration = calibration
 
     def l6(self) -> list[Variant]:
-        from embedstack.inference.sentence_transformers import load_bundled_l6
+        from embedstack.inference.engines.sentence_transformers import load_bundled_l6
 
         m = bundled.L6_NAME
         out = [

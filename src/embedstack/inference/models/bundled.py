@@ -10,7 +10,7 @@ import importlib.metadata
 from dataclasses import replace
 from pathlib import Path
 
-from embedstack.inference.hf_tokenizer import file_fingerprint
+from embedstack.inference.engines.hf_tokenizer import file_fingerprint
 from embedstack.types import ModelSpec
 
 L6_NAME = "all-MiniLM-L6-v2"

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import ModelSpec
 
 TorchMode = Literal["fp32", "bf16-autocast", "bf16", "fp16"]

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 
 from embedstack.errors import InvalidInput, Unavailable
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import Metric, ModelSpec
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})

@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from embedstack.errors import NotFound, Unavailable
-from embedstack.inference import bundled
-from embedstack.inference.auto import AutoEmbedder
 from embedstack.inference.backend import Embedder, ModelEntry
-from embedstack.inference.gate import (
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.onnx import OnnxOptions
+from embedstack.inference.engines.openvino import OvOptions
+from embedstack.inference.engines.remote import RemoteConfig
+from embedstack.inference.models import bundled
+from embedstack.inference.models.auto import AutoEmbedder
+from embedstack.inference.models.export import default_cache_dir
+from embedstack.inference.models.gate import (
     GateCache,
     GateReport,
     GateSample,
@@ -32,14 +37,9 @@ from embedstack.inference.gate import (
     race,
     run_gate,
 )
-from embedstack.inference.gate import timed_embed as _timed
-from embedstack.inference.onnx import OnnxOptions
-from embedstack.inference.onnx_export import default_cache_dir
-from embedstack.inference.ov_backend import OvOptions
-from embedstack.inference.packed import PackedEmbedder
-from embedstack.inference.quantize import Int8Config
-from embedstack.inference.remote import RemoteConfig
-from embedstack.inference.variants import BundledVariants, Variant
+from embedstack.inference.models.gate import timed_embed as _timed
+from embedstack.inference.models.quantize import Int8Config
+from embedstack.inference.models.variants import BundledVariants, Variant
 from embedstack.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -348,8 +348,8 @@ class Catalog:
 
 def _remote_factory(cfg: RemoteConfig) -> Callable[[], Embedder]:
     def build() -> Embedder:
-        from embedstack.inference.hf_tokenizer import HFTokenizer
-        from embedstack.inference.remote import RemoteEmbedder
+        from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+        from embedstack.inference.engines.remote import RemoteEmbedder
 
         return RemoteEmbedder(cfg, HFTokenizer(bundled.l6_tokenizer_json(), cfg.max_tokens))
 
