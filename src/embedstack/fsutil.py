@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,4 +36,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     write_durably(tmp, data)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_build(path: Path, build: Callable[[Path], None]) -> None:
+    """Replace `path` with the file `build(tmp)` writes at a temporary path beside it, fsynced;
+    a crash or a failing build leaves the old file (or none), never a torn one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        build(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
