@@ -1,11 +1,12 @@
 """The backends of each bundled model: how to build every model x engine x precision.
 
-all-MiniLM-L6-v2: sentence-transformers (the fp32 reference), ONNX Runtime fp32 (exported once,
-cached by fingerprint), ONNX int8 (dynamic, per channel), ONNX int8 after SmoothQuant rescaling
-(FFN down-projections kept fp32), OpenVINO fp32 and bf16 over the same export, torch fp32,
-torch bf16 (autocast or bf16 weights, where the CPU has AVX-512 BF16 / AMX), torch CUDA
-fp16/bf16/fp32 (where there is a GPU).
-paraphrase-MiniLM-L3-v2: its packaged ONNX graph in fp32 (the reference), int8, OpenVINO.
+A sentence-transformers BERT folder ("bert-folder", all-MiniLM-L6-v2): sentence-transformers
+(the fp32 reference), ONNX Runtime fp32 (exported once, cached by fingerprint), ONNX int8
+(dynamic, per channel), ONNX int8 after SmoothQuant rescaling (FFN down-projections kept fp32),
+OpenVINO fp32 and bf16 over the same export, torch fp32, torch bf16 (autocast or bf16 weights,
+where the CPU has AVX-512 BF16 / AMX), torch CUDA fp16/bf16/fp32 (where there is a GPU).
+A packaged ONNX graph ("onnx-graph", paraphrase-MiniLM-L3-v2): the graph in fp32 (the
+reference), int8, OpenVINO.
 Whether a backend may serve is not decided here: the catalog gates each one against fp32.
 """
 
@@ -33,7 +34,7 @@ from embedstack.inference.engines.torch import (
     cuda_available,
     torch_embedder,
 )
-from embedstack.inference.models import bundled
+from embedstack.inference.models.bundled import L6, BundledModel, bundled_spec, with_precision
 from embedstack.inference.models.export import cached_file, export_bert_mean_pool, exported_model
 from embedstack.inference.models.quantize import Int8Config, quantize_int8_dynamic
 from embedstack.inference.models.smooth import (
@@ -46,8 +47,19 @@ from embedstack.inference.models.smooth import (
 from embedstack.types import ModelSpec
 
 ST_BACKEND = "sentence-transformers"
-# the FFN down-projections (input: GELU output, heavy-tailed) stay fp32 in the smoothed int8 model
-SMOOTH_INT8 = Int8Config(exclude=tuple(f"layer.{i}/output/dense" for i in range(6)))
+
+
+def smooth_int8(layers: int) -> Int8Config:
+    """int8 for a SmoothQuant-rescaled BERT: the FFN down-projections (input: GELU output,
+    heavy-tailed) stay fp32."""
+    return Int8Config(exclude=tuple(f"layer.{i}/output/dense" for i in range(layers)))
+
+
+def sentence_transformer(model: BundledModel = L6, device: str = "cpu") -> Embedder:
+    """A bundled model folder on sentence-transformers: the fp32 reference, run as users run it."""
+    from embedstack.inference.engines.sentence_transformers import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(bundled_spec(model), model.folder(), device)
 
 
 @dataclass(frozen=True)
@@ -86,57 +98,82 @@ class BundledVariants:
         self.spec = spec
         self._calibration = calibration
 
-    def l6(self) -> list[Variant]:
-        from embedstack.inference.engines.sentence_transformers import load_bundled_l6
+    def of(self, model: BundledModel) -> list[Variant]:
+        if model.export == "bert-folder":
+            return self._bert_folder(model)
+        return self._onnx_graph(model)
 
-        m = bundled.L6_NAME
+    def _bert_folder(self, model: BundledModel) -> list[Variant]:
+        m = model.name
         out = [
-            Variant(m, ST_BACKEND, "float32", load_bundled_l6, reference=True),
-            Variant(m, "onnx-fp32", "float32", lambda: self._l6_onnx("fp32")),
-            Variant(m, "onnx-int8", "int8-dynamic", lambda: self._l6_onnx("int8")),
+            Variant(m, ST_BACKEND, "float32", lambda: sentence_transformer(model), reference=True),
+            Variant(m, "onnx-fp32", "float32", lambda: self._exported_onnx(model, "fp32")),
+            Variant(m, "onnx-int8", "int8-dynamic", lambda: self._exported_onnx(model, "int8")),
             Variant(
                 m,
                 "onnx-int8-smooth",
                 "int8-smooth",
-                self._l6_smooth_int8,
+                lambda: self._smooth_int8(model),
                 tag=f"cal-{calibration_tag(self._calibration())}",
             ),
-            Variant(m, "torch-fp32", "float32", lambda: self._l6_torch("fp32"), auto=False),
+            Variant(m, "torch-fp32", "float32", self._torch_builder(model, "fp32"), auto=False),
         ]
-        out += self._openvino(m, lambda: self._l6_export(), "embedding")
+        out += self._openvino(model, lambda: self._export(model))
         cpu_modes: tuple[TorchMode, ...] = ("bf16-autocast", "bf16") if cpu_has_bf16() else ()
         for mode in cpu_modes:
-            out.append(Variant(m, f"torch-{mode}", mode, self._torch_builder(mode)))
+            out.append(Variant(m, f"torch-{mode}", mode, self._torch_builder(model, mode)))
         gpu_modes: tuple[TorchMode, ...] = ("fp16", "bf16", "fp32") if cuda_available() else ()
         for mode in gpu_modes:
             prec = "float32" if mode == "fp32" else mode
-            out.append(Variant(m, f"cuda-{mode}", prec, self._torch_builder(mode, "cuda")))
+            build = self._torch_builder(model, mode, "cuda")
+            out.append(Variant(m, f"cuda-{mode}", prec, build))
         return out
 
-    def _torch_builder(self, mode: TorchMode, device: str = "cpu") -> Callable[[], Embedder]:
-        return lambda: self._l6_torch(mode, device)
+    def _onnx_graph(self, model: BundledModel) -> list[Variant]:
+        m = model.name
+        tok = model.tokenizer_json()
 
-    def _l6_torch(self, mode: TorchMode, device: str = "cpu") -> PackedEmbedder:
-        spec = self.spec(bundled.L6_NAME)
-        prec = "float32" if mode == "fp32" else mode
-        backend = f"{'cuda' if device.startswith('cuda') else 'torch'}-{mode}"
-        s = bundled.with_precision(spec, prec)
-        return torch_embedder(s, bundled.l6_dir(), backend, mode, device)
+        def fp32() -> Embedder:
+            spec = self.spec(m)
+            path = model.weights_path()
+            return onnx_embedder(spec, path, tok, model.output, "onnx-fp32", self._onnx)
 
-    def _openvino(self, model: str, graph: Callable[[], Path], output: str) -> list[Variant]:
+        def int8() -> Embedder:
+            spec = self.spec(m)
+            path = self._int8_file(model.weights_path(), spec.fingerprint)
+            s = with_precision(spec, "int8-dynamic")
+            return onnx_embedder(s, path, tok, model.output, "onnx-int8", self._onnx)
+
+        return [
+            Variant(m, "onnx-fp32", "float32", fp32, reference=True),
+            Variant(m, "onnx-int8", "int8-dynamic", int8),
+            *self._openvino(model, model.weights_path),
+        ]
+
+    def _torch_builder(
+        self, model: BundledModel, mode: TorchMode, device: str = "cpu"
+    ) -> Callable[[], Embedder]:
+        def build() -> Embedder:
+            prec = "float32" if mode == "fp32" else mode
+            backend = f"{'cuda' if device.startswith('cuda') else 'torch'}-{mode}"
+            s = with_precision(self.spec(model.name), prec)
+            return torch_embedder(s, model.folder(), backend, mode, device)
+
+        return build
+
+    def _openvino(self, model: BundledModel, graph: Callable[[], Path]) -> list[Variant]:
         """OpenVINO fp32 and (where the CPU multiplies bf16) bf16 over the model's ONNX graph."""
         if not openvino_available():
             return []
 
         def build(precision: OvPrecision) -> Callable[[], Embedder]:
             def make() -> Embedder:
-                spec = self.spec(model)
                 prec = "float32" if precision == "f32" else precision
                 return openvino_embedder(
-                    bundled.with_precision(spec, prec),
+                    with_precision(self.spec(model.name), prec),
                     graph(),
-                    bundled.l6_tokenizer_json(),
-                    output,
+                    model.tokenizer_json(),
+                    model.output,
                     precision,
                     f"openvino-{precision.replace('f32', 'fp32')}",
                     self._ov,
@@ -144,44 +181,44 @@ class BundledVariants:
 
             return make
 
-        out = [Variant(model, "openvino-fp32", "float32", build("f32"))]
+        out = [Variant(model.name, "openvino-fp32", "float32", build("f32"))]
         if cpu_has_ov_bf16():
-            out.append(Variant(model, "openvino-bf16", "bf16", build("bf16")))
+            out.append(Variant(model.name, "openvino-bf16", "bf16", build("bf16")))
         return out
 
-    def _l6_export(self) -> Path:
-        spec = self.spec(bundled.L6_NAME)
-        return exported_model(bundled.l6_dir(), spec.fingerprint, self.cache_dir)
+    def _export(self, model: BundledModel) -> Path:
+        spec = self.spec(model.name)
+        return exported_model(model.folder(), spec.fingerprint, self.cache_dir)
 
-    def _l6_onnx(self, kind: str) -> PackedEmbedder:
-        spec = self.spec(bundled.L6_NAME)
-        fp32 = self._l6_export()
-        tok = bundled.l6_tokenizer_json()
+    def _exported_onnx(self, model: BundledModel, kind: str) -> PackedEmbedder:
+        spec = self.spec(model.name)
+        fp32 = self._export(model)
+        tok = model.tokenizer_json()
         if kind == "fp32":
-            return onnx_embedder(spec, fp32, tok, "embedding", "onnx-fp32", self._onnx)
+            return onnx_embedder(spec, fp32, tok, model.output, "onnx-fp32", self._onnx)
         path = self._int8_file(fp32, spec.fingerprint)
-        s = bundled.with_precision(spec, "int8-dynamic")
-        return onnx_embedder(s, path, tok, "embedding", "onnx-int8", self._onnx)
+        s = with_precision(spec, "int8-dynamic")
+        return onnx_embedder(s, path, tok, model.output, "onnx-int8", self._onnx)
 
-    def _l6_smooth_int8(self) -> Embedder:
+    def _smooth_int8(self, model: BundledModel) -> Embedder:
         """SmoothQuant-rescaled export (alpha 0.8, ranges from the shipped calibration text),
         int8 except the FFN down-projections (a per-layer choice: their inputs, GELU outputs,
         are the heavy-tailed ones)."""
-        spec = self.spec(bundled.L6_NAME)
-        tok = bundled.l6_tokenizer_json()
+        spec = self.spec(model.name)
+        tok = model.tokenizer_json()
         texts = list(self._calibration())
 
         def rescale(bert: Any) -> None:
             smooth(bert, input_ranges(bert, TokenPacker(str(tok), spec.max_tokens), texts))
 
         def export(tmp: Path) -> None:
-            export_bert_mean_pool(bundled.l6_dir(), tmp, rescale)
+            export_bert_mean_pool(model.folder(), tmp, rescale)
 
         name = f"model-smooth-a{ALPHA}-{calibration_tag(texts)}.onnx"
         smoothed = cached_file(self.cache_dir, spec.fingerprint, name, export)
-        path = self._int8_file(smoothed, spec.fingerprint, SMOOTH_INT8)
-        s = bundled.with_precision(spec, "int8-smooth")
-        return onnx_embedder(s, path, tok, "embedding", "onnx-int8-smooth", self._onnx)
+        path = self._int8_file(smoothed, spec.fingerprint, smooth_int8(model.layers))
+        s = with_precision(spec, "int8-smooth")
+        return onnx_embedder(s, path, tok, model.output, "onnx-int8-smooth", self._onnx)
 
     def _int8_file(self, fp32: Path, fingerprint: str, config: Int8Config | None = None) -> Path:
         config = config or self._int8
@@ -191,24 +228,3 @@ class BundledVariants:
             quantize_int8_dynamic(fp32, tmp, config)
 
         return cached_file(self.cache_dir, fingerprint, name, build)
-
-    def l3(self) -> list[Variant]:
-        m = bundled.L3_NAME
-        tok = bundled.l6_tokenizer_json()
-
-        def fp32() -> Embedder:
-            spec = self.spec(m)
-            path = bundled.l3_onnx_file()
-            return onnx_embedder(spec, path, tok, bundled.L3_OUTPUT, "onnx-fp32", self._onnx)
-
-        def int8() -> Embedder:
-            spec = self.spec(m)
-            path = self._int8_file(bundled.l3_onnx_file(), spec.fingerprint)
-            s = bundled.with_precision(spec, "int8-dynamic")
-            return onnx_embedder(s, path, tok, bundled.L3_OUTPUT, "onnx-int8", self._onnx)
-
-        return [
-            Variant(m, "onnx-fp32", "float32", fp32, reference=True),
-            Variant(m, "onnx-int8", "int8-dynamic", int8),
-            *self._openvino(m, bundled.l3_onnx_file, bundled.L3_OUTPUT),
-        ]
