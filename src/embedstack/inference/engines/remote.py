@@ -3,7 +3,9 @@
 Texts are sent in requests of at most `batch_size` inputs; each request has a timeout and is
 retried with exponential backoff (honouring Retry-After) on timeouts, connection errors, 429 and
 5xx. Counting tokens and cutting chunks use a local tokenizer that matches the remote model.
-The space is the remote model's own: its spec names the endpoint and model, precision "remote".
+The space is the remote model's own: the upstream model name, a fingerprint of the vectors of a
+few fixed probe texts, precision "remote". The base URL (it may carry credentials) never appears
+in `backend` or in error messages: only its host does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -20,30 +22,66 @@ import numpy as np
 from embedstack.errors import InvalidInput, Unavailable
 from embedstack.inference.batching.tokens import Packed
 from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+from embedstack.inference.vectors import normalize_rows
 from embedstack.types import Metric, ModelSpec
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
+# embedded once at load: their vectors fingerprint the upstream model (and give its dimension)
+PROBE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "A vector index answers nearest-neighbour queries.",
+    "Paris is the capital of France.",
+)
 
 
 @dataclass(frozen=True)
 class RemoteConfig:
     name: str  # the name embedstack serves it under
-    base_url: str  # e.g. http://127.0.0.1:7997/v1
+    base_url: str  # e.g. http://127.0.0.1:7997/v1 (may carry credentials: never shown)
     model: str  # the model name the endpoint expects
-    dim: int | None = None  # None: asked from the endpoint with one probe request
+    dim: int | None = None  # None: whatever the probe vectors have
     metric: Metric = "cosine"
     max_tokens: int = 256
     normalize: bool = True
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # sent as "Authorization: Bearer"
     batch_size: int = 64
     timeout_s: float = 30.0
     max_retries: int = 4
     backoff_s: float = 0.25
     revision: str = "1"
 
+    @property
+    def host(self) -> str:
+        """Where the endpoint is, without credentials, path or query: safe to show."""
+        return redacted_host(self.base_url)
+
+
+def redacted_host(url: str) -> str:
+    """The host (and port) of `url`; never its user, password, path or query."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid url>"
+    if not parsed.host:
+        return "<invalid url>"
+    return parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+
+
+def probe_fingerprint(vectors: np.ndarray) -> str:
+    """sha256 over the probe vectors rounded to 2 decimals (their shape included): the same
+    upstream model gives the same digest, another model (or other weights) another one."""
+    rounded = np.rint(np.asarray(vectors, dtype=np.float64) * 100).astype(np.int64)
+    digest = hashlib.sha256(f"{rounded.shape}".encode())
+    digest.update(rounded.tobytes())
+    return digest.hexdigest()
+
 
 class RemoteEmbedder:
+    """An OpenAI-compatible endpoint as an Embedder. Loading it embeds PROBE_TEXTS (one request):
+    the space is the upstream model name plus a fingerprint of those vectors, so a changed
+    upstream model loads as another space and the collection's parity check refuses it."""
+
     def __init__(
         self,
         config: RemoteConfig,
@@ -61,12 +99,17 @@ class RemoteEmbedder:
             base_url=config.base_url.rstrip("/"), headers=headers,
             timeout=config.timeout_s, transport=transport,
         )  # fmt: skip
-        where = f"{config.base_url.rstrip('/')}|{config.model}"
+        probes = self._vectors(self._request(list(PROBE_TEXTS)))
+        if config.dim is not None and probes.shape[1] != config.dim:
+            raise Unavailable(
+                f"remote model {config.name!r} sent {probes.shape[1]}-d vectors, "
+                f"configured {config.dim}"
+            )
         self._spec = ModelSpec(
-            name=config.name,
+            name=config.model,
             revision=config.revision,
-            fingerprint=hashlib.sha256(where.encode()).hexdigest(),
-            dim=config.dim or 1,
+            fingerprint=probe_fingerprint(probes),
+            dim=probes.shape[1],
             metric=config.metric,
             max_tokens=config.max_tokens,
             pooling="remote",
@@ -74,9 +117,6 @@ class RemoteEmbedder:
             tokenizer=tokenizer.path.name,
             precision="remote",
         )
-        if config.dim is None:
-            (probe,) = self._request(["dimension probe"])
-            self._spec = replace(self._spec, dim=len(probe))
 
     @property
     def spec(self) -> ModelSpec:
@@ -88,7 +128,7 @@ class RemoteEmbedder:
 
     @property
     def backend(self) -> str:
-        return f"remote:{self._config.base_url}"
+        return f"remote:{self._config.host}"
 
     def close(self) -> None:
         self._client.close()
@@ -98,10 +138,17 @@ class RemoteEmbedder:
         out = np.empty((len(texts), self._spec.dim), dtype=np.float32)
         for start in range(0, len(texts), size):
             rows = self._request(list(texts[start : start + size]))
+            if rows and len(rows[0]) != self._spec.dim:
+                raise Unavailable(
+                    f"remote model {self._config.name!r} sent {len(rows[0])}-d vectors, "
+                    f"its space has {self._spec.dim}"
+                )
             out[start : start + len(rows)] = np.asarray(rows, dtype=np.float32)
-        if self._spec.normalize and len(texts):
-            np.divide(out, np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), out=out)
-        return out
+        return self._vectors(out)
+
+    def _vectors(self, rows: np.ndarray | list[list[float]]) -> np.ndarray:
+        out = np.asarray(rows, dtype=np.float32)
+        return normalize_rows(out, out=out) if self._config.normalize and len(out) else out
 
     def _request(self, texts: list[str]) -> list[list[float]]:
         cfg = self._config
@@ -114,21 +161,20 @@ class RemoteEmbedder:
             except httpx.TimeoutException as exc:
                 last = f"timed out after {cfg.timeout_s}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__}: {exc})"
+                last = f"connection failed ({type(exc).__name__}: {self._scrub(str(exc))})"
             else:
                 if r.status_code == 200:
                     return self._parse(r, len(texts))
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                last = f"HTTP {r.status_code}: {self._scrub(r.text[:200])}"
                 if r.status_code not in _RETRY_STATUS:
                     if 400 <= r.status_code < 500 and r.status_code not in (401, 403, 404):
                         raise InvalidInput(f"remote model {cfg.name!r} refused the input: {last}")
-                    raise Unavailable(f"remote model {cfg.name!r} at {cfg.base_url}: {last}")
+                    raise Unavailable(f"remote model {cfg.name!r} at {cfg.host}: {last}")
                 delay = max(delay, _retry_after(r))
             if attempt < cfg.max_retries:
                 self._sleep(delay)
         raise Unavailable(
-            f"remote model {cfg.name!r} at {cfg.base_url} failed "
-            f"{cfg.max_retries + 1} times: {last}"
+            f"remote model {cfg.name!r} at {cfg.host} failed {cfg.max_retries + 1} times: {last}"
         )
 
     def _parse(self, r: httpx.Response, n: int) -> list[list[float]]:
@@ -143,12 +189,20 @@ class RemoteEmbedder:
             raise Unavailable(
                 f"remote model {self._config.name!r} sent {len(rows)} vectors for {n}"
             )
-        if self._config.dim is not None and rows and len(rows[0]) != self._spec.dim:
-            raise Unavailable(
-                f"remote model {self._config.name!r} sent {len(rows[0])}-d vectors, "
-                f"configured {self._spec.dim}"
-            )
         return rows
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the base URL or its credentials (an upstream may echo them)."""
+        url = self._config.base_url
+        secrets = [url, url.rstrip("/"), self._config.api_key or ""]
+        try:
+            parsed = httpx.URL(url)
+            secrets += [parsed.username, parsed.password, parsed.query.decode()]
+        except (httpx.InvalidURL, TypeError):
+            pass
+        for secret in sorted(filter(None, secrets), key=len, reverse=True):
+            text = text.replace(secret, "<redacted>")
+        return text
 
 
 def _retry_after(r: httpx.Response) -> float:
