@@ -183,7 +183,7 @@ def test_remote_model_served_end_to_end(tmp_path: Path, make_server: Callable[..
     assert listed["remote-hashing"]["backend"] == f"remote:127.0.0.1:{upstream.port}"
     want_spec = ModelSpec(
         "hashing-test", "1", probe_fingerprint(normalize_rows(rows)), 384, "cosine", 256,
-        "remote", True, "tokenizer.json", "remote",
+        "remote", True, "bert-base-uncased-wordpiece", "remote",
     )  # fmt: skip
     assert space == want_spec.space_id
     assert space != listed["hashing-test"].get("space_id")

@@ -27,6 +27,7 @@ from embedstack.types import Metric, ModelSpec
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
+TOKENIZER = "bert-base-uncased-wordpiece"  # the local tokenizer that counts and cuts chunks
 # embedded once at load: their vectors fingerprint the upstream model (and give its dimension)
 PROBE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -68,6 +69,23 @@ def redacted_host(url: str) -> str:
     return parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
 
 
+def remote_spec(config: RemoteConfig, fingerprint: str = "", dim: int | None = None) -> ModelSpec:
+    """The space of a remote model: the upstream model name and the fingerprint of its probe
+    vectors (without one, before loading, only a description: dim 0 when not configured)."""
+    return ModelSpec(
+        name=config.model,
+        revision=config.revision,
+        fingerprint=fingerprint,
+        dim=dim or config.dim or 0,
+        metric=config.metric,
+        max_tokens=config.max_tokens,
+        pooling="remote",
+        normalize=config.normalize,
+        tokenizer=TOKENIZER,
+        precision="remote",
+    )
+
+
 def probe_fingerprint(vectors: np.ndarray) -> str:
     """sha256 over the probe vectors rounded to 2 decimals (their shape included): the same
     upstream model gives the same digest, another model (or other weights) another one."""
@@ -105,18 +123,7 @@ class RemoteEmbedder:
                 f"remote model {config.name!r} sent {probes.shape[1]}-d vectors, "
                 f"configured {config.dim}"
             )
-        self._spec = ModelSpec(
-            name=config.model,
-            revision=config.revision,
-            fingerprint=probe_fingerprint(probes),
-            dim=probes.shape[1],
-            metric=config.metric,
-            max_tokens=config.max_tokens,
-            pooling="remote",
-            normalize=config.normalize,
-            tokenizer=tokenizer.path.name,
-            precision="remote",
-        )
+        self._spec = remote_spec(config, probe_fingerprint(probes), probes.shape[1])
 
     @property
     def spec(self) -> ModelSpec:

@@ -24,7 +24,7 @@ from embedstack.inference.backend import Embedder, ModelEntry
 from embedstack.inference.batching.packed import PackedEmbedder
 from embedstack.inference.engines.onnx import OnnxOptions
 from embedstack.inference.engines.openvino import OvOptions
-from embedstack.inference.engines.remote import RemoteConfig
+from embedstack.inference.engines.remote import RemoteConfig, remote_spec
 from embedstack.inference.models.auto import AutoEmbedder
 from embedstack.inference.models.bundled import (
     BUNDLED,
@@ -344,13 +344,9 @@ class Catalog:
         """Rows for the remote models: their space is known once loaded (probe vectors)."""
         rows = []
         for cfg in self._remotes:
-            spec = ModelSpec(
-                cfg.model, cfg.revision, "", cfg.dim or 0, cfg.metric, cfg.max_tokens,
-                "remote", cfg.normalize, "", "remote",
-            )  # fmt: skip
-            rows.append(
-                Listing(cfg.name, cfg.model, f"remote:{cfg.host}", spec, None, None, "at load")
-            )
+            backend = f"remote:{cfg.host}"
+            spec = remote_spec(cfg)
+            rows.append(Listing(cfg.name, cfg.model, backend, spec, None, None, "at load"))
         return rows
 
     def check_names(self) -> None:
