@@ -88,7 +88,10 @@ def remote_spec(config: RemoteConfig, fingerprint: str = "", dim: int | None = N
 
 def probe_fingerprint(vectors: np.ndarray) -> str:
     """sha256 over the probe vectors rounded to 2 decimals (their shape included): the same
-    upstream model gives the same digest, another model (or other weights) another one."""
+    upstream model gives the same digest, another model (or other weights) another one. The
+    probes go as one fixed request, so a deterministic server answers them bit for bit; one whose
+    numbers wobble across a rounding edge between loads would load as another space: refused
+    (409) by the parity check, never mixed."""
     rounded = np.rint(np.asarray(vectors, dtype=np.float64) * 100).astype(np.int64)
     digest = hashlib.sha256(f"{rounded.shape}".encode())
     digest.update(rounded.tobytes())
@@ -117,7 +120,11 @@ class RemoteEmbedder:
             base_url=config.base_url.rstrip("/"), headers=headers,
             timeout=config.timeout_s, transport=transport,
         )  # fmt: skip
-        probes = self._vectors(self._request(list(PROBE_TEXTS)))
+        try:
+            probes = self._vectors(self._request(list(PROBE_TEXTS)))
+        except Exception:
+            self._client.close()
+            raise
         if config.dim is not None and probes.shape[1] != config.dim:
             raise Unavailable(
                 f"remote model {config.name!r} sent {probes.shape[1]}-d vectors, "
