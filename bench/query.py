@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from common import (
     use_torch_threads,
     wait_jobs,
 )
+from embedstack.index.gate import recall_at_k
 
 HNSW = {"type": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 64}
 BIG_N = 100_000
@@ -122,11 +123,6 @@ def exact_top(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         out.append(np.take_along_axis(top, order, axis=1))
     return np.concatenate(out)
-
-
-def recall(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> float:
-    hits = [len(set(f[:k]) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits)) / k
 
 
 # -- measurement -----------------------------------------------------------------------------
@@ -258,9 +254,9 @@ def vector_part(
     raw_qps, http_qps = len(reps) / raw_lat.sum(), len(reps) / http_lat.sum()
     rows: list[list[object]] = [
         ["raw FAISS HNSW in-process, 1 query per call", len(reps), *percentiles(raw_lat), "-",
-         raw_qps, recall(raw_found, truth, k)],
+         raw_qps, recall_at_k(raw_found, truth, k)],
         ["HTTP vector query, 1 keep-alive client", len(reps), *percentiles(http_lat),
-         took_ms(answers), http_qps, recall(http_found, truth, k)],
+         took_ms(answers), http_qps, recall_at_k(http_found, truth, k)],
     ]  # fmt: skip
     qps = {1: http_qps}
     for c in levels:
@@ -268,7 +264,7 @@ def vector_part(
         found = [hit_rows(a, k) for a in answers[: len(qv)]]
         qps[c] = len(bodies) / wall
         rows.append([f"HTTP vector query, {c} concurrent clients", len(bodies), *percentiles(lat),
-                     took_ms(answers), qps[c], recall(found, truth, k)])  # fmt: skip
+                     took_ms(answers), qps[c], recall_at_k(found, truth, k)])  # fmt: skip
     say(f"done. {load_note()}")
     table(
         f"Vector queries, k={k}, {len(base):,} vectors (384-d, HNSW M=32 efSearch=64)",
@@ -288,12 +284,12 @@ def text_part(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.models.bundled import L6
 
     n = min(args.text_docs, len(texts))
     queries = [" ".join(t.split()[:10]) for t in q_texts[: args.text_queries]]
     say(f"\ntext collection: {n:,} GCIDE entries through the bundled model ... {load_note()}")
-    model = SentenceTransformer(str(bundled_l6_path()), device="cpu")
+    model = SentenceTransformer(str(L6.folder()), device="cpu")
     index = build_hnsw(base[:n])
 
     def plain(i: int) -> Any:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real `embedstack serve` process on a free loopback port."""
+"""Shared fixtures: a real `embedstack serve` process on a free loopback port; one OpenMP thread
+for in-process faiss; clustered test vectors."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
+from embedstack.index.common import unit_rows
 from embedstack.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +74,37 @@ def hashing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     server = Server(data, server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def single_omp_thread() -> Iterator[None]:
+    """faiss's OpenMP threads spin while waiting: on a shared 2-core box that slows small builds
+    tenfold. Index tests do not depend on threads inside faiss. Use it per module with
+    `pytestmark = pytest.mark.usefixtures("single_omp_thread")`."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered(
+    n: int,
+    seed: int,
+    *,
+    dim: int = 32,
+    centers: int = 40,
+    spread: float = 0.8,
+    center_seed: int | None = None,
+    normalize: bool = True,
+) -> np.ndarray:
+    """(n, dim) float32 points around `centers` cluster centers plus `spread` x Gaussian noise,
+    unit length when `normalize`. The centers come from `center_seed` (the same centers for
+    every `seed`), or, when it is None, from the points' own generator, drawn first."""
+    rng = np.random.default_rng(seed)
+    c = (rng if center_seed is None else np.random.default_rng(center_seed)).standard_normal(
+        (centers, dim)
+    )
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim))
+    return unit_rows(x) if normalize else x.astype(np.float32)

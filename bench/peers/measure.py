@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+# the one recall@k; its import chain is numpy and the stdlib, so peers' own venvs can load it
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from embedstack.index.gate import recall_at_k as shared_recall_at_k
+
 SearchOne = Callable[[np.ndarray], "list[int] | np.ndarray"]
 K = 10
 
 
 def recall_at_k(got: list[list[int]] | np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    hits = 0
-    truth = truth[: len(got)]  # run_all may stop early on a slow system
-    for g, t in zip(got, truth, strict=True):
-        hits += len(set(np.asarray(g)[:k].tolist()) & set(t[:k].tolist()))
-    return hits / (len(truth) * k)
+    """embedstack.index.gate.recall_at_k over the answers run_all returned (it may stop early)."""
+    return shared_recall_at_k(got, truth[: len(got)], k)
 
 
 def run_all(search_one: SearchOne, queries: np.ndarray, budget_s: float = 20.0) -> list[list[int]]:

@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RemoteModel(BaseModel):
+    """A model served by an OpenAI-compatible endpoint (POST {base_url}/embeddings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="the name collections and /v1/embeddings use")
+    base_url: str = Field(min_length=1, description="e.g. https://api.example.com/v1; never shown")
+    model: str = Field(min_length=1, description="the model name the endpoint expects")
+    dim: int | None = Field(None, ge=1, description="checked against the vectors; None: any")
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    max_tokens: int = Field(256, ge=16, description="chunk size limit (local tokenizer)")
+    # the NAME of the environment variable that holds the API key (the key is never in config)
+    api_key_env: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_retries: int = Field(4, ge=0)
 
 
 class Settings(BaseSettings):
@@ -24,6 +42,10 @@ class Settings(BaseSettings):
     # model -> backend that serves it in its fp32 space, instead of the auto choice, e.g.
     # EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}'; still gated against fp32
     model_backends: dict[str, str] = Field(default_factory=dict)
+    # models behind OpenAI-compatible endpoints, e.g. EMBEDSTACK_REMOTE_MODELS='[{"name": "oa",
+    # "base_url": "https://api.openai.com/v1", "model": "text-embedding-3-small",
+    # "api_key_env": "OPENAI_API_KEY"}]' or [[remote_models]] tables in the TOML file
+    remote_models: list[RemoteModel] = Field(default_factory=list)
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)

@@ -1,4 +1,6 @@
-"""One contract for every VectorIndex backend, checked against numpy brute force.
+"""One contract for every index backend, checked against numpy brute force: VectorIndex (add,
+remove, search, save) and the maintenance protocol MaintainedIndex (trained, gate, retrain,
+tombstones, compaction).
 
 Trained types get small structural params (nlist 16, train_min 500) so N=2000 vectors take them
 through training, while the 5- and 10-vector cases exercise their untrained (exact) state.
@@ -8,18 +10,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput
 from embedstack.index import faiss_index, scann_index
-from embedstack.index.base import VectorIndex
+from embedstack.index.base import MaintainedIndex, VectorIndex
 from embedstack.index.factory import create_index, load_index
+from embedstack.index.gate import recall_at_k
+from embedstack.index.params import TRAINED_TYPES
+from tests.conftest import clustered as clustered_points
 
 DIM = 32
 N = 2000
@@ -65,24 +68,14 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_omp_thread() -> Iterator[None]:
-    """faiss's OpenMP threads spin while waiting: on a shared 2-core box that slows small builds
-    tenfold. The contract does not depend on threads inside faiss."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
 
 
-def clustered(n: int, seed: int, metric: str, centers: int = 50) -> np.ndarray:
-    """Points around fixed cluster centers (same centers for every seed)."""
-    c = np.random.default_rng(1234).standard_normal((centers, DIM))
-    rng = np.random.default_rng(seed)
-    x = c[rng.integers(0, centers, n)] + 0.15 * rng.standard_normal((n, DIM))
-    if metric == "cosine":
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+def clustered(n: int, seed: int, metric: str) -> np.ndarray:
+    """Tight clusters around 50 fixed centers (the same for every seed); unit length for cosine."""
+    return clustered_points(
+        n, seed, dim=DIM, centers=50, spread=0.15, center_seed=1234, normalize=metric == "cosine"
+    )
 
 
 def ground_truth(
@@ -96,11 +89,6 @@ def ground_truth(
         scores = q @ v.T
         order = np.argsort(-scores, axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), ids[order]
-
-
-def recall(got: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth, strict=True))
-    return hits / truth.size
 
 
 def new_index(name: str, metric: str) -> VectorIndex:
@@ -148,7 +136,7 @@ def test_search_matches_brute_force(name: str, metric: str) -> None:
     assert scores.shape == got.shape == (50, K)
     assert scores.dtype == np.float32 and got.dtype == np.int64
     assert (got >= 0).all()
-    assert recall(got, truth) >= min_recall(name)
+    assert recall_at_k(got, truth) >= min_recall(name)
     check_scores(name, scores, got, vecs, queries, metric)
     if min_recall(name) == 1.0:
         np.testing.assert_allclose(scores, truth_scores, rtol=1e-4, atol=1e-4)
@@ -170,7 +158,7 @@ def test_remove_never_returns_removed(name: str, metric: str) -> None:
     assert not np.isin(got, removed).any()
     live = np.setdiff1d(np.arange(N), np.arange(N)[::4])
     _, truth = ground_truth(vecs[live], ids[live], queries, K, metric)
-    assert recall(got, truth) >= min_recall(name)
+    assert recall_at_k(got, truth) >= min_recall(name)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -206,7 +194,7 @@ def test_allow_filter(name: str, metric: str, path: str, monkeypatch: pytest.Mon
     assert np.isin(got, ids[rows[5:]]).all()
     _, truth = ground_truth(vecs[rows[5:]], ids[rows[5:]], queries, K, metric)
     floor = min_recall(name) if path == "selector" else min(1.0, min_recall(name) + 0.1)
-    assert recall(got, truth) >= (0.9 if name == "hnsw" and path == "selector" else floor)
+    assert recall_at_k(got, truth) >= (0.9 if name == "hnsw" and path == "selector" else floor)
     _, none = index.search(queries, K, allow=np.array([], dtype=np.int64))
     assert (none == -1).all()
 
@@ -312,3 +300,85 @@ def test_concurrent_search_during_writes(name: str) -> None:
         t.join()
     assert not errors
     assert index.count() == 500 + 400 - 200
+
+
+# -- the maintenance protocol (base.MaintainedIndex) ----------------------------------------------
+TRAINED_NAMES = tuple(n for n in NAMES if BACKENDS[n][0] in TRAINED_TYPES)
+GATE_KEYS = {"floor", "recall", "knobs", "passed"}
+
+
+def grow(index: VectorIndex, vecs: np.ndarray, upto: int, start: int = 0) -> None:
+    index.add(ids_of(upto)[start:], vecs[start:upto])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_trained_and_needs_retrain_after_growth(name: str, tmp_path: Path) -> None:
+    """train_min 500, retrain_growth 4: trains at 500, needs a retrain past 2,000 live vectors.
+    Untrained families are trained from the start and never need a retrain."""
+    family_trains = name in TRAINED_NAMES
+    vecs = clustered(N + 1, 0, "cosine")
+    index = new_index(name, "cosine")
+    assert isinstance(index, MaintainedIndex)
+    grow(index, vecs, 400)
+    assert index.trained is not family_trains and not index.needs_retrain()
+    assert index.gate == {}
+    grow(index, vecs, 500, start=400)  # reaches train_min: trains on exactly 500
+    assert index.trained and not index.needs_retrain()
+    if family_trains:
+        assert set(index.gate) == GATE_KEYS and index.gate["knobs"] == index.knobs
+    grow(index, vecs, N, start=500)  # 2,000 == 4 x 500: not past it yet
+    assert not index.needs_retrain()
+    grow(index, vecs, N + 1, start=N)
+    assert index.needs_retrain() is family_trains
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")  # the training state survives a reload
+    assert isinstance(loaded, MaintainedIndex)
+    assert loaded.needs_retrain() is family_trains and loaded.trained
+    assert loaded.knobs == index.knobs
+    fresh = index.retrained()
+    assert isinstance(fresh, MaintainedIndex)
+    assert fresh.trained and not fresh.needs_retrain() and fresh.count() == N + 1
+    queries = clustered(50, 99, "cosine")
+    _, got = fresh.search(queries, K)
+    _, truth = ground_truth(vecs, ids_of(N + 1), queries, K, "cosine")
+    # sq8 types retrain on their decoded codes (quantized twice): ~0.1 below a first training
+    assert recall_at_k(got, truth) >= min_recall(name) - 0.1
+
+
+@pytest.mark.parametrize("name", [backend_param(n) for n in TRAINED_NAMES])
+def test_needs_retrain_after_churn(name: str) -> None:
+    """Same live count, but more vectors added since training than 4 x the trained size."""
+    vecs = clustered(2900, 0, "cosine")
+    ids = ids_of(2900)
+    index = new_index(name, "cosine")
+    grow(index, vecs, 500)
+    assert index.trained and not index.needs_retrain()
+    for r in range(6):  # a sliding window: the oldest 400 out, 400 new in, 500 live throughout
+        assert not index.needs_retrain()  # added 400 r <= 2,000 so far
+        index.remove(ids[400 * r : 400 * r + 400])
+        new = slice(500 + 400 * r, 900 + 400 * r)
+        index.add(ids[new], vecs[new])
+        assert index.count() == 500
+    assert index.needs_retrain()  # 2,400 added since training on 500
+    assert not index.retrained().needs_retrain()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_tombstone_ratio_rises_and_compaction_clears_it(name: str) -> None:
+    index, vecs = make(name, "l2")
+    ids = ids_of(N)
+    assert index.tombstone_ratio() == 0.0
+    index.remove(ids[:500])
+    ratio = index.tombstone_ratio()
+    assert ratio == (pytest.approx(500 / N) if name in TOMBSTONED else 0.0)
+    index.remove(ids[500:600])
+    assert index.tombstone_ratio() == (pytest.approx(600 / N) if name in TOMBSTONED else 0.0)
+    compact = index.compacted()
+    assert isinstance(compact, MaintainedIndex)
+    assert compact.tombstone_ratio() == 0.0 and compact.count() == N - 600
+    assert compact.knobs == index.knobs and compact.trained == index.trained
+    queries = vecs[:600:20]  # each sits on a removed vector
+    _, got = compact.search(queries, K)
+    assert (got >= 0).all() and not np.isin(got, ids[:600]).any()
+    _, truth = ground_truth(vecs[600:], ids[600:], queries, K, "l2")
+    assert recall_at_k(got, truth) >= min_recall(name)

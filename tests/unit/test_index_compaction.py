@@ -4,15 +4,16 @@ build's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
 from embedstack.index.factory import create_index
 from embedstack.index.faiss_index import FaissIndex
+from embedstack.index.gate import recall_at_k
+from tests.conftest import clustered as clustered_points
 
 DIM = 32
 K = 10
@@ -40,26 +41,13 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_omp_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def clustered(n: int, seed: int, centers: int = 40) -> np.ndarray:
-    c = np.random.default_rng(5).standard_normal((centers, DIM))
-    rng = np.random.default_rng(seed)
-    x = c[rng.integers(0, centers, n)] + 0.8 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
+clustered = partial(clustered_points, dim=DIM, center_seed=5)
 
 
 def recall_vs_exact(index: Any, pool: np.ndarray, live: np.ndarray, queries: np.ndarray) -> float:
     truth = live[np.argsort(-(queries @ pool[live].T), axis=1)[:, :K]]
-    _, got = index.search(queries, K)
-    hits = sum(len(set(g) & set(t)) for g, t in zip(got.tolist(), truth.tolist(), strict=True))
-    return hits / truth.size
+    return recall_at_k(index.search(queries, K)[1], truth)
 
 
 @pytest.mark.parametrize(
@@ -86,12 +74,12 @@ def test_churn_returns_to_fresh_build(index_type: str) -> None:
         gone = rng.choice(live, 500, replace=False)
         assert index.remove(gone) == 500
         live = np.setdiff1d(live, gone)
-        ratio = getattr(index, "tombstone_ratio", lambda: 0.0)()
+        ratio = index.tombstone_ratio()
         assert ratio <= COMPACTION_RATIO + 500 / 2000  # the policy keeps tombstones bounded
         if ratio > COMPACTION_RATIO:
             index = index.compacted()
             compactions += 1
-        if getattr(index, "needs_retrain", lambda: False)():
+        if index.needs_retrain():
             index = index.retrained()
             retrains += 1
     assert index.count() == len(live) == 1500

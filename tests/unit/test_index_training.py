@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import faiss
@@ -12,35 +12,20 @@ import pytest
 from embedstack.errors import InvalidInput
 from embedstack.index.factory import INDEX_TYPES, create_index, validate_index_params
 from embedstack.index.faiss_index import FaissIndex
-from embedstack.index.gate import tune
+from embedstack.index.gate import recall_at_k, tune
 from embedstack.index.params import INDEX_PARAMS
+from tests.conftest import clustered as clustered_points
 
 DIM = 32
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_omp_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def clustered(n: int, seed: int, centers: int = 40) -> np.ndarray:
-    c = np.random.default_rng(77).standard_normal((centers, DIM))
-    rng = np.random.default_rng(seed)
-    x = c[rng.integers(0, centers, n)] + 0.8 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
+clustered = partial(clustered_points, dim=DIM, center_seed=77)
 
 
 def truth_ids(vecs: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return ids[np.argsort(-(queries @ vecs.T), axis=1)[:, :K]]
-
-
-def recall(got: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth, strict=True))
-    return hits / truth.size
 
 
 def ivf(**params: object) -> FaissIndex:
@@ -61,7 +46,7 @@ def test_serves_exactly_until_threshold_then_trains() -> None:
     index.add(ids[399:], vecs[399:])  # crosses 400 inside this add
     assert index.trained and index.count() == 1000
     _, got = index.search(queries, K)
-    assert recall(got, truth_ids(vecs, ids, queries)) < 1.0  # nprobe=1 of 8: really IVF now
+    assert recall_at_k(got, truth_ids(vecs, ids, queries)) < 1.0  # nprobe=1 of 8: really IVF now
 
 
 def test_gate_raises_nprobe_to_reach_floor() -> None:
@@ -73,7 +58,7 @@ def test_gate_raises_nprobe_to_reach_floor() -> None:
     assert index.knobs["nprobe"] > 1 == index.params["nprobe"]
     queries = clustered(100, 4)
     _, got = index.search(queries, K)
-    assert recall(got, truth_ids(vecs, np.arange(2000), queries)) >= 0.93
+    assert recall_at_k(got, truth_ids(vecs, np.arange(2000), queries)) >= 0.93
 
 
 def test_gate_reports_failure_when_caps_are_hit() -> None:
@@ -105,7 +90,7 @@ def test_needs_retrain_after_growth_and_retrained_resizes() -> None:
     queries = clustered(50, 7)
     _, got = fresh.search(queries, K)
     assert not np.isin(got, ids[:10]).any()
-    assert recall(got, truth_ids(vecs[10:], ids[10:], queries)) >= 0.9
+    assert recall_at_k(got, truth_ids(vecs[10:], ids[10:], queries)) >= 0.9
 
 
 def test_retrain_growth_zero_never_retrains() -> None:
@@ -128,7 +113,7 @@ def test_per_call_knobs(index_type: str, knob: str, value: int) -> None:
     queries = clustered(50, 10)
     truth = truth_ids(vecs, np.arange(1500), queries)
     _, got = index.search(queries, K, **{knob: value})
-    assert recall(got, truth) >= 0.97
+    assert recall_at_k(got, truth) >= 0.97
     with pytest.raises(InvalidInput, match=knob):
         index.search(queries, K, **{knob: 0})
     with pytest.raises(InvalidInput, match="not a search parameter"):
@@ -196,4 +181,4 @@ def test_retrainer_snapshots_then_trains_off_the_write_path(index_type: str) -> 
     fresh.add(np.arange(1500, 2000), vecs[1500:])
     queries = clustered(50, 14)
     _, got = fresh.search(queries, K)
-    assert recall(got, truth_ids(vecs[10:], np.arange(10, 2000), queries)) >= 0.9
+    assert recall_at_k(got, truth_ids(vecs[10:], np.arange(10, 2000), queries)) >= 0.9

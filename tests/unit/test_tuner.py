@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput
+from embedstack.index import scann_index
+from embedstack.index.gate import recall_at_k
 from embedstack.index.tuner import (
     Failure,
     Measurement,
@@ -18,22 +20,15 @@ from embedstack.index.tuner import (
     evaluate_grid,
     exact_neighbors,
     index_config,
-    recall_at_k,
 )
+from tests.conftest import clustered
 
 DIM = 32
 
 
-def clustered(n: int, dim: int = DIM, centers: int = 40, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centers, dim)).astype(np.float32)
-    x = c[rng.integers(0, centers, n)] + 0.4 * rng.normal(size=(n, dim)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    vectors = clustered(3100)
+    vectors = clustered(3100, 0, dim=DIM, spread=0.4)
     ids = np.arange(100, 3100, dtype=np.int64)  # not positions: the ids must come back as given
     return ids, vectors[100:], vectors[:100]
 
@@ -121,3 +116,19 @@ def test_index_config_restores_the_gate() -> None:
     assert index_config(m, 0.95) == {"type": "ivf_flat", "nlist": 0, "nprobe": 8,
                                      "recall_floor": 0.95}  # fmt: skip
     assert index_config(_m("hnsw", 1, 1, 1), 0.9) == {"type": "hnsw"}
+
+
+def test_a_family_that_cannot_be_built_is_reported_not_dropped(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> None:
+        raise InvalidInput("index type 'scann' needs the scann package")
+
+    monkeypatch.setattr(scann_index, "require_scann", missing)
+    grid = candidate_grid(3000, DIM, ["scann", "nope", "flat"])
+    assert [t for t, _ in grid] == ["scann", "nope", "flat"]  # one row per failed family
+    ids, base, queries = data
+    scann, nope, flat = list(evaluate_grid(grid, DIM, "cosine", ids, base, queries, 10))
+    assert isinstance(scann, Failure) and "scann package" in scann.reason
+    assert isinstance(nope, Failure) and "unknown index type 'nope'" in nope.reason
+    assert isinstance(flat, Measurement) and flat.recall == 1.0

@@ -1,4 +1,5 @@
-"""The VectorIndex protocol every index backend implements.
+"""The protocols every index backend implements: VectorIndex (add, remove, search, save) and
+MaintainedIndex, which adds the maintenance contract the index manager and the tuner rely on.
 
 Ids are int64 labels (the store's chunk row ids). Scores are "higher is better" similarities
 for cosine and ip, and L2 distances (lower is better) for l2; results are always best first.
@@ -7,11 +8,12 @@ for cosine and ip, and L2 distances (lower is better) for l2; results are always
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 
+@runtime_checkable
 class VectorIndex(Protocol):
     @property
     def dim(self) -> int: ...
@@ -44,4 +46,47 @@ class VectorIndex(Protocol):
 
     def save(self, path: Path) -> None:
         """Write the index into directory `path` atomically (temp + fsync + rename)."""
+        ...
+
+
+@runtime_checkable
+class MaintainedIndex(VectorIndex, Protocol):
+    """A VectorIndex that says when it needs rebuilding and builds its replacement.
+
+    Trained families (sq8, hnsw_sq8, ivf_*, scann) serve exactly until they have enough vectors,
+    then train and run the recall gate; untrained families are always trained, never need a
+    retrain, and have no gate. `retrained()` and `compacted()` only read: they return a new index
+    (or the index itself when there is nothing to do) for the caller to swap in; writes made
+    meanwhile must be replayed onto it.
+    """
+
+    @property
+    def trained(self) -> bool:
+        """False while a trained family still serves exactly from its buffer."""
+        ...
+
+    @property
+    def knobs(self) -> dict[str, int]:
+        """Search knobs in effect: the configured ones, raised by the recall gate if needed."""
+        ...
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        """The recall gate's last result: floor, recall, knobs, passed ({} if it never ran)."""
+        ...
+
+    def needs_retrain(self) -> bool:
+        """True once the index has grown or churned past what it was trained on."""
+        ...
+
+    def retrained(self) -> MaintainedIndex:
+        """A new index trained on the live vectors (auto params re-resolved, re-gated)."""
+        ...
+
+    def tombstone_ratio(self) -> float:
+        """Fraction of stored entries that are tombstones (0.0 when removal is physical)."""
+        ...
+
+    def compacted(self) -> MaintainedIndex:
+        """An index of the live vectors only: tombstone_ratio() == 0."""
         ...

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.errors import InvalidInput
-from embedstack.fsutil import fsync_dir, write_durably
+from embedstack.fsutil import durable_file, write_dir_atomically, write_durably
 from embedstack.types import METRICS
 
 QUERY_BLOCK_ELEMS = 1 << 24  # cap on the (queries x rows) score block held at once
@@ -104,6 +101,16 @@ def as_matrix(x: Any, dim: int, name: str) -> np.ndarray:
     return arr
 
 
+def unit_rows(x: Any) -> np.ndarray:
+    """float32 rows scaled to unit L2 length (at the input's float precision), as cosine vectors
+    are stored and searched; an all-zero row stays zero. The one normalization on the index side."""
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
+    return (arr / np.where(norms > 0, norms, 1)).astype(np.float32, copy=False)
+
+
 def check_k(k: int) -> int:
     if type(k) is int and k >= 1:
         return k
@@ -123,29 +130,19 @@ def empty_result(nq: int, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
+    with durable_file(path) as f:
         np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_dir_atomically(path: Path, meta: dict[str, Any], write: Callable[[Path], None]) -> None:
-    """Fill a temp sibling directory via `write`, add index.json, fsync, then rename to `path`."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"index directory {path} already exists; save into a new path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    """Create index directory `path` atomically (fsutil.write_dir_atomically): the files `write`
+    puts in it plus index.json. An existing `path` raises FileExistsError."""
+
+    def fill(tmp: Path) -> None:
         write(tmp)
         write_durably(tmp / "index.json", json.dumps(meta).encode())
-        fsync_dir(tmp)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(path.parent)
+
+    write_dir_atomically(path, fill)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

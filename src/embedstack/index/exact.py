@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,33 @@ class ExactIndex:
 
     def count(self) -> int:
         return self._n
+
+    # -- maintenance (base.MaintainedIndex): never trained, removal is physical -------------
+    @property
+    def trained(self) -> bool:
+        return True
+
+    @property
+    def knobs(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        return {}
+
+    def needs_retrain(self) -> bool:
+        return False
+
+    def retrained(self) -> ExactIndex:
+        """Itself: there is nothing to train."""
+        return self
+
+    def tombstone_ratio(self) -> float:
+        return 0.0
+
+    def compacted(self) -> ExactIndex:
+        """Itself: removal already frees the row."""
+        return self
 
     def _resize(self, capacity: int) -> None:
         vecs = np.empty((capacity, self._dim), dtype=np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from embedstack.errors import InvalidInput
-from embedstack.index.base import VectorIndex
+from embedstack.index.base import MaintainedIndex
 from embedstack.index.common import read_meta
 from embedstack.index.exact import ExactIndex
 from embedstack.index.faiss_index import FAISS_TYPES, FaissIndex
@@ -31,7 +31,7 @@ def validate_index_params(index_type: str, params: dict[str, Any] | None) -> dic
 
 def create_index(
     index_type: str, dim: int, metric: str, params: dict[str, Any] | None = None
-) -> VectorIndex:
+) -> MaintainedIndex:
     """A new empty index of `index_type` (one of INDEX_TYPES)."""
     full = validate_index_params(index_type, params)
     if index_type == "exact":
@@ -43,7 +43,7 @@ def create_index(
     return FaissIndex(dim, metric, index_type, full)
 
 
-def load_index(path: Path) -> VectorIndex:
+def load_index(path: Path) -> MaintainedIndex:
     """Load an index saved by any backend's `save(path)`."""
     index_type = str(read_meta(Path(path)).get("type"))
     check_type(index_type)

@@ -11,7 +11,6 @@ Writers (add, remove, the training step) hold the write lock; searches share the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,9 @@ from embedstack.index.common import (
     save_npy,
     unique_first,
 )
-from embedstack.index.gate import GateResult, tune
 from embedstack.index.idmap import IdMap, bitmap_selector
 from embedstack.index.params import INDEX_PARAMS, TRAINED_TYPES, check_knobs, validate_params
-
-log = logging.getLogger(__name__)
+from embedstack.index.training import TrainingState
 
 FAISS_TYPES: tuple[str, ...] = ("flat", "hnsw", "hnsw_sq8", "sq8", "ivf_flat", "ivf_pq")
 SMALL_ALLOW_MIN = 2000  # allow sets smaller than max(this, 2% of count) are searched exactly
@@ -68,18 +65,15 @@ class FaissIndex:
         st.check_shape(index_type, self._params, dim)
         self._lock = ReadWriteLock()
         self._map = IdMap()
-        self._trained_n = 0  # live vectors at training time; 0 while untrained
-        self._added = 0  # vectors added since training
-        self._gate: dict[str, Any] = {}
-        self._shape: dict[str, int] = {}
-        self._knobs = self._default_knobs()
+        self._state = TrainingState.for_params(index_type, self._params)
+        self._state.knobs = self._default_knobs()
         self._cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[Any, Any]] = {}
         if index_type in TRAINED_TYPES:
             self._faiss: Any = faiss.index_factory(dim, "Flat", st.faiss_metric(metric))
             self._trained = False
         else:
-            self._shape = st.resolve(index_type, self._params, dim, 0)
-            self._faiss = st.build(index_type, self._shape, self._params, dim, metric)
+            self._state.shape = st.resolve(index_type, self._params, dim, 0)
+            self._faiss = st.build(index_type, self._state.shape, self._params, dim, metric)
             self._trained = True
         self._template = st.serialize(self._faiss)
 
@@ -115,12 +109,12 @@ class FaissIndex:
     @property
     def knobs(self) -> dict[str, int]:
         """Search knobs in effect (the configured ones, raised by the recall gate if needed)."""
-        return dict(self._knobs)
+        return dict(self._state.knobs)
 
     @property
     def gate(self) -> dict[str, Any]:
         """The recall gate's last result: floor, recall, knobs, passed ({} if it never ran)."""
-        return dict(self._gate)
+        return dict(self._state.gate)
 
     def count(self) -> int:
         return self._map.live_count
@@ -150,7 +144,7 @@ class FaissIndex:
                 self._faiss.add(np.ascontiguousarray(vectors[rows]))
                 self._map.append(ids[rows])
             self._cache.clear()
-            self._added += len(fresh)
+            self._state.added += len(fresh)
             if not self._trained and self.count() >= st.train_min(self._type, self._params):
                 self._train()
 
@@ -169,41 +163,23 @@ class FaissIndex:
             vectors, ids = st.vectors_at(self._faiss, live), self._map.ids_at(live)
             assert vectors is not None  # the untrained buffer is an IndexFlat
         n = len(ids)
-        self._shape = st.resolve(self._type, self._params, self._dim, n)
-        structure = st.build(self._type, self._shape, self._params, self._dim, self._metric)
+        shape = st.resolve(self._type, self._params, self._dim, n)
+        structure = st.build(self._type, shape, self._params, self._dim, self._metric)
         sample = np.random.default_rng(0).permutation(n)[: st.TRAIN_SAMPLE_MAX]
         structure.train(np.ascontiguousarray(vectors[np.sort(sample)]))
         template = st.serialize(structure)
         for start in range(0, n, ADD_BATCH):
             structure.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH]))
         self._faiss, self._template, self._map = structure, template, IdMap(ids)
-        self._trained, self._trained_n, self._added = True, n, 0
-        self._knobs = self._default_knobs()
+        self._trained = True
+        self._state.trained_on(n, shape, self._default_knobs())
         self._cache.clear()
-        self._run_gate(vectors, ids)
+        caps = {**KNOB_CAPS, "nprobe": shape.get("nlist", 1)}
+        self._state.run_gate(self._gate_search, vectors, ids, self._metric, caps)
+        self._cache.clear()
 
-    def _run_gate(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        caps = {**KNOB_CAPS, "nprobe": self._shape.get("nlist", 1)}
-        result: GateResult = tune(
-            lambda q, k, knobs: self._search_unlocked(q, k, knobs)[1],
-            vectors,
-            ids,
-            self._metric,
-            self._knobs,
-            caps,
-            float(self._params.get("recall_floor", 0.0)),
-        )
-        self._knobs = dict(result.knobs)
-        self._gate = result.as_dict()
-        self._cache.clear()
-        if not result.passed:
-            log.warning(
-                "%s index reached recall@10 %.3f < floor %.2f at %s; raise its params",
-                self._type,
-                result.recall,
-                result.floor,
-                result.knobs,
-            )
+    def _gate_search(self, queries: np.ndarray, k: int, knobs: dict[str, int]) -> np.ndarray:
+        return self._search_unlocked(queries, k, knobs)[1]
 
     # -- search -----------------------------------------------------------------------------
     def search(
@@ -214,7 +190,7 @@ class FaissIndex:
         k = check_k(k)
         queries = as_matrix(queries, self._dim, "queries")
         over = check_knobs(self._type, knobs) if knobs else {}
-        if "refine_factor" in over and "refine_factor" not in self._knobs:
+        if "refine_factor" in over and "refine_factor" not in self._state.knobs:
             raise InvalidInput("this ivf_pq index stores no float vectors (refine_factor=0)")
         allowed = None if allow is None else np.unique(as_ids(allow, "allow"))
         self._lock.acquire_read()
@@ -222,8 +198,9 @@ class FaissIndex:
             if self._map.live_count == 0:
                 return empty_result(len(queries), k, self._metric)
             if allowed is None:
-                return self._search_unlocked(queries, k, {**self._knobs, **over} if over else None)
-            return self._search_allowed(queries, k, allowed, {**self._knobs, **over})
+                merged = {**self._state.knobs, **over} if over else None
+                return self._search_unlocked(queries, k, merged)
+            return self._search_allowed(queries, k, allowed, {**self._state.knobs, **over})
         finally:
             self._lock.release_read()
 
@@ -236,7 +213,8 @@ class FaissIndex:
             if len(self._cache) > 64:  # many distinct per-call knobs: start over
                 self._cache.clear()
             sel = self._map.dead_selector()
-            cached = st.search_params(self._type, self._trained, knobs or self._knobs, k, sel)
+            knobs = knobs or self._state.knobs
+            cached = st.search_params(self._type, self._trained, knobs, k, sel)
             self._cache[key] = cached
         return self._finish(*self._faiss.search(queries, k, params=cached[0]))
 
@@ -264,18 +242,16 @@ class FaissIndex:
         sel, _bits = bitmap_selector(mask)
         if "nprobe" in knobs:  # scan as many allowed candidates as an unfiltered search would
             widen = self.count() / len(positions)
-            knobs = {**knobs, "nprobe": int(min(self._shape["nlist"], knobs["nprobe"] * widen))}
+            nprobe = int(min(self._state.shape["nlist"], knobs["nprobe"] * widen))
+            knobs = {**knobs, "nprobe": nprobe}
         params, _refs = st.search_params(self._type, self._trained, knobs, k, sel)
         return self._finish(*self._faiss.search(queries, k, params=params))
 
     # -- rebuilds ---------------------------------------------------------------------------
     def needs_retrain(self) -> bool:
         """True once a trained index has grown past retrain_growth x the size it trained on, or
-        has taken in more new vectors than that since training (churn: the quantizers describe
-        data that has since been replaced)."""
-        growth = float(self._params.get("retrain_growth", 0.0))
-        limit = growth * self._trained_n
-        return limit > 0 and (self.count() > limit or self._added > limit)
+        has taken in more new vectors than that since training (TrainingState.needs_retrain)."""
+        return self._state.needs_retrain(self.count())
 
     def retrainer(self) -> Callable[[], FaissIndex]:
         """Snapshot the live vectors now (cheap: one copy, under the read lock) and return a
@@ -326,8 +302,7 @@ class FaissIndex:
     def _clone_with(self, structure: Any, idmap: IdMap) -> FaissIndex:
         fresh = FaissIndex(self._dim, self._metric, self._type, self._params)
         fresh._faiss, fresh._map, fresh._template = structure, idmap, self._template
-        fresh._trained, fresh._trained_n, fresh._added = self._trained, self._trained_n, self._added
-        fresh._shape, fresh._knobs, fresh._gate = dict(self._shape), self.knobs, self.gate
+        fresh._trained, fresh._state = self._trained, self._state.copy()
         return fresh
 
     # -- persistence ------------------------------------------------------------------------
@@ -342,11 +317,7 @@ class FaissIndex:
                 "metric": self._metric,
                 "count": self.count(),
                 "trained": self._trained,
-                "trained_n": self._trained_n,
-                "added": self._added,
-                "shape": self._shape,
-                "knobs": self._knobs,
-                "gate": self._gate,
+                **self._state.meta(),
             }
 
             def write(tmp: Path) -> None:
@@ -375,9 +346,6 @@ class FaissIndex:
             raise InvalidInput(f"index at {path} is inconsistent (count mismatch); rebuild it")
         index._faiss, index._map = structure, idmap
         index._template = np.load(path / "template.npy", allow_pickle=False).tobytes()
-        index._trained, index._trained_n = bool(meta["trained"]), int(meta["trained_n"])
-        index._added = int(meta.get("added", 0))
-        index._shape = {k: int(v) for k, v in meta["shape"].items()}
-        index._knobs = {k: int(v) for k, v in meta["knobs"].items()}
-        index._gate = dict(meta["gate"])
+        index._trained = bool(meta["trained"])
+        index._state.load(meta)
         return index

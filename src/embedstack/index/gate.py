@@ -9,7 +9,7 @@ passed. The result is recorded, so an index that could not reach its floor says 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,23 @@ class GateResult:
             "knobs": dict(self.knobs),
             "passed": self.passed,
         }
+
+
+def recall_at_k(
+    found: Iterable[Iterable[int]], truth: Iterable[Iterable[int]], k: int = 0
+) -> float:
+    """Hits over wanted: for each query, how many of its true ids (-1 padding ignored) appear in
+    what was found, summed, over the number of true ids (1.0 when there are none). With `k`,
+    only the first k of each found and truth row count. Rows may be arrays or lists."""
+    hits = total = 0
+    for got, want in zip(found, truth, strict=True):
+        got_ids, want_ids = np.asarray(got).tolist(), np.asarray(want).tolist()
+        if k:
+            got_ids, want_ids = got_ids[:k], want_ids[:k]
+        wanted = {i for i in want_ids if i >= 0}
+        hits += len(wanted.intersection(got_ids))
+        total += len(wanted)
+    return hits / total if total else 1.0
 
 
 def leave_one_out_recall(

@@ -18,7 +18,13 @@ from typing import Any
 
 from embedstack.errors import InvalidInput
 from embedstack.index.params import INDEX_PARAMS, validate_params
-from embedstack.index.structures import TRAIN_SAMPLE_MAX, auto_m, auto_nlist
+from embedstack.index.structures import (
+    TRAIN_PER_CENTROID,
+    TRAIN_SAMPLE_MAX,
+    auto_leaves,
+    auto_m,
+    auto_nlist,
+)
 
 FLOAT = 4  # faiss stores float32 whatever the source dtype
 IDMAP_BYTES = 25  # IdMap per position: id 8 + live flag 1 + sorted key 8 + its position 8
@@ -75,10 +81,6 @@ class Plan:
     def bytes_per_vector(self) -> float:
         return self.index_bytes / max(1, self.vectors)
 
-    @property
-    def shard_bytes(self) -> int:
-        return math.ceil(self.index_bytes / self.shards)
-
 
 # -- sizes ----------------------------------------------------------------------------------------
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
@@ -118,7 +120,7 @@ def resolve_params(
     if index_type == "ivf_pq" and dim % int(full["m"]):
         raise InvalidInput(f"ivf_pq param m={full['m']} must divide dim={dim}")
     if index_type == "scann" and full["leaves"] == 0:
-        full["leaves"] = max(1, min(int(2 * math.sqrt(n)), n // 100))
+        full["leaves"] = auto_leaves(n)
     return full
 
 
@@ -253,7 +255,7 @@ def plan(
             "refine_factor > 0 keeps a float32 copy of every vector for re-ranking; "
             "refine_factor=0 drops it at a recall cost"
         )
-    if resolved.get("nlist") and 39 * int(resolved["nlist"]) > TRAIN_SAMPLE_MAX:
+    if resolved.get("nlist") and TRAIN_PER_CENTROID * int(resolved["nlist"]) > TRAIN_SAMPLE_MAX:
         notes.append(
             f"nlist {resolved['nlist']} has under 39 training vectors per list in the "
             f"{TRAIN_SAMPLE_MAX}-vector training sample"

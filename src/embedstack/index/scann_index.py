@@ -35,9 +35,9 @@ from embedstack.index.common import (
     unique_first,
 )
 from embedstack.index.exact import ExactIndex
-from embedstack.index.gate import tune
 from embedstack.index.params import check_knobs, validate_params
-from embedstack.index.structures import train_min
+from embedstack.index.structures import auto_leaves, train_min
+from embedstack.index.training import TrainingState
 
 AH_THRESHOLD = 0.2  # anisotropic quantization threshold recommended for dot-product search
 FORMAT = 1
@@ -55,8 +55,7 @@ def require_scann() -> Any:
 
 
 def scann_shape(params: dict[str, Any], n: int) -> dict[str, int]:
-    leaves = int(params["leaves"]) or max(1, min(int(2 * math.sqrt(n)), n // 100))
-    return {"leaves": leaves}
+    return {"leaves": int(params["leaves"]) or auto_leaves(n)}
 
 
 class ScannIndex:
@@ -70,11 +69,7 @@ class ScannIndex:
         self._searcher: Any = None
         self._rows = np.empty(0, np.int64)  # ScaNN datapoint index -> our id
         self._pos: dict[int, int] = {}
-        self._shape: dict[str, int] = {}
-        self._knobs: dict[str, int] = {}
-        self._gate: dict[str, Any] = {}
-        self._trained_n = 0
-        self._added = 0  # vectors upserted since training
+        self._state = TrainingState.for_params("scann", self._params)
 
     @property
     def dim(self) -> int:
@@ -94,11 +89,19 @@ class ScannIndex:
 
     @property
     def knobs(self) -> dict[str, int]:
-        return dict(self._knobs)
+        return dict(self._state.knobs)
 
     @property
     def gate(self) -> dict[str, Any]:
-        return dict(self._gate)
+        return dict(self._state.gate)
+
+    def tombstone_ratio(self) -> float:
+        """Always 0.0: ScaNN deletes move the last datapoint into the hole."""
+        return 0.0
+
+    def compacted(self) -> ScannIndex:
+        """Itself: with no tombstones there is nothing to compact."""
+        return self
 
     def count(self) -> int:
         return self._buffer.count() if self._buffer is not None else len(self._pos)
@@ -109,7 +112,7 @@ class ScannIndex:
         n, d = len(self._pos), self._dim
         rerank = 2 * d if self._metric == "l2" else d + 4  # bfloat16, or int8 + norm
         per_vector = rerank + d // 4 + 4  # + AH codes (4 bits per 2 dims) + partition token
-        centers = self._shape["leaves"] * d * 4 + d * 4 * 16 * 2
+        centers = self._state.shape["leaves"] * d * 4 + d * 4 * 16 * 2
         return n * per_vector + centers + len(self._rows) * 8 + n * 100  # + id dict
 
     # -- writes -----------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class ScannIndex:
         if list(rows) != list(range(start, start + len(ids))):
             raise RuntimeError("ScaNN assigned unexpected datapoint indices; rebuild the index")
         self._rows = np.concatenate([self._rows[:start], ids])
-        self._added += len(ids)
+        self._state.added += len(ids)
         self._pos.update(zip(ids.tolist(), rows, strict=True))
 
     def remove(self, ids: np.ndarray) -> int:
@@ -166,53 +169,40 @@ class ScannIndex:
         assert self._buffer is not None
         n = self._buffer.count()
         ids, vectors = self._buffer.snapshot()
-        self._shape = scann_shape(self._params, n)
-        leaves = self._shape["leaves"]
+        shape = scann_shape(self._params, n)
+        leaves = shape["leaves"]
         distance = "squared_l2" if self._metric == "l2" else "dot_product"
         threshold = float("nan") if self._metric == "l2" else AH_THRESHOLD
         from scann.scann_ops.py.scann_builder import ReorderType
 
-        self._knobs = self._default_knobs()
+        knobs = self._default_knobs(leaves)
         builder = self._sp.builder(vectors, 10, distance).tree(
             num_leaves=leaves,
-            num_leaves_to_search=self._knobs["leaves_to_search"],
+            num_leaves_to_search=knobs["leaves_to_search"],
             training_sample_size=min(n, 100_000),
         )
         builder = builder.score_ah(2, anisotropic_quantization_threshold=threshold)
         # int8 re-ranking under squared L2 refuses upserts and deletes in scann 1.4.2: bfloat16
         rerank = ReorderType.BFLOAT16 if self._metric == "l2" else ReorderType.INT8
-        self._searcher = builder.reorder(self._knobs["reorder"], quantize=rerank).build()
+        self._searcher = builder.reorder(knobs["reorder"], quantize=rerank).build()
         self._rows = ids.copy()
         self._pos = dict(zip(ids.tolist(), range(n), strict=True))
-        self._buffer, self._trained_n = None, n
-        self._run_gate(vectors, ids)
+        self._buffer = None
+        self._state.trained_on(n, shape, knobs)
+        caps = {"leaves_to_search": leaves, "reorder": 4096}
+        self._state.run_gate(self._gate_search, vectors, ids, self._metric, caps)
 
-    def _default_knobs(self) -> dict[str, int]:
-        leaves = self._shape["leaves"]
+    def _gate_search(self, queries: np.ndarray, k: int, knobs: dict[str, int]) -> np.ndarray:
+        return self._search_trained(queries, k, knobs)[1]
+
+    def _default_knobs(self, leaves: int) -> dict[str, int]:
         to_search = int(self._params["leaves_to_search"]) or max(1, math.ceil(leaves / 10))
         return {"leaves_to_search": min(leaves, to_search), "reorder": int(self._params["reorder"])}
 
-    def _run_gate(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        caps = {"leaves_to_search": self._shape["leaves"], "reorder": 4096}
-        floor = float(self._params["recall_floor"])
-        result = tune(
-            lambda q, k, knobs: self._search_trained(q, k, knobs)[1],
-            vectors,
-            ids,
-            self._metric,
-            self._knobs,
-            caps,
-            floor,
-        )
-        self._knobs, self._gate = dict(result.knobs), result.as_dict()
-
     def needs_retrain(self) -> bool:
-        """True once trained and either grown past retrain_growth x the trained size, or churned:
-        more vectors added since training than retrain_growth x the trained size (upserts land in
-        partitions trained on data that has since been replaced)."""
-        growth = float(self._params["retrain_growth"])
-        limit = growth * self._trained_n
-        return limit > 0 and (self.count() > limit or self._added > limit)
+        """True once trained and grown or churned past retrain_growth x the trained size (upserts
+        land in partitions trained on data that has since been replaced)."""
+        return self._state.needs_retrain(self.count())
 
     def retrainer(self) -> Callable[[], ScannIndex]:
         """Snapshot the vectors now (decoded from ScaNN's int8 / bfloat16 re-ranking rows) and
@@ -263,7 +253,7 @@ class ScannIndex:
                 return self._buffer.search(queries, k, allow)
             if not self._pos:
                 return empty_result(len(queries), k, self._metric)
-            effective = {**self._knobs, **over}
+            effective = {**self._state.knobs, **over}
             if allow is None:
                 return self._search_trained(queries, k, effective)
             return self._search_allowed(queries, k, np.unique(as_ids(allow, "allow")), effective)
@@ -296,10 +286,11 @@ class ScannIndex:
         n = len(self._pos)
         widen = n / len(allowed)
         if len(allowed) < SMALL_ALLOW_MIN:  # over-fetch cannot find them reliably: scan all
-            fetch = {"leaves_to_search": self._shape["leaves"], "reorder": n}
+            fetch = {"leaves_to_search": self._state.shape["leaves"], "reorder": n}
             want = n
         else:
-            to_search = min(self._shape["leaves"], math.ceil(knobs["leaves_to_search"] * widen))
+            leaves = self._state.shape["leaves"]
+            to_search = min(leaves, math.ceil(knobs["leaves_to_search"] * widen))
             want = min(n, math.ceil(k * widen * 2))
             fetch = {"leaves_to_search": to_search, "reorder": max(knobs["reorder"], want)}
         scores, ids = self._search_trained(queries, want, fetch)
@@ -321,11 +312,7 @@ class ScannIndex:
                 "dim": self._dim,
                 "metric": self._metric,
                 "count": self.count(),
-                "trained_n": self._trained_n,
-                "added": self._added,
-                "shape": self._shape,
-                "knobs": self._knobs,
-                "gate": self._gate,
+                **self._state.meta(),
             }
             buffer, searcher, rows = self._buffer, self._searcher, self._rows.copy()
 
@@ -355,10 +342,7 @@ class ScannIndex:
             index._searcher = index._sp.load_searcher(str(path / "scann"))
             index._buffer, index._rows = None, ids
             index._pos = dict(zip(ids.tolist(), range(len(ids)), strict=True))
-            index._shape = {k: int(v) for k, v in meta["shape"].items()}
-            index._knobs = {k: int(v) for k, v in meta["knobs"].items()}
-            index._gate, index._trained_n = dict(meta["gate"]), int(meta["trained_n"])
-            index._added = int(meta.get("added", 0))
+            index._state.load(meta)
         if index.count() != meta["count"] or index._searcher_size() != index.count():
             raise InvalidInput(f"index at {path} is inconsistent (count mismatch); rebuild it")
         return index

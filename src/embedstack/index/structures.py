@@ -19,6 +19,7 @@ from embedstack.errors import InvalidInput
 
 TRAIN_SAMPLE_MAX = 65536  # vectors used to train quantizers (faiss subsamples k-means further)
 MIN_TRAIN = 1000
+TRAIN_PER_CENTROID = 39  # faiss k-means wants this many training points per centroid
 PQ_POINTS_PER_CENTROID = 64  # faiss default 256; 64 x 256 codes = 16k residuals per sub-quantizer
 
 
@@ -32,7 +33,14 @@ def faiss_metric(metric: str) -> int:
 
 
 def auto_nlist(n: int) -> int:
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+    """Inverted lists for `n` training vectors: about 4 sqrt(n), at most n / 39 (faiss k-means
+    wants TRAIN_PER_CENTROID points per centroid)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // TRAIN_PER_CENTROID))
+
+
+def auto_leaves(n: int) -> int:
+    """ScaNN partitions for `n` vectors: about 2 sqrt(n), at most n / 100."""
+    return max(1, min(int(2 * math.sqrt(n)), n // 100))
 
 
 def auto_m(dim: int) -> int:
@@ -53,9 +61,9 @@ def train_min(index_type: str, params: dict[str, Any]) -> int:
         return int(params["train_min"])
     need = MIN_TRAIN
     if params.get("nlist"):
-        need = max(need, 39 * int(params["nlist"]))
+        need = max(need, TRAIN_PER_CENTROID * int(params["nlist"]))
     if index_type == "ivf_pq":
-        need = max(need, 39 * (1 << int(params["nbits"])))
+        need = max(need, TRAIN_PER_CENTROID * (1 << int(params["nbits"])))
     return need
 
 

@@ -22,10 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.errors import InvalidInput
-from embedstack.index.base import VectorIndex
+from embedstack.errors import EmbedStackError, InvalidInput
+from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import INDEX_TYPES, create_index, validate_index_params
-from embedstack.index.params import INDEX_PARAMS
+from embedstack.index.gate import recall_at_k
+from embedstack.index.params import INDEX_PARAMS, TRAINED_TYPES
+from embedstack.index.structures import (
+    auto_leaves,
+    auto_m,
+    auto_nlist,
+    train_min,
+)
 
 Candidate = tuple[str, dict[str, Any]]
 GATE_PARAM = "recall_floor"  # the trained types' self-tuning gate (params.py)
@@ -34,8 +41,6 @@ EXACT_TYPES = frozenset({"exact", "flat"})
 WARMUP_QUERIES = 5
 LATENCY_ROUNDS = 2  # p50/p99 come from the round with the lower p99 (shared machines stall)
 LATENCY_BUDGET_S = 5.0  # no second round once a configuration has been timed this long
-MIN_TRAIN = 1000  # the trained types' smallest training set (structures.MIN_TRAIN)
-TRAIN_PER_CENTROID = 39  # faiss k-means wants this many training points per centroid
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Failure:
 Outcome = Measurement | Failure
 
 
-# -- ground truth and recall ----------------------------------------------------------------------
+# -- ground truth ---------------------------------------------------------------------------------
 def exact_neighbors(
     base_ids: np.ndarray, base_vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
 ) -> np.ndarray:
@@ -90,16 +95,6 @@ def exact_neighbors(
     exact = create_index("exact", base_vectors.shape[1], metric)
     exact.add(base_ids, base_vectors)
     return exact.search(queries, k)[1]
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / |truth| (padding ids -1 ignored)."""
-    hits = total = 0
-    for got, want in zip(found.tolist(), truth.tolist(), strict=True):
-        wanted = {i for i in want if i >= 0}
-        hits += len(wanted.intersection(got))
-        total += len(wanted)
-    return hits / total if total else 1.0
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -116,12 +111,12 @@ def _build(
     ids: np.ndarray,
     vectors: np.ndarray,
     require_trained: bool = True,
-) -> tuple[VectorIndex, float]:
+) -> tuple[MaintainedIndex, float]:
     index = create_index(index_type, dim, metric, params)
     start = time.perf_counter()
     index.add(ids, vectors)
     seconds = time.perf_counter() - start
-    if require_trained and getattr(index, "trained", True) is False:
+    if require_trained and not index.trained:
         raise InvalidInput(
             f"{index_type} did not train on {len(ids)} vectors (it searches exactly until it has "
             "enough); measure it on more vectors"
@@ -130,7 +125,7 @@ def _build(
 
 
 def _measure(
-    index: VectorIndex,
+    index: MaintainedIndex,
     index_type: str,
     params: dict[str, Any],
     overrides: dict[str, Any],
@@ -155,7 +150,7 @@ def _measure(
     start = time.perf_counter()
     _, found = search(queries, k, **overrides)
     batch_s = time.perf_counter() - start
-    knobs = {**getattr(index, "knobs", {}), **overrides}
+    knobs = {**index.knobs, **overrides}
     return Measurement(
         index_type=index_type,
         params=dict(params),
@@ -218,7 +213,7 @@ def evaluate_grid(
     Consecutive candidates that differ only in nonzero knob values reuse one build."""
     if truth is None:
         truth = exact_neighbors(base_ids, base_vectors, queries, k, metric)
-    built: tuple[tuple[Any, ...], VectorIndex, float] | None = None
+    built: tuple[tuple[Any, ...], MaintainedIndex, float] | None = None
     for index_type, params in candidates:
         key = _build_key(index_type, params)
         try:
@@ -239,29 +234,30 @@ def evaluate_grid(
                 len(base_ids),
             )
         except Exception as exc:  # a broken candidate must not stop the grid
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            yield Failure(index_type, dict(params), str(message))
+            if isinstance(exc, EmbedStackError):
+                yield Failure(index_type, dict(params), exc.message)
+            else:
+                yield Failure(index_type, dict(params), f"{type(exc).__name__}: {exc}")
 
 
 # -- the grid -------------------------------------------------------------------------------------
-def _pow2_floor(x: float) -> int:
-    return 1 << max(0, int(math.log2(max(1.0, x))))
-
-
-def _divisor_at_most(dim: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, limit) + 1) if dim % d == 0)
-
-
-def _nlist(n: int) -> int:
-    """The trained types' automatic list count (structures.auto_nlist): 4 sqrt(n), <= n / 39."""
-    return max(1, min(int(4 * math.sqrt(n)), n // TRAIN_PER_CENTROID))
+def _trains_on(index_type: str, point: dict[str, Any], n: int) -> bool:
+    """Whether `n` vectors reach the family's training minimum (structures.train_min) with the
+    point's params (defaults filled); untrained families always do."""
+    if index_type not in TRAINED_TYPES:
+        return True
+    spec = INDEX_PARAMS[index_type]
+    return n >= train_min(index_type, {**{k: p.default for k, p in spec.items()}, **point})
 
 
 def _family_grid(index_type: str, n: int, dim: int) -> list[dict[str, Any]]:
-    """A few parameter points for one family, sized to n; [] when n is too small to train it."""
-    if GATE_PARAM in INDEX_PARAMS.get(index_type, {}) and n < MIN_TRAIN:
-        return []  # a trained type below its training threshold would just search exactly
-    nlist = _nlist(n)
+    """A few parameter points for one family, sized to n, leaving out the points n is too small
+    to train (a trained type below its training minimum would just search exactly)."""
+    return [p for p in _family_points(index_type, n, dim) if _trains_on(index_type, p, n)]
+
+
+def _family_points(index_type: str, n: int, dim: int) -> list[dict[str, Any]]:
+    nlist = auto_nlist(n)
     sweep = sorted({max(1, nlist // 64), max(1, nlist // 16), max(1, nlist // 4)})
     if index_type in ("hnsw", "hnsw_sq8"):
         efs = (16, 32, 64, 128) if index_type == "hnsw" else (32, 64, 128)
@@ -271,17 +267,14 @@ def _family_grid(index_type: str, n: int, dim: int) -> list[dict[str, Any]]:
         return points
     if index_type == "ivf_flat":
         return [{"nlist": 0, "nprobe": p} for p in sweep]
-    if index_type == "ivf_pq":
-        if n < TRAIN_PER_CENTROID * 256:  # 8-bit codebooks need ~10k training vectors
-            return []
-        m = _divisor_at_most(dim, max(1, dim // 8))
-        pq = {"nlist": 0, "m": m, "nbits": 8}
+    if index_type == "ivf_pq":  # 8-bit codebooks need ~10k training vectors (train_min)
+        pq = {"nlist": 0, "m": auto_m(dim), "nbits": 8}
         points = [{**pq, "refine_factor": 0, "nprobe": p} for p in sweep[1:]]
         if n <= 20_000:  # a float store makes it bigger than ivf_flat: a latency play only
             points.append({**pq, "refine_factor": 4, "nprobe": sweep[-1]})
         return points
     if index_type == "scann":
-        leaves = max(1, min(int(2 * math.sqrt(n)), n // 100))  # scann_index.scann_shape
+        leaves = auto_leaves(n)
         return [{"leaves": 0, "leaves_to_search": max(1, leaves // f)} for f in (16, 4)]
     return [{}]
 
@@ -289,19 +282,20 @@ def _family_grid(index_type: str, n: int, dim: int) -> list[dict[str, Any]]:
 def candidate_grid(n: int, dim: int, types: Sequence[str] | None = None) -> list[Candidate]:
     """Candidate configurations for `n` base vectors of `dim`: every index family (quantized and
     not) with a few parameter points, grouped so knob sweeps share a build. Families whose
-    training needs more vectors than `n` are left out, and so are types this install cannot
-    build (e.g. scann without its package); "exact" is the ground truth, not a candidate."""
+    training needs more vectors than `n` are left out; "exact" is the ground truth, not a
+    candidate. A family this install cannot build (an unknown type, scann without its package)
+    keeps only its first point, which `evaluate_grid` reports as a Failure with the reason."""
     chosen = [t for t in (types or INDEX_TYPES) if t != "exact"]
     out: list[Candidate] = []
     for index_type in chosen:
         gated = GATE_PARAM in INDEX_PARAMS.get(index_type, {})
         for point in _family_grid(index_type, n, dim):
             params = {**point, GATE_PARAM: 0} if gated else dict(point)
+            out.append((index_type, params))
             try:
                 validate_index_params(index_type, params)
-            except Exception:  # unknown type, missing optional backend
+            except InvalidInput:  # the family fails as a whole: one Failure row says why
                 break
-            out.append((index_type, params))
     return out
 
 

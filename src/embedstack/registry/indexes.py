@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.errors import NotFound
-from embedstack.index.base import VectorIndex
+from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import create_index, load_index
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
@@ -47,7 +47,7 @@ class IndexConfig:
 
 
 class LiveIndex:
-    def __init__(self, config: IndexConfig, index: VectorIndex, applied_seq: int) -> None:
+    def __init__(self, config: IndexConfig, index: MaintainedIndex, applied_seq: int) -> None:
         self.config = config
         self.index = index
         self.applied_seq = applied_seq
@@ -194,19 +194,18 @@ class IndexManager:
             self.sync(*key)
 
     def _maybe_compact(self, live: LiveIndex) -> None:
-        needs_retrain = getattr(live.index, "needs_retrain", None)
-        retrained = getattr(live.index, "retrained", None)
-        if needs_retrain is not None and retrained is not None and needs_retrain():
+        """Retrain an index grown past its training size, else compact one whose tombstone ratio
+        passed the threshold; readers keep the reference they started with."""
+        index = live.index
+        if index.needs_retrain():
             started = time.perf_counter()
-            live.index = retrained()  # grown past its training size: retrain on live vectors
+            live.index = index.retrained()
             log.info("retrained %s in %.2fs", live.config.collection, time.perf_counter() - started)
             return
-        ratio_of = getattr(live.index, "tombstone_ratio", None)
-        compacted = getattr(live.index, "compacted", None)
-        if ratio_of is None or compacted is None or ratio_of() <= self._compaction_ratio:
+        if index.tombstone_ratio() <= self._compaction_ratio:
             return
         started = time.perf_counter()
-        live.index = compacted()  # readers keep the reference they started with
+        live.index = index.compacted()
         log.info(
             "compacted %s in %.2fs (%d live vectors)",
             live.config.collection,
@@ -218,8 +217,8 @@ class IndexManager:
         labels = (live.config.collection, live.config.space_id)
         self._metrics.vectors.labels(*labels).set(live.index.count())
         self._metrics.index_memory.labels(*labels).set(live.index.memory_bytes())
-        ratio_of = getattr(live.index, "tombstone_ratio", None)
-        tomb = ratio_of() * live.index.count() / max(1e-9, 1 - ratio_of()) if ratio_of else 0
+        ratio = live.index.tombstone_ratio()
+        tomb = ratio * live.index.count() / max(1e-9, 1 - ratio)
         self._metrics.tombstones.labels(*labels).set(round(tomb))
 
     # -- snapshots --------------------------------------------------------------------------

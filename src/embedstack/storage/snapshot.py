@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from embedstack.fsutil import atomic_write, fsync_dir
+from embedstack.fsutil import atomic_write, write_dir_atomically
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -25,16 +23,13 @@ def write_snapshot(
     A crash at any point leaves either the previous snapshot or the new one current, never a
     half-written one. Older snapshots are removed after the flip.
     """
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{name}-{uuid.uuid4().hex}"
-    write(tmp / "data")
-    atomic_write(tmp / MANIFEST, orjson.dumps(manifest))
-    fsync_dir(tmp)
+
+    def fill(tmp: Path) -> None:
+        write(tmp / "data")
+        atomic_write(tmp / MANIFEST, orjson.dumps(manifest))
+
     final = parent / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(parent)
+    write_dir_atomically(final, fill, replace=True)
     atomic_write(parent / CURRENT, name.encode())
     for old in parent.iterdir():
         if old.name not in (name, CURRENT) and old.is_dir():

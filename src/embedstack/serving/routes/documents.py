@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput, PayloadTooLarge, SpaceMismatch
+from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
 from embedstack.serving.http import JSON
@@ -52,10 +53,9 @@ def checked_vector(
     if not np.all(np.isfinite(vec)):
         raise InvalidInput(f"{where} contains NaN or infinity: every component must be finite")
     if metric == "cosine":
-        norm = float(np.linalg.norm(vec))
-        if norm == 0.0:
+        if float(np.linalg.norm(vec)) == 0.0:
             raise InvalidInput(f"{where} is all zeros: a cosine vector needs a direction")
-        vec = vec / norm
+        vec = unit_rows(vec)
     return vec
 
 

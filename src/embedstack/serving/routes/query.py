@@ -37,10 +37,10 @@ async def _query_vector(
         raise InvalidInput("'text' is empty: send the words to search for")
     if len(body.text) > services.settings.max_document_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
-    embedder = services.collections.embedder_for(record, space)  # enforces space parity
-    vecs = await unless_disconnected(
-        request, services.embed(embedder.spec.name, [body.text], "query")
-    )
+    # enforces space parity (loading the model on first use, off the event loop)
+    await asyncio.to_thread(services.collections.embedder_for, record, space)
+    assert space.model is not None  # embedder_for refused a space without a model
+    vecs = await unless_disconnected(request, services.embed(space.model, [body.text], "query"))
     return np.asarray(vecs[0], dtype=np.float32)
 
 
