@@ -99,3 +99,16 @@ def test_llamaindex_index_on_the_real_model(real_server: Server) -> None:
         assert store.client.get_collection(store.collection).dim == 384
     finally:
         Settings._tokenizer = before
+
+
+def test_the_readme_rag_retriever_runs(real_server: Server) -> None:
+    pytest.importorskip("langchain_core")
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\nfrom embedstack.integrations.langchain")
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    assert len(code.strip().splitlines()) <= 10, "the README promises ten lines"
+    scope: dict[str, object] = {}
+    exec(code.replace("http://127.0.0.1:8080", real_server.url), scope)
+    assert scope["context"] == "Refunds are paid within 14 days."
