@@ -24,6 +24,7 @@ from embedstack.client import (
     OverloadedError,
     PayloadTooLargeError,
     Progress,
+    RequestTimeout,
     SpaceMismatchError,
     UnavailableError,
 )
@@ -237,6 +238,7 @@ class FaultyProxy:
         self.target = target
         self.faults: list[tuple[int, dict[str, str]]] = []
         self.seen: list[tuple[float, str, str, str | None]] = []
+        self.delay = 0.0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -247,6 +249,7 @@ class FaultyProxy:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 proxy.seen.append((time.monotonic(), self.command, self.path,
                                    self.headers.get("authorization")))  # fmt: skip
+                time.sleep(proxy.delay)
                 if proxy.faults:
                     status, headers = proxy.faults.pop(0)
                     payload = b'{"error": {"type": "Overloaded", "message": "busy, retry"}}'
@@ -292,7 +295,14 @@ def test_retries_honour_retry_after_and_503_and_send_the_api_key(server: Server)
             proxy.faults = [(503, {})]
             with pytest.raises(UnavailableError):  # creating is not retried: it is not idempotent
                 es.create_collection("once")
-            proxy.faults = []
+            proxy.faults, proxy.delay = [(503, {})], 1.0  # answered late, never forwarded
+            seen = len(proxy.seen)
+            with Client(proxy.url, timeout=httpx.Timeout(5.0, read=0.2)) as slow:
+                with pytest.raises(RequestTimeout) as late:
+                    slow.add_documents("nowhere", [{"id": "a", "text": "b"}])
+                assert "did not answer in time" in str(late.value)
+            assert len(proxy.seen) == seen + 1  # sent once: a timed-out write is not re-sent
+            proxy.faults, proxy.delay = [], 0.0
     finally:
         proxy.close()
     with Client(proxy.url, retries=1, backoff=0.01) as gone, pytest.raises(ConnectError) as ce:

@@ -16,12 +16,22 @@ class EmbedStackClientError(Exception):
 
 
 class ConnectError(EmbedStackClientError):
-    """The server could not be reached (refused, DNS, TLS) or did not answer in time."""
+    """The server could not be reached (refused, DNS, TLS), or the connection broke."""
 
     def __init__(self, method: str, url: str, cause: Exception) -> None:
         self.method = method
         self.url = url
-        super().__init__(f"cannot reach {url} ({type(cause).__name__}: {cause})")
+        super().__init__(f"cannot reach {url} ({type(cause).__name__}: {cause or 'no detail'})")
+
+
+class RequestTimeout(ConnectError):
+    """The server took the request but did not answer within the client's timeout; the work
+    may still happen (ingest is idempotent: sending the same documents again is safe)."""
+
+    def __init__(self, method: str, url: str, cause: Exception) -> None:
+        super().__init__(method, url, cause)
+        self.args = (f"{method} {url} did not answer in time ({type(cause).__name__}); "
+                     "raise the client's timeout",)  # fmt: skip
 
 
 class APIError(EmbedStackClientError):

@@ -16,6 +16,7 @@ from embedstack.client.errors import (
     JobFailedError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeout,
     WaitTimeout,
 )
 from embedstack.serving.responses import (
@@ -98,7 +99,9 @@ class Client:
                     attempt += 1
                     continue
                 raise ConnectError(c.method, self.base_url + c.path, exc) from exc
-            except httpx.TransportError as exc:  # read timeout, reset: maybe processed; no retry
+            except httpx.TimeoutException as exc:  # sent, maybe processed: not re-sent
+                raise RequestTimeout(c.method, self.base_url + c.path, exc) from exc
+            except httpx.TransportError as exc:  # a broken connection: maybe processed
                 raise ConnectError(c.method, self.base_url + c.path, exc) from exc
             if r.status_code not in c.ok and policy.should_retry(c, attempt, r.status_code):
                 time.sleep(policy.delay(attempt, r))
