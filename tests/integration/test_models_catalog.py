@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedstack.cli_models import models as models_cli
+from embedstack.cli.models import models as models_cli
 from embedstack.errors import ConfigError, Unavailable
 from embedstack.inference.bundled import L3_NAME, L6_NAME, l6_dir, l6_spec
 from embedstack.inference.gate import load_sample

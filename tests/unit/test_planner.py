@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedstack.cli_ops import plan as plan_command
+from embedstack.cli.tune import plan as plan_command
 from embedstack.errors import InvalidInput
 from embedstack.index.factory import create_index
 from embedstack.index.planner import human_bytes, parse_size, plan, plan_all

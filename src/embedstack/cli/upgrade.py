@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from embedstack.cli_http import call
+from embedstack.cli.http import call
 
 url_option = click.option("--url", default="http://127.0.0.1:8080", help="Server to drive.")
 collection_option = click.option("-c", "--collection", required=True, help="Collection or alias.")

@@ -135,7 +135,7 @@ def ingest(
     {"id", "text", "metadata"} object per line. Unchanged documents cost no model time.
     A running server on the same --data-dir serves the new vectors within a moment.
     """
-    from embedstack.cli_ingest import run_ingest
+    from embedstack.cli.ingest import run_ingest
 
     settings = _settings(config, data_dir=data_dir)
     chunking = {"mode": chunk_mode, "size": chunk_size, "overlap": chunk_overlap}
@@ -163,7 +163,7 @@ def query(
     from rich.console import Console
     from rich.table import Table
 
-    from embedstack.cli_http import call
+    from embedstack.cli.http import call
 
     body: dict[str, Any] = {"text": text, "k": k}
     if filter_json:
@@ -189,9 +189,9 @@ def query(
 
 
 def _register() -> None:
-    from embedstack.cli_models import models
-    from embedstack.cli_ops import plan, tune
-    from embedstack.cli_upgrade import retire, rollback, upgrade
+    from embedstack.cli.models import models
+    from embedstack.cli.tune import plan, tune
+    from embedstack.cli.upgrade import retire, rollback, upgrade
 
     main.add_command(models)
     for command in (upgrade, rollback, retire, tune, plan):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from embedstack.cli_http import call
+from embedstack.cli.http import call
 from embedstack.types import METRICS
 
 if TYPE_CHECKING:
