@@ -55,14 +55,11 @@ def print_report(report: dict[str, Any]) -> None:
 @click.option("--min-recall", type=float, default=GATE_DEFAULTS["min_recall"],
               help="New space's recall@k floor (default: none).")  # fmt: skip
 @click.option("--max-recall-drop", type=float, default=GATE_DEFAULTS["max_recall_drop"],
-              show_default=True,
-              help="Allowed recall@k loss.")  # fmt: skip
+              show_default=True, help="Allowed recall@k loss.")  # fmt: skip
 @click.option("--min-overlap", type=float, default=GATE_DEFAULTS["min_overlap"],
-              show_default=True,
-              help="Unlabeled gate: top-k overlap.")  # fmt: skip
+              show_default=True, help="Unlabeled gate: top-k overlap.")  # fmt: skip
 @click.option("--sample-queries", type=int, default=GATE_DEFAULTS["sample_queries"],
-              show_default=True,
-              help="Unlabeled gate: sampled texts.")  # fmt: skip
+              show_default=True, help="Unlabeled gate: sampled texts.")  # fmt: skip
 @click.option("--cutover/--no-cutover", default=True, show_default=True,
               help="Cut over when the gate passes.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Cut over without the gate.")
