@@ -39,10 +39,12 @@ JOB_DOCUMENTS = 256  # documents per queue job: progress granularity and retry u
 @click.option("--chunk-mode", type=click.Choice(get_args(ChunkMode)), default=CHUNKING.mode,
               show_default=True,
               help="Chunks of a new collection: token windows or sentences.")  # fmt: skip
-@click.option("--chunk-size", type=click.IntRange(1), default=CHUNKING.size, show_default=True,
-              help="Tokens per chunk of a new collection, special ones included.")  # fmt: skip
-@click.option("--chunk-overlap", type=click.IntRange(0), default=CHUNKING.overlap,
-              show_default=True, help="Tokens shared by neighbouring chunks.")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help=f"Tokens per chunk of a new collection, special ones included [default: "
+                   f"{CHUNKING.size}, or the model's limit if smaller].")  # fmt: skip
+@click.option("--chunk-overlap", type=click.IntRange(0), default=None,
+              help=f"Tokens shared by neighbouring chunks [default: {CHUNKING.overlap} per "
+                   f"{CHUNKING.size} of chunk size].")  # fmt: skip
 @click.option("--job-size", type=click.IntRange(1), default=JOB_DOCUMENTS, show_default=True,
               help="Documents per queue job.")  # fmt: skip
 @click.option("--wait/--no-wait", default=True, show_default=True,
@@ -51,8 +53,8 @@ JOB_DOCUMENTS = 256  # documents per queue job: progress granularity and retry u
 @config_option
 def ingest(
     path: Path, collection: str, create: bool, model: str | None, chunk_mode: str,
-    chunk_size: int, chunk_overlap: int, job_size: int, wait: bool, data_dir: Path | None,
-    config: Path | None,
+    chunk_size: int | None, chunk_overlap: int | None, job_size: int, wait: bool,
+    data_dir: Path | None, config: Path | None,
 ) -> None:  # fmt: skip
     """Add files to a collection through the durable queue and the ingest pipeline.
 
