@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from embedstack.errors import ConfigError
+
+ENV_PREFIX = "EMBEDSTACK_"
 
 
 class RemoteModel(BaseModel):
@@ -29,7 +34,7 @@ class RemoteModel(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMBEDSTACK_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -74,11 +79,32 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, toml_path: Path | None = None, **overrides: Any) -> Settings:
-        """File values, then environment, then explicit overrides (CLI flags) win."""
+        """File values, then environment, then explicit overrides (CLI flags) win. A value that
+        cannot be read or is out of range is a ConfigError naming the setting, on one line."""
         values: dict[str, Any] = {}
         if toml_path is not None:
-            values.update(tomllib.loads(toml_path.read_text()))
-        env = cls()  # environment + defaults
-        merged = {**values, **env.model_dump(exclude_unset=True)}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**merged)
+            try:
+                values.update(tomllib.loads(toml_path.read_text()))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{toml_path} is not valid TOML: {exc}") from exc
+        try:
+            env = cls()  # environment + defaults
+            merged = {**values, **env.model_dump(exclude_unset=True)}
+            merged.update({k: v for k, v in overrides.items() if v is not None})
+            return cls(**merged)
+        except SettingsError as exc:  # an EMBEDSTACK_* variable that does not parse (JSON)
+            field = re.search(r'field "(\w+)"', str(exc))
+            what = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a setting"
+            raise ConfigError(f"{what} does not parse: {exc.__cause__ or exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for every refused setting: `EMBEDSTACK_PORT (port): Input should be ...`."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        name = str(err["loc"][0]) if err["loc"] else field
+        parts.append(f"{ENV_PREFIX}{name.upper()} ({field}): {err['msg']} (got {err['input']!r})")
+    return "invalid settings: " + "; ".join(parts)

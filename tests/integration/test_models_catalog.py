@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedstack.cli_models import models as models_cli
-from embedstack.errors import Unavailable
+from embedstack.cli.models import models as models_cli
+from embedstack.errors import ConfigError, Unavailable
 from embedstack.inference.engines.openvino import cpu_has_ov_bf16
 from embedstack.inference.engines.torch import TorchForward, cpu_has_bf16, cuda_available
 from embedstack.inference.models.bundled import L3, L6, bundled_spec
@@ -157,7 +157,7 @@ def test_a_pinned_backend_replaces_the_auto_choice(cache: Path) -> None:
     # a pin to a backend that fails the gate is refused with the numbers, never served
     with pytest.raises(Unavailable, match=r"accuracy gate.*recall@10"):
         pinned("onnx-int8").auto(L6.name)
-    with pytest.raises(ValueError, match="choose one of: auto, sentence-transformers"):
+    with pytest.raises(ConfigError, match="choose one of: auto, sentence-transformers"):
         pinned("onnx-fp64").check_pins()
-    with pytest.raises(ValueError, match="unknown model 'nope'"):
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
         Catalog(cache, pins={"nope": "onnx-fp32"}).check_pins()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from embedstack.config import Settings
-from embedstack.errors import InvalidInput, Unavailable
+from embedstack.errors import ConfigError, InvalidInput, Unavailable
 from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.inference.engines.remote import (
@@ -138,7 +138,7 @@ def test_settings_name_the_missing_key_variable() -> None:
             }
         ]
     )
-    with pytest.raises(ValueError, match="environment variable OA_KEY, which is not set"):
+    with pytest.raises(ConfigError, match="environment variable OA_KEY, which is not set"):
         remote_configs(settings, {})
     (cfg,) = remote_configs(settings, {"OA_KEY": "sk-9"})
     assert cfg.api_key == "sk-9" and cfg.name == "oa" and cfg.model == "m"

@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 
 from embedstack.config import Settings
-from embedstack.errors import Unavailable
+from embedstack.errors import ConfigError, Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.engines.hashing import HashingEmbedder
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def remote_configs(
     settings: Settings, environ: Mapping[str, str] | None = None
 ) -> list[RemoteConfig]:
-    """The remote models of `settings`, with their API keys read from `environ` (ValueError
+    """The remote models of `settings`, with their API keys read from `environ` (ConfigError
     naming the variable when one is unset); without `environ` the keys are left out."""
     out = []
     for m in settings.remote_models:
@@ -40,7 +40,7 @@ def remote_configs(
         if m.api_key_env and environ is not None:
             key = environ.get(m.api_key_env)
             if not key:
-                raise ValueError(
+                raise ConfigError(
                     f"remote model {m.name!r} reads its API key from the environment variable "
                     f"{m.api_key_env}, which is not set"
                 )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedstack.errors import NotFound, Unavailable
+from embedstack.errors import ConfigError, NotFound, Unavailable
 from embedstack.inference.backend import Embedder, ModelEntry
 from embedstack.inference.batching.packed import PackedEmbedder
 from embedstack.inference.engines.onnx import OnnxOptions
@@ -191,16 +191,16 @@ class Catalog:
         return self._in_fp32_space(model, backend, self.gated(model, backend))
 
     def check_pins(self) -> None:
-        """Refuse (ValueError, naming what exists) a pinned model or backend that is not here."""
+        """Refuse (ConfigError, naming what exists) a pinned model or backend that is not here."""
         for model, backend in self._pins.items():
             if model not in self.models():
-                raise ValueError(
+                raise ConfigError(
                     f"model_backends names unknown model {model!r}; "
                     f"bundled models: {', '.join(self.models())}"
                 )
             if backend != "auto" and backend not in {v.backend for v in self.variants(model)}:
                 names = ", ".join(["auto", *(v.backend for v in self.variants(model))])
-                raise ValueError(
+                raise ConfigError(
                     f"model_backends pins {model!r} to {backend!r}, which this machine cannot "
                     f"run; choose one of: {names}"
                 )
@@ -355,7 +355,7 @@ class Catalog:
         seen: set[str] = set()
         for cfg in self._remotes:
             if cfg.name in taken or cfg.name in seen:
-                raise ValueError(f"remote model name {cfg.name!r} is already taken: rename it")
+                raise ConfigError(f"remote model name {cfg.name!r} is already taken: rename it")
             seen.add(cfg.name)
 
     def _auto_factory(self, model: str) -> Callable[[], Embedder]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from embedstack.cli.common import Group
 
 if TYPE_CHECKING:
     from embedstack.inference.models.catalog import Catalog
@@ -15,7 +16,6 @@ CACHE_HELP = "Folder for ONNX exports and gate reports (default ~/.cache/embedst
 
 
 def _catalog(cache_dir: Path | None, queries: int | None = None) -> Catalog:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from embedstack.config import Settings
     from embedstack.inference.models.catalog import Catalog
     from embedstack.inference.models.gate import load_sample
@@ -31,7 +31,7 @@ cache_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=Group)
 def models() -> None:
     """The models and backends this machine offers, and their accuracy gate."""
 
