@@ -203,15 +203,17 @@ def test_uploads_split_by_count_and_by_bytes(es: Client, server: Server) -> None
         with pytest.raises(PayloadTooLargeError) as big:
             loose.add_documents("big", [{"id": "huge", "text": "x " * 5000}])
         assert big.value.status == 413 and "split" in big.value.message
-    with Client(server.url, max_documents=100) as unaware, pytest.raises(InvalidInputError) as n:
-        unaware.add_documents("big", _docs(6, "e"))
-    assert "over the 5 limit" in n.value.message
-    assert es.get_collection("big").documents == 14
+    # a client that does not know the count limit learns it from the server's refusal
+    with Client(server.url, max_documents=100) as unaware:
+        learned = unaware.add_documents("big", _docs(12, "e"))
+        assert learned.documents == 12 and len(learned.submitted) == 3
+        assert unaware.settings.max_documents == MAX_DOCS
+    assert es.get_collection("big").documents == 26
 
 
 def test_async_client_round_trip(server: Server) -> None:
     async def run() -> None:
-        async with AsyncClient(server.url, max_documents=MAX_DOCS, max_body_bytes=MAX_BODY) as ac:
+        async with AsyncClient(server.url, max_body_bytes=MAX_BODY) as ac:  # learns the count
             assert (await ac.health()).status == "ok"
             await ac.create_collection("aio")
             calls: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 from base64 import b64decode
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -295,8 +296,24 @@ def stats_of(text: str) -> dict[str, float]:
     return out
 
 
+def documents_of(body: bytes) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = orjson.loads(body)["documents"]
+    return docs
+
+
+# the server's answer to a request over EMBEDSTACK_MAX_DOCUMENTS_PER_REQUEST
+# (serving/routes/documents.py; tests/integration/test_client.py holds the two together)
+_OVER_COUNT = re.compile(r"^\d+ documents, over the (\d+) limit")
+
+
+def documents_limit(message: str) -> int | None:
+    """The server's documents-per-request limit, from its refusal of a request over it."""
+    m = _OVER_COUNT.match(message)
+    return int(m.group(1)) if m else None
+
+
 def halves(body: bytes) -> list[tuple[int, bytes]]:
     """A documents body cut in two bodies of half the documents each."""
-    docs = orjson.loads(body)["documents"]
+    docs = documents_of(body)
     half = len(docs) // 2
     return [(len(p), orjson.dumps({"documents": p})) for p in (docs[:half], docs[half:])]

@@ -14,6 +14,7 @@ from embedstack.client import _core as core
 from embedstack.client._core import Call, IngestResult, Progress, call, seg
 from embedstack.client.errors import (
     ConnectError,
+    InvalidInputError,
     JobFailedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -243,8 +244,17 @@ class AsyncClient:
         except PayloadTooLargeError:
             if n < 2:
                 raise
-        out: list[Any] = []  # over the server's byte limit: halve the body and try again
-        for m, b in core.halves(body):
+            parts = core.halves(body)  # over the server's byte limit: halve and try again
+        except InvalidInputError as exc:
+            limit = core.documents_limit(exc.message)
+            if limit is None or n <= limit:
+                raise
+            self.settings.max_documents = limit  # the server's own setting: keep to it
+            parts = core.split_documents(
+                core.documents_of(body), limit, self.settings.max_body_bytes
+            )
+        out: list[Any] = []
+        for m, b in parts:
             out += await self._submit(collection, m, b)
         return out
 
