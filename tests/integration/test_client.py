@@ -5,6 +5,7 @@ limits, errors arrive typed, and retries honour 429 Retry-After and 503."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import Iterator
@@ -90,6 +91,22 @@ def test_every_route_has_a_client_method(server: Server) -> None:
     for name in ROUTES.values():
         assert callable(getattr(Client, name)), name
         assert asyncio.iscoroutinefunction(getattr(AsyncClient, name)), name
+
+
+def test_the_async_client_is_the_twin_of_the_client() -> None:
+    """Same public methods with the same parameters (their bodies are written twice)."""
+    public = {n for n in dir(Client) if not n.startswith("_")} - {"close"}
+    assert public == {n for n in dir(AsyncClient) if not n.startswith("_")} - {"close", "like"}
+    for name in sorted(public):
+        sync, aio = getattr(Client, name), getattr(AsyncClient, name)
+        if callable(sync):
+            assert (
+                inspect.signature(sync).parameters.keys()
+                == inspect.signature(aio).parameters.keys()
+            ), name
+            assert [p.default for p in inspect.signature(sync).parameters.values()] == [
+                p.default for p in inspect.signature(aio).parameters.values()
+            ], name
 
 
 def _docs(n: int, prefix: str = "d", size: int = 0) -> list[dict[str, Any]]:
