@@ -306,8 +306,8 @@ class FaissIndex:
         column tells whether any row is padded (one scalar read for a single query)."""
         if self._metric == "l2":
             np.sqrt(np.maximum(scores, 0.0, out=scores), out=scores)
-        last = labels[:, -1]
-        if labels.size and (last[0] < 0 if len(last) == 1 else last.min() < 0):
+        rows = len(labels)
+        if rows and (labels.item(-1) < 0 if rows == 1 else labels[:, -1].min() < 0):
             scores[labels < 0] = pad_value(self._metric)
         return scores, self._map.to_ids(labels)
 
