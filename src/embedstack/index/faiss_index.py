@@ -238,27 +238,29 @@ class FaissIndex:
         a team per call for flat scans and IVF coarse quantizers (see bench/search_overhead.py)."""
         k = check_k(k)
         queries = _as_queries(queries, self._dim)
-        if knobs or allow is not None:
-            return self._search_general(queries, k, allow, knobs)
         nq = len(queries)
         omp = _omp_get_max_threads() if nq == 1 else 1
         if omp != 1:
-            _omp_set_num_threads(1)
-        self._lock.acquire_read()
+            _omp_set_num_threads(1)  # a per-thread setting: restored below
         try:
-            if not self._map.live_count:
-                return empty_result(nq, k, self._metric)
-            params = self._cache.get(k)
-            if params is None:
-                params = self._params_for(k, k, None)
-            scores = np.empty((nq, k), np.float32)
-            labels = np.empty((nq, k), np.int64)
-            self._faiss.search_c(
-                nq, _swig_ptr(queries), k, _swig_ptr(scores), _swig_ptr(labels), params[0]
-            )
-            return self._finish(scores, labels)
+            if knobs or allow is not None:
+                return self._search_general(queries, k, allow, knobs)
+            self._lock.acquire_read()
+            try:
+                if not self._map.live_count:
+                    return empty_result(nq, k, self._metric)
+                params = self._cache.get(k)
+                if params is None:
+                    params = self._params_for(k, k, None)
+                scores = np.empty((nq, k), np.float32)
+                labels = np.empty((nq, k), np.int64)
+                self._faiss.search_c(
+                    nq, _swig_ptr(queries), k, _swig_ptr(scores), _swig_ptr(labels), params[0]
+                )
+                return self._finish(scores, labels)
+            finally:
+                self._lock.release_read()
         finally:
-            self._lock.release_read()
             if omp != 1:
                 _omp_set_num_threads(omp)
 
