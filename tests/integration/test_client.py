@@ -47,6 +47,7 @@ ROUTES = {
     ("patch", "/v1/collections/{name}"): "update_index",
     ("post", "/v1/collections/{name}/documents"): "add_documents",
     ("get", "/v1/jobs/{job_id}"): "get_job",
+    ("get", "/v1/collections/{name}/documents/{doc_id}"): "get_document",
     ("delete", "/v1/collections/{name}/documents/{doc_id}"): "delete_document",
     ("post", "/v1/collections/{name}/query"): "query",
     ("post", "/v1/collections/{name}/upgrade"): "start_upgrade",

@@ -58,7 +58,7 @@ class TestServerEmbedsStandard(langchain_tests.VectorStoreIntegrationTests):
 
     @property
     def has_get_by_ids(self) -> bool:
-        return False  # the HTTP API has no route that reads a document back by id
+        return True  # GET /v1/collections/{name}/documents/{id}
 
     @pytest.fixture
     def vectorstore(self, hashing_server: Server) -> Iterator[VectorStore]:  # type: ignore[override]
@@ -75,7 +75,7 @@ class TestClientEmbedsStandard(langchain_tests.VectorStoreIntegrationTests):
 
     @property
     def has_get_by_ids(self) -> bool:
-        return False
+        return True  # GET /v1/collections/{name}/documents/{id}
 
     @pytest.fixture
     def vectorstore(self, hashing_server: Server) -> Iterator[VectorStore]:  # type: ignore[override]

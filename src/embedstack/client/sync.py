@@ -26,6 +26,7 @@ from embedstack.serving.responses import (
     CollectionOut,
     CollectionsOut,
     DeletedOut,
+    DocumentOut,
     EmbeddingsOut,
     HealthOut,
     JobOut,
@@ -283,6 +284,18 @@ class Client:
                 raise WaitTimeout(f"{len(job_ids) - len(final)} jobs not finished in {timeout} s")
             time.sleep(interval)
             interval = core.next_poll(interval)
+
+    def get_document(self, collection: str, document_id: str, *,
+                     missing_ok: bool = False) -> DocumentOut | None:  # fmt: skip
+        """GET /v1/collections/{name}/documents/{id}: the stored text and metadata; with
+        `missing_ok`, None for an unknown document instead of NotFoundError."""
+        path = f"/v1/collections/{seg(collection)}/documents/{seg(document_id)}"
+        try:
+            return self._run(call("GET", path, DocumentOut))
+        except NotFoundError:
+            if missing_ok:
+                return None
+            raise
 
     def delete_document(self, collection: str, document_id: str, *,
                         missing_ok: bool = False) -> DeletedOut | None:  # fmt: skip

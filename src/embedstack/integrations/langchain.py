@@ -30,7 +30,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from embedstack.client import AsyncClient, Client, NotFoundError
-from embedstack.serving.responses import HitOut, QueryOut
+from embedstack.serving.responses import DocumentOut, HitOut, QueryOut
 
 Metric = Literal["cosine", "ip", "l2"]
 
@@ -171,6 +171,16 @@ class EmbedStackVectorStore(VectorStore):
             for doc_id in _required(ids):
                 await ac.delete_document(self.collection, doc_id, missing_ok=True)
         return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The stored documents with these ids (unknown ids are left out)."""
+        found = [self.client.get_document(self.collection, i, missing_ok=True) for i in ids]
+        return [_stored(d) for d in found if d is not None]
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        async with _async_client(self.client) as ac:
+            found = [await ac.get_document(self.collection, i, missing_ok=True) for i in ids]
+        return [_stored(d) for d in found if d is not None]
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -321,6 +331,10 @@ def _documents(
             doc["vector"] = list(vectors[i])
         docs.append(doc)
     return docs, out_ids
+
+
+def _stored(doc: DocumentOut) -> Document:
+    return Document(page_content=doc.text, metadata=dict(doc.metadata), id=doc.id)
 
 
 def _document(hit: HitOut) -> Document:
