@@ -33,6 +33,7 @@ from embedstack.inference.gate import (
     run_gate,
 )
 from embedstack.inference.gate import timed_embed as _timed
+from embedstack.inference.invariance import check_invariance
 from embedstack.inference.onnx import OnnxOptions
 from embedstack.inference.onnx_export import default_cache_dir
 from embedstack.inference.ov_backend import OvOptions
@@ -94,6 +95,7 @@ class Catalog:
         self._builders = BundledVariants(self.cache_dir, onnx, int8, ov, self.spec)
         self.gate_cache = GateCache(self.cache_dir / "gate.json")
         self._refs: dict[str, tuple[np.ndarray, float]] = {}
+        self._ref_engines: dict[str, Embedder] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._variants: dict[str, list[Variant]] = {}
         self._lock = threading.Lock()
@@ -147,6 +149,7 @@ class Catalog:
             if model not in self._refs:
                 ref = self.reference(model).build()
                 self._refs[model] = _timed(ref, self.sample().texts)
+                self._ref_engines[model] = ref
             return self._refs[model]
 
     def check(
@@ -163,6 +166,10 @@ class Catalog:
                 model, backend, True, 1.0, 1.0, 0.0, 0.0, len(ref[0]), ref[1], ref[1]
             )
             report = self._with_recall(report, ref[0])
+            inv = check_invariance(self._ref_engines[model], self.sample().texts, ref[0])
+            report = replace(
+                report, batch_min_cosine=inv.min_cosine, deterministic=inv.deterministic
+            )
         else:
             candidate = embedder or self.variant(model, backend).build()
             report = run_gate(model, backend, ref, candidate, self.sample())
@@ -225,7 +232,8 @@ class Catalog:
         ]
         if any(r is None for r in reports):
             return None
-        return sorted(r.backend for r in reports if r is not None and r.passed)
+        ok = [r.backend for r in reports if r is not None and r.passed and r.batch_invariant]
+        return sorted(ok)
 
     def cached_auto_choice(self, model: str) -> str | None:
         """The auto backend if the gate reports and the speed race are cached, else None."""
@@ -249,7 +257,9 @@ class Catalog:
         Speeds from gate runs at different moments are not comparable on a shared machine, so
         the passing backends race on the same texts, interleaved, and the winner is cached.
         """
-        passing = sorted(r.backend for r in self.auto_reports(model) if r.passed)
+        # never a batch-dependent engine (the gate refuses one; checked again for old reports)
+        reports = self.auto_reports(model)
+        passing = sorted(r.backend for r in reports if r.passed and r.batch_invariant)
         if len(passing) < 2:
             best = passing[0] if passing else self.reference(model).backend
         else:

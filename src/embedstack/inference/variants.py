@@ -2,7 +2,8 @@
 
 all-MiniLM-L6-v2: sentence-transformers (the fp32 reference), ONNX Runtime fp32 (exported once,
 cached by fingerprint), ONNX int8 (dynamic, per channel), ONNX int8 after SmoothQuant rescaling
-(FFN down-projections kept fp32), OpenVINO fp32 and bf16 over the same export, torch fp32,
+(FFN down-projections kept fp32; dynamic, per-token or static activation scales), OpenVINO fp32
+and bf16 over the same export, torch fp32,
 torch bf16 (autocast or bf16 weights, where the CPU has AVX-512 BF16 / AMX), torch CUDA
 fp16/bf16/fp32 (where there is a GPU).
 paraphrase-MiniLM-L3-v2: its packaged ONNX graph in fp32 (the reference), int8, OpenVINO.
@@ -36,6 +37,8 @@ from embedstack.inference.smooth import (
     load_calibration,
     smooth,
 )
+from embedstack.inference.static_int8 import quantize_int8_static
+from embedstack.inference.token_int8 import quantize_int8_per_token
 from embedstack.inference.tokens import TokenPacker
 from embedstack.inference.torch_backend import (
     TorchMode,
@@ -101,6 +104,24 @@ class BundledVariants:
                 self._l6_smooth_int8,
                 tag=f"cal-{calibration_tag(self._calibration())}",
             ),
+            # batch-invariant int8 (inference/token_int8.py): per-token activation scales
+            Variant(
+                m,
+                "onnx-int8-token",
+                "int8-token",
+                lambda: self._l6_smooth_int8("token"),
+                tag=f"cal-{calibration_tag(self._calibration())}",
+            ),
+            # static scales from the calibration text (inference/static_int8.py): invariant, but
+            # refused here for accuracy (cosine mean 0.998), so not an auto candidate
+            Variant(
+                m,
+                "onnx-int8-static",
+                "int8-static",
+                lambda: self._l6_smooth_int8("static"),
+                auto=False,
+                tag=f"cal-{calibration_tag(self._calibration())}",
+            ),
             Variant(m, "torch-fp32", "float32", lambda: self._l6_torch("fp32"), auto=False),
         ]
         out += self._openvino(m, lambda: self._l6_export(), "embedding")
@@ -163,10 +184,12 @@ class BundledVariants:
         s = bundled.with_precision(spec, "int8-dynamic")
         return onnx_embedder(s, path, tok, "embedding", "onnx-int8", self._onnx)
 
-    def _l6_smooth_int8(self) -> Embedder:
+    def _l6_smooth_int8(self, scales: str = "dynamic") -> Embedder:
         """SmoothQuant-rescaled export (alpha 0.8, ranges from the shipped calibration text),
         int8 except the FFN down-projections (a per-layer choice: their inputs, GELU outputs,
-        are the heavy-tailed ones)."""
+        are the heavy-tailed ones). Activation `scales`: "dynamic" (one per batch tensor: a
+        text's vector depends on its companions), "token" (one per token) or "static" (from the
+        calibration text)."""
         spec = self.spec(bundled.L6_NAME)
         tok = bundled.l6_tokenizer_json()
         texts = list(self._calibration())
@@ -179,9 +202,38 @@ class BundledVariants:
 
         name = f"model-smooth-a{ALPHA}-{calibration_tag(texts)}.onnx"
         smoothed = cached_file(self.cache_dir, spec.fingerprint, name, export)
+        if scales == "token":
+            path = self._derived(smoothed, spec.fingerprint, "int8-token", quantize_int8_per_token)
+            s = bundled.with_precision(spec, "int8-token")
+            return onnx_embedder(s, path, tok, "embedding", "onnx-int8-token", self._onnx)
+        if scales == "static":
+            packer = TokenPacker(str(tok), spec.max_tokens)
+
+            def static(src: Path, dst: Path, config: Int8Config) -> object:
+                return quantize_int8_static(src, dst, packer, texts, config)
+
+            path = self._derived(smoothed, spec.fingerprint, "int8-static", static)
+            s = bundled.with_precision(spec, "int8-static")
+            return onnx_embedder(s, path, tok, "embedding", "onnx-int8-static", self._onnx)
         path = self._int8_file(smoothed, spec.fingerprint, SMOOTH_INT8)
         s = bundled.with_precision(spec, "int8-smooth")
         return onnx_embedder(s, path, tok, "embedding", "onnx-int8-smooth", self._onnx)
+
+    def _derived(
+        self,
+        src: Path,
+        fingerprint: str,
+        kind: str,
+        make: Callable[[Path, Path, Int8Config], object],
+        config: Int8Config = SMOOTH_INT8,
+    ) -> Path:
+        """`make(src, tmp, config)`, cached beside `src` (named by kind and config)."""
+        name = f"{src.stem}-{kind}-{config.tag}.onnx"
+
+        def build(tmp: Path) -> None:
+            make(src, tmp, config)
+
+        return cached_file(self.cache_dir, fingerprint, name, build)
 
     def _int8_file(self, fp32: Path, fingerprint: str, config: Int8Config | None = None) -> Path:
         config = config or self._int8
