@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # model -> backend that serves it in its fp32 space, instead of the auto choice, e.g.
     # EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}'; still gated against fp32
     model_backends: dict[str, str] = Field(default_factory=dict)
+    # gate on the first N sample queries and their passages (faster, coarser); None: all 520
+    gate_queries: int | None = Field(None, ge=1)
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)

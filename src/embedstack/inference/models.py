@@ -371,9 +371,12 @@ def available_models(
     remotes: Sequence[RemoteConfig] = (),
     onnx: OnnxOptions = OnnxOptions(),
     pins: Mapping[str, str] | None = None,
+    gate_queries: int | None = None,
 ) -> list[ModelEntry]:
     """Registry entries for every model and backend here (see the module docstring); `pins`
-    (model -> backend) replace the auto choice and are checked here, at startup."""
-    catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins)
+    (model -> backend) replace the auto choice and are checked here, at startup;
+    `gate_queries` gates on the first N sample queries only."""
+    sample = load_sample().head(gate_queries) if gate_queries else None
+    catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins, sample=sample)
     catalog.check_pins()
     return catalog.entries()

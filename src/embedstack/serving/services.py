@@ -34,7 +34,7 @@ def build_models(settings: Settings) -> ModelRegistry:
     # every bundled model x backend; "all-MiniLM-L6-v2" is served in its fp32 space by the
     # fastest backend that passed the accuracy gate on this machine (inference/models.py), or by
     # the one pinned in settings.model_backends
-    for entry in available_models(pins=settings.model_backends):
+    for entry in available_models(pins=settings.model_backends, gate_queries=settings.gate_queries):
         models.register(entry)
     if settings.enable_test_models:
         for seed, name in enumerate(("hashing-test", "hashing-test-b")):  # two spaces

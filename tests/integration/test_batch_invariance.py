@@ -1,0 +1,88 @@
+"""The same text, the same vector: through `POST /v1/embeddings` on every engine `auto` can choose.
+
+Each engine is pinned in its own real server (EMBEDSTACK_MODEL_BACKENDS); "hello world" (and its
+companions) embedded alone must match the same text inside a request with texts of other
+lengths, within the gate's bound. An engine the gate refuses may not serve at all (the server
+refuses to start with the numbers), so `auto` can never choose it either.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedstack.inference.bundled import L6_NAME
+from embedstack.inference.invariance import MIN_BATCH_COSINE
+from embedstack.inference.models import Catalog
+from tests.conftest import Server, server_env
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+GATE_QUERIES = 15  # the servers gate on 15 sample titles + their paragraphs (seconds, not minutes)
+HELLO = "hello world"
+OTHERS = [
+    "How do I open a file for reading and iterate over its lines without loading it all?",
+    "The with statement wraps the execution of a block with methods defined by a context "
+    "manager. This allows common try, except and finally usage patterns to be encapsulated "
+    "for convenient reuse, and it is the usual way to make sure that a file is closed.",
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HOME of its own (gate reports and ONNX exports in ~/.cache/embedstack), exported once
+    here so that each server only loads and gates."""
+    home = tmp_path_factory.mktemp("home")
+    catalog = Catalog(home / ".cache" / "embedstack")
+    for v in catalog.variants(L6_NAME):
+        if v.auto and not v.reference:
+            v.build()
+    return home
+
+
+def _embed(server: Server, texts: list[str]) -> np.ndarray:
+    with server.client(timeout=300) as client:
+        r = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "base64"})
+    assert r.status_code == 200, r.text
+    raw = [base64.b64decode(d["embedding"]) for d in r.json()["data"]]
+    return np.stack([np.frombuffer(b, dtype="<f4") for b in raw])
+
+
+def test_a_text_alone_and_batched_gets_the_same_vector_on_every_auto_engine(
+    home: Path, make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    variants = Catalog(home / ".cache" / "embedstack").variants(L6_NAME)
+    candidates = [v.backend for v in variants if v.auto]
+    served, refused, failures = [], [], []
+    for backend in candidates:
+        env = server_env(
+            HOME=str(home),
+            EMBEDSTACK_MODEL_BACKENDS=json.dumps({L6_NAME: backend}),
+            EMBEDSTACK_GATE_QUERIES=str(GATE_QUERIES),
+        )
+        try:
+            server = make_server(env, data=tmp_path / backend)
+        except RuntimeError as exc:  # refused at startup: it may not serve, so auto never picks it
+            assert "accuracy gate" in str(exc), (backend, str(exc)[-2000:])
+            refused.append(backend)
+            continue
+        served.append(backend)
+        batch = [OTHERS[0], HELLO, OTHERS[1]]
+        together = _embed(server, batch)
+        alone = np.vstack([_embed(server, [t]) for t in batch])
+        cos = np.sum(together * alone, axis=1) / (
+            np.linalg.norm(together, axis=1) * np.linalg.norm(alone, axis=1)
+        )
+        if float(cos.min()) < MIN_BATCH_COSINE:
+            failures.append(f"{backend}: alone vs batched cosine {cos.tolist()}")
+        server.stop()
+    assert not failures, failures
+    # the fp32 engines always serve; the bound is not met by refusing everything
+    assert {"sentence-transformers", "onnx-fp32"} <= set(served), (served, refused)
