@@ -6,7 +6,9 @@ For each engine: the accuracy gate's report (cosine to fp32, recall@10, and the 
 a text's vectors alone vs in other batchings, and whether the same calls twice gave the same
 bytes; cached per machine, gated now where missing), then texts/s of all engines on the same
 texts (evenly spaced over the gate sample: paragraphs and titles), interleaved round by round, as
-calls of 64 texts. Prints the CPU flags that matter and the load average before and after.
+calls of 64 texts; and how many of 64 of those texts get the very same bytes alone as in one
+call of 64 (bitwise batch invariance, stronger than the gate's cosine bound). Prints the CPU
+flags that matter and the load average before and after.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
 
 from common import load_note, say, table
 from embedstack.inference.bundled import L6_NAME
@@ -52,6 +56,12 @@ def main() -> None:
     texts = catalog.sample().texts
     picked = [texts[int(i)] for i in subsample(len(texts), args.texts)]
     speeds = race(engines, picked, rounds=args.rounds)
+    probe = picked[:: max(1, len(picked) // 64)][:64]
+    same_rows = {}
+    for name, engine in engines.items():
+        together = engine.embed_batch(probe)
+        alone = np.vstack([engine.embed_batch([t]) for t in probe])
+        same_rows[name] = int(np.all(together == alone, axis=1).sum())
     base = speeds.get("onnx-fp32") or max(speeds.values())
     rows = []
     for v in variants:
@@ -65,6 +75,7 @@ def main() -> None:
                 f"{r.recall_delta_points:+.2f}",
                 "-" if r.batch_min_cosine is None else f"{r.batch_min_cosine:.7f}",
                 {None: "-", True: "yes", False: "no"}[r.deterministic],
+                f"{same_rows[v.backend]}/{len(probe)}",
                 speeds[v.backend],
                 f"{speeds[v.backend] / base:.2f}x",
                 "passed" if r.passed else "REFUSED: " + "; ".join(r.reasons)[:80],
@@ -79,7 +90,8 @@ def main() -> None:
             "cos to fp32 mean / min",
             "recall@10",
             "alone vs batched min cos",
-            "same bytes",
+            "same bytes twice",
+            "alone == batched bytes",
             "texts/s",
             "vs onnx-fp32",
             "gate",

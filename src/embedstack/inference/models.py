@@ -5,7 +5,9 @@ fastest backend that passed the accuracy gate on this machine (`auto`). "<model>
 a backend explicitly; its spec is honest about precision ("int8-dynamic", "bf16", ...), so a
 reduced-precision variant is a space of its own, while fp32 backends share the fp32 space.
 Every backend but the reference itself must pass the gate before it is handed out; one that fails
-is refused (Unavailable) with the measured numbers. Gate reports are cached in
+is refused (Unavailable) with the measured numbers. Passing includes batch invariance (a text
+alone and in other batches gets the same vector, `inference/invariance.py`), so `auto` never
+serves a batch-dependent engine. Gate reports are cached in
 `<cache_dir>/gate.json` by (weights fingerprint, backend, machine).
 """
 
