@@ -99,7 +99,7 @@ def main() -> None:
         rows,
     )
     say(f"after: {load_note()}")
-    say(f"auto would choose: {catalog.choose(L6_NAME)}")
+    say(f"auto's cached choice here: {catalog.cached_auto_choice(L6_NAME) or 'not raced yet'}")
 
 
 if __name__ == "__main__":
