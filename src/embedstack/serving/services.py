@@ -200,6 +200,7 @@ class Services:
     async def close(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+        await asyncio.to_thread(self.models.close)
         await asyncio.to_thread(self.indexes.snapshot_all)
         self.search_pool.shutdown(wait=True)
         self.queue.close()
