@@ -186,7 +186,9 @@ def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        await asyncio.to_thread(services.collections.open_all)
+        failed = await asyncio.to_thread(services.collections.open_all)
+        if failed:
+            log.error("collections that did not open (the rest serve): %s", failed)
         await services.batcher(services.settings.default_model)
         recovered = await asyncio.to_thread(services.recover_pending)
         if recovered:

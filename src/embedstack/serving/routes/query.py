@@ -54,6 +54,7 @@ async def query(
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
     record = await asyncio.to_thread(services.collections.resolve, name)
+    services.collections.require_open(record)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     vec = await _query_vector(body, record, space, request, services)
     loop = asyncio.get_running_loop()
