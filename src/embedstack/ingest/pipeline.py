@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.errors import EmbedStackError, NotFound
+from embedstack.errors import EmbedStackError, NotFound, Overloaded
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunk_text, chunking_for_model
@@ -51,6 +52,13 @@ class WorkerConfig:
     visibility_timeout: float = 120.0
     batch_documents: int = 64
     idle_poll_max: float = 0.5
+    # texts per embed call: at most what the batcher's bulk lane admits at once (the server
+    # sets it from its batcher settings), so no document is ever too big for the server
+    embed_batch: int = 256
+    # an Overloaded model is waited out (its Retry-After, at least this, doubling up to the
+    # max), never counted against the job: the overload is the server's, not the document's
+    overload_wait_min: float = 0.05
+    overload_wait_max: float = 5.0
 
 
 class IngestWorker:
@@ -201,9 +209,13 @@ class IngestWorker:
                 if c.hash not in known:
                     missing.setdefault(c.hash, c.text)
         if missing:
-            vecs = await self._embed(space.model, list(missing.values()))
-            for h, v in zip(missing, vecs, strict=True):
-                known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
+            texts = list(missing.values())
+            step = max(1, self._config.embed_batch)
+            hashes_missing = list(missing)
+            for start in range(0, len(texts), step):
+                vecs = await self._embed_waiting(space.model, texts[start : start + step])
+                for h, v in zip(hashes_missing[start : start + step], vecs, strict=True):
+                    known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
         totals.chunks_embedded += len(missing)
         totals.chunks_reused += len(hashes) - len(missing)
         self._metrics.ingest_chunks.labels(coll.name, "embedded").inc(len(missing))
@@ -221,6 +233,19 @@ class IngestWorker:
             )
             for d, chunks in zip(docs, chunked, strict=True)
         ]
+
+    async def _embed_waiting(self, model: str, texts: list[str]) -> np.ndarray:
+        """Embed one admissible slice, waiting out Overloaded for as long as it lasts."""
+        wait = self._config.overload_wait_min
+        while True:
+            try:
+                return await self._embed(model, texts)
+            except Overloaded as exc:
+                self._metrics.ingest_overload_waits.inc()
+                pause = min(max(exc.retry_after, wait), self._config.overload_wait_max)
+                log.debug("model %s overloaded; %s waits %.2fs", model, self.name, pause)
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                wait = min(wait * 2, self._config.overload_wait_max)
 
 
 def _vector_document(d: DocumentRow) -> DocumentChunks:

@@ -83,6 +83,11 @@ class Metrics:
             "Chunks processed by ingest workers, by outcome (embedded, skipped, removed).",
             ["collection", "outcome"], registry=r,
         )  # fmt: skip
+        self.ingest_overload_waits = Counter(
+            "embedstack_ingest_overload_waits_total",
+            "Times an ingest worker waited out an overloaded model instead of failing a job.",
+            registry=r,
+        )
         self.ingest_jobs = Counter(
             "embedstack_ingest_jobs_total", "Ingest jobs finished by outcome.", ["outcome"],
             registry=r,

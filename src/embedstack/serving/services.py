@@ -122,7 +122,9 @@ class Services:
     def make_worker(self, name: str | None = None) -> IngestWorker:
         s = self.settings
         cfg = WorkerConfig(
-            visibility_timeout=s.visibility_timeout_s, batch_documents=s.ingest_batch_documents
+            visibility_timeout=s.visibility_timeout_s,
+            batch_documents=s.ingest_batch_documents,
+            embed_batch=max(1, min(256, s.max_pending_bulk, s.max_pending) // 2),
         )
         return IngestWorker(
             self.store, self.queue, self.models, self.embed_bulk, self.metrics, cfg,
