@@ -4,6 +4,7 @@ survives a queue that is briefly unusable."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedstack.errors import Overloaded
+from embedstack.errors import Overloaded, Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.hashing import HashingEmbedder
 from embedstack.ingest.chunking import content_hash
@@ -95,3 +96,65 @@ def test_an_overloaded_lane_is_waited_out_not_failed(node: Node) -> None:
     done = node.queue.get(job)
     assert done.status == "done", done.error
     assert done.attempts == 1
+
+
+class FlakyQueue:
+    """The real queue, with `lease` failing as a locked database does, `failures` times."""
+
+    def __init__(self, queue: SqliteQueue, failures: int) -> None:
+        self._queue = queue
+        self.failures = failures
+
+    def lease(self, worker: str, visibility_timeout: float) -> Any:
+        if self.failures:
+            self.failures -= 1
+            if self.failures % 2:
+                raise sqlite3.OperationalError("database is locked")
+            raise Unavailable("queue database stayed locked for over 10 s")
+        return self._queue.lease(worker, visibility_timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+def test_the_worker_loop_survives_a_locked_queue(node: Node) -> None:
+    job = node.submit({"a": "hello there"})
+    worker = node.worker(error_backoff_min=0.01, error_backoff_max=0.02)
+    worker._queue = FlakyQueue(node.queue, failures=5)  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(worker.run(stop))
+        for _ in range(500):
+            if node.queue.get(job).status == "done" or task.done():
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert node.queue.get(job).status == "done"
+    assert worker.health() is None
+
+
+def test_a_lost_lease_stops_the_work_and_is_not_acked(node: Node) -> None:
+    job_id = node.submit({"a": "hello there"})
+    cancelled = []
+
+    async def slow_embed(model: str, texts: Sequence[str]) -> np.ndarray:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return node.models.get(model).embed_batch(list(texts))
+
+    worker = node.worker(visibility_timeout=0.15)
+    worker._embed = slow_embed
+    job = node.queue.lease("w1", 0.15)
+    assert job is not None
+    # the lease runs out and another worker takes the job over: our heartbeat is refused
+    node.queue.extend = lambda *a: False  # type: ignore[method-assign]
+    asyncio.run(asyncio.wait_for(worker.handle(job), 3))
+    assert cancelled == [True]
+    assert node.queue.get(job_id).status == "leased"

@@ -88,6 +88,11 @@ class Metrics:
             "Times an ingest worker waited out an overloaded model instead of failing a job.",
             registry=r,
         )
+        self.ingest_worker_errors = Counter(
+            "embedstack_ingest_worker_errors_total",
+            "Queue operations of ingest workers that failed and were retried, by operation.",
+            ["operation"], registry=r,
+        )  # fmt: skip
         self.ingest_jobs = Counter(
             "embedstack_ingest_jobs_total", "Ingest jobs finished by outcome.", ["outcome"],
             registry=r,

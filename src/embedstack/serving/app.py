@@ -180,6 +180,7 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
                 last_snapshot = time.monotonic()
         except Exception:
             log.exception("maintenance pass failed; retrying")
+        services.maintenance_beat = time.monotonic()
 
 
 def create_app(services: Services) -> FastAPI:
@@ -194,10 +195,12 @@ def create_app(services: Services) -> FastAPI:
         if recovered:
             log.info("re-enqueued %d recovery jobs for documents not yet indexed", recovered)
         tasks = [asyncio.create_task(_maintenance(services, stop))]
+        services.tasks["maintenance"] = tasks[0]
         for i in range(services.settings.workers):
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
+            services.tasks[f"ingest worker {worker.name}"] = tasks[-1]
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:

@@ -31,6 +31,10 @@ class ReadyOut(BaseModel):
     collections_failed: dict[str, str] = Field(
         default_factory=dict, description="collections whose indexes did not open, and why"
     )
+    problems: list[str] = Field(
+        default_factory=list,
+        description="why the node is not ready (503): a dead worker or batcher, stuck upkeep",
+    )
 
 
 class ModelOut(BaseModel):
