@@ -74,6 +74,11 @@ class Metrics:
             "Shadow re-index progress of the latest upgrade, documents done and total.",
             ["collection", "kind"], registry=r,
         )  # fmt: skip
+        self.maintenance_errors = Counter(
+            "embedstack_maintenance_errors_total",
+            "Maintenance steps that failed (logged; later passes carry on), by step.",
+            ["step"], registry=r,
+        )  # fmt: skip
         # ingest
         self.queue_depth = Gauge(
             "embedstack_queue_jobs", "Jobs in the ingest queue by status.", ["status"], registry=r

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import FastAPI
@@ -164,23 +164,48 @@ class MetricsAndLimits:
 
 
 async def _maintenance(services: Services, stop: asyncio.Event) -> None:
-    """Keep indexes current with writes from other processes; snapshot them; export gauges."""
+    """Keep indexes current with writes from other processes; snapshot them; export gauges.
+
+    Every step (and every index within a step) fails on its own: the failure is logged and
+    counted (embedstack_maintenance_errors_total) and the rest of the pass, and every later
+    pass, still runs."""
     s = services.settings
     last_snapshot = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
-        try:
-            await asyncio.to_thread(services.indexes.sync_all)
-            await services.upgrades.refresh()
-            for status, n in (await asyncio.to_thread(services.queue.counts)).items():
-                services.metrics.queue_depth.labels(status).set(n)
-            if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
-                await asyncio.to_thread(services.indexes.snapshot_all)
-                last_snapshot = time.monotonic()
-        except Exception:
-            log.exception("maintenance pass failed; retrying")
+        await _step(services, "sync", asyncio.to_thread(_each_index, services, "sync"))
+        await _step(services, "upgrades", services.upgrades.refresh())
+        await _step(services, "queue", _export_queue_depth(services))
+        if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
+            await _step(services, "snapshot", asyncio.to_thread(_each_index, services, "snapshot"))
+            last_snapshot = time.monotonic()
         services.maintenance_beat = time.monotonic()
+
+
+async def _step(services: Services, name: str, work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("maintenance step %s failed; the next pass retries it", name)
+        services.metrics.maintenance_errors.labels(name).inc()
+
+
+def _each_index(services: Services, what: str) -> None:
+    for key in services.indexes.open_keys():
+        try:
+            if what == "sync":
+                services.indexes.sync(*key)
+            else:
+                services.indexes.snapshot(*key)
+        except Exception:
+            log.exception("maintenance %s of index %s/%s failed", what, *key)
+            services.metrics.maintenance_errors.labels(what).inc()
+
+
+async def _export_queue_depth(services: Services) -> None:
+    for status, n in (await asyncio.to_thread(services.queue.counts)).items():
+        services.metrics.queue_depth.labels(status).set(n)
 
 
 def create_app(services: Services) -> FastAPI:
