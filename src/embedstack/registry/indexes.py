@@ -20,6 +20,7 @@ import numpy as np
 from embedstack.errors import NotFound
 from embedstack.index.base import VectorIndex
 from embedstack.index.factory import create_index, load_index
+from embedstack.index.params import check_knobs
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
 from embedstack.storage.store import Store
@@ -254,9 +255,15 @@ class IndexManager:
         queries: np.ndarray,
         k: int,
         allow: np.ndarray | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`knobs`: per-call search parameters (ef_search, nprobe, ...), checked for the type."""
         live = self.get(collection, space_id)
         started = time.perf_counter()
-        out = live.index.search(queries, k, allow)
+        given = check_knobs(live.config.type, knobs) if knobs else {}
+        if given:
+            out = live.index.search(queries, k, allow, **given)
+        else:
+            out = live.index.search(queries, k, allow)
         self._metrics.search_latency.labels(collection).observe(time.perf_counter() - started)
         return out

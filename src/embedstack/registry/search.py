@@ -25,8 +25,10 @@ def search_space(
     k: int,
     flt: dict[str, Any] | None = None,
     group: bool = False,
+    knobs: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Best-first hits; with `group`, the best chunk of each of the top-k documents."""
+    """Best-first hits; with `group`, the best chunk of each of the top-k documents; `knobs`
+    are per-query search parameters of the index (e.g. ef_search)."""
     allow = None
     if flt:
         allow = store.filter_chunk_ids(collection, space_id, flt)
@@ -38,7 +40,7 @@ def search_space(
     rows: dict[int, HitRow] = {}
     metadata: dict[tuple[str, str], Any] = {}  # each document's metadata parsed once per query
     for _ in range(FETCH_ROUNDS):
-        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow)
+        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow, knobs)
         keep = ids[0] >= 0
         found_scores, found_ids = scores[0][keep], ids[0][keep]
         rows.update(store.hydrate([i for i in found_ids.tolist() if i not in rows], metadata))

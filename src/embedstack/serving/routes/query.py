@@ -58,9 +58,10 @@ async def query(
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     vec = await _query_vector(body, record, space, request, services)
     loop = asyncio.get_running_loop()
+    knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     hits = await loop.run_in_executor(
         services.search_pool, search_space, services.store, services.indexes, record.name,
-        space.space_id, vec, body.k, body.filter, body.group_by is not None,
+        space.space_id, vec, body.k, body.filter, body.group_by is not None, knobs,
     )  # fmt: skip
     return JSON(
         {"hits": hits, "collection": record.name, "space_id": space.space_id,
