@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # ingest
     visibility_timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    job_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="done jobs kept this long")
     ingest_batch_documents: int = Field(64, ge=1, description="documents a worker embeds together")
     # limits
     max_document_chars: int = Field(2_000_000, ge=1)

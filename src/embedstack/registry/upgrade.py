@@ -213,7 +213,11 @@ class UpgradeService:
         jobs: dict[str, int] = up.options.get("jobs", {})
         done = 0
         for job_id, n in jobs.items():
-            job = self._queue.get(job_id)
+            try:
+                job = self._queue.get(job_id)
+            except NotFound:  # purged: only done jobs are, after their retention
+                done += n
+                continue
             if job.status == "dead":
                 self._store.update_upgrade(
                     up.id, state="failed", error=f"job {job_id}: {job.error}"

@@ -52,6 +52,8 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (Unavailable, 503),
 )
 CLIENT_CLOSED = 499
+QUEUE_GAUGE_INTERVAL_S = 5.0  # job counts scan the jobs table: not on every 0.2 s pass
+PURGE_INTERVAL_S = 60.0
 
 
 def status_of(exc: EmbedStackError) -> int:
@@ -170,20 +172,26 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
     counted (embedstack_maintenance_errors_total) and the rest of the pass, and every later
     pass, still runs."""
     s = services.settings
-    last_snapshot = time.monotonic()
+    last_snapshot = last_queue = last_purge = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
         await _step(services, "sync", asyncio.to_thread(_each_index, services, "sync"))
         await _step(services, "upgrades", services.upgrades.refresh())
-        await _step(services, "queue", _export_queue_depth(services))
+        if time.monotonic() - last_queue >= QUEUE_GAUGE_INTERVAL_S:  # counts scan the jobs
+            await _step(services, "queue", _export_queue_depth(services))
+            last_queue = time.monotonic()
+        if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
+            purge = asyncio.to_thread(services.queue.purge, s.job_retention_s)
+            await _step(services, "purge", purge)
+            last_purge = time.monotonic()
         if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
             await _step(services, "snapshot", asyncio.to_thread(_each_index, services, "snapshot"))
             last_snapshot = time.monotonic()
         services.maintenance_beat = time.monotonic()
 
 
-async def _step(services: Services, name: str, work: Awaitable[None]) -> None:
+async def _step(services: Services, name: str, work: Awaitable[object]) -> None:
     try:
         await work
     except Exception:
@@ -196,8 +204,10 @@ def _each_index(services: Services, what: str) -> None:
         try:
             if what == "sync":
                 services.indexes.sync(*key)
-            else:
-                services.indexes.snapshot(*key)
+            elif services.indexes.snapshot(*key):
+                # the snapshot holds every change up to its seq: the log before it can go
+                seq = services.indexes.get(*key).snapshot_seq
+                services.store.truncate_changes(*key, seq)
         except Exception:
             log.exception("maintenance %s of index %s/%s failed", what, *key)
             services.metrics.maintenance_errors.labels(what).inc()

@@ -163,6 +163,12 @@ class Services:
         task = asyncio.create_task(run())
         self.rebuilding[record.name] = task
 
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection, its indexes and its metric series."""
+        spaces = [s.space_id for s in self.store.spaces(name)]
+        self.collections.delete(name)
+        self.metrics.forget_collection(name, spaces)
+
     def notify_workers(self) -> None:
         for w in self.workers:
             w.notify()

@@ -266,7 +266,7 @@ class Store(CatalogMixin):
                     "INSERT INTO changes(collection, space_id, chunk_id, op) VALUES (?,?,?,-1)",
                     (collection, space, chunk_id),
                 )
-            return self._max_seq(c, collection)
+            return self._last_seq(c)
 
     def pending_documents(self, limit: int = 100_000) -> dict[str, list[str]]:
         """Documents stored but not (or no longer) indexed, by collection: for recovery."""
@@ -350,7 +350,7 @@ class Store(CatalogMixin):
                         " WHERE collection=? AND id=?",
                         (collection, d.document_id),
                     )
-            seq = self._max_seq(c, collection)
+            seq = self._last_seq(c)
         return WriteResult(added, removed, kept, stale, seq)
 
     @staticmethod
@@ -361,9 +361,22 @@ class Store(CatalogMixin):
         )
 
     @staticmethod
-    def _max_seq(c: sqlite3.Connection, collection: str) -> int:
-        row = c.execute("SELECT max(seq) FROM changes WHERE collection=?", (collection,)).fetchone()
+    def _last_seq(c: sqlite3.Connection) -> int:
+        """The newest change of any collection: an upper bound of each collection's own, read
+        from the primary key in O(1) (a per-collection max scanned the collection's whole log
+        in every write transaction). Readers cap it per space (IndexManager.caught_up)."""
+        row = c.execute("SELECT max(seq) FROM changes").fetchone()
         return int(row[0] or 0)
+
+    def truncate_changes(self, collection: str, space_id: str, upto: int) -> int:
+        """Forget a space's changes before `upto` (an index snapshot holds them; a rebuild reads
+        the chunks). The change at `upto` stays, so max_seq keeps its value. Returns the count."""
+        with self._tx() as c:
+            cur = c.execute(
+                "DELETE FROM changes WHERE collection=? AND space_id=? AND seq<?",
+                (collection, space_id, upto),
+            )
+            return int(cur.rowcount)
 
     def max_seq(self, collection: str, space_id: str) -> int:
         row = (
