@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
 
-from embedstack.errors import InvalidInput, NotFound, SpaceMismatch, Unavailable
+from embedstack.errors import Conflict, InvalidInput, NotFound, SpaceMismatch, Unavailable
 from embedstack.index.factory import create_index, validate_index_params
 from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
-from embedstack.registry.indexes import IndexConfig, IndexManager
+from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, Store
 from embedstack.types import METRICS, CollectionConfig, IndexSpec, Metric, byo_space_id
@@ -63,6 +64,7 @@ class CollectionService:
         _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
+        self._indexes.drop(name)  # anything left under this name is an earlier collection's
         try:
             self.open(record)
         except BaseException:
@@ -164,14 +166,32 @@ class CollectionService:
 
         A failure is kept (describe shows it as `last_rebuild_error`) and re-raised; the old
         index keeps serving."""
+        built: list[LiveIndex] = []
         try:
             for space in self._store.spaces(record.name):
-                self._indexes.replace(self.index_config(record, space))
+                built.append(self._indexes.replace(self.index_config(record, space)))
         except Exception as exc:
-            self._rebuild_errors[record.name] = _reason(exc)
+            if self._is_current(record):  # not for a later collection of the same name
+                self._rebuild_errors[record.name] = _reason(exc)
             raise
+        if not self._is_current(record):
+            # deleted while rebuilding: what was built for it must not outlive it
+            for live in built:
+                space_id = live.config.space_id
+                with contextlib.suppress(NotFound):
+                    if self._indexes.get(record.name, space_id) is live:
+                        self._indexes.drop(record.name, space_id)
+            raise Conflict(f"collection {record.name!r} was deleted while its index was rebuilt")
         self._rebuild_errors.pop(record.name, None)
         self._open_errors.pop(record.name, None)
+
+    def _is_current(self, record: CollectionRecord) -> bool:
+        """Whether the collection still exists as this record's incarnation (not deleted, not
+        deleted and created again under the same name)."""
+        try:
+            return self._store.get_collection(record.name).created_at == record.created_at
+        except NotFound:
+            return False
 
     def open(self, record: CollectionRecord) -> None:
         """Open (load or build) the index of every active space of the collection."""
