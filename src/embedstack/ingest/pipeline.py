@@ -58,6 +58,7 @@ class WorkerConfig:
     # texts per embed call: at most what the batcher's bulk lane admits at once (the server
     # sets it from its batcher settings), so no document is ever too big for the server
     embed_batch: int = 256
+    embed_concurrency: int = 4  # slices in flight at once, so the model never waits on us
     # an Overloaded model is waited out (its Retry-After, at least this, doubling up to the
     # max), never counted against the job: the overload is the server's, not the document's
     overload_wait_min: float = 0.05
@@ -325,11 +326,17 @@ class IngestWorker:
         if missing:
             texts = list(missing.values())
             step = max(1, self._config.embed_batch)
-            hashes_missing = list(missing)
-            for start in range(0, len(texts), step):
-                vecs = await self._embed_waiting(space.model, texts[start : start + step])
-                for h, v in zip(hashes_missing[start : start + step], vecs, strict=True):
-                    known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
+            gate = asyncio.Semaphore(max(1, self._config.embed_concurrency))
+            model = space.model
+
+            async def piece(start: int) -> np.ndarray:
+                async with gate:
+                    return await self._embed_waiting(model, texts[start : start + step])
+
+            starts = range(0, len(texts), step)
+            parts = await asyncio.gather(*(piece(start) for start in starts))
+            for h, v in zip(missing, np.concatenate(parts), strict=True):
+                known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
         totals.chunks_embedded += len(missing)
         totals.chunks_reused += len(hashes) - len(missing)
         self._metrics.ingest_chunks.labels(coll.name, "embedded").inc(len(missing))
