@@ -107,6 +107,12 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
+    def forget_space(self, collection: str, space: str) -> None:
+        """Drop the per-index label sets of a space whose index was dropped (retired)."""
+        for metric in (self.vectors, self.index_memory, self.tombstones):
+            with contextlib.suppress(KeyError):
+                metric.remove(collection, space)
+
     def forget_collection(self, collection: str, spaces: list[str]) -> None:
         """Drop every label set of a deleted collection, so its series stop being exported."""
         labelled: list[tuple[Any, list[tuple[str, ...]]]] = [

@@ -325,6 +325,7 @@ class UpgradeService:
         for space in previous:
             if space.space_id != up.from_space:
                 self._indexes.drop(record.name, space.space_id)  # retired by the cutover
+                self._metrics.forget_space(record.name, space.space_id)
         await asyncio.to_thread(self._store.update_upgrade, up.id, state="cut_over")
         log.info("cut over %s to %s (%s)", record.name, up.to_space, _summary(report))
         return report
@@ -349,6 +350,7 @@ class UpgradeService:
             space_id = previous[0].space_id
         self._store.retire(record.name, space_id)
         self._indexes.drop(record.name, space_id)
+        self._metrics.forget_space(record.name, space_id)
         up = self._store.latest_upgrade(record.name)
         if (
             up is not None
