@@ -65,11 +65,15 @@ class Settings(BaseSettings):
     # ingest
     visibility_timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    job_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="done jobs kept this long")
     ingest_batch_documents: int = Field(64, ge=1, description="documents a worker embeds together")
     # limits
     max_document_chars: int = Field(2_000_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_documents_per_request: int = Field(1000, ge=1)
+    # a document's metadata is parsed on every query hit: keep it small and shallow
+    max_metadata_bytes: int = Field(64 * 1024, ge=16)
+    max_metadata_depth: int = Field(16, ge=1, le=64)
     max_inputs_per_embedding_request: int = Field(2048, ge=1)
     max_k: int = Field(1000, ge=1)
     # index upkeep

@@ -478,3 +478,20 @@ def test_sqlite_threads_in_two_processes_lease_each_job_exactly_once(fast_dir: P
         job = q.get(job_id)
         assert (job.attempts, job.result) == (1, {"by": name})
     q.close()
+
+
+def test_purge_forgets_old_done_jobs_only(queue: Queue, advance: Callable[[float], None]) -> None:
+    done, dead, waiting = queue.enqueue({"n": 1}), queue.enqueue({"n": 2}), queue.enqueue({"n": 3})
+    job = _lease(queue)
+    assert job.id == done and queue.ack(done, job.lease_id or "", {})
+    for _ in range(MAX_ATTEMPTS):
+        job = _lease(queue)
+        assert job.id == dead
+        queue.fail(dead, job.lease_id or "", "boom")
+    advance(100.0)
+    recent = queue.enqueue({"n": 4})
+    assert queue.purge(older_than=50.0) == 1
+    with pytest.raises(NotFound):
+        queue.get(done)
+    assert {queue.get(j).status for j in (dead, waiting, recent)} == {"dead", "queued"}
+    assert queue.purge(older_than=50.0) == 0

@@ -86,6 +86,11 @@ class Queue(Protocol):
         """Dead jobs, most recently dead-lettered first."""
         ...
 
+    def purge(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` done jobs last updated over `older_than` seconds ago; returns
+        how many. Dead jobs stay for inspection and retry."""
+        ...
+
     def retry_dead(self, job_id: str) -> None:
         """Move a dead job back to queued with its attempts reset."""
         ...
@@ -407,6 +412,19 @@ class SqliteQueue:
             (limit,),
         )
         return [self._job(row) for row in rows]
+
+    def purge(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` done jobs last updated over `older_than` seconds ago; returns
+        how many. Dead jobs stay for inspection and retry."""
+        self._check_timeout("older_than", older_than, allow_zero=True)
+        cutoff = self._clock() - older_than
+        with self._immediate() as conn:
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE status = 'done'"
+                " AND updated_at < ? LIMIT ?)",
+                (cutoff, limit),
+            )
+            return int(cur.rowcount)
 
     def retry_dead(self, job_id: str) -> None:
         """Move a dead job back to queued with its attempts reset (and its error cleared)."""

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import FastAPI
@@ -56,6 +56,8 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (ConfigError, 503),
 )
 CLIENT_CLOSED = 499
+QUEUE_GAUGE_INTERVAL_S = 5.0  # job counts scan the jobs table: not on every 0.2 s pass
+PURGE_INTERVAL_S = 60.0
 
 
 def status_of(exc: EmbedStackError) -> int:
@@ -168,38 +170,76 @@ class MetricsAndLimits:
 
 
 async def _maintenance(services: Services, stop: asyncio.Event) -> None:
-    """Keep indexes current with writes from other processes; snapshot them; export gauges."""
+    """Keep indexes current with writes from other processes; snapshot them; export gauges.
+
+    Every step (and every index within a step) fails on its own: the failure is logged and
+    counted (embedstack_maintenance_errors_total) and the rest of the pass, and every later
+    pass, still runs."""
     s = services.settings
-    last_snapshot = time.monotonic()
+    last_snapshot = last_queue = last_purge = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
+        await _step(services, "sync", asyncio.to_thread(_each_index, services, "sync"))
+        await _step(services, "upgrades", services.upgrades.refresh())
+        if time.monotonic() - last_queue >= QUEUE_GAUGE_INTERVAL_S:  # counts scan the jobs
+            await _step(services, "queue", _export_queue_depth(services))
+            last_queue = time.monotonic()
+        if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
+            purge = asyncio.to_thread(services.queue.purge, s.job_retention_s)
+            await _step(services, "purge", purge)
+            last_purge = time.monotonic()
+        if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
+            await _step(services, "snapshot", asyncio.to_thread(_each_index, services, "snapshot"))
+            last_snapshot = time.monotonic()
+        services.maintenance_beat = time.monotonic()
+
+
+async def _step(services: Services, name: str, work: Awaitable[object]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("maintenance step %s failed; the next pass retries it", name)
+        services.metrics.maintenance_errors.labels(name).inc()
+
+
+def _each_index(services: Services, what: str) -> None:
+    for key in services.indexes.open_keys():
         try:
-            await asyncio.to_thread(services.indexes.sync_all)
-            await services.upgrades.refresh()
-            for status, n in (await asyncio.to_thread(services.queue.counts)).items():
-                services.metrics.queue_depth.labels(status).set(n)
-            if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
-                await asyncio.to_thread(services.indexes.snapshot_all)
-                last_snapshot = time.monotonic()
+            if what == "sync":
+                services.indexes.sync(*key)
+            elif services.indexes.snapshot(*key):
+                # the snapshot holds every change up to its seq: the log before it can go
+                seq = services.indexes.get(*key).snapshot_seq
+                services.store.truncate_changes(*key, seq)
         except Exception:
-            log.exception("maintenance pass failed; retrying")
+            log.exception("maintenance %s of index %s/%s failed", what, *key)
+            services.metrics.maintenance_errors.labels(what).inc()
+
+
+async def _export_queue_depth(services: Services) -> None:
+    for status, n in (await asyncio.to_thread(services.queue.counts)).items():
+        services.metrics.queue_depth.labels(status).set(n)
 
 
 def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        await asyncio.to_thread(services.collections.open_all)
+        failed = await asyncio.to_thread(services.collections.open_all)
+        if failed:
+            log.error("collections that did not open (the rest serve): %s", failed)
         await services.batcher(services.settings.default_model)
         recovered = await asyncio.to_thread(services.recover_pending)
         if recovered:
             log.info("re-enqueued %d recovery jobs for documents not yet indexed", recovered)
         tasks = [asyncio.create_task(_maintenance(services, stop))]
+        services.tasks["maintenance"] = tasks[0]
         for i in range(services.settings.workers):
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
+            services.tasks[f"ingest worker {worker.name}"] = tasks[-1]
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:

@@ -28,6 +28,13 @@ class ReadyOut(BaseModel):
     models_loaded: list[str]
     backends: dict[str, str] = Field(description="the engine serving each loaded model")
     indexes: list[str] = Field(description="open indexes as collection/space_id")
+    collections_failed: dict[str, str] = Field(
+        default_factory=dict, description="collections whose indexes did not open, and why"
+    )
+    problems: list[str] = Field(
+        default_factory=list,
+        description="why the node is not ready (503): a dead worker or batcher, stuck upkeep",
+    )
 
 
 class ModelOut(BaseModel):
@@ -90,6 +97,13 @@ class CollectionOut(BaseModel):
     vectors: int | None = None
     index_memory_bytes: int | None = None
     rebuilding: bool | None = Field(None, description="a new index is being built aside")
+    state: Literal["ready", "error"] = Field(
+        "ready", description="error: its indexes did not open (see 'error'); the rest serve"
+    )
+    error: str | None = Field(None, description="why the collection's indexes did not open")
+    last_rebuild_error: str | None = Field(
+        None, description="why the last index rebuild failed (the old index kept serving)"
+    )
 
 
 class CollectionsOut(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ class Services:
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
     rebuilding: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # the server's background tasks by name ("maintenance", "worker serve-0", ...), watched by
+    # problems(); maintenance_beat is when the maintenance loop last finished a pass
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    maintenance_beat: float = field(default_factory=time.monotonic)
     _batcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -115,9 +120,13 @@ class Services:
     async def batcher(self, model: str) -> Batcher:
         """The batcher of a model, loading the model on first use (off the event loop)."""
         found = self.batchers.get(model)
-        if found is not None:
+        if found is not None and found.failure() is None:
             return found
         async with self._batcher_lock:
+            dead = self.batchers.get(model)
+            if dead is not None and dead.failure() is not None and self.ready:
+                log.error("%s; starting a new one", dead.failure())
+                del self.batchers[model]
             if model not in self.batchers:
                 embedder = await asyncio.to_thread(self.models.get, model)
                 s = self.settings
@@ -148,7 +157,9 @@ class Services:
     def make_worker(self, name: str | None = None) -> IngestWorker:
         s = self.settings
         cfg = WorkerConfig(
-            visibility_timeout=s.visibility_timeout_s, batch_documents=s.ingest_batch_documents
+            visibility_timeout=s.visibility_timeout_s,
+            batch_documents=s.ingest_batch_documents,
+            embed_batch=max(1, min(256, s.max_pending_bulk, s.max_pending) // 2),
         )
         return IngestWorker(
             self.store, self.queue, self.models, self.embed_bulk, self.metrics, cfg,
@@ -178,6 +189,12 @@ class Services:
         task = asyncio.create_task(run())
         self.rebuilding[record.name] = task
 
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection, its indexes and its metric series."""
+        spaces = [s.space_id for s in self.store.spaces(name)]
+        self.collections.delete(name)
+        self.metrics.forget_collection(name, spaces)
+
     def notify_workers(self) -> None:
         for w in self.workers:
             w.notify()
@@ -192,6 +209,27 @@ class Services:
                 )
                 jobs += 1
         return jobs
+
+    def maintenance_stall_s(self) -> float:
+        """How long a maintenance pass may take before the loop counts as stuck."""
+        return max(300.0, 50 * self.settings.sync_interval_s, 2 * self.settings.snapshot_interval_s)
+
+    def problems(self) -> list[str]:
+        """Why this node cannot do its work: a background task that died, a stuck maintenance
+        loop, a dead batcher of the default model, a worker that cannot reach the queue."""
+        out: list[str] = []
+        for name, task in self.tasks.items():
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                out.append(f"{name} stopped" + (f": {exc!r}" if exc is not None else ""))
+        stalled = time.monotonic() - self.maintenance_beat
+        if "maintenance" in self.tasks and stalled > self.maintenance_stall_s():
+            out.append(f"maintenance loop stuck: no pass finished for {stalled:.0f}s")
+        default = self.batchers.get(self.settings.default_model)
+        if default is not None and default.failure() is not None:
+            out.append(str(default.failure()))
+        out += [h for h in (w.health() for w in self.workers) if h is not None]
+        return out
 
     def require_ready(self) -> None:
         if not self.ready:

@@ -185,6 +185,17 @@ class Batcher:
                 self._wake.set()
             raise
 
+    def failure(self) -> str | None:
+        """Why this started batcher can no longer serve (its owner task or model-runner thread
+        died, or it was stopped), or None while it serves."""
+        if self._stopped:
+            return f"the batcher of model {self._model!r} is stopped"
+        if self._owner is not None and self._owner.done():
+            return f"the batcher owner of model {self._model!r} died"
+        if self._thread is not None and not self._thread.is_alive():
+            return f"the model-runner thread of {self._model!r} died"
+        return None
+
     def pending(self) -> dict[str, int]:
         """Admitted-but-unfinished texts per lane."""
         return {lane: self._pending[lane] for lane in LANES}

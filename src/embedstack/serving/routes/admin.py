@@ -28,8 +28,12 @@ async def readyz(services: Services = Depends(get_services)) -> Response:
         # which engine serves each loaded model ("auto:openvino-bf16", "pinned:onnx-fp32", ...)
         "backends": {name: m.backend for name, m in sorted(services.models.loaded().items())},
         "indexes": [f"{c}/{s}" for c, s in services.indexes.open_keys()],
+        "collections_failed": services.collections.failed(),
     }
-    ok = services.ready and default in services.batchers
+    problems = services.problems() if services.ready else []
+    if problems:
+        body["problems"] = problems
+    ok = services.ready and default in services.batchers and not problems
     return JSON(body, status_code=200 if ok else 503)
 
 

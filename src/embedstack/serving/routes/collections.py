@@ -51,7 +51,7 @@ async def get_collection(name: str, services: Services = Depends(ready_services)
 
 @router.delete("/{name}", response_model=DeletedOut)
 async def delete_collection(name: str, services: Services = Depends(ready_services)) -> Response:
-    await asyncio.to_thread(services.collections.delete, name)
+    await asyncio.to_thread(services.delete_collection, name)
     return JSON({"deleted": name})
 
 

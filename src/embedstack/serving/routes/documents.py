@@ -7,9 +7,11 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMismatch
 from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
@@ -59,15 +61,49 @@ def checked_vector(
     return vec
 
 
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            stack += [(v, level) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def check_metadata(metadata: dict[str, Any], where: str, max_bytes: int, max_depth: int) -> None:
+    """Metadata is parsed on every query hit: bound its nesting and its size."""
+    depth = _depth(metadata)
+    if depth > max_depth:
+        raise InvalidInput(
+            f"{where}: metadata is nested {depth} levels deep, over the limit of {max_depth}: "
+            "flatten it"
+        )
+    try:
+        size = len(orjson.dumps(metadata))
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput(f"{where}: metadata is not storable as JSON: {exc}") from exc
+    if size > max_bytes:
+        raise InvalidInput(
+            f"{where}: metadata is {size} bytes as JSON, over the limit of {max_bytes} bytes: "
+            "keep large values in the text or elsewhere"
+        )
+
+
 def _document_row(
-    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, max_chars: int
+    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, settings: Settings
 ) -> DocumentRow:
     where = f"documents[{i}] (id {d.id!r})"
     text = d.text or ""
+    max_chars = settings.max_document_chars
     if len(text) > max_chars:
         raise PayloadTooLarge(
             f"{where} has {len(text)} characters, over the {max_chars} limit: split the document"
         )
+    check_metadata(d.metadata, where, settings.max_metadata_bytes, settings.max_metadata_depth)
     if space.model:
         if d.vector is not None:
             raise InvalidInput(
@@ -111,7 +147,7 @@ async def add_documents(
         if d.id in seen:
             raise InvalidInput(f"document id {d.id!r} appears twice in one request")
         seen.add(d.id)
-        rows.append(_document_row(d, i, record, space, services.settings.max_document_chars))
+        rows.append(_document_row(d, i, record, space, services.settings))
     done = await asyncio.to_thread(submit_documents, services.store, services.queue, name, rows)
     services.notify_workers()
     return JSON(

@@ -54,12 +54,14 @@ async def query(
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
     record = await asyncio.to_thread(services.collections.resolve, name)
+    services.collections.require_open(record)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     vec = await _query_vector(body, record, space, request, services)
     loop = asyncio.get_running_loop()
+    knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     hits = await loop.run_in_executor(
         services.search_pool, search_space, services.store, services.indexes, record.name,
-        space.space_id, vec, body.k, body.filter, body.group_by is not None,
+        space.space_id, vec, body.k, body.filter, body.group_by is not None, knobs,
     )  # fmt: skip
     return JSON(
         {"hits": hits, "collection": record.name, "space_id": space.space_id,
