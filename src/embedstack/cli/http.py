@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 import httpx
 
+API_KEY_ENV = "EMBEDSTACK_API_KEY"
+
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON request; a connection failure or an error answer becomes a one-line ClickException
-    that names the URL."""
+    """JSON request (with the API key of $EMBEDSTACK_API_KEY, if set); a connection failure or
+    an error answer becomes a one-line ClickException that names the URL."""
+    key = os.environ.get(API_KEY_ENV)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     try:
-        r = httpx.request(method, url, json=body, timeout=600)
+        r = httpx.request(method, url, json=body, timeout=600, headers=headers)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise click.ClickException(
