@@ -27,7 +27,7 @@ def check_filter(flt: dict[str, Any] | None, max_conditions: int) -> None:
 
     def walk(node: Any, depth: int, where: str) -> None:
         nonlocal count
-        if depth > MAX_FILTER_DEPTH:
+        if depth > MAX_FILTER_DEPTH and isinstance(node, dict | list):
             raise InvalidInput(
                 f"filter is nested too deep at {where}: write {{field: value}} or "
                 "{field: {operator: value}}, with a list only for $in/$nin"
@@ -63,8 +63,8 @@ class Bucket:
         """0.0 if admitted (and charged), else the seconds until it would be."""
         if self.rate <= 0:
             return 0.0
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = max(now, self.updated)
         if self.tokens <= 0:
             return -self.tokens / self.rate + 1.0 / self.rate
         self.tokens -= n
@@ -81,11 +81,11 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._lock = threading.Lock()
 
-    def _bucket(self, key: str, kind: str, rate: float) -> Bucket:
+    def _bucket(self, key: str, kind: str, rate: float, now: float) -> Bucket:
         found = self._buckets.get((key, kind))
         if found is None or found.rate != rate:
             cap = max(1.0, rate * self.burst_s)
-            found = Bucket(rate, cap, cap, time.monotonic())
+            found = Bucket(rate, cap, cap, now)
             self._buckets[(key, kind)] = found
         return found
 
@@ -97,7 +97,8 @@ class RateLimiter:
         default = self.default_rps if kind == "requests" else self.default_texts
         r = default if rate is None else rate
         with self._lock:
-            wait = self._bucket(key, kind, r).take(n, time.monotonic() if now is None else now)
+            t = time.monotonic() if now is None else now
+            wait = self._bucket(key, kind, r, t).take(n, t)
         if wait > 0:
             raise Overloaded(
                 f"API key {key} is over its rate limit of {r:g} {kind}/s: retry after "
