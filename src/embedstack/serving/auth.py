@@ -284,8 +284,9 @@ class AccessGate:
             principal = Principal.of(record) if record is not None else None
         if principal is None and path not in OPEN_PATHS:
             why = (
-                "invalid API key: it is unknown, revoked or expired"
-                if key
+                "invalid API key: it is unknown, revoked or expired (send 'Authorization: "
+                "Bearer es_...')"
+                if key is not None
                 else "missing API key: send 'Authorization: Bearer es_...' (create one with "
                 "`embedstack keys create`)"
             )
@@ -302,21 +303,20 @@ class AccessGate:
                 await _refuse(scope, receive, send, 429, "Overloaded", exc.message,
                               {"Retry-After": retry})  # fmt: skip
                 return
-        status = [500]
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
+            if message["type"] == "http.response.start":  # audited before the answer goes out
+                await self._audit(scope, state, message["status"])
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            access = state.get("access")
-            if isinstance(access, Access):
-                p = access.principal
-                await record_action(self.services.store, scope, p.key, p.tenant, access.scope,
-                                    status[0], access.detail)  # fmt: skip
+        await self.app(scope, receive, send_wrapper)
+
+    async def _audit(self, scope: Scope, state: dict[str, Any], status: int) -> None:
+        access = state.get("access")
+        if isinstance(access, Access):
+            p = access.principal
+            await record_action(self.services.store, scope, p.key, p.tenant, access.scope,
+                                status, access.detail)  # fmt: skip
 
 
 async def _refuse(
