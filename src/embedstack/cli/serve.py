@@ -57,7 +57,7 @@ def serve(
     import uvicorn
 
     from embedstack.serving.app import create_app
-    from embedstack.serving.auth import check_bind
+    from embedstack.serving.auth import check_bind, is_loopback
     from embedstack.serving.services import Services
 
     settings = load_settings(
@@ -72,7 +72,13 @@ def serve(
             "this address is an admin. Use API keys (`embedstack keys create`) for anything "
             "beyond a trial.", fg="red", bold=True, err=True,
         )  # fmt: skip
-    elif not services.store.has_keys():
+    elif not is_loopback(settings.host) and settings.tls_cert is None:
+        click.secho(
+            f"WARNING: API keys will cross the network in clear text on {settings.host}: serve "
+            "HTTPS with --tls-cert/--tls-key, or put a TLS-terminating proxy in front.",
+            fg="yellow", err=True,
+        )  # fmt: skip
+    if not settings.insecure_no_auth and not services.store.has_keys():
         click.secho(
             "no API keys yet: every request will be refused with 401. Create one with "
             f"`embedstack keys create --data-dir {settings.data_dir} --scope admin`.",
