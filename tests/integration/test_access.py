@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from embedstack.storage.store import Store
+from embedstack.testing import EMBEDSTACK
 from tests.conftest import Server, server_env, wait_job
 
 SECRET_TEXT = "bravo-tenant-private-text"
@@ -249,7 +250,7 @@ def test_keys_over_http_rotate_and_revoke_take_effect_at_once(
     revokable = _client(server, keys["revokable"])
     assert revokable.get("/v1/collections").status_code == 200
     out = subprocess.run(
-        ["embedstack", "keys", "revoke", keys.prefix("revokable"), "--data-dir",
+        [*EMBEDSTACK, "keys", "revoke", keys.prefix("revokable"), "--data-dir",
          str(server.data_dir)], env=server_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
