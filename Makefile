@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,scann]"
+	$(BIN)/pip install -q -e ".[dev,scann,langchain,llamaindex]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from embedstack.errors import Forbidden, NotFound
 from embedstack.serving.auth import Access, Principal, administering
 from embedstack.serving.http import JSON
+from embedstack.serving.responses import AuditOut, KeyCreatedOut, KeyOut, KeysOut
 from embedstack.storage.keys import KeyRecord
 
 router = APIRouter()
@@ -33,43 +34,6 @@ class KeyIn(BaseModel):
 class RotateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     grace_s: float = Field(0.0, ge=0, le=30 * 86400, description="old key valid this long")
-
-
-class KeyOut(BaseModel):
-    prefix: str
-    tenant: str
-    scopes: list[str]
-    collections: list[str] | None
-    rate_rps: float | None
-    rate_texts: float | None
-    name: str | None
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-    active: bool
-
-
-class KeyCreatedOut(KeyOut):
-    key: str = Field(description="the full key: shown only in this answer")
-
-
-class KeysOut(BaseModel):
-    keys: list[KeyOut]
-
-
-class AuditEntryOut(BaseModel):
-    id: int
-    at: float
-    key: str | None
-    tenant: str | None
-    action: str
-    collection: str | None
-    status: int | None
-    detail: dict[str, object]
-
-
-class AuditOut(BaseModel):
-    entries: list[AuditEntryOut]
 
 
 def _covers(p: Principal, scopes: list[str], collections: list[str] | None) -> None:
