@@ -336,3 +336,23 @@ def test_a_fresh_random_name_never_collides(keys_and_server: tuple[Keys, Server]
     assert b.post("/v1/collections", json={"name": name}).status_code == 201
     assert a.delete(f"/v1/collections/{name}").status_code == 200
     assert b.get(f"/v1/collections/{name}").status_code == 200
+
+
+def test_the_python_client_sends_its_key_and_manages_keys(
+    keys_and_server: tuple[Keys, Server],
+) -> None:
+    from embedstack.client import AuthenticationError, Client
+
+    keys, server = keys_and_server
+    with Client(server.url, api_key=keys["admin_a"]) as es:
+        made = es.create_key(["read"], collections=["one"], name="client")
+        assert made.tenant == "alpha" and made.collections == ["one"]
+        assert made.prefix in {k.prefix for k in es.list_keys()}
+        assert any(e.action == "POST /v1/keys" for e in es.audit(limit=10))
+        rotated = es.rotate_key(made.prefix, grace_s=0)
+        assert es.revoke_key(rotated.prefix).active is False
+    with Client(server.url, api_key=made.key) as old, pytest.raises(AuthenticationError) as e:
+        old.list_collections()
+    assert e.value.status == 401
+    with Client(server.url, api_key=keys["read_a"]) as reader, pytest.raises(AuthenticationError):
+        reader.create_key(["read"])
