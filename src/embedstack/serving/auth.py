@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -211,8 +211,8 @@ class Access:
         self.detail.update(detail)
 
 
-def require(scope: str) -> Callable[[Request], Access]:
-    def dependency(request: Request) -> Access:
+def require(scope: str) -> Callable[[Request], Awaitable[Access]]:
+    async def dependency(request: Request) -> Access:  # async: no thread-pool hop per request
         principal = principal_of(request)
         if principal is None:  # AccessGate lets no such request through to a route
             raise Unauthorized("missing API key: send 'Authorization: Bearer es_...'")
