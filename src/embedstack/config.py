@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     compaction_ratio: float = Field(0.2, gt=0, lt=1)
     search_threads: int = Field(2, ge=1)
     log_level: str = "info"
+    # access control (serving/auth.py). Auth is on unless this is set, which serve allows only
+    # on a loopback address
+    insecure_no_auth: bool = False
+    # Host names the server answers besides localhost/127.0.0.1/[::1] and the bound address
+    # (DNS-rebinding defence, also without auth); ["*"] turns the check off
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # per-key token buckets (a key's own limits win); 0 = unlimited
+    rate_limit_rps: float = Field(100.0, ge=0)
+    rate_limit_texts_per_s: float = Field(10000.0, ge=0)
+    rate_limit_burst_s: float = Field(2.0, gt=0, description="bucket size, in seconds of rate")
+    max_filter_conditions: int = Field(256, ge=1, description="fields + operators + $in values")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def load(cls, toml_path: Path | None = None, **overrides: Any) -> Settings:

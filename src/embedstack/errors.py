@@ -44,3 +44,11 @@ class Overloaded(EmbedStackError):
 
 class Unavailable(EmbedStackError):
     pass
+
+
+class Unauthorized(EmbedStackError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+
+class Forbidden(EmbedStackError):
+    """A valid API key without the scope or grant the request needs."""

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from embedstack.config import Settings
 from embedstack.serving.app import create_app
 from embedstack.serving.services import Services
+from tests.conftest import in_process_settings
 
 
 def _changes(services: Services) -> int:
@@ -21,10 +21,8 @@ def _changes(services: Services) -> int:
 def test_the_change_log_is_cut_at_snapshots_and_metrics_of_deleted_collections_go(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        enable_test_models=True,
-        default_model="hashing-test",
+    settings = in_process_settings(
+        tmp_path,
         snapshot_interval_s=0.1,
         sync_interval_s=0.05,
     )

@@ -8,18 +8,16 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from embedstack.config import Settings
 from embedstack.serving.app import create_app
 from embedstack.serving.services import Services
+from tests.conftest import in_process_settings
 
 
 def test_a_failing_upgrade_refresh_does_not_stop_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        enable_test_models=True,
-        default_model="hashing-test",
+    settings = in_process_settings(
+        tmp_path,
         snapshot_interval_s=0.1,
         sync_interval_s=0.05,
     )

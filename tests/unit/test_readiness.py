@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from embedstack.config import Settings
 from embedstack.errors import Unavailable
 from embedstack.serving.app import create_app
 from embedstack.serving.services import Services
+from tests.conftest import in_process_settings
 
 
 @pytest.fixture()
 def node(tmp_path: Path) -> Iterator[tuple[Services, TestClient]]:
-    settings = Settings(
-        data_dir=tmp_path / "data", enable_test_models=True, default_model="hashing-test"
+    settings = in_process_settings(
+        tmp_path,
     )
     services = Services.build(settings)
     with TestClient(create_app(services)) as client:

@@ -29,6 +29,7 @@ EMBEDSTACK_* environment variables, an optional --config TOML file, and flags.
 def build_cli() -> click.Group:
     """The `embedstack` group with every command attached."""
     from embedstack.cli.ingest import ingest
+    from embedstack.cli.keys import keys
     from embedstack.cli.models import models
     from embedstack.cli.plan import plan
     from embedstack.cli.query import query
@@ -37,7 +38,8 @@ def build_cli() -> click.Group:
     from embedstack.cli.upgrade import retire, rollback, upgrade
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-    for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan):
+    for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
+                    keys):  # fmt: skip
         cli.add_command(command)
     return cli
 

@@ -32,9 +32,17 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
 @click.option("--workers", type=int, default=None,
               help=f"In-process ingest workers (default: {ENV_PREFIX}WORKERS, else "
               f"{setting_default('workers')}).")  # fmt: skip
+@click.option("--insecure-no-auth", is_flag=True, default=None,
+              help="Serve without API keys (every caller is an admin of the default tenant). "
+              "Allowed only on a loopback address; for trying things out.")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM certificate (chain) file: serve HTTPS (with --tls-key).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM private key file of --tls-cert.")  # fmt: skip
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
+    insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
     config: Path | None,
 ) -> None:  # fmt: skip
     """Run the HTTP server with in-process ingest workers.
@@ -42,17 +50,46 @@ def serve(
     Loads the bundled all-MiniLM-L6-v2 model, opens every collection's index (from its snapshot
     plus the store's later changes) and serves the API; see /docs for it. A setting this
     machine cannot honour stops it at startup with one line saying which.
+
+    Every request needs an API key (`embedstack keys create`) unless --insecure-no-auth is
+    given, which only a loopback address allows.
     """
     import uvicorn
 
     from embedstack.serving.app import create_app
+    from embedstack.serving.auth import check_bind, is_loopback
     from embedstack.serving.services import Services
 
-    settings = load_settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
-    app = create_app(Services.build(settings))
+    settings = load_settings(
+        config, host=host, port=port, data_dir=data_dir, workers=workers,
+        insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
+    )  # fmt: skip
+    check_bind(settings)
+    services = Services.build(settings)
+    if settings.insecure_no_auth:
+        click.secho(
+            f"WARNING: serving WITHOUT authentication on {settings.host}: anyone who can reach "
+            "this address is an admin. Use API keys (`embedstack keys create`) for anything "
+            "beyond a trial.", fg="red", bold=True, err=True,
+        )  # fmt: skip
+    elif not is_loopback(settings.host) and settings.tls_cert is None:
+        click.secho(
+            f"WARNING: API keys will cross the network in clear text on {settings.host}: serve "
+            "HTTPS with --tls-cert/--tls-key, or put a TLS-terminating proxy in front.",
+            fg="yellow", err=True,
+        )  # fmt: skip
+    if not settings.insecure_no_auth and not services.store.has_keys():
+        click.secho(
+            "no API keys yet: every request will be refused with 401. Create one with "
+            f"`embedstack keys create --data-dir {settings.data_dir} --scope admin`.",
+            fg="yellow", err=True,
+        )  # fmt: skip
+    app = create_app(services)
+    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         access_log=False, timeout_graceful_shutdown=10,
+        **(tls if settings.tls_cert is not None else {}),  # type: ignore[arg-type]
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
 from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
+from embedstack.storage.keys import TENANT_RE, TENANT_SEP
 from embedstack.storage.store import CollectionRecord, Store
 from embedstack.types import METRICS, CollectionConfig, IndexSpec, Metric, byo_space_id
 
@@ -47,7 +48,8 @@ class CollectionService:
         chunking: dict[str, Any] | None = None,
         index: dict[str, Any] | None = None,
     ) -> CollectionRecord:
-        if not NAME_RE.match(name):
+        tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
+        if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
             raise InvalidInput(
                 f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
                 "'.', starting with a letter or digit"

@@ -20,14 +20,18 @@ from embedstack.errors import (
     ConfigError,
     Conflict,
     EmbedStackError,
+    Forbidden,
     InvalidInput,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     SpaceMismatch,
+    Unauthorized,
     Unavailable,
 )
+from embedstack.serving.auth import AccessGate, scrub
 from embedstack.serving.http import JSON, ClientGone
+from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import ErrorOut
 from embedstack.serving.routes import (
     admin,
@@ -35,6 +39,7 @@ from embedstack.serving.routes import (
     collections,
     documents,
     embeddings,
+    keys,
     query,
     upgrades,
 )
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 # The only table from error kind to HTTP status. Subclasses before their bases.
 ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (PayloadTooLarge, 413),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (InvalidInput, 422),
     (NotFound, 404),
     (SpaceMismatch, 409),
@@ -71,15 +78,18 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
 
 
-async def _domain_error(_: Request, exc: Exception) -> Response:
+async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedStackError)
     status = status_of(exc)
     headers = (
         {"Retry-After": str(max(1, round(exc.retry_after)))}
         if isinstance(exc, Overloaded)
+        else {"WWW-Authenticate": "Bearer"}
+        if isinstance(exc, Unauthorized)
         else None
     )
-    return JSON(error_body(type(exc).__name__, exc.message), status_code=status, headers=headers)
+    message = scrub(request, exc.message)  # a tenant sees its own names plain
+    return JSON(error_body(type(exc).__name__, message), status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -258,6 +268,9 @@ def create_app(services: Services) -> FastAPI:
         description="Self-hosted embeddings: ingest, inference, vector search, metrics.",
     )
     app.state.services = services
+    s = services.settings
+    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    app.state.limiter = limiter
     app.add_exception_handler(EmbedStackError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -267,7 +280,9 @@ def create_app(services: Services) -> FastAPI:
         status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
         for kind, status in ERROR_STATUS
     }
-    for module in (admin, embeddings, collections, documents, query, upgrades, aliases):
+    for module in (admin, embeddings, collections, documents, query, upgrades, aliases, keys):
         app.include_router(module.router, responses=errors)
     app.add_middleware(MetricsAndLimits, services=services)
+    # outermost: Host check and authentication come before anything reads the request
+    app.add_middleware(AccessGate, services=services, limiter=limiter)
     return app

@@ -194,3 +194,41 @@ class AliasOut(BaseModel):
 
 class AliasesOut(BaseModel):
     aliases: dict[str, str]
+
+
+# -- access (serving/routes/keys.py) ----------------------------------------------------------
+class KeyOut(BaseModel):
+    prefix: str
+    tenant: str
+    scopes: list[str]
+    collections: list[str] | None
+    rate_rps: float | None
+    rate_texts: float | None
+    name: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    active: bool
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="the full key: shown only in this answer")
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: float
+    key: str | None
+    tenant: str | None
+    action: str
+    collection: str | None
+    status: int | None
+    detail: dict[str, object]
+
+
+class AuditOut(BaseModel):
+    entries: list[AuditEntryOut]

@@ -17,6 +17,7 @@ import orjson
 from embedstack.errors import Conflict, NotFound
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
+from embedstack.storage.keys import KeysMixin
 from embedstack.storage.migrations import MIGRATIONS
 from embedstack.types import CollectionConfig
 
@@ -79,7 +80,7 @@ class HitRow:
     metadata: dict[str, Any]
 
 
-class Store(CatalogMixin):
+class Store(CatalogMixin, KeysMixin):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMism
 from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
+from embedstack.serving.auth import Access, reading, writing
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
@@ -131,15 +132,17 @@ def _document_row(
 
 @router.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
 async def add_documents(
-    name: str, body: DocumentsIn, services: Services = Depends(ready_services)
-) -> Response:
-    record = await asyncio.to_thread(services.collections.resolve, name)
+    name: str, body: DocumentsIn, services: Services = Depends(ready_services),
+    access: Access = Depends(writing),
+) -> Response:  # fmt: skip
+    record = await access.resolve(name)
     name = record.name
     limit = services.settings.max_documents_per_request
     if not body.documents:
         raise InvalidInput("'documents' is empty: send at least one document")
     if len(body.documents) > limit:
         raise InvalidInput(f"{len(body.documents)} documents, over the {limit} limit: split them")
+    access.charge_texts(len(body.documents))
     space = services.collections.space(record)
     seen: set[str] = set()
     rows = []
@@ -150,6 +153,7 @@ async def add_documents(
         rows.append(_document_row(d, i, record, space, services.settings))
     done = await asyncio.to_thread(submit_documents, services.store, services.queue, name, rows)
     services.notify_workers()
+    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
     return JSON(
         {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
         status_code=202,
@@ -157,11 +161,18 @@ async def add_documents(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, services: Services = Depends(ready_services)) -> Response:
-    job = await asyncio.to_thread(services.queue.get, job_id)
+async def get_job(
+    job_id: str, services: Services = Depends(ready_services), access: Access = Depends(reading)
+) -> Response:
+    try:
+        job = await asyncio.to_thread(services.queue.get, job_id)
+    except NotFound:
+        job = None
+    collection = str(job.payload.get("collection")) if job is not None else ""
+    if job is None or not access.owns(collection):  # another tenant's job does not exist here
+        raise NotFound(f"job {job_id!r} does not exist")
     status = JOB_STATUS.get(job.status, job.status)
     result: dict[str, Any] = dict(job.result or {})
-    collection = str(job.payload.get("collection"))
     # read-your-writes: "done" once the serving indexes hold what the job wrote
     seq = int(result.get("seq", 0))
     if status == "done" and seq > 0 and not services.indexes.caught_up(collection, seq):
@@ -170,7 +181,7 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
         {
             "id": job.id,
             "status": status,
-            "collection": collection,
+            "collection": access.display(collection),
             "documents": len(job.payload.get("documents", [])),
             "attempts": job.attempts,
             "result": result or None,
@@ -183,25 +194,28 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
 
 @router.get("/v1/collections/{name}/documents/{doc_id}", response_model=DocumentOut)
 async def get_document(
-    name: str, doc_id: str, services: Services = Depends(ready_services)
-) -> Response:
+    name: str, doc_id: str, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     """A stored document as it was last written (text and metadata)."""
-    name = (await asyncio.to_thread(services.collections.resolve, name)).name
+    name = (await access.resolve(name)).name
     rows = await asyncio.to_thread(services.store.get_documents, name, [doc_id])
     if not rows:
-        raise NotFound(f"collection {name!r} has no document {doc_id!r}")
+        raise NotFound(f"collection {access.display(name)!r} has no document {doc_id!r}")
     row = rows[0]
     return JSON(
-        {"id": row.id, "collection": name, "text": row.text, "metadata": row.metadata,
-         "indexed": row.indexed_hash == row.content_hash}
+        {"id": row.id, "collection": access.display(name), "text": row.text,
+         "metadata": row.metadata, "indexed": row.indexed_hash == row.content_hash}
     )  # fmt: skip
 
 
 @router.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
 async def delete_document(
-    name: str, doc_id: str, services: Services = Depends(ready_services)
-) -> Response:
-    name = (await asyncio.to_thread(services.collections.resolve, name)).name
+    name: str, doc_id: str, services: Services = Depends(ready_services),
+    access: Access = Depends(writing),
+) -> Response:  # fmt: skip
+    name = (await access.resolve(name)).name
     await asyncio.to_thread(services.store.delete_document, name, doc_id)
     await asyncio.to_thread(services.indexes.sync_collection, name)
-    return JSON({"deleted": doc_id, "collection": name})
+    access.note(documents=1)
+    return JSON({"deleted": doc_id, "collection": access.display(name)})

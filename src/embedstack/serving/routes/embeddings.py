@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
+from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
 from embedstack.serving.responses import EmbeddingsOut
 from embedstack.serving.routes.deps import ready_services
@@ -35,10 +36,12 @@ def _validate_inputs(texts: list[str], services: Services) -> None:
 
 @router.post("/v1/embeddings", response_model=EmbeddingsOut)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services)
-) -> Response:
+    body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     texts = [body.input] if isinstance(body.input, str) else body.input
     _validate_inputs(texts, services)
+    access.charge_texts(len(texts))
     model = body.model or services.settings.default_model
     embedder = await asyncio.to_thread(services.models.get, model)
     if body.dimensions is not None and body.dimensions != embedder.spec.dim:

@@ -11,7 +11,9 @@ from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
 from embedstack.registry.search import search_space
+from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
+from embedstack.serving.limits import check_filter
 from embedstack.serving.responses import QueryOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.routes.documents import checked_vector
@@ -46,15 +48,18 @@ async def _query_vector(
 
 @router.post("/v1/collections/{name}/query", response_model=QueryOut)
 async def query(
-    name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services)
-) -> Response:
+    name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     started = time.perf_counter()
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
+    check_filter(body.filter, services.settings.max_filter_conditions)
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
-    record = await asyncio.to_thread(services.collections.resolve, name)
+    record = await access.resolve(name)
     services.collections.require_open(record)
+    access.charge_texts(1)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     vec = await _query_vector(body, record, space, request, services)
     loop = asyncio.get_running_loop()
@@ -64,7 +69,7 @@ async def query(
         space.space_id, vec, body.k, body.filter, body.group_by is not None, knobs,
     )  # fmt: skip
     return JSON(
-        {"hits": hits, "collection": record.name, "space_id": space.space_id,
+        {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
          "took_ms": _ms(started)}
     )  # fmt: skip
 
