@@ -44,3 +44,8 @@ class Overloaded(EmbedStackError):
 
 class Unavailable(EmbedStackError):
     pass
+
+
+class InsufficientStorage(Unavailable):
+    """The disk (or a file-size limit) is full: the write was not made and nothing acknowledged
+    was lost; reads keep working. Free space, then retry."""

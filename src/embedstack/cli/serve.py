@@ -43,17 +43,22 @@ def serve(
     plus the store's later changes) and serves the API; see /docs for it. A setting this
     machine cannot honour stops it at startup with one line saying which.
     """
-    import uvicorn
-
     from embedstack.serving.app import create_app
+    from embedstack.serving.server import run_server
     from embedstack.serving.services import Services
 
     settings = load_settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
-    app = create_app(Services.build(settings))
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=10,
-    )  # fmt: skip
+    ignore_file_size_signal()
+    services = Services.build(settings)
+    app = create_app(services)
+    run_server(services, app, settings.host, settings.port, settings.log_level)
+
+
+def ignore_file_size_signal() -> None:
+    """A write past a file-size limit (RLIMIT_FSIZE) then fails with EFBIG, which the store
+    reports as InsufficientStorage, instead of SIGXFSZ killing the process."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 @click.command(cls=Command)
@@ -70,6 +75,7 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
     from embedstack.serving.services import Services
 
     settings = load_settings(config, data_dir=data_dir)
+    ignore_file_size_signal()
     services = Services.build(settings)
 
     async def run() -> None:
@@ -79,7 +85,16 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
             loop.add_signal_handler(sig, stop.set)
         workers = [services.make_worker(f"proc{os.getpid()}-{i}") for i in range(concurrency)]
         click.echo(f"embedstack worker: {concurrency} worker(s) on {settings.data_dir}", err=True)
-        await asyncio.gather(*(w.run(stop) for w in workers))
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        # in-flight jobs finish for up to shutdown_timeout_s, then are cancelled: their leases
+        # are released at once instead of waiting out the visibility timeout
+        _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await services.close()
 
     asyncio.run(run())

@@ -8,6 +8,7 @@ and the store refuses to write chunks for a document version that is no longer c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -102,6 +103,11 @@ class IngestWorker:
         heartbeat = asyncio.ensure_future(self._heartbeat(job.id, job.lease_id))
         try:
             totals = await self.process(job.payload)
+        except asyncio.CancelledError:  # shutting down: give the job back, not to the timeout
+            heartbeat.cancel()
+            with contextlib.suppress(Exception):
+                self._queue.release(job.id, job.lease_id)
+            raise
         except Exception as exc:  # any failure: retry with backoff, then dead-letter
             heartbeat.cancel()
             message = exc.message if isinstance(exc, EmbedStackError) else repr(exc)

@@ -20,6 +20,7 @@ from embedstack.errors import (
     ConfigError,
     Conflict,
     EmbedStackError,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
     Overloaded,
@@ -50,6 +51,7 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (SpaceMismatch, 409),
     (Conflict, 409),
     (Overloaded, 429),
+    (InsufficientStorage, 507),
     (Unavailable, 503),
     # settings are checked at startup (the server does not start); one met later is this
     # server's setup, not the client's request and not a bug: unavailable here
@@ -200,14 +202,37 @@ def create_app(services: Services) -> FastAPI:
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
+        drained = asyncio.Event()
+
+        async def drain() -> None:
+            """Stop admitting (503), let in-flight jobs finish for up to shutdown_timeout_s
+            (then cancel them: their leases are released), then write snapshots."""
+            if services.draining:
+                await drained.wait()
+                return
+            services.draining = True
+            services.ready = False
+            stop.set()
+            _, pending = await asyncio.wait(tasks, timeout=services.settings.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning("shutdown: %d task(s) cancelled after the timeout", len(pending))
+            try:
+                await asyncio.to_thread(services.indexes.sync_all)
+                await asyncio.to_thread(services.indexes.snapshot_all)
+            except Exception:
+                log.exception("shutdown snapshot failed; the next start replays the change log")
+            drained.set()
+
+        services.drain = drain
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:
             yield
         finally:
-            services.ready = False
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await drain()
             await services.close()
 
     app = FastAPI(
