@@ -102,6 +102,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc.__cause__, EmbedStackError):  # raised while FastAPI read the body
         return await _domain_error(request, exc.__cause__)
     message = str(exc.detail)
+    if exc.status_code == 400:  # FastAPI could not read the body at all (e.g. not UTF-8)
+        return JSON(
+            error_body("InvalidInput", f"the request body cannot be read as JSON: {message}"),
+            status_code=422,
+        )
     if exc.status_code == 404:
         message = "no such route: see GET /docs for the API"
     elif exc.status_code == 405:
