@@ -48,7 +48,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ).start()
     with server.client() as c:  # something for the generated requests to find
         assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
-        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(20)]
+        docs = [
+            {"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(20)
+        ]
         job = c.post("/v1/collections/kb/documents", json={"documents": docs}).json()
         assert wait_job(c, job["job_id"])["status"] == "done"
     yield server
@@ -87,7 +89,10 @@ def test_api_conforms(api_schema: schemathesis.BaseSchema) -> None:
     sent = [0]
     for result in api_schema.get_all_operations():
         op = result.ok()
-        strategies = [op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE)]
+        strategies = [
+            op.as_strategy(GenerationMode.POSITIVE),
+            op.as_strategy(GenerationMode.NEGATIVE),
+        ]
         if "{name}" in op.path and op.method.upper() != "DELETE":  # keep "kb" for the others
             strategies.append(op.as_strategy(path_parameters={"name": "kb"}))
         for strategy in strategies:
