@@ -6,7 +6,7 @@
    30 min), with at most `--max-inflight` requests outstanding (beyond that the generator
    counts a "shed" instead of queueing without bound).
 Every `--window` seconds it prints and records: requests by outcome (2xx, 429, 503, 507, other
-4xx, 5xx, connection errors), p50/p99 latency per kind, the server's RSS and the queue depth.
+4xx, 5xx, connection errors), p50/p99 latency per kind, the server's RSS and the documents waiting to be indexed.
 At the end: the server must still be healthy and the collection consistent (vectors ==
 chunks once ingest drains); the RSS slope over the run after warm-up (MB/hour) says whether
 memory is flat. Writes a JSON report with `--out`.
@@ -66,13 +66,15 @@ class Load:
             words = " ".join(f"w{self.rng.randrange(20000)}" for _ in range(8))
             r = await c.post("/v1/collections/soak/query", json={"text": words, "k": 10})
         elif kind == "ingest":
-            docs = []
-            for _ in range(self.batch):
-                self.next_id += 1
-                docs.append({"id": f"s{self.next_id}", "text": self.text()})
+            # one new document and new versions of batch-1 live ones: with the delete share
+            # equal to the ingest share the corpus keeps its size, so memory should stay flat
+            self.next_id += 1
+            fresh = f"s{self.next_id}"
+            ids = {self.rng.choice(self.live) for _ in range(self.batch - 1)} - {fresh}
+            docs = [{"id": i, "text": self.text()} for i in [fresh, *sorted(ids)]]
             r = await c.post("/v1/collections/soak/documents", json={"documents": docs})
             if r.status_code == 202:
-                self.live += [str(d["id"]) for d in docs]
+                self.live.append(fresh)
         else:
             doc_id = self.live.pop(self.rng.randrange(len(self.live)))
             r = await c.delete(f"/v1/collections/soak/documents/{doc_id}")
@@ -131,7 +133,7 @@ async def measure_peak(url: str, load: Load, concurrency: int, seconds: float) -
 
 
 def summarize(win: Window, t: float, rss: float, depth: int, shed: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"t_s": round(t), "rss_mb": round(rss, 1), "queue_depth": depth,
+    row: dict[str, Any] = {"t_s": round(t), "rss_mb": round(rss, 1), "docs_pending": depth,
                            "shed": shed, **win.outcomes}  # fmt: skip
     for kind in KINDS:
         lat = win.latency.get(kind)
@@ -199,7 +201,7 @@ def main() -> None:
     p.add_argument("--model", default="hashing-test")
     p.add_argument("--seed-docs", type=int, default=2000)
     p.add_argument("--batch", type=int, default=5, help="documents per ingest request")
-    p.add_argument("--mix", default="0.7,0.2,0.1", help="query,ingest,delete shares")
+    p.add_argument("--mix", default="0.7,0.15,0.15", help="query,ingest,delete shares")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the RSS slope")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
