@@ -6,7 +6,8 @@
    30 min), with at most `--max-inflight` requests outstanding (beyond that the generator
    counts a "shed" instead of queueing without bound).
 Every `--window` seconds it prints and records: requests by outcome (2xx, 429, 503, 507, other
-4xx, 5xx, connection errors), p50/p99 latency per kind, the server's RSS and the documents waiting to be indexed.
+4xx, 5xx, connection errors), p50/p99 latency per kind, the server's RSS and the documents
+waiting to be indexed.
 At the end: the server must still be healthy and the collection consistent (vectors ==
 chunks once ingest drains); the RSS slope over the run after warm-up (MB/hour) says whether
 memory is flat. Writes a JSON report with `--out`.
