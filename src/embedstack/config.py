@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     sync_interval_s: float = Field(0.2, gt=0)
     compaction_ratio: float = Field(0.2, gt=0, lt=1)
     search_threads: int = Field(2, ge=1)
+    # SIGTERM: stop admitting (503), let in-flight jobs finish for up to this long (then give
+    # their leases back), snapshot, then let in-flight requests finish for up to this long
+    shutdown_timeout_s: float = Field(20.0, gt=0)
     log_level: str = "info"
     # access control (serving/auth.py). Auth is on unless this is set, which serve allows only
     # on a loopback address

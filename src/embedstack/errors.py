@@ -52,3 +52,8 @@ class Unauthorized(EmbedStackError):
 
 class Forbidden(EmbedStackError):
     """A valid API key without the scope or grant the request needs."""
+
+
+class InsufficientStorage(Unavailable):
+    """The disk (or a file-size limit) is full: the write was not made and nothing acknowledged
+    was lost; reads keep working. Free space, then retry."""

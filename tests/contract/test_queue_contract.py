@@ -495,3 +495,16 @@ def test_purge_forgets_old_done_jobs_only(queue: Queue, advance: Callable[[float
         queue.get(done)
     assert {queue.get(j).status for j in (dead, waiting, recent)} == {"dead", "queued"}
     assert queue.purge(older_than=50.0) == 0
+
+
+def test_release_gives_the_job_back_at_once_without_counting_the_attempt(queue: Queue) -> None:
+    job_id = queue.enqueue({"n": 1})
+    job = _lease(queue, vt=3600.0)
+    assert job.lease_id is not None
+    assert not queue.release(job_id, "not-our-lease")
+    assert queue.release(job_id, job.lease_id)
+    again = queue.get(job_id)
+    assert again.status == "queued" and again.attempts == 0 and again.lease_id is None
+    # available now, not after the visibility timeout; the old lease is void
+    assert _lease(queue, "w2").id == job_id
+    assert not queue.release(job_id, job.lease_id)

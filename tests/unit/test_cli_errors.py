@@ -20,7 +20,7 @@ from embedstack.registry.upgrade import Gate
 from embedstack.testing import free_port
 
 COMMANDS = {"serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys"}  # fmt: skip
+            "tune", "plan", "keys", "backup", "restore", "doctor"}  # fmt: skip
 SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune"}
 # arguments that reach the server on a closed port (tune reads a store first: see its own test)
 REACHING = {

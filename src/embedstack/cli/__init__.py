@@ -1,9 +1,9 @@
 """The embedstack command line: one click group; build_cli() attaches every command.
 
-One module per command family (serve, ingest, query, models, upgrade, tune, plan); cli/common.py
-holds the shared options and the error policy, cli/http.py the client of the server-driving
-commands. Nothing registers itself on import: build_cli() is the one list of commands, and
-main() is the one place that sets process environment.
+One module per command family (serve, ingest, query, models, upgrade, tune, plan, backup);
+cli/common.py holds the shared options and the error policy, cli/http.py the client of the
+server-driving commands. Nothing registers itself on import: build_cli() is the one list of
+commands, and main() is the one place that sets process environment.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ EMBEDSTACK_* environment variables, an optional --config TOML file, and flags.
 
 def build_cli() -> click.Group:
     """The `embedstack` group with every command attached."""
+    from embedstack.cli.backup import backup, doctor, restore
     from embedstack.cli.ingest import ingest
     from embedstack.cli.keys import keys
     from embedstack.cli.models import models
@@ -39,7 +40,7 @@ def build_cli() -> click.Group:
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
     for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
-                    keys):  # fmt: skip
+                    keys, backup, restore, doctor):  # fmt: skip
         cli.add_command(command)
     return cli
 

@@ -54,10 +54,9 @@ def serve(
     Every request needs an API key (`embedstack keys create`) unless --insecure-no-auth is
     given, which only a loopback address allows.
     """
-    import uvicorn
-
     from embedstack.serving.app import create_app
     from embedstack.serving.auth import check_bind, is_loopback
+    from embedstack.serving.server import run_server
     from embedstack.serving.services import Services
 
     settings = load_settings(
@@ -65,6 +64,7 @@ def serve(
         insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
     )  # fmt: skip
     check_bind(settings)
+    ignore_file_size_signal()
     services = Services.build(settings)
     if settings.insecure_no_auth:
         click.secho(
@@ -85,12 +85,17 @@ def serve(
             fg="yellow", err=True,
         )  # fmt: skip
     app = create_app(services)
-    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=10,
-        **(tls if settings.tls_cert is not None else {}),  # type: ignore[arg-type]
-    )  # fmt: skip
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = (str(settings.tls_cert), str(settings.tls_key))
+    run_server(services, app, settings.host, settings.port, settings.log_level, tls)
+
+
+def ignore_file_size_signal() -> None:
+    """A write past a file-size limit (RLIMIT_FSIZE) then fails with EFBIG, which the store
+    reports as InsufficientStorage, instead of SIGXFSZ killing the process."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 @click.command(cls=Command)
@@ -107,6 +112,7 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
     from embedstack.serving.services import Services
 
     settings = load_settings(config, data_dir=data_dir)
+    ignore_file_size_signal()
     services = Services.build(settings)
 
     async def run() -> None:
@@ -116,7 +122,16 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
             loop.add_signal_handler(sig, stop.set)
         workers = [services.make_worker(f"proc{os.getpid()}-{i}") for i in range(concurrency)]
         click.echo(f"embedstack worker: {concurrency} worker(s) on {settings.data_dir}", err=True)
-        await asyncio.gather(*(w.run(stop) for w in workers))
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        # in-flight jobs finish for up to shutdown_timeout_s, then are cancelled: their leases
+        # are released at once instead of waiting out the visibility timeout
+        _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await services.close()
 
     asyncio.run(run())

@@ -166,6 +166,11 @@ class IngestWorker:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not lost.is_set() or (task is not None and task.cancelling()):
+                    # shutting down: give the job back now, not after the visibility timeout
+                    # (a lease another worker holds is refused by release, so this is safe)
+                    work.cancel()
+                    with contextlib.suppress(Exception):
+                        self._queue.release(job.id, job.lease_id)
                     raise
                 self._lease_lost(job)
                 return

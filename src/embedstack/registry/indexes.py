@@ -117,6 +117,12 @@ class IndexManager:
         if {k: manifest.get(k) for k in cfg.manifest()} != cfg.manifest():
             log.info("snapshot of %s does not match its config; rebuilding", cfg.collection)
             return None
+        if int(manifest.get("seq", -1)) > self._store.max_seq(cfg.collection, cfg.space_id):
+            log.warning(
+                "snapshot of %s is ahead of the store (seq %s); rebuilding from the store",
+                cfg.collection, manifest.get("seq"),
+            )  # fmt: skip
+            return None
         try:
             index = load_index(data)
         except Exception:

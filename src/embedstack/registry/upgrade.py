@@ -147,14 +147,22 @@ class UpgradeService:
         self._indexes.open(
             self._collections.index_config(record, self._store.space(record.name, spec.space_id))
         )
-        jobs: dict[str, int] = {}
-        for ids in self._store.all_documents(record.name, BACKFILL_JOB_DOCUMENTS):
-            payload = {"collection": record.name, "documents": ids, "space": spec.space_id}
-            jobs[self._queue.enqueue(payload, priority=BACKFILL_PRIORITY)] = len(ids)
-        self._store.update_upgrade(up.id, options={**options, "jobs": jobs})
+        jobs = self._enqueue_backfill(up)
         log.info("upgrade %s of %s to %s: %d documents in %d jobs", up.id, record.name, model,
                  total, len(jobs))  # fmt: skip
         return self._store.get_upgrade(up.id)
+
+    def _enqueue_backfill(self, up: UpgradeRecord) -> dict[str, int]:
+        """Enqueue the back-fill jobs and record them on the upgrade. Job ids derive from the
+        upgrade's, so a second call (resuming after a crash between registering the shadow and
+        recording its jobs) finds the jobs already enqueued instead of adding more."""
+        jobs: dict[str, int] = {}
+        for n, ids in enumerate(self._store.all_documents(up.collection, BACKFILL_JOB_DOCUMENTS)):
+            payload = {"collection": up.collection, "documents": ids, "space": up.to_space}
+            job_id = f"{up.id}-backfill-{n}"
+            jobs[self._queue.enqueue(payload, job_id, priority=BACKFILL_PRIORITY)] = len(ids)
+        self._store.update_upgrade(up.id, options={**up.options, "jobs": jobs})
+        return jobs
 
     # -- progress ---------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any]:
@@ -211,6 +219,9 @@ class UpgradeService:
 
     def _follow_jobs(self, up: UpgradeRecord) -> None:
         jobs: dict[str, int] = up.options.get("jobs", {})
+        if not jobs and up.total > 0:  # crashed before its jobs were recorded: resume
+            log.info("upgrade %s of %s: enqueuing its back-fill (resumed)", up.id, up.collection)
+            jobs = self._enqueue_backfill(up)
         done = 0
         for job_id, n in jobs.items():
             try:

@@ -21,6 +21,7 @@ from embedstack.errors import (
     Conflict,
     EmbedStackError,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
     Overloaded,
@@ -57,6 +58,7 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (SpaceMismatch, 409),
     (Conflict, 409),
     (Overloaded, 429),
+    (InsufficientStorage, 507),
     (Unavailable, 503),
     # settings are checked at startup (the server does not start); one met later is this
     # server's setup, not the client's request and not a bug: unavailable here
@@ -112,6 +114,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc.__cause__, EmbedStackError):  # raised while FastAPI read the body
         return await _domain_error(request, exc.__cause__)
     message = str(exc.detail)
+    if exc.status_code == 400:  # FastAPI could not read the body at all (e.g. not UTF-8)
+        return JSON(
+            error_body("InvalidInput", f"the request body cannot be read as JSON: {message}"),
+            status_code=422,
+        )
     if exc.status_code == 404:
         message = "no such route: see GET /docs for the API"
     elif exc.status_code == 405:
@@ -250,14 +257,37 @@ def create_app(services: Services) -> FastAPI:
             services.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
             services.tasks[f"ingest worker {worker.name}"] = tasks[-1]
+        drained = asyncio.Event()
+
+        async def drain() -> None:
+            """Stop admitting (503), let in-flight jobs finish for up to shutdown_timeout_s
+            (then cancel them: their leases are released), then write snapshots."""
+            if services.draining:
+                await drained.wait()
+                return
+            services.draining = True
+            services.ready = False
+            stop.set()
+            _, pending = await asyncio.wait(tasks, timeout=services.settings.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning("shutdown: %d task(s) cancelled after the timeout", len(pending))
+            try:
+                await asyncio.to_thread(services.indexes.sync_all)
+                await asyncio.to_thread(services.indexes.snapshot_all)
+            except Exception:
+                log.exception("shutdown snapshot failed; the next start replays the change log")
+            drained.set()
+
+        services.drain = drain
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:
             yield
         finally:
-            services.ready = False
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await drain()
             await services.close()
 
     app = FastAPI(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -89,6 +89,8 @@ class Services:
     batchers: dict[str, Batcher] = field(default_factory=dict)
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
+    draining: bool = False  # SIGTERM received: new writes and queries get 503
+    drain: Callable[[], Awaitable[None]] | None = None  # set by the app's lifespan
     rebuilding: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # the server's background tasks by name ("maintenance", "worker serve-0", ...), watched by
     # problems(); maintenance_beat is when the maintenance loop last finished a pass
@@ -232,6 +234,10 @@ class Services:
         return out
 
     def require_ready(self) -> None:
+        if self.draining:
+            raise Unavailable(
+                "the server is shutting down: retry against another replica or after restart"
+            )
         if not self.ready:
             raise Unavailable("the server is starting: retry in a few seconds (see GET /readyz)")
 

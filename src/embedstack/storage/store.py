@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.fsutil import storage_failure
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
 from embedstack.storage.keys import KeysMixin
@@ -107,14 +108,23 @@ class Store(CatalogMixin, KeysMixin):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A failed COMMIT is rolled back too (else the writer would stay
+        inside a transaction); a full disk is InsufficientStorage, the transaction not made."""
         with self._write_lock:
-            self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                full = storage_failure(exc, f"the store ({self.path})")
+                if full is None:
+                    raise
+                raise full from exc
 
     def _migrate(self) -> None:
         with self._tx() as c:
@@ -129,7 +139,8 @@ class Store(CatalogMixin, KeysMixin):
                     c.execute("INSERT INTO schema_version(version) VALUES (?)", (number,))
 
     def close(self) -> None:
-        self._writer.close()
+        with self._write_lock:  # a transaction in flight on another thread ends first
+            self._writer.close()
 
     # -- collections ------------------------------------------------------------------------
     def create_collection(self, name: str, config: CollectionConfig, space_id: str) -> None:
