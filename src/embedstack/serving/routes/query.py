@@ -1,4 +1,9 @@
-"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate."""
+"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate.
+
+Every query has a latency budget (body `budget_ms`, header X-Request-Budget-Ms, or the server's
+query_budget_ms); the batcher and the search gate refuse it with 429 + Retry-After when they
+estimate it would miss the budget, and drop it unrun if the deadline passes while it waits.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +28,27 @@ from embedstack.storage.store import CollectionRecord
 router = APIRouter()
 
 
+BUDGET_HEADER = "x-request-budget-ms"
+
+
+def requested_budget_ms(request: Request, body_ms: float | None = None) -> float | None:
+    """The latency budget a request asks for: the body's, else the header's, else None."""
+    if body_ms is not None:
+        return body_ms
+    raw = request.headers.get(BUDGET_HEADER)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"header X-Request-Budget-Ms is {raw[:20]!r}: send a number of milliseconds"
+        ) from None
+
+
 async def _query_vector(
     body: QueryIn, record: CollectionRecord, space: SpaceInfo, request: Request,
-    services: Services,
+    services: Services, deadline: float,
 ) -> np.ndarray:  # fmt: skip
     if (body.text is None) == (body.vector is None):
         raise InvalidInput("send exactly one of 'text' or 'vector'")
@@ -38,8 +61,10 @@ async def _query_vector(
     if len(body.text) > services.settings.max_document_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
     embedder = services.collections.embedder_for(record, space)  # enforces space parity
+    search_time = services.search_gate.estimate() or 0.0  # leave the search its share
     vecs = await unless_disconnected(
-        request, services.embed(embedder.spec.name, [body.text], "query")
+        request,
+        services.embed(embedder.spec.name, [body.text], "query", deadline - search_time),
     )
     return np.asarray(vecs[0], dtype=np.float32)
 
@@ -49,21 +74,24 @@ async def query(
     name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services)
 ) -> Response:
     started = time.perf_counter()
+    budget = services.budget_seconds(requested_budget_ms(request, body.budget_ms))
+    deadline = time.monotonic() + budget
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
     record = await asyncio.to_thread(services.collections.resolve, name)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
-    vec = await _query_vector(body, record, space, request, services)
-    loop = asyncio.get_running_loop()
-    hits = await loop.run_in_executor(
-        services.search_pool, search_space, services.store, services.indexes, record.name,
-        space.space_id, vec, body.k, body.filter, body.group_by is not None,
+    vec = await _query_vector(body, record, space, request, services, deadline)
+    hits = await services.search_gate.run(
+        search_space, services.store, services.indexes, record.name, space.space_id, vec,
+        body.k, body.filter, body.group_by is not None, deadline=deadline,
     )  # fmt: skip
+    took = _ms(started)
+    services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
         {"hits": hits, "collection": record.name, "space_id": space.space_id,
-         "took_ms": _ms(started)}
+         "took_ms": took, "budget_ms": round(budget * 1000, 3)}
     )  # fmt: skip
 
 
