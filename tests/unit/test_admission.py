@@ -148,3 +148,11 @@ def test_search_gate_bounds_in_flight_and_refuses_past_the_deadline() -> None:
     assert sample("embedstack_shed_total", {"stage": "search", "reason": "full"}) == 1
     assert sample("embedstack_shed_total", {"stage": "search", "reason": "budget"}) == 1
     assert sample("embedstack_deadline_dropped_total", {"stage": "search"}) == 1
+
+
+def test_overhead_is_capped_by_the_shortest_recent_batch() -> None:
+    m = admission.ServiceModel()
+    for x, y in ((8000, 0.50), (9000, 0.40), (10000, 0.70), (8500, 0.62)):  # noisy bulk batches
+        m.observe(x, y)
+    m.observe(10, 0.003)  # one small query batch
+    assert m.seconds(10) < 0.01

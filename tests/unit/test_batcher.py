@@ -534,3 +534,16 @@ def test_bulk_keeps_a_minimum_share_while_queries_wait() -> None:
     # at most one bulk batch was handed over before queries came; then one per 3 query batches
     run_lengths = "".join(kinds).lstrip("b").split("b")
     assert kinds.count("b") == 4 and all(len(r) <= 3 for r in run_lengths[:-1]), kinds
+
+
+def test_an_idle_model_admits_even_a_tight_deadline_so_its_speed_stays_measured() -> None:
+    fake = SlowFake(0.05)
+
+    async def main() -> None:
+        async with started(fake, max_batch_size=1) as b:
+            await b.embed([text(1)])
+            # nothing ahead: admitted although one batch takes longer than the budget (else a
+            # bad estimate could refuse everything forever, with nothing left to correct it)
+            assert ids(await b.embed([text(2)], deadline=time.monotonic() + 0.01)) == [2]
+
+    run(main())

@@ -31,6 +31,7 @@ class ServiceModel:
         self._alpha = 1.0 - 0.5 ** (1.0 / halflife_batches)
         self._n = 0
         self._x = self._y = self._xx = self._xy = 0.0  # weighted means of x, y, x^2, x*y
+        self._floor = math.inf  # the shortest recent batch (drifts up by alpha per batch)
 
     @property
     def known(self) -> bool:
@@ -43,6 +44,7 @@ class ServiceModel:
         self._n += 1
         a = max(self._alpha, 1.0 / self._n)  # plain means until the window fills
         x, y = float(padded_tokens), seconds
+        self._floor = min(y, self._floor * (1.0 + self._alpha))
         self._x += a * (x - self._x)
         self._y += a * (y - self._y)
         self._xx += a * (x * x - self._xx)
@@ -57,7 +59,9 @@ class ServiceModel:
             per_token = (self._xy - self._x * self._y) / var
             overhead = self._y - per_token * self._x
             if per_token > 0 and overhead >= 0:
-                return overhead, per_token
+                # an intercept extrapolated from big (bulk) batches can be far off for small
+                # ones; no batch costs more overhead than the shortest one recently took
+                return min(overhead, self._floor), per_token
             if per_token > 0:  # a negative intercept is noise: go through the origin
                 return 0.0, self._xy / self._xx
         return 0.0, self._y / self._x  # one batch shape so far: proportional

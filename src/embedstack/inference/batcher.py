@@ -281,9 +281,18 @@ class Batcher:
                 retry_after=retry_after,
             )
 
+    def check_deadline(self, tokens: Sequence[int], deadline: float, lane: Lane = "query") -> None:
+        """Overloaded, at once, if texts of these token counts queued now would be embedded
+        after `deadline` (a cheap early check; embed() checks again with the real texts)."""
+        self._admit_deadline(tokens, lane, deadline)
+
     def _admit_deadline(self, tokens: Sequence[int], lane: Lane, deadline: float) -> None:
         """Refuse (Overloaded) texts that would be embedded after `deadline`."""
         available = deadline - time.monotonic()
+        lanes = LANES[: LANES.index(lane) + 1]
+        ahead = any(r.queued and not r.closed for ln in lanes for r in self._queues[ln])
+        if available > 0 and not self._inflight and not ahead:
+            return  # nothing ahead: it runs now (and keeps the speed measured)
         estimate = self.estimate_wait(tokens, lane)
         if estimate is not None:
             estimate *= _ESTIMATE_SAFETY

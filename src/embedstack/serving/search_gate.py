@@ -66,6 +66,26 @@ class SearchGate:
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """fn(*args) in the pool, if admitted; Overloaded when refused or expired."""
+        self.check(deadline)
+        self._set_inflight(1)
+        try:
+            loop = asyncio.get_running_loop()
+            result, seconds = await loop.run_in_executor(self._pool, _timed, fn, args, deadline)
+        finally:
+            self._set_inflight(-1)
+        if isinstance(result, _Expired):
+            if self._metrics is not None:
+                self._metrics.deadline_dropped.labels(stage="search").inc()
+            raise Overloaded(
+                "the search waited past the request's latency budget and was dropped unrun; "
+                "retry, lower client concurrency or send a larger budget",
+                retry_after=self._retry_after(0.0),
+            )
+        self.observe(seconds)
+        return result
+
+    def check(self, deadline: float | None = None) -> None:
+        """Overloaded if a search submitted now would be refused."""
         if self._inflight >= self._max:
             self._shed("full")
             raise Overloaded(
@@ -90,22 +110,6 @@ class SearchGate:
                     "larger budget",
                     retry_after=self._retry_after(available),
                 )
-        self._set_inflight(1)
-        try:
-            loop = asyncio.get_running_loop()
-            result, seconds = await loop.run_in_executor(self._pool, _timed, fn, args, deadline)
-        finally:
-            self._set_inflight(-1)
-        if isinstance(result, _Expired):
-            if self._metrics is not None:
-                self._metrics.deadline_dropped.labels(stage="search").inc()
-            raise Overloaded(
-                "the search waited past the request's latency budget and was dropped unrun; "
-                "retry, lower client concurrency or send a larger budget",
-                retry_after=self._retry_after(0.0),
-            )
-        self.observe(seconds)
-        return result
 
     def _retry_after(self, available: float) -> float:
         estimate = self.estimate() or 0.0

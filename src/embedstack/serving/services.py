@@ -70,6 +70,7 @@ class Services:
     search_gate: SearchGate
     upgrades: UpgradeService
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    query_models: dict[str, str] = field(default_factory=dict)  # collection -> last query model
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
     rebuilding: dict[str, asyncio.Task[None]] = field(default_factory=dict)

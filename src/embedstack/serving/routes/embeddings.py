@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -14,7 +13,7 @@ from embedstack.errors import InvalidInput
 from embedstack.serving.http import JSON, unless_disconnected
 from embedstack.serving.responses import EmbeddingsOut
 from embedstack.serving.routes.deps import ready_services
-from embedstack.serving.routes.query import requested_budget_ms
+from embedstack.serving.routes.query import arrival, requested_budget_ms
 from embedstack.serving.schemas import EmbeddingRequest
 from embedstack.serving.services import Services
 
@@ -53,7 +52,7 @@ async def create_embeddings(
     requested = requested_budget_ms(request)
     deadline = None
     if requested is not None:
-        deadline = time.monotonic() + services.budget_seconds(requested)
+        deadline = arrival(request) + services.budget_seconds(requested)
     vectors, tokens = await unless_disconnected(
         request, services.embed_counted(model, texts, deadline)
     )

@@ -46,6 +46,12 @@ def requested_budget_ms(request: Request, body_ms: float | None = None) -> float
         ) from None
 
 
+def arrival(request: Request) -> float:
+    """time.monotonic() when the request reached the server (its budget counts from there)."""
+    arrived = getattr(request.state, "arrived", None)
+    return arrived if isinstance(arrived, float) else time.monotonic()
+
+
 async def _query_vector(
     body: QueryIn, record: CollectionRecord, space: SpaceInfo, request: Request,
     services: Services, deadline: float,
@@ -61,6 +67,7 @@ async def _query_vector(
     if len(body.text) > services.settings.max_document_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
     embedder = services.collections.embedder_for(record, space)  # enforces space parity
+    services.query_models[record.name] = embedder.spec.name
     search_time = services.search_gate.estimate() or 0.0  # leave the search its share
     vecs = await unless_disconnected(
         request,
@@ -75,13 +82,13 @@ async def query(
 ) -> Response:
     started = time.perf_counter()
     budget = services.budget_seconds(requested_budget_ms(request, body.budget_ms))
-    deadline = time.monotonic() + budget
+    deadline = arrival(request) + budget
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
+    _early_check(services, name, body, deadline)
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
-    record = await asyncio.to_thread(services.collections.resolve, name)
-    space = await asyncio.to_thread(services.collections.space, record, body.space_id)
+    record, space = await asyncio.to_thread(_snapshot, services, name, body.space_id)
     vec = await _query_vector(body, record, space, request, services, deadline)
     hits = await services.search_gate.run(
         search_space, services.store, services.indexes, record.name, space.space_id, vec,
@@ -93,6 +100,28 @@ async def query(
         {"hits": hits, "collection": record.name, "space_id": space.space_id,
          "took_ms": took, "budget_ms": round(budget * 1000, 3)}
     )  # fmt: skip
+
+
+def _snapshot(
+    services: Services, name: str, space_id: str | None
+) -> tuple[CollectionRecord, SpaceInfo]:
+    record = services.collections.resolve(name)
+    return record, services.collections.space(record, space_id)
+
+
+_SHORT_QUERY = (8,)  # token counts of a short query
+
+
+def _early_check(services: Services, name: str, body: QueryIn, deadline: float) -> None:
+    """Refuse, before any thread hop, a query that even a short text could not answer within
+    its deadline (the model this collection's text queries went to last, and the search
+    gate); the real checks follow with the real text."""
+    gate = services.search_gate
+    gate.check()
+    model = services.query_models.get(name) if body.text is not None else None
+    batcher = services.batchers.get(model) if model is not None else None
+    if batcher is not None:
+        batcher.check_deadline(_SHORT_QUERY, deadline - (gate.estimate() or 0.0))
 
 
 def _ms(started: float) -> float:
