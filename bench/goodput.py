@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
                    help="budget of the baseline step (admission that never sheds)")  # fmt: skip
     p.add_argument("--backend", default="onnx-fp32", help="backend pinned for the model")
     p.add_argument("--skip-open", action="store_true", help="closed-loop steps only")
+    p.add_argument("--retry-pause-ms", type=float, default=10.0,
+                   help="closed-loop clients pause this long after a 429 (10)")  # fmt: skip
     return p.parse_args()
 
 
@@ -141,10 +143,10 @@ COLUMNS = ["step", "offered", "sent/s", "admitted QPS", "p50 ms", "p99 ms", "ser
 
 async def closed_loop(
     url: httpx.URL, path: str, bodies: list[bytes], clients: int, step: Step,
-    headers: dict[str, str],
+    headers: dict[str, str], pause: float = 0.01,
 ) -> None:  # fmt: skip
     """`clients` connections, each sending its next query as soon as the last one answered;
-    a 429 is retried after a short pause (a client that honours Retry-After would wait longer,
+    after a 429 it pauses `pause` seconds (a client that honours Retry-After waits longer,
     which only lowers the offered load)."""
     end = time.perf_counter() + step.seconds
     rng = random.Random(clients)
@@ -158,7 +160,7 @@ async def closed_loop(
                 status, data = await conn.request(body)
                 step.record(status, data, time.perf_counter() - t)
                 if status == 429:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(pause)
         finally:
             conn.close()
 
@@ -227,6 +229,7 @@ def main() -> None:
     args = parse_args()
     say(f"bench/goodput.py {' '.join(sys.argv[1:])}\n{load_note()}")
     budget_s = args.budget_ms / 1000.0
+    pause = args.retry_pause_ms / 1000.0
     env = server_env(
         EMBEDSTACK_MODEL_BACKENDS=orjson.dumps({MODEL: args.backend}).decode(),
         EMBEDSTACK_QUERY_BUDGET_MS=str(args.budget_ms),
@@ -259,7 +262,7 @@ def main() -> None:
         calib: list[Step] = []
         for c in [int(x) for x in args.calibrate.split(",") if x]:
             s = Step("peak search, closed", f"{c} clients", args.step_s, budget_s)
-            calib.append(run(s, closed_loop(url, path, bodies, c, s, {})))
+            calib.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
         best = max(calib, key=lambda s: s.goodput)
         peak_clients = int(best.offered.split()[0])
         peak = best.goodput
@@ -271,7 +274,7 @@ def main() -> None:
         for m in multiples:
             c = max(1, round(m * peak_clients))
             s = Step(f"closed {m:g}x", f"{c} clients", args.step_s, budget_s)
-            steps.append(run(s, closed_loop(url, path, bodies, c, s, {})))
+            steps.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
         if not args.skip_open:
             for m in multiples:
                 s = Step(f"open {m:g}x", f"{m * peak:.0f}/s", args.step_s, budget_s)
@@ -280,7 +283,7 @@ def main() -> None:
         base = Step(f"closed {multiples[-1]:g}x, never shed", f"{c} clients", args.step_s,
                     budget_s)  # fmt: skip
         headers = {"X-Request-Budget-Ms": f"{args.no_budget_ms:g}"}
-        steps.append(run(base, closed_loop(url, path, bodies, c, base, headers)))
+        steps.append(run(base, closed_loop(url, path, bodies, c, base, headers, pause)))
         shed = metric(client, "embedstack_shed_total")
         dropped = metric(client, "embedstack_deadline_dropped_total")
         missed = metric(client, 'embedstack_query_budget_total{outcome="missed"}')
