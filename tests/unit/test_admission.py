@@ -118,6 +118,8 @@ def test_search_gate_bounds_in_flight_and_refuses_past_the_deadline() -> None:
             release.set()
             assert await gate.run(search, 1) == 2  # measured now
             assert gate.estimate() is not None
+            # idle: even a search past its deadline runs (no one behind it to protect)
+            assert await gate.run(search, 2, deadline=time.monotonic() - 1) == 4
             gate._seconds = 0.05  # pretend a search takes 50 ms
             release.clear()
             running = [asyncio.create_task(gate.run(search, i)) for i in range(3)]
