@@ -118,8 +118,12 @@ def test_search_gate_bounds_in_flight_and_refuses_past_the_deadline() -> None:
             release.set()
             assert await gate.run(search, 1) == 2  # measured now
             assert gate.estimate() is not None
-            # idle: even a search past its deadline runs (no one behind it to protect)
-            assert await gate.run(search, 2, deadline=time.monotonic() - 1) == 4
+            # idle: a search the estimate says is too slow still runs (no one behind it)...
+            gate._seconds = 10.0
+            assert await gate.run(search, 2, deadline=time.monotonic() + 1) == 4
+            # ... but not one whose deadline has passed
+            with pytest.raises(Overloaded, match="budget"):
+                await gate.run(search, 2, deadline=time.monotonic() - 1)
             gate._seconds = 0.05  # pretend a search takes 50 ms
             release.clear()
             running = [asyncio.create_task(gate.run(search, i)) for i in range(3)]
@@ -148,7 +152,7 @@ def test_search_gate_bounds_in_flight_and_refuses_past_the_deadline() -> None:
     asyncio.run(main())
     sample = metrics.registry.get_sample_value
     assert sample("embedstack_shed_total", {"stage": "search", "reason": "full"}) == 1
-    assert sample("embedstack_shed_total", {"stage": "search", "reason": "budget"}) == 1
+    assert sample("embedstack_shed_total", {"stage": "search", "reason": "budget"}) == 2
     assert sample("embedstack_deadline_dropped_total", {"stage": "search"}) == 1
 
 

@@ -4,8 +4,8 @@ A ThreadPoolExecutor queues without bound; in front of it the gate counts search
 queued, measures how long one takes (EWMA), and refuses (Overloaded, 429) a search past the
 in-flight bound or one whose estimated finish (searches ahead / threads, plus its own) is past
 its deadline. A search whose deadline passes while it waits in the pool's queue is dropped
-before it costs search time. An idle pool takes any search (as an idle model takes any text):
-shedding protects the requests behind, and there are none.
+before it costs search time. An idle pool takes any search still within its deadline (as an
+idle model takes any text): shedding protects the requests behind, and there are none.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class SearchGate:
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """fn(*args) in the pool, if admitted; Overloaded when refused or expired. With nothing
-        running or queued, a search always runs: refusing it would spare no one else."""
-        if self._inflight == 0:
+        running or queued, a search whose deadline has not passed runs whatever the estimate:
+        refusing it would spare no one else."""
+        if self._inflight == 0 and deadline is not None and deadline > time.monotonic():
             deadline = None
         self.check(deadline)
         self._set_inflight(1)
