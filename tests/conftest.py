@@ -36,7 +36,11 @@ class Server(ServerProcess):
 def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTACK_")}
     env.update(
-        HF_HUB_OFFLINE="1", EMBEDSTACK_ENABLE_TEST_MODELS="1", EMBEDSTACK_LOG_LEVEL="warning"
+        HF_HUB_OFFLINE="1",
+        EMBEDSTACK_ENABLE_TEST_MODELS="1",
+        EMBEDSTACK_LOG_LEVEL="warning",
+        # a loaded test machine must not shed the suite's queries (100 ms is the default SLO)
+        EMBEDSTACK_QUERY_BUDGET_MS="10000",
     )
     env.update(extra)
     return env

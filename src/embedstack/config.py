@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0)
     max_pending: int = Field(8192, ge=1)
     max_pending_bulk: int = Field(4096, ge=1)
+    # while queries wait, one bulk (ingest, back-fill) batch per this many query batches, and
+    # while queries are about, bulk batches are cut to this much estimated model time
+    bulk_every: int = Field(4, ge=1)
+    bulk_batch_ms: float = Field(20.0, gt=0)
+    # latency budget of a query (the SLO): refused with 429 when it would be missed; a request
+    # may send its own (body budget_ms or header X-Request-Budget-Ms) up to max_query_budget_ms
+    query_budget_ms: float = Field(100.0, gt=0)
+    max_query_budget_ms: float = Field(60_000.0, gt=0)
+    max_search_inflight: int = Field(64, ge=1, description="searches running or queued")
     # ingest
     visibility_timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1)

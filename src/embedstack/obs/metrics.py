@@ -56,6 +56,33 @@ class Metrics:
         self.embedded_texts = Counter(
             "embedstack_embedded_texts_total", "Texts embedded.", ["model", "lane"], registry=r
         )
+        # latency budgets (deadline-aware admission); stage: "embed" (batcher) or "search"
+        self.shed = Counter(
+            "embedstack_shed_total",
+            "Requests refused at admission (429), by stage and reason: budget (would miss its "
+            "latency budget) or full (in-flight bound).",
+            ["stage", "reason"], registry=r,
+        )  # fmt: skip
+        self.deadline_dropped = Counter(
+            "embedstack_deadline_dropped_total",
+            "Admitted work dropped unrun because its deadline passed while it waited (texts for "
+            "embed, searches for search).",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.estimated_wait = Histogram(
+            "embedstack_estimated_wait_seconds",
+            "Estimated wait until done, at admission of a request with a deadline.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.search_inflight = Gauge(
+            "embedstack_search_inflight", "Searches running or queued for the search pool.",
+            registry=r,
+        )  # fmt: skip
+        self.budget = Counter(
+            "embedstack_query_budget_total",
+            "Answered queries by outcome against their latency budget: met or missed.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         # index
         self.search_latency = Histogram(
             "embedstack_index_search_duration_seconds", "Index search time per query batch.",

@@ -157,6 +157,8 @@ class MetricsAndLimits:
             await JSON(body, status_code=413)(scope, receive, send)
             return
         started = time.perf_counter()
+        # latency budgets count from here (routes read request.state.arrived)
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = [500]
         received = [0]
 

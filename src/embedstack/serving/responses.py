@@ -156,6 +156,7 @@ class QueryOut(BaseModel):
     collection: str
     space_id: str
     took_ms: float
+    budget_ms: float = Field(description="the latency budget the query was admitted under")
 
 
 # -- upgrades and aliases -------------------------------------------------------------------------

@@ -136,6 +136,12 @@ class QueryIn(Strict):
     filter: JSONObject | None = None
     group_by: Literal["document"] | None = None
     ef_search: int | None = Field(None, ge=1, le=4096)
+    budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="latency budget in ms (default: the server's query_budget_ms, at most "
+        "max_query_budget_ms); a query that would miss it is refused with 429 + Retry-After",
+    )
 
 
 # -- upgrades and aliases -----------------------------------------------------------------------

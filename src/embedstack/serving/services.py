@@ -14,17 +14,19 @@ from functools import partial
 import numpy as np
 
 from embedstack.config import Settings
-from embedstack.errors import ConfigError, Unavailable
+from embedstack.errors import ConfigError, InvalidInput, Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.inference.engines.remote import RemoteConfig
+from embedstack.inference.engines.slow import SlowEmbedder
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.upgrade import UpgradeService
+from embedstack.serving.search_gate import SearchGate
 from embedstack.storage.store import CollectionRecord, Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,13 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
                     partial(HashingEmbedder, name=name, seed=seed),
                 )
             )
+        models.register(
+            ModelEntry(
+                "slow-test",
+                "hashing embedder that sleeps 25 ms per batch + 1 ms per text (tests only)",
+                SlowEmbedder,
+            )
+        )
     return models
 
 
@@ -85,8 +94,10 @@ class Services:
     indexes: IndexManager
     collections: CollectionService
     search_pool: ThreadPoolExecutor
+    search_gate: SearchGate
     upgrades: UpgradeService
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    query_models: dict[str, str] = field(default_factory=dict)  # collection -> last query model
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
     draining: bool = False  # SIGTERM received: new writes and queries get 503
@@ -109,13 +120,14 @@ class Services:
         indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
         collections = CollectionService(store, models, indexes, settings.default_model)
         pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+        gate = SearchGate(pool, settings.search_threads, settings.max_search_inflight, metrics)
         services: Services
         upgrades = UpgradeService(
             store, queue, models, indexes, collections,
             lambda model, texts: services.embed_bulk(model, texts), metrics,
         )  # fmt: skip
         services = cls(
-            settings, metrics, store, queue, models, indexes, collections, pool, upgrades
+            settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades
         )
         return services
 
@@ -138,20 +150,40 @@ class Services:
                     max_wait_ms=s.max_wait_ms,
                     max_pending=s.max_pending,
                     max_pending_bulk=s.max_pending_bulk,
+                    bulk_every=s.bulk_every,
+                    bulk_batch_ms=s.bulk_batch_ms,
                 )
                 b = Batcher(embedder, config, self.metrics)
                 await b.start()
                 self.batchers[model] = b
             return self.batchers[model]
 
-    async def embed(self, model: str, texts: Sequence[str], lane: Lane = "query") -> np.ndarray:
+    async def embed(
+        self, model: str, texts: Sequence[str], lane: Lane = "query", deadline: float | None = None
+    ) -> np.ndarray:
+        """Vectors of `texts`; with a `deadline` (time.monotonic()), Overloaded instead of
+        queueing when they would be embedded after it."""
         b = await self.batcher(model)
-        return await b.embed(texts, lane)
+        return await b.embed(texts, lane, deadline)
 
-    async def embed_counted(self, model: str, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+    async def embed_counted(
+        self, model: str, texts: Sequence[str], deadline: float | None = None
+    ) -> tuple[np.ndarray, int]:
         """Vectors and the tokens the model read (texts are tokenized once, by the batcher)."""
         b = await self.batcher(model)
-        return await b.embed_counted(texts, "query")
+        return await b.embed_counted(texts, "query", deadline)
+
+    def budget_seconds(self, requested_ms: float | None) -> float:
+        """A request's latency budget: its own (bounded) or the server default."""
+        s = self.settings
+        if requested_ms is None:
+            return s.query_budget_ms / 1000.0
+        if not 0 < requested_ms <= s.max_query_budget_ms:
+            raise InvalidInput(
+                f"latency budget {requested_ms:g} ms is out of range: send more than 0 and at "
+                f"most {s.max_query_budget_ms:g} ms"
+            )
+        return requested_ms / 1000.0
 
     async def embed_bulk(self, model: str, texts: Sequence[str]) -> np.ndarray:
         return await self.embed(model, texts, "bulk")

@@ -1,4 +1,9 @@
-"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate."""
+"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate.
+
+Every query has a latency budget (body `budget_ms`, header X-Request-Budget-Ms, or the server's
+query_budget_ms); the batcher and the search gate refuse it with 429 + Retry-After when they
+estimate it would miss the budget, and drop it unrun if the deadline passes while it waits.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +30,33 @@ from embedstack.storage.store import CollectionRecord
 router = APIRouter()
 
 
+BUDGET_HEADER = "x-request-budget-ms"
+
+
+def requested_budget_ms(request: Request, body_ms: float | None = None) -> float | None:
+    """The latency budget a request asks for: the body's, else the header's, else None."""
+    if body_ms is not None:
+        return body_ms
+    raw = request.headers.get(BUDGET_HEADER)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"header X-Request-Budget-Ms is {raw[:20]!r}: send a number of milliseconds"
+        ) from None
+
+
+def arrival(request: Request) -> float:
+    """time.monotonic() when the request reached the server (its budget counts from there)."""
+    arrived = getattr(request.state, "arrived", None)
+    return arrived if isinstance(arrived, float) else time.monotonic()
+
+
 async def _query_vector(
     body: QueryIn, record: CollectionRecord, space: SpaceInfo, request: Request,
-    services: Services,
+    services: Services, deadline: float,
 ) -> np.ndarray:  # fmt: skip
     if (body.text is None) == (body.vector is None):
         raise InvalidInput("send exactly one of 'text' or 'vector'")
@@ -42,7 +71,11 @@ async def _query_vector(
     # enforces space parity (loading the model on first use, off the event loop)
     await asyncio.to_thread(services.collections.embedder_for, record, space)
     assert space.model is not None  # embedder_for refused a space without a model
-    vecs = await unless_disconnected(request, services.embed(space.model, [body.text], "query"))
+    services.query_models[record.name] = space.model
+    search_time = services.search_gate.estimate() or 0.0  # leave the search its share
+    vecs = await unless_disconnected(
+        request, services.embed(space.model, [body.text], "query", deadline - search_time)
+    )
     return np.asarray(vecs[0], dtype=np.float32)
 
 
@@ -52,26 +85,45 @@ async def query(
     access: Access = Depends(reading),
 ) -> Response:  # fmt: skip
     started = time.perf_counter()
+    budget = services.budget_seconds(requested_budget_ms(request, body.budget_ms))
+    deadline = arrival(request) + budget
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
     check_filter(body.filter, services.settings.max_filter_conditions)
+    _early_check(services, access.qualify(name), body, deadline)
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
     record = await access.resolve(name)
     services.collections.require_open(record)
     access.charge_texts(1)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
-    vec = await _query_vector(body, record, space, request, services)
-    loop = asyncio.get_running_loop()
+    vec = await _query_vector(body, record, space, request, services, deadline)
     knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
-    hits = await loop.run_in_executor(
-        services.search_pool, search_space, services.store, services.indexes, record.name,
-        space.space_id, vec, body.k, body.filter, body.group_by is not None, knobs,
+    hits = await services.search_gate.run(
+        search_space, services.store, services.indexes, record.name, space.space_id, vec,
+        body.k, body.filter, body.group_by is not None, knobs, deadline=deadline,
     )  # fmt: skip
+    took = _ms(started)
+    services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
         {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
-         "took_ms": _ms(started)}
+         "took_ms": took, "budget_ms": round(budget * 1000, 3)}
     )  # fmt: skip
+
+
+_SHORT_QUERY = (8,)  # token counts of a short query
+
+
+def _early_check(services: Services, stored: str, body: QueryIn, deadline: float) -> None:
+    """Refuse, before any thread hop, a query that even a short text could not answer within
+    its deadline (the model this collection's text queries went to last, and the search
+    gate); the real checks follow with the real text."""
+    gate = services.search_gate
+    gate.check()
+    model = services.query_models.get(stored) if body.text is not None else None
+    batcher = services.batchers.get(model) if model is not None else None
+    if batcher is not None:
+        batcher.check_deadline(_SHORT_QUERY, deadline - (gate.estimate() or 0.0))
 
 
 def _ms(started: float) -> float:
