@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from embedstack.config import Settings
-from embedstack.index.common import unit_rows
 from embedstack.testing import ServerProcess
+from embedstack.vectors import unit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -113,7 +113,7 @@ def clustered(
         (centers, dim)
     )
     x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim))
-    return unit_rows(x) if normalize else x.astype(np.float32)
+    return unit_rows(x.astype(np.float32)) if normalize else x.astype(np.float32)
 
 
 def in_process_settings(tmp_path: Path, **extra: Any) -> Settings:

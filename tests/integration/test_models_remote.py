@@ -24,10 +24,10 @@ from embedstack.inference.engines.remote import (
     probe_fingerprint,
 )
 from embedstack.inference.models.bundled import L6
-from embedstack.inference.vectors import normalize_rows
 from embedstack.serving.services import remote_configs
 from embedstack.testing import EMBEDSTACK, free_port
 from embedstack.types import ModelSpec
+from embedstack.vectors import unit_rows
 from tests.conftest import Server, server_env, wait_job
 
 
@@ -100,7 +100,7 @@ def test_space_is_the_upstream_model_and_its_probe_vectors() -> None:
 
     same = load(1.0)
     assert same.spec.name == "m" and same.spec.fingerprint == probe_fingerprint(
-        normalize_rows(np.array([[len(t), i, 1.0] for i, t in enumerate(PROBE_TEXTS)], np.float32))
+        unit_rows(np.array([[len(t), i, 1.0] for i, t in enumerate(PROBE_TEXTS)], np.float32))
     )
     # another served name or another address of the same upstream model: the same space
     assert load(1.0, "other", "http://elsewhere.invalid/v2").spec.space_id == same.spec.space_id
@@ -182,7 +182,7 @@ def test_remote_model_served_end_to_end(tmp_path: Path, make_server: Callable[..
     assert listed["remote-hashing"]["space_id"] == space
     assert listed["remote-hashing"]["backend"] == f"remote:127.0.0.1:{upstream.port}"
     want_spec = ModelSpec(
-        "hashing-test", "1", probe_fingerprint(normalize_rows(rows)), 384, "cosine", 256,
+        "hashing-test", "1", probe_fingerprint(unit_rows(rows)), 384, "cosine", 256,
         "remote", True, "bert-base-uncased-wordpiece", "remote",
     )  # fmt: skip
     assert space == want_spec.space_id

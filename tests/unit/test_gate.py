@@ -12,8 +12,8 @@ from embedstack.inference.models.gate import (
     GateReport,
     GateSample,
     compare,
+    labeled_recall_at_k,
     load_sample,
-    recall_at_k,
     run_gate,
 )
 from embedstack.inference.models.race import race
@@ -46,8 +46,8 @@ def test_shipped_sample_is_real_text_with_labels() -> None:
 def test_recall_at_k_by_hand() -> None:
     passages = np.eye(4)
     queries = np.array([[1.0, 0.1, 0, 0], [0, 0, 0.1, 1.0]])
-    assert recall_at_k(passages, queries, [[0], [2]], k=1) == 0.5
-    assert recall_at_k(passages, queries, [[0, 1], [3]], k=2) == 1.0
+    assert labeled_recall_at_k(passages, queries, [[0], [2]], k=1) == 0.5
+    assert labeled_recall_at_k(passages, queries, [[0, 1], [3]], k=2) == 1.0
 
 
 def test_identical_vectors_pass() -> None:

@@ -107,16 +107,6 @@ def as_matrix(x: Any, dim: int, name: str) -> np.ndarray:
     return arr
 
 
-def unit_rows(x: Any) -> np.ndarray:
-    """float32 rows scaled to unit L2 length (at the input's float precision), as cosine vectors
-    are stored and searched; an all-zero row stays zero. The one normalization on the index side."""
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)
-    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
-    return (arr / np.where(norms > 0, norms, 1)).astype(np.float32, copy=False)
-
-
 def check_k(k: int) -> int:
     if type(k) is int and k >= 1:
         return k

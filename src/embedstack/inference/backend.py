@@ -83,9 +83,6 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def has(self, name: str) -> bool:
-        return name in self._entries
-
     def get(self, name: str) -> Embedder:
         if name not in self._entries:
             raise NotFound(f"unknown model {name!r}; available models: {', '.join(self.names())}")

@@ -20,8 +20,8 @@ import numpy as np
 
 from embedstack.inference.batching.tokens import Packed
 from embedstack.inference.engines.hf_tokenizer import HFTokenizer
-from embedstack.inference.vectors import normalize_rows
 from embedstack.types import ModelSpec
+from embedstack.vectors import unit_rows
 
 
 class Forward(Protocol):
@@ -105,7 +105,7 @@ class PackedEmbedder:
             for offset, packed in self._packed_slices(texts):
                 self._run(packed, out[offset : offset + packed.size])
         if self._spec.normalize:
-            normalize_rows(out, out=out)
+            unit_rows(out, out=out)
         return out
 
     def _run(self, packed: Packed, out: np.ndarray) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from embedstack.inference.batching.tokens import Packed
-from embedstack.inference.vectors import normalize_rows
 from embedstack.types import ModelSpec
+from embedstack.vectors import unit_rows
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # "\x1f" counts as whitespace for `re`, so it never occurs inside a token: a safe joiner.
@@ -148,4 +148,4 @@ class HashingEmbedder:
         else:
             vecs = np.zeros((n, dim), dtype=np.float64)
         vecs[~vecs.any(axis=1), 0] = 1.0  # a text with no tokens: e0
-        return normalize_rows(vecs, out=vecs)
+        return unit_rows(vecs, out=vecs)

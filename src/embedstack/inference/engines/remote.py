@@ -22,8 +22,8 @@ import numpy as np
 from embedstack.errors import InvalidInput, Unavailable
 from embedstack.inference.batching.tokens import Packed
 from embedstack.inference.engines.hf_tokenizer import HFTokenizer
-from embedstack.inference.vectors import normalize_rows
 from embedstack.types import Metric, ModelSpec
+from embedstack.vectors import unit_rows
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
@@ -162,7 +162,7 @@ class RemoteEmbedder:
 
     def _vectors(self, rows: np.ndarray | list[list[float]]) -> np.ndarray:
         out = np.asarray(rows, dtype=np.float32)
-        return normalize_rows(out, out=out) if self._config.normalize and len(out) else out
+        return unit_rows(out, out=out) if self._config.normalize and len(out) else out
 
     def _request(self, texts: list[str]) -> list[list[float]]:
         cfg = self._config

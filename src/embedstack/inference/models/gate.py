@@ -32,7 +32,7 @@ import numpy as np
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import Embedder
 from embedstack.inference.models.invariance import MIN_BATCH_COSINE, check_invariance
-from embedstack.inference.vectors import normalize_rows
+from embedstack.vectors import unit_rows
 
 SAMPLE_FILE = "gate_sample.jsonl"
 # part of every cache key: a report of an older gate (2: before batch invariance) is not reused
@@ -134,10 +134,12 @@ class GateReport:
         )
 
 
-def recall_at_k(
+def labeled_recall_at_k(
     passages: np.ndarray, queries: np.ndarray, relevant: Sequence[Sequence[int]], k: int
 ) -> float:
-    """Mean over queries of the share of its relevant passages among its top k (exact search)."""
+    """Mean over queries of the share of its labeled relevant passages among its top k by exact
+    search (the gate's retrieval check; index/gate.py's recall_at_k compares an index with exact
+    search instead)."""
     scores = queries @ passages.T
     k = min(k, passages.shape[0])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -154,15 +156,15 @@ def compare(
     thresholds: GateThresholds = GateThresholds(),
 ) -> tuple[float, float, float, float, list[str]]:
     """(mean cosine, min cosine, recall ref, recall candidate, reasons it fails) on `sample`."""
-    ref = normalize_rows(np.asarray(reference, dtype=np.float64))
-    cand = normalize_rows(np.asarray(candidate, dtype=np.float64))
+    ref = unit_rows(np.asarray(reference, dtype=np.float64))
+    cand = unit_rows(np.asarray(candidate, dtype=np.float64))
     if ref.shape != cand.shape:
         raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}")
     cos = np.sum(ref * cand, axis=1)
     n = len(sample.passages)
     rel, k = sample.relevant, thresholds.k
-    r_ref = recall_at_k(ref[:n], ref[n:], rel, k)
-    r_cand = recall_at_k(cand[:n], cand[n:], rel, k)
+    r_ref = labeled_recall_at_k(ref[:n], ref[n:], rel, k)
+    r_cand = labeled_recall_at_k(cand[:n], cand[n:], rel, k)
     t = thresholds
     reasons = []
     if cos.mean() < t.min_mean_cosine:

@@ -13,7 +13,6 @@ from starlette.responses import Response
 
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMismatch
-from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
 from embedstack.serving.auth import Access, reading, writing
@@ -24,6 +23,7 @@ from embedstack.serving.schemas import DocumentIn, DocumentsIn
 from embedstack.serving.services import Services
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, DocumentRow
+from embedstack.vectors import unit_rows
 
 router = APIRouter()
 
