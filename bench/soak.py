@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
-from bench.common import load_note, say, server_env
 
+from common import load_note, say, server_env
 from embedstack.testing import ServerProcess
 
 KINDS = ("query", "ingest", "delete")
