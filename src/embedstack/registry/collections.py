@@ -12,6 +12,7 @@ from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
+from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings
 from embedstack.registry.indexes import IndexConfig, IndexManager
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, Store
@@ -41,6 +42,7 @@ class CollectionService:
         metric: str | None = None,
         chunking: dict[str, Any] | None = None,
         index: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
     ) -> CollectionRecord:
         if not NAME_RE.match(name):
             raise InvalidInput(
@@ -56,6 +58,8 @@ class CollectionService:
         else:
             config = self._byo_config(dim, metric, chunking, index_spec)
             space_id = byo_space_id(config.dim, config.metric)
+        if search:
+            config = config.with_search(check_settings(search))
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
         self.open(record)
@@ -130,6 +134,15 @@ class CollectionService:
         if is_quantized(spec.type):
             self._check_floor(record, spec.type, spec.params)
         self._store.update_collection_config(record.name, record.config.with_index(spec))
+        return self._store.get_collection(record.name)
+
+    def change_search(self, name: str, search: dict[str, Any]) -> CollectionRecord:
+        """Store new query defaults (mode, fusion, alpha, doc_scoring): merged over the old ones,
+        a null value removing its key; they apply to the next query."""
+        record = self.resolve(name)
+        merged = {**record.config.search, **search}
+        merged = check_settings({k: v for k, v in merged.items() if v is not None})
+        self._store.update_collection_config(record.name, record.config.with_search(merged))
         return self._store.get_collection(record.name)
 
     def _check_floor(
@@ -207,6 +220,10 @@ class CollectionService:
             "metric": cfg.metric,
             "chunking": stored.get("chunking"),
             "index": stored["index"],
+            "search": {
+                **Retrieval().as_dict(),
+                **collection_settings(cfg.search, cfg.model is not None),
+            },
             "created_at": record.created_at,
         }
         out.update(self._store.collection_stats(record.name))

@@ -83,6 +83,7 @@ class CollectionOut(BaseModel):
     metric: str
     chunking: dict[str, Any] | None
     index: dict[str, Any]
+    search: dict[str, Any] | None = Field(None, description="query defaults in effect")
     created_at: float
     documents: int
     documents_pending: int
@@ -133,6 +134,7 @@ class QueryOut(BaseModel):
     hits: list[HitOut]
     collection: str
     space_id: str
+    mode: str | None = Field(None, description="dense, lexical or hybrid: the mode that ran")
     took_ms: float
 
 

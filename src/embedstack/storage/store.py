@@ -15,9 +15,10 @@ import numpy as np
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.storage import lexical
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
-from embedstack.storage.migrations import MIGRATIONS
+from embedstack.storage.migrations import MIGRATIONS, statements
 from embedstack.types import CollectionConfig
 
 
@@ -120,9 +121,8 @@ class Store(CatalogMixin):
             current = row[0] or 0
             for number, sql in enumerate(MIGRATIONS, start=1):
                 if number > current:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            c.execute(statement)
+                    for statement in statements(sql):
+                        c.execute(statement)
                     c.execute("INSERT INTO schema_version(version) VALUES (?)", (number,))
 
     def close(self) -> None:
@@ -450,6 +450,18 @@ class Store(CatalogMixin):
             (collection, space_id, *params),
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    # -- lexical (storage/lexical.py) ------------------------------------------------------
+    def lexical_search(
+        self, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None = None
+    ) -> tuple[list[int], list[float]]:
+        """bm25 over the space's chunk text: chunk ids and scores (higher is better)."""
+        return lexical.search(self._reader(), collection, space_id, text, k, flt)
+
+    def lexical_check(self) -> None:
+        """Raise sqlite3.DatabaseError if the lexical index disagrees with the chunks."""
+        with self._write_lock:
+            lexical.integrity_check(self._writer)
 
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:

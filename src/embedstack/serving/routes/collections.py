@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from embedstack.errors import InvalidInput
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import CollectionOut, CollectionsOut, DeletedOut
 from embedstack.serving.routes.deps import ready_services
@@ -30,6 +31,7 @@ async def create_collection(
         body.metric,
         body.chunking.model_dump() if body.chunking else None,
         body.index,
+        body.search.model_dump(exclude_none=True) if body.search else None,
     )
     described = await asyncio.to_thread(services.collections.describe, record)
     return JSON(described, status_code=201)
@@ -59,9 +61,18 @@ async def delete_collection(name: str, services: Services = Depends(ready_servic
 async def update_collection(
     name: str, body: CollectionPatch, services: Services = Depends(ready_services)
 ) -> Response:
-    """Change index settings: the new index is built aside from the store and swapped in
-    atomically, so queries keep being answered by the old one until then."""
-    record = await asyncio.to_thread(services.collections.change_index, name, body.index)
-    services.start_rebuild(record)
+    """Change index settings (the new index is built aside from the store and swapped in
+    atomically, so queries keep being answered by the old one until then: 202) and/or the query
+    defaults (`search`: applied at once: 200)."""
+    if body.index is None and body.search is None:
+        raise InvalidInput("send 'index' and/or 'search' to change")
+    record = await asyncio.to_thread(services.collections.resolve, name)
+    if body.search is not None:
+        fields = body.search.model_dump(exclude_unset=True)
+        record = await asyncio.to_thread(services.collections.change_search, name, fields)
+    if body.index is not None:
+        record = await asyncio.to_thread(services.collections.change_index, name, body.index)
+        services.start_rebuild(record)
     described = await asyncio.to_thread(services.collections.describe, record)
-    return JSON({**described, "rebuilding": True}, status_code=202)
+    rebuilding = body.index is not None or record.name in services.rebuilding
+    return JSON({**described, "rebuilding": rebuilding}, status_code=202 if body.index else 200)
