@@ -73,7 +73,7 @@ def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
              "doc_scoring": body.doc_scoring}  # fmt: skip
     cfg = record.config
     how = resolve(asked, collection_settings(cfg.search, cfg.model is not None))
-    if body.mode is None and body.vector is not None:
+    if body.mode is None and (body.vector is not None or body.text is None):
         how = replace(how, mode="dense")  # a vector query is dense unless it asks otherwise
     return how
 
