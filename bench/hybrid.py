@@ -31,7 +31,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import PYDOC_JSONL, Server, load_note, post, server_env, wait_jobs  # noqa: E402
-
 from embedstack.registry.evaluate import (  # noqa: E402
     Label,
     Result,

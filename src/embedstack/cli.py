@@ -189,12 +189,13 @@ def query(
 
 
 def _register() -> None:
+    from embedstack.cli_eval import eval_command
     from embedstack.cli_models import models
     from embedstack.cli_ops import plan, tune
     from embedstack.cli_upgrade import retire, rollback, upgrade
 
     main.add_command(models)
-    for command in (upgrade, rollback, retire, tune, plan):
+    for command in (upgrade, rollback, retire, tune, plan, eval_command):
         main.add_command(command)
 
 

@@ -4,8 +4,10 @@ consistent through deletes, a restart and a model upgrade (cutover, retire)."""
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from embedstack.storage.store import Store
+from embedstack.testing import EMBEDSTACK
 from tests.conftest import Server, server_env, wait_job
 
 MODES = ("dense", "lexical", "hybrid")
@@ -192,7 +195,7 @@ def test_lexical_follows_deletes_and_updates_and_survives_a_restart(
             0
         ]
         == 0
-    )  # noqa: E501
+    )
     store.close()
 
 
@@ -219,3 +222,25 @@ def test_lexical_serves_across_a_model_cutover_and_retire(server: Server) -> Non
     assert r.status_code == 200, r.text
     ids = _ids(_query(c, "kb", text="zebra12", mode="lexical", k=40))
     assert ids[0] == "d12" and len(ids) == len(set(ids))
+
+
+def test_eval_command_prints_every_mode_and_scoring(hashing_server: Server, tmp_path: Path) -> None:
+    c = hashing_server.client()
+    if c.get("/v1/collections/evalc").status_code == 404:
+        _make(c, "evalc")
+    labels = tmp_path / "labels.jsonl"
+    rows = [{"query": f"zebra{i}", "relevant": [f"d{i}"]} for i in range(0, 40, 5)]
+    labels.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cmd = [*EMBEDSTACK, "eval", "-c", "evalc", "--labels", str(labels), "--url", hashing_server.url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "recall@10" in lines[1] and len(lines) == 3 + 12
+    lexical = next(line for line in lines if line.startswith("lexical / max "))
+    assert float(lexical.split()[3]) == 1.0  # recall@10 of exact marker words
+    out = subprocess.run([*cmd, "--json", "--modes", "lexical"], capture_output=True, text=True)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3
+    assert json.loads(out.stdout.splitlines()[0])["mrr"] == 1.0
+    labels.write_text("nope\n")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "labels.jsonl:1" in out.stderr

@@ -460,8 +460,8 @@ class Store(CatalogMixin):
 
     def lexical_check(self) -> None:
         """Raise sqlite3.DatabaseError if the lexical index disagrees with the chunks."""
-        with self._write_lock:
-            lexical.integrity_check(self._writer)
+        with self._tx() as c:
+            lexical.integrity_check(c)
 
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:
