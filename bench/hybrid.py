@@ -10,8 +10,9 @@ Label sets (written to bench/out/labels-*.jsonl, usable with `embedstack eval`):
   the Python tutorial and library docs; chunked at 128 tokens so sections have several chunks)
 - pydoc-identifiers: a dotted name or call (e.g. `str.split`, `asyncio.gather()`) that occurs in
   exactly one section -> that section (exact identifiers: a lexical known-item task)
-- gcide-headwords: a headword -> its entries, over --gcide distinct entries spread evenly over
-  GCIDE (needs `apt-get install dict-gcide`)
+- gcide-headwords: a headword -> its entries, over a block of --gcide distinct entries in
+  dictionary order from --gcide-from on (neighbours share stems: abandon, abandonment...;
+  needs `apt-get install dict-gcide`)
 Every setting answers every query (interleaved); latency is the client's wall time per query
 over HTTP on loopback. Writes bench/out/hybrid.json.
 """
@@ -34,6 +35,7 @@ from common import PYDOC_JSONL, Server, load_note, post, server_env, wait_jobs  
 from embedstack.registry.evaluate import (  # noqa: E402
     Label,
     Result,
+    Setting,
     default_settings,
     evaluate,
     format_table,
@@ -81,18 +83,23 @@ def pydoc_identifier_labels(docs: list[dict[str, Any]], n: int) -> list[Label]:
     return spread([Label(i, frozenset([doc])) for i, doc in unique], n)
 
 
-def gcide_docs(n: int) -> list[dict[str, Any]]:
+def gcide_docs(n: int, start: str) -> list[dict[str, Any]]:
+    """`n` distinct GCIDE entries in dictionary order from headword `start` on: a contiguous
+    block, so neighbours share stems and senses (abandon, abandoned, abandonment...)."""
     from corpora import gcide_entries
 
     seen: set[str] = set()
     entries: list[tuple[str, str]] = []
     for word, text in gcide_entries():
-        if text not in seen and len(text.split()) >= 5:
-            seen.add(text)
-            entries.append((word, text))
+        if word.lower() < start or text in seen or len(text.split()) < 5:
+            continue
+        seen.add(text)
+        entries.append((word, text))
+        if len(entries) >= n:
+            break
     return [
         {"id": f"g{i}", "text": text, "metadata": {"headword": word}}
-        for i, (word, text) in enumerate(spread(entries, n))
+        for i, (word, text) in enumerate(entries)
     ]
 
 
@@ -121,7 +128,8 @@ def ingest(client: Any, name: str, docs: list[dict[str, Any]], chunking: dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--gcide", type=int, default=4000, help="GCIDE entries to index (0: skip)")
+    ap.add_argument("--gcide", type=int, default=3000, help="GCIDE entries to index (0: skip)")
+    ap.add_argument("--gcide-from", default="mar", help="headword the GCIDE block starts at")
     ap.add_argument("--max-queries", type=int, default=250, help="queries per label set")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", type=Path, default=HERE / "out")
@@ -133,13 +141,15 @@ def main() -> None:
         "pydoc-titles": ("pydoc", pydoc_title_labels(docs, args.max_queries)),
         "pydoc-identifiers": ("pydoc", pydoc_identifier_labels(docs, args.max_queries)),
     }
-    gdocs = gcide_docs(args.gcide) if args.gcide else []
+    gdocs = gcide_docs(args.gcide, args.gcide_from) if args.gcide else []
     if gdocs:
         sets["gcide-headwords"] = ("gcide", gcide_labels(gdocs, args.max_queries))
     for name, (_, labels) in sets.items():
         write_labels(args.out / f"labels-{name}.jsonl", labels)
         log(f"{name}: {len(labels)} queries")
     settings = default_settings()
+    for fusion in ("rrf", "blend"):  # the weight of dense, either side of the even 0.5
+        settings += [Setting("hybrid", fusion, a, "max") for a in (0.3, 0.7)]
     report: dict[str, Any] = {"load_before": load_before, "sets": {}}
     with tempfile.TemporaryDirectory(prefix="hybrid-bench-") as tmp:
         env = server_env(EMBEDSTACK_MODEL_BACKENDS=PINNED)

@@ -224,7 +224,7 @@ class BinaryIndex:
         """Hamming top k x rescore (positions admitted by `sel`), re-scored from the floats."""
         fetch = max(k, k * int(knobs["rescore"]))
         if self._params["M"]:
-            params: Any = faiss.SearchParametersHNSW()
+            params: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = max(int(knobs["ef_search"]), fetch)
         else:
             params = faiss.SearchParameters()

@@ -88,8 +88,12 @@ def search(
     flt: dict[str, Any] | None,
     group: bool,
     how: Retrieval,
+    lexical_first: tuple[list[int], list[float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Best-first hits in `how.mode`; with `group`, the top-k documents by `how.doc_scoring`."""
+    """Best-first hits in `how.mode`; with `group`, the top-k documents by `how.doc_scoring`.
+
+    `lexical_first`, when given, is `lexical_candidates(...)` already run (the server runs it
+    while the query is being embedded)."""
     if how.mode == "dense" and (not group or how.doc_scoring == "max"):
         assert vec is not None
         return search_space(store, indexes, collection, space_id, vec, k, flt, group)
@@ -103,9 +107,9 @@ def search(
         if allow.size == 0:
             return []
     l2 = indexes.get(collection, space_id).config.metric == "l2"
-    depth = max(8 * k, 80) if group else max(4 * k, 40)
+    depth = candidate_depth(k, group)
     hits: list[dict[str, Any]] = []
-    for _ in range(ROUNDS):
+    for round_ in range(ROUNDS):
         dense: tuple[list[int], list[float]] = ([], [])
         lexical: tuple[list[int], list[float]] = ([], [])
         if how.mode != "lexical":
@@ -116,7 +120,10 @@ def search(
             dense = (ids[0][keep].tolist(), (-found if l2 else found).tolist())
         if how.mode != "dense":
             assert text is not None
-            lexical = store.lexical_search(collection, space_id, text, depth, flt)
+            if round_ == 0 and lexical_first is not None:
+                lexical = lexical_first
+            else:
+                lexical = store.lexical_search(collection, space_id, text, depth, flt)
         if how.mode == "dense":
             fused = dict(zip(*dense, strict=True))
         elif how.mode == "lexical":
@@ -134,6 +141,19 @@ def search(
             break
         depth *= 4
     return hits
+
+
+def candidate_depth(k: int, group: bool) -> int:
+    """Candidates each list contributes (more when documents group several chunks)."""
+    return max(8 * k, 80) if group else max(4 * k, 40)
+
+
+def lexical_candidates(
+    store: Store, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None,
+    group: bool,
+) -> tuple[list[int], list[float]]:  # fmt: skip
+    """The lexical list `search` starts from, for running ahead of the query embedding."""
+    return store.lexical_search(collection, space_id, text, candidate_depth(k, group), flt)
 
 
 def _hits(

@@ -90,11 +90,24 @@ async def query(
     record = await asyncio.to_thread(services.collections.resolve, name)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     how = _retrieval(body, record)
-    vec, text = await _query_inputs(body, how, record, space, request, services)
     loop = asyncio.get_running_loop()
+    group = body.group_by is not None
+    ahead = None  # hybrid: the lexical half runs while the query is embedded
+    if how.mode == "hybrid" and body.text is not None and body.text.strip():
+        ahead = loop.run_in_executor(
+            services.search_pool, hybrid.lexical_candidates, services.store, record.name,
+            space.space_id, body.text, body.k, body.filter, group,
+        )  # fmt: skip
+    try:
+        vec, text = await _query_inputs(body, how, record, space, request, services)
+    except BaseException:
+        if ahead is not None:
+            await asyncio.gather(ahead, return_exceptions=True)
+        raise
+    lexical_first = await ahead if ahead is not None else None
     hits = await loop.run_in_executor(
         services.search_pool, hybrid.search, services.store, services.indexes, record.name,
-        space.space_id, vec, text, body.k, body.filter, body.group_by is not None, how,
+        space.space_id, vec, text, body.k, body.filter, group, how, lexical_first,
     )  # fmt: skip
     return JSON(
         {"hits": hits, "collection": record.name, "space_id": space.space_id,
