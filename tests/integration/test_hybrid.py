@@ -244,3 +244,18 @@ def test_eval_command_prints_every_mode_and_scoring(hashing_server: Server, tmp_
     labels.write_text("nope\n")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "labels.jsonl:1" in out.stderr
+
+
+def test_the_largest_k_in_every_mode(hashing_server: Server) -> None:
+    c = hashing_server.client()
+    if c.get("/v1/collections/evalc").status_code == 404:
+        _make(c, "evalc")
+    chunks = c.get("/v1/collections/evalc").json()["chunks"]
+    for mode in MODES:
+        for group in (None, "document"):
+            body = {"text": "quagga2 w7", "k": 1000, "mode": mode, "group_by": group}
+            r = _query(c, "evalc", **body)
+            ids = _ids(r)
+            assert ids and (not group or len(ids) == len(set(ids)))
+            if mode != "lexical":  # every chunk (or document) comes back
+                assert len(ids) == (40 if group else chunks)

@@ -29,6 +29,7 @@ DEFAULT_FUSION = "rrf"
 DEFAULT_ALPHA = 0.5
 DEFAULT_DOC_SCORING = "max"
 ROUNDS = 3
+HYDRATE_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def search(
         else:
             fused = fuse(how.fusion, dense, lexical, how.alpha)
         ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
-        rows = store.hydrate([i for i, _ in ranked])
+        rows = _hydrate(store, [i for i, _ in ranked])
         hits = _hits(ranked, rows, k, group, how.doc_scoring)
         if how.mode == "dense" and l2:
             for hit in hits:
@@ -141,6 +142,13 @@ def search(
             break
         depth *= 4
     return hits
+
+
+def _hydrate(store: Store, ids: list[int]) -> dict[int, HitRow]:
+    rows: dict[int, HitRow] = {}
+    for start in range(0, len(ids), HYDRATE_BATCH):  # under SQLite's bound-parameter limit
+        rows.update(store.hydrate(ids[start : start + HYDRATE_BATCH]))
+    return rows
 
 
 def candidate_depth(k: int, group: bool) -> int:
