@@ -5,12 +5,12 @@ tests/data/pydoc_sections.jsonl: each reST section of the Python tutorial and a 
 chapters becomes a document whose metadata carries its title (a natural labeled query set).
 
 `python bench/corpora.py gate OUT.jsonl` writes the accuracy gate's sample, shipped as
-src/embedstack/inference/data/gate_sample.jsonl: sections of the tutorial, library reference,
+src/embedstack/inference/models/data/gate_sample.jsonl: sections of the tutorial, library reference,
 language reference, HOWTOs and FAQs whose title is unique and specific (two words or more), as
 {"query": title, "passages": its first paragraphs}, evenly spread over the docs.
 
 `python bench/corpora.py calibration OUT.jsonl` writes the int8 calibration texts, shipped as
-src/embedstack/inference/data/calibration.jsonl: paragraphs from other parts of the docs (the
+src/embedstack/inference/models/data/calibration.jsonl: paragraphs from other parts of the docs (the
 C API, extending, using, installing, distributing), so no backend is calibrated on the texts
 that gate it.
 """

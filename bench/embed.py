@@ -51,8 +51,8 @@ from common import (
     table,
     wait_jobs,
 )
-from embedstack.inference.bundled import L6_NAME, l6_dir
-from embedstack.inference.models import Catalog
+from embedstack.inference.models.bundled import L6
+from embedstack.inference.models.catalog import Catalog
 from ingest import CHUNKING, chunk_rounds
 from peers.infinity_peer import InfinityServer, InfinityUnavailable
 
@@ -89,7 +89,7 @@ def in_process(
     catalog: Catalog, backends: Sequence[str], corpora: dict[str, list[str]], repeats: int
 ) -> None:
     st = plain_model()
-    embedders = {b: catalog.variant(L6_NAME, b).build() for b in backends}
+    embedders = {b: catalog.variant(L6.name, b).build() for b in backends}
     for name, texts in corpora.items():
         runs: dict[str, Callable[[], np.ndarray]] = {
             "plain encode": lambda t=texts: st.encode(t, batch_size=32, normalize_embeddings=True)
@@ -124,8 +124,8 @@ def in_process(
 
 def gate_table(catalog: Catalog, backends: Sequence[str]) -> None:
     rows = []
-    for b in [catalog.reference(L6_NAME).backend, *backends]:
-        r = catalog.check(L6_NAME, b)
+    for b in [catalog.reference(L6.name).backend, *backends]:
+        r = catalog.check(L6.name, b)
         rows.append(
             [
                 b,
@@ -150,7 +150,7 @@ def gate_table(catalog: Catalog, backends: Sequence[str]) -> None:
         ],
         rows,
     )
-    say(f"auto-selected backend for {L6_NAME}: {catalog.choose(L6_NAME)}")
+    say(f"auto-selected backend for {L6.name}: {catalog.choose(L6.name)}")
 
 
 @cache
@@ -158,7 +158,7 @@ def plain_model() -> Any:
     """The in-process baseline: SentenceTransformer on the bundled model, max_seq_length 256."""
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(l6_dir()), device="cpu")
+    st = SentenceTransformer(str(L6.folder()), device="cpu")
     st.max_seq_length = 256
     return st
 
@@ -183,7 +183,7 @@ def infinity_speed(texts: list[str]) -> float | None:
     plain encode (cosine <= 0.999 on a sample)."""
     try:
         with (
-            InfinityServer(l6_dir(), served_model_name=L6_NAME, batch_size=CALL) as server,
+            InfinityServer(L6.folder(), served_model_name=L6.name, batch_size=CALL) as server,
             httpx.Client(base_url=server.url, timeout=600) as client,
         ):
             sample = texts[:16]
@@ -211,12 +211,12 @@ def e2e(texts: list[str], infinity: bool = True) -> None:
     of the very chunks the collection makes (ingest embeds whole documents, not truncated ones)."""
     # the server decides from the gate reports and speed race cached in ~/.cache/embedstack:
     # make them now, so that it serves the chosen backend from its first request
-    say(f"auto choice for the server: {Catalog(background=False).choose(L6_NAME)}")
+    say(f"auto choice for the server: {Catalog(background=False).choose(L6.name)}")
     docs = [(str(i), t) for i, t in enumerate(texts)]
     chunk_texts = chunk_rounds(docs, 1)[0]
     rows = []
     env = server_env()  # the server keeps its gate reports in ~/.cache/embedstack
-    for model in (f"{L6_NAME}@sentence-transformers", L6_NAME):
+    for model in (f"{L6.name}@sentence-transformers", L6.name):
         with tempfile.TemporaryDirectory() as tmp, Server(Path(tmp), env) as server:
             client = server.client(timeout=600)
             post(client, "/v1/embeddings", {"model": model, "input": texts[:8]})  # load + select
@@ -292,7 +292,7 @@ def main() -> None:
     args = ap.parse_args()
     say(load_note())
     catalog = Catalog(args.cache_dir, background=False)
-    all_backends = [v.backend for v in catalog.variants(L6_NAME) if not v.reference]
+    all_backends = [v.backend for v in catalog.variants(L6.name) if not v.reference]
     backends = args.backends.split(",") if args.backends else all_backends
     corpora = {"pydoc paragraphs": pydoc_paragraphs(args.texts)}
     try:

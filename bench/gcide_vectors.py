@@ -55,9 +55,9 @@ def _write_atomically(path: Path, write: object) -> None:
 def embed(texts: list[str]) -> np.ndarray:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from embedstack.inference.sentence_transformers import load_bundled_l6
+    from embedstack.inference.models.variants import sentence_transformer
 
-    model = load_bundled_l6()
+    model = sentence_transformer()
     order = np.argsort([len(t) for t in texts], kind="stable")  # less padding per batch
     out = np.empty((len(texts), model.spec.dim), dtype=np.float32)
     columns = (

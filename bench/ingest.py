@@ -127,10 +127,10 @@ def load_docs(corpus: str, n: int) -> list[tuple[str, str]]:
 def chunk_rounds(docs: list[tuple[str, str]], rounds: int) -> list[list[str]]:
     """Per round (a contiguous slice of `docs`): the chunk texts the collection will embed.
     A chunk text seen in an earlier document is left out: the worker reuses its vector."""
-    from embedstack.inference.hf_tokenizer import HFTokenizer
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+    from embedstack.inference.models.bundled import L6
 
-    tok = HFTokenizer(bundled_l6_path() / "tokenizer.json", 256)
+    tok = HFTokenizer(L6.folder() / "tokenizer.json", 256)
     spec = ChunkingSpec(**CHUNKING)  # type: ignore[arg-type]
     seen: set[str] = set()
     out: list[list[str]] = []
@@ -191,7 +191,7 @@ def create(client: httpx.Client, name: str, model: str) -> None:
 def model_run(args: argparse.Namespace, workdir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.models.bundled import L6
 
     say(f"[bold]Part 1: bundled all-MiniLM-L6-v2[/] ({args.corpus}, {args.docs} documents)")
     docs = load_docs(args.corpus, args.docs)
@@ -200,7 +200,7 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
     chunks = [t for texts in rounds for t in texts]
     say(f"{len(docs)} documents -> {len(chunks)} distinct chunks "
         f"(chunked in {time.perf_counter() - started:.1f} s)")  # fmt: skip
-    plain = SentenceTransformer(str(bundled_l6_path()), device="cpu")
+    plain = SentenceTransformer(str(L6.folder()), device="cpu")
     plain.encode(chunks[:32], batch_size=32)  # warm-up, not timed
     plain_s = ours_s = 0.0
     embedded = reused = 0

@@ -284,12 +284,12 @@ def text_part(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.models.bundled import L6
 
     n = min(args.text_docs, len(texts))
     queries = [" ".join(t.split()[:10]) for t in q_texts[: args.text_queries]]
     say(f"\ntext collection: {n:,} GCIDE entries through the bundled model ... {load_note()}")
-    model = SentenceTransformer(str(bundled_l6_path()), device="cpu")
+    model = SentenceTransformer(str(L6.folder()), device="cpu")
     index = build_hnsw(base[:n])
 
     def plain(i: int) -> Any:

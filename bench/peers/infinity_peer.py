@@ -187,12 +187,12 @@ def smoke(n: int) -> None:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.bundled import L6_NAME, l6_dir
+    from embedstack.inference.models.bundled import L6
 
     topics = ["cats", "databases", "the weather", "python packaging", "rivers"]
     texts = [f"smoke test sentence number {i} about {topics[i % len(topics)]}" for i in range(n)]
     started = time.monotonic()
-    with InfinityServer(l6_dir(), served_model_name=L6_NAME) as server:
+    with InfinityServer(L6.folder(), served_model_name=L6.name) as server:
         say(f"infinity_emb ready at {server.url} in {time.monotonic() - started:.1f} s")
         say("  " + " ".join(server.command(ensure_infinity())))
         r = httpx.post(
@@ -200,7 +200,7 @@ def smoke(n: int) -> None:
         )
         r.raise_for_status()
         got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-    st = SentenceTransformer(str(l6_dir()), device="cpu")
+    st = SentenceTransformer(str(L6.folder()), device="cpu")
     st.max_seq_length = 256
     want = st.encode(texts, normalize_embeddings=True)
     cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1)

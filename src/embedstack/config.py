@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from embedstack.errors import ConfigError
+
+ENV_PREFIX = "EMBEDSTACK_"
+
+
+class RemoteModel(BaseModel):
+    """A model served by an OpenAI-compatible endpoint (POST {base_url}/embeddings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="the name collections and /v1/embeddings use")
+    base_url: str = Field(min_length=1, description="e.g. https://api.example.com/v1; never shown")
+    model: str = Field(min_length=1, description="the model name the endpoint expects")
+    dim: int | None = Field(None, ge=1, description="checked against the vectors; None: any")
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    max_tokens: int = Field(256, ge=16, description="chunk size limit (local tokenizer)")
+    # the NAME of the environment variable that holds the API key (the key is never in config)
+    api_key_env: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_retries: int = Field(4, ge=0)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMBEDSTACK_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -24,6 +47,10 @@ class Settings(BaseSettings):
     # model -> backend that serves it in its fp32 space, instead of the auto choice, e.g.
     # EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}'; still gated against fp32
     model_backends: dict[str, str] = Field(default_factory=dict)
+    # models behind OpenAI-compatible endpoints, e.g. EMBEDSTACK_REMOTE_MODELS='[{"name": "oa",
+    # "base_url": "https://api.openai.com/v1", "model": "text-embedding-3-small",
+    # "api_key_env": "OPENAI_API_KEY"}]' or [[remote_models]] tables in the TOML file
+    remote_models: list[RemoteModel] = Field(default_factory=list)
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)
@@ -52,11 +79,32 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, toml_path: Path | None = None, **overrides: Any) -> Settings:
-        """File values, then environment, then explicit overrides (CLI flags) win."""
+        """File values, then environment, then explicit overrides (CLI flags) win. A value that
+        cannot be read or is out of range is a ConfigError naming the setting, on one line."""
         values: dict[str, Any] = {}
         if toml_path is not None:
-            values.update(tomllib.loads(toml_path.read_text()))
-        env = cls()  # environment + defaults
-        merged = {**values, **env.model_dump(exclude_unset=True)}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**merged)
+            try:
+                values.update(tomllib.loads(toml_path.read_text()))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{toml_path} is not valid TOML: {exc}") from exc
+        try:
+            env = cls()  # environment + defaults
+            merged = {**values, **env.model_dump(exclude_unset=True)}
+            merged.update({k: v for k, v in overrides.items() if v is not None})
+            return cls(**merged)
+        except SettingsError as exc:  # an EMBEDSTACK_* variable that does not parse (JSON)
+            field = re.search(r'field "(\w+)"', str(exc))
+            what = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a setting"
+            raise ConfigError(f"{what} does not parse: {exc.__cause__ or exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for every refused setting: `EMBEDSTACK_PORT (port): Input should be ...`."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        name = str(err["loc"][0]) if err["loc"] else field
+        parts.append(f"{ENV_PREFIX}{name.upper()} ({field}): {err['msg']} (got {err['input']!r})")
+    return "invalid settings: " + "; ".join(parts)

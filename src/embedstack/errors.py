@@ -11,6 +11,11 @@ class EmbedStackError(Exception):
         self.message = message
 
 
+class ConfigError(EmbedStackError):
+    """A setting (environment, TOML file, flag) or a model/backend choice in settings that this
+    machine cannot honour. Raised at startup, so the process stops with one line saying which."""
+
+
 class InvalidInput(EmbedStackError):
     """The request is well-formed JSON but its content is not acceptable."""
 

@@ -73,3 +73,16 @@ def write_dir_atomically(path: Path, fill: Callable[[Path], None], replace: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_build(path: Path, build: Callable[[Path], None]) -> None:
+    """Replace `path` with the file `build(tmp)` writes at a temporary path beside it, fsynced;
+    a crash or a failing build leaves the old file (or none), never a torn one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        build(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from embedstack.testing import EMBEDSTACK
+from embedstack.testing import EMBEDSTACK, free_port
 from tests.conftest import DATA, Server, load_jsonl, server_env
 
 
@@ -18,13 +18,37 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+COMMANDS = ("serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
+            "tune", "plan", "eval")  # fmt: skip
+
+
 def test_help_explains_every_command() -> None:
     top = _run("--help")
     assert top.returncode == 0
-    for command in ("serve", "worker", "ingest", "query"):
-        assert command in top.stdout
+    listed = {line.split()[0] for line in top.stdout.split("Commands:")[1].splitlines() if line}
+    assert listed == set(COMMANDS), top.stdout
+    for command in COMMANDS:
         sub = _run(command, "--help")
         assert sub.returncode == 0 and len(sub.stdout.splitlines()) > 5, sub.stdout
+
+
+def test_closed_port_and_bad_settings_are_one_line_without_traceback(tmp_path: Path) -> None:
+    port = free_port()
+    for args in (("query", "x", "-c", "kb"), ("rollback", "-c", "kb"), ("retire", "-c", "kb"),
+                 ("upgrade", "-c", "kb", "--model", "hashing-test-b")):  # fmt: skip
+        out = _run(*args, "--url", f"http://127.0.0.1:{port}")
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith(f"Error: cannot reach http://127.0.0.1:{port}/v1/")
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    pins = '{"all-MiniLM-L6-v2": "no-such-backend"}'
+    for env, said in (({"EMBEDSTACK_MODEL_BACKENDS": pins}, "which this machine cannot run"),
+                      ({"EMBEDSTACK_MODEL_BACKENDS": "{oops"}, "does not parse")):  # fmt: skip
+        out = _run("serve", "--port", str(port), "--data-dir", str(tmp_path / "d"),
+                   env=server_env(**env))  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: configuration: "), out.stderr
+        assert said in lines[0]
 
 
 def test_ingest_folder_and_jsonl_then_query(

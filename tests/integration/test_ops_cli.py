@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from embedstack.testing import EMBEDSTACK
+from embedstack.testing import EMBEDSTACK, free_port
 from tests.conftest import Server, server_env, wait_job
 
 DIM = 32
@@ -75,6 +75,14 @@ def test_tune_refuses_when_nothing_meets_the_targets(server: Server) -> None:
     assert out.returncode != 0
     assert "no configuration reached recall@10 >= 0.9 within p99" in out.stderr
     assert "measured recall@10 1.000" in out.stderr  # flat: exact, but too slow for the target
+
+
+def test_tune_apply_to_a_closed_port_names_the_url(server: Server) -> None:
+    port = free_port()
+    out = _run("tune", "-c", "vecs", "--data-dir", str(server.data_dir), "--types", "flat",
+               "--queries", "20", "--sample", "500", "--apply", "--url", f"http://127.0.0.1:{port}")  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"Error: cannot reach http://127.0.0.1:{port}/v1/collections/vecs" in out.stderr
 
 
 def test_plan_prints_tib_for_a_billion_vectors() -> None:

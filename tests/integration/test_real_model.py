@@ -101,7 +101,7 @@ def test_openai_client_round_trip(real_server: Server) -> None:
     openai = pytest.importorskip("openai")
     from sentence_transformers import SentenceTransformer
 
-    from embedstack.inference.sentence_transformers import bundled_l6_path
+    from embedstack.inference.models.bundled import L6
 
     client = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused")
     texts = ["The quick brown fox.", "Vector databases store embeddings."]
@@ -111,7 +111,7 @@ def test_openai_client_round_trip(real_server: Server) -> None:
     )
     ours = np.array([d.embedding for d in got.data], dtype=np.float32)
     ours_float = np.array([d.embedding for d in floats.data], dtype=np.float32)
-    reference = SentenceTransformer(str(bundled_l6_path()), device="cpu").encode(
+    reference = SentenceTransformer(str(L6.folder()), device="cpu").encode(
         texts, normalize_embeddings=True
     )
     assert ours.shape == (2, 384) and got.model == "all-MiniLM-L6-v2"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from embedstack.errors import InvalidInput, Overloaded, Unavailable
-from embedstack.inference.batcher import Batcher, BatcherConfig
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.batcher import Batcher, BatcherConfig
+from embedstack.inference.batching.tokens import Packed
 from embedstack.obs.metrics import Metrics
 from embedstack.types import ModelSpec
 

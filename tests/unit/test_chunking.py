@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from embedstack.errors import InvalidInput
 from embedstack.inference.backend import Tokenizer
-from embedstack.inference.hashing import RegexTokenizer
-from embedstack.inference.hf_tokenizer import HFTokenizer
+from embedstack.inference.engines.hashing import RegexTokenizer
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.ingest.chunking import (
     chunk_text,
     content_hash,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedstack.inference.gate import (
+from embedstack.inference.models.gate import (
     GateCache,
     GateReport,
     GateSample,
@@ -160,7 +160,7 @@ class _FakeCatalog:
 
 
 def test_auto_serves_the_reference_until_the_gate_chooses() -> None:
-    from embedstack.inference.auto import AutoEmbedder
+    from embedstack.inference.models.auto import AutoEmbedder
 
     catalog = _FakeCatalog(cached=None)
     auto = AutoEmbedder(catalog, "m", background=True)  # type: ignore[arg-type]

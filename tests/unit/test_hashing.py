@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedstack.inference.backend import Embedder, Tokenizer
-from embedstack.inference.hashing import HashingEmbedder, RegexTokenizer
+from embedstack.inference.engines.hashing import HashingEmbedder, RegexTokenizer
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:

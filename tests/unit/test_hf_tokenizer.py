@@ -14,7 +14,7 @@ from tokenizers import Tokenizer as RawTokenizer
 
 from embedstack.errors import InvalidInput
 from embedstack.inference.backend import Tokenizer
-from embedstack.inference.hf_tokenizer import HFTokenizer, file_fingerprint
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer, file_fingerprint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

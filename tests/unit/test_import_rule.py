@@ -14,7 +14,7 @@ LAYER = {
     "ingest": 4,
     "registry": 5,  # collections and upgrades drive ingest (re-embedding goes through the queue)
     "cluster": 6,
-    "serving": 7, "cli": 7, "cli_ingest": 7, "cli_ops": 7, "cli_upgrade": 7, "cli_http": 7, "cli_eval": 7, "cli_models": 7, "loadtest": 7, "__main__": 7,
+    "serving": 7, "cli": 7, "loadtest": 7, "__main__": 7,
     "__init__": 7, "testing": 7,
 }  # fmt: skip
 # packages of one layer that must not import each other (a package may import itself)

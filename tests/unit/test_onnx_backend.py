@@ -10,18 +10,11 @@ import numpy as np
 import orjson
 import pytest
 
-from embedstack.inference.bundled import (
-    L3_OUTPUT,
-    l3_onnx_file,
-    l3_spec,
-    l6_dir,
-    l6_spec,
-    l6_tokenizer_json,
-)
-from embedstack.inference.onnx import onnx_embedder
-from embedstack.inference.onnx_export import EXPORT_OUTPUT, exported_model
-from embedstack.inference.packed import PackedEmbedder
-from embedstack.inference.sentence_transformers import load_bundled_l6
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.onnx import onnx_embedder
+from embedstack.inference.models.bundled import L3, L6, bundled_spec
+from embedstack.inference.models.export import EXPORT_OUTPUT, exported_model
+from embedstack.inference.models.variants import sentence_transformer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"
@@ -40,15 +33,17 @@ def paragraphs(n: int) -> list[str]:
 def l6_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PackedEmbedder]:
     # one export per test session: every module uses the same cache folder under the base temp
     cache = tmp_path_factory.getbasetemp() / "embedstack-cache"
-    path = exported_model(l6_dir(), l6_spec().fingerprint, cache)
-    return path, onnx_embedder(l6_spec(), path, l6_tokenizer_json(), EXPORT_OUTPUT, "onnx-fp32")
+    path = exported_model(L6.folder(), bundled_spec(L6).fingerprint, cache)
+    return path, onnx_embedder(
+        bundled_spec(L6), path, L6.tokenizer_json(), EXPORT_OUTPUT, "onnx-fp32"
+    )
 
 
 def test_export_is_cached_by_fingerprint(l6_onnx: tuple[Path, PackedEmbedder]) -> None:
     path, _ = l6_onnx
-    assert path.parent.name == l6_spec().fingerprint and path.stat().st_size > 80_000_000
+    assert path.parent.name == bundled_spec(L6).fingerprint and path.stat().st_size > 80_000_000
     before = path.stat().st_mtime_ns
-    again = exported_model(l6_dir(), l6_spec().fingerprint, path.parents[2])
+    again = exported_model(L6.folder(), bundled_spec(L6).fingerprint, path.parents[2])
     assert again == path and path.stat().st_mtime_ns == before  # not exported twice
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -58,7 +53,7 @@ def test_onnx_fp32_matches_sentence_transformers_on_real_text(
 ) -> None:
     _, onnx = l6_onnx
     texts = paragraphs(48)
-    reference = load_bundled_l6()
+    reference = sentence_transformer()
     assert onnx.spec == reference.spec  # same fp32 space id: fp32 backends are one space
     ref = reference.embed_batch(texts)
     got = onnx.embed_batch(texts)
@@ -74,13 +69,13 @@ def test_onnx_fp32_matches_sentence_transformers_on_real_text(
 
 
 def test_l3_onnx_model_is_its_own_normalized_space() -> None:
-    spec = l3_spec()
-    emb = onnx_embedder(spec, l3_onnx_file(), l6_tokenizer_json(), L3_OUTPUT, "onnx-fp32")
+    spec = bundled_spec(L3)
+    emb = onnx_embedder(spec, L3.weights_path(), L6.tokenizer_json(), L3.output, "onnx-fp32")
     texts = [*paragraphs(24), "x " * 400]
     out = emb.embed_batch(texts)
     assert out.shape == (25, 384) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
-    assert spec.max_tokens == 128 and spec.space_id != l6_spec().space_id
+    assert spec.max_tokens == 128 and spec.space_id != bundled_spec(L6).space_id
     # related texts are closer than unrelated ones: a real model, not noise
     a, b, c = emb.embed_batch(["How do I open a file?", "Reading files in Python", "banana bread"])
     assert a @ b > a @ c + 0.2

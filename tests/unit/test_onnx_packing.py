@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from embedstack.inference.bundled import l6_spec, l6_tokenizer_json
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder, plan_batches
-from embedstack.inference.tokens import Packed, TokenPacker
+from embedstack.inference.batching.packed import PackedEmbedder, plan_batches
+from embedstack.inference.batching.tokens import Packed, TokenPacker
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+from embedstack.inference.models.bundled import L6, bundled_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parents[1] / "data" / "pydoc_sections.jsonl"
@@ -63,19 +63,19 @@ def test_take_and_concat_keep_every_texts_ids(rows: list[list[int]], data: st.Da
 
 
 def test_batcher_encodings_match_the_engines_own_tokenization() -> None:
-    hf = HFTokenizer(l6_tokenizer_json(), 256)
+    hf = HFTokenizer(L6.tokenizer_json(), 256)
     mine = hf.encode_packed(TEXTS)
-    theirs = TokenPacker(str(l6_tokenizer_json()), 256).encode(TEXTS)
+    theirs = TokenPacker(str(L6.tokenizer_json()), 256).encode(TEXTS)
     np.testing.assert_array_equal(mine.flat, theirs.flat)
     np.testing.assert_array_equal(mine.lengths, theirs.lengths)
     assert hf.count_tokens(TEXTS[:2]) == mine.lengths[:2].tolist()  # untruncated == truncated
 
 
 def test_pad_matches_the_padded_tokenizer() -> None:
-    padded = Tokenizer.from_file(str(l6_tokenizer_json()))  # the library's own padding
+    padded = Tokenizer.from_file(str(L6.tokenizer_json()))  # the library's own padding
     padded.enable_truncation(256)
     padded.enable_padding(pad_id=0, pad_token="[PAD]")
-    packed = TokenPacker(str(l6_tokenizer_json()), 256).encode(TEXTS)
+    packed = TokenPacker(str(L6.tokenizer_json()), 256).encode(TEXTS)
     idx = np.array([4, 0, 1, 3])
     ids, mask = packed.pad(idx, 0)
     encs = padded.encode_batch([TEXTS[i] for i in idx])
@@ -102,7 +102,7 @@ class _SumForward:
 
 def _embedder(forward: _SumForward, overlap_above: int | None, budget: int = 512) -> PackedEmbedder:
     return PackedEmbedder(
-        replace(l6_spec(), dim=4), HFTokenizer(l6_tokenizer_json(), 256), forward, "fake",
+        replace(bundled_spec(L6), dim=4), HFTokenizer(L6.tokenizer_json(), 256), forward, "fake",
         max_batch_tokens=budget, max_batch_size=8, overlap_above=overlap_above,
     )  # fmt: skip
 
@@ -116,7 +116,7 @@ def test_vectors_come_back_in_input_order_with_little_padding() -> None:
     np.testing.assert_allclose(out, alone, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
     padded = sum(a * b for a, b in fwd.shapes)
-    real = int(TokenPacker(str(l6_tokenizer_json()), 256).encode(texts).lengths.sum())
+    real = int(TokenPacker(str(L6.tokenizer_json()), 256).encode(texts).lengths.sum())
     assert padded <= 1.05 * real  # length-sorted sub-batches: almost no padding
 
 

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from embedstack.inference.bundled import l6_dir, l6_tokenizer_json
-from embedstack.inference.gate import load_sample
-from embedstack.inference.smooth import input_ranges, load_calibration, smooth
-from embedstack.inference.tokens import TokenPacker
+from embedstack.inference.batching.tokens import TokenPacker
+from embedstack.inference.models.bundled import L6
+from embedstack.inference.models.gate import load_sample
+from embedstack.inference.models.smooth import input_ranges, load_calibration, smooth
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -18,8 +18,8 @@ def test_smoothing_is_exact_in_fp32_and_flattens_activation_ranges() -> None:
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(l6_dir()), attn_implementation="eager").eval()
-    packer = TokenPacker(str(l6_tokenizer_json()), 256)
+    model = AutoModel.from_pretrained(str(L6.folder()), attn_implementation="eager").eval()
+    packer = TokenPacker(str(L6.tokenizer_json()), 256)
     texts = load_calibration(12)
     assert len(texts) == 12
     ranges = input_ranges(model, packer, texts)

@@ -14,7 +14,7 @@ import pytest
 
 from embedstack.errors import Conflict, SpaceMismatch
 from embedstack.inference.backend import ModelEntry, ModelRegistry
-from embedstack.inference.hashing import HashingEmbedder
+from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import SqliteQueue

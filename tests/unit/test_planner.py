@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedstack.cli_ops import plan as plan_command
+from embedstack.cli import plan as plan_module
+from embedstack.cli.plan import plan as plan_command
 from embedstack.errors import InvalidInput
 from embedstack.index.factory import create_index
-from embedstack.index.planner import human_bytes, parse_size, plan, plan_all
+from embedstack.index.planner import HEADROOM, human_bytes, parse_size, plan, plan_all
 
 
 def test_raw_size_of_a_billion_768_dim_vectors() -> None:
@@ -99,3 +100,7 @@ def test_plan_command_details_one_family() -> None:
     odd = runner.invoke(plan_command, ["--vectors", "1e6", "--dim", "768", "--index", "ivf_pq",
                                        "--m", "7"])  # fmt: skip
     assert odd.exit_code != 0 and "divide" in odd.output
+
+
+def test_cli_headroom_default_is_the_planners() -> None:
+    assert plan_module.HEADROOM == HEADROOM  # restated in cli/plan.py to keep --help fast

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from embedstack.errors import NotFound
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
 from embedstack.types import ModelSpec
 
 

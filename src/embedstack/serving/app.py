@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedstack.errors import (
+    ConfigError,
     Conflict,
     EmbedStackError,
     InvalidInput,
@@ -50,6 +51,9 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (Conflict, 409),
     (Overloaded, 429),
     (Unavailable, 503),
+    # settings are checked at startup (the server does not start); one met later is this
+    # server's setup, not the client's request and not a bug: unavailable here
+    (ConfigError, 503),
 )
 CLIENT_CLOSED = 499
 

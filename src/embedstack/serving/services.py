@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,10 +13,11 @@ from functools import partial
 import numpy as np
 
 from embedstack.config import Settings
-from embedstack.errors import Unavailable
+from embedstack.errors import ConfigError, Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
-from embedstack.inference.batcher import Batcher, BatcherConfig, Lane
-from embedstack.inference.hashing import HashingEmbedder
+from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
+from embedstack.inference.engines.hashing import HashingEmbedder
+from embedstack.inference.engines.remote import RemoteConfig
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
@@ -27,14 +29,35 @@ from embedstack.storage.store import CollectionRecord, Store
 log = logging.getLogger(__name__)
 
 
-def build_models(settings: Settings) -> ModelRegistry:
-    from embedstack.inference.models import available_models
+def remote_configs(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> list[RemoteConfig]:
+    """The remote models of `settings`, with their API keys read from `environ` (ConfigError
+    naming the variable when one is unset); without `environ` the keys are left out."""
+    out = []
+    for m in settings.remote_models:
+        key = None
+        if m.api_key_env and environ is not None:
+            key = environ.get(m.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"remote model {m.name!r} reads its API key from the environment variable "
+                    f"{m.api_key_env}, which is not set"
+                )
+        fields = m.model_dump(exclude={"api_key_env"})
+        out.append(RemoteConfig(**fields, api_key=key))
+    return out
+
+
+def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistry:
+    from embedstack.inference.models.catalog import available_models
 
     models = ModelRegistry()
     # every bundled model x backend; "all-MiniLM-L6-v2" is served in its fp32 space by the
-    # fastest backend that passed the accuracy gate on this machine (inference/models.py), or by
-    # the one pinned in settings.model_backends
-    for entry in available_models(pins=settings.model_backends):
+    # fastest backend that passed the accuracy gate on this machine (inference/models/), or by
+    # the one pinned in settings.model_backends; then the remote models
+    remotes = remote_configs(settings, environ)
+    for entry in available_models(remotes=remotes, pins=settings.model_backends):
         models.register(entry)
     if settings.enable_test_models:
         for seed, name in enumerate(("hashing-test", "hashing-test-b")):  # two spaces
@@ -72,7 +95,7 @@ class Services:
         metrics = Metrics()
         store = Store(data / "store.db")
         queue = SqliteQueue(data / "queue.db", max_attempts=settings.max_attempts)
-        models = build_models(settings)
+        models = build_models(settings, os.environ)
         indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
         collections = CollectionService(store, models, indexes, settings.default_model)
         pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")

@@ -36,8 +36,10 @@ def _checked_text(text: str, services: Services) -> str:
 async def _embedded(
     text: str, record: CollectionRecord, space: SpaceInfo, request: Request, services: Services
 ) -> np.ndarray:
-    embedder = services.collections.embedder_for(record, space)  # enforces space parity
-    vecs = await unless_disconnected(request, services.embed(embedder.spec.name, [text], "query"))
+    # enforces space parity (loading the model on first use, off the event loop)
+    await asyncio.to_thread(services.collections.embedder_for, record, space)
+    assert space.model is not None  # embedder_for refused a space without a model
+    vecs = await unless_disconnected(request, services.embed(space.model, [text], "query"))
     return np.asarray(vecs[0], dtype=np.float32)
 
 

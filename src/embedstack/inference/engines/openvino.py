@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import ModelSpec
 
 OvPrecision = Literal["f32", "bf16"]

@@ -12,9 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from embedstack.cli_http import call
+from embedstack.cli.common import Command, url_option
+from embedstack.cli.http import call
 
-url_option = click.option("--url", default="http://127.0.0.1:8080", help="Server to drive.")
+# registry.upgrade.Gate's defaults, restated so `--help` needs no numpy import
+# (tests/unit/test_cli_errors.py checks that they agree)
+GATE_DEFAULTS: dict[str, Any] = {
+    "k": 10, "min_recall": None, "max_recall_drop": 0.0, "min_overlap": 0.3, "sample_queries": 100,
+}  # fmt: skip
 collection_option = click.option("-c", "--collection", required=True, help="Collection or alias.")
 
 
@@ -40,17 +45,23 @@ def print_report(report: dict[str, Any]) -> None:
     click.echo(f"gate {'passed' if report.get('passed') else 'FAILED'}")
 
 
-@click.command()
+@click.command(cls=Command)
 @collection_option
 @click.option("--model", required=True, help="Model of the new embedding space.")
 @click.option("--eval", "eval_file", type=click.Path(path_type=Path, exists=True),
               help="JSONL of {query, document_id} pairs: gate on recall@k and MRR.")  # fmt: skip
-@click.option("--k", type=int, default=10, help="k of the gate's recall / overlap.")
-@click.option("--min-recall", type=float, default=None, help="New space's recall@k floor.")
-@click.option("--max-recall-drop", type=float, default=0.0, help="Allowed recall@k loss.")
-@click.option("--min-overlap", type=float, default=0.3, help="Unlabeled gate: top-k overlap.")
-@click.option("--sample-queries", type=int, default=100, help="Unlabeled gate: sampled texts.")
-@click.option("--cutover/--no-cutover", default=True, help="Cut over when the gate passes.")
+@click.option("--k", type=int, default=GATE_DEFAULTS["k"], show_default=True,
+              help="k of the gate's recall / overlap.")  # fmt: skip
+@click.option("--min-recall", type=float, default=GATE_DEFAULTS["min_recall"],
+              help="New space's recall@k floor (default: none).")  # fmt: skip
+@click.option("--max-recall-drop", type=float, default=GATE_DEFAULTS["max_recall_drop"],
+              show_default=True, help="Allowed recall@k loss.")  # fmt: skip
+@click.option("--min-overlap", type=float, default=GATE_DEFAULTS["min_overlap"],
+              show_default=True, help="Unlabeled gate: top-k overlap.")  # fmt: skip
+@click.option("--sample-queries", type=int, default=GATE_DEFAULTS["sample_queries"],
+              show_default=True, help="Unlabeled gate: sampled texts.")  # fmt: skip
+@click.option("--cutover/--no-cutover", default=True, show_default=True,
+              help="Cut over when the gate passes.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Cut over without the gate.")
 @url_option
 def upgrade(
@@ -97,7 +108,7 @@ def upgrade(
     click.echo(f"{collection} now serves {done['to_space']} ({model})")
 
 
-@click.command()
+@click.command(cls=Command)
 @collection_option
 @url_option
 def rollback(collection: str, url: str) -> None:
@@ -106,7 +117,7 @@ def rollback(collection: str, url: str) -> None:
     click.echo(f"{collection} serves {done['space_id']} again")
 
 
-@click.command()
+@click.command(cls=Command)
 @collection_option
 @click.option("--space", default=None, help="Space id to retire (default: the previous one).")
 @url_option

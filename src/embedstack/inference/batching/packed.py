@@ -18,8 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+from embedstack.inference.vectors import normalize_rows
 from embedstack.types import ModelSpec
 
 
@@ -104,8 +105,7 @@ class PackedEmbedder:
             for offset, packed in self._packed_slices(texts):
                 self._run(packed, out[offset : offset + packed.size])
         if self._spec.normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, np.maximum(norms, 1e-12), out=out)
+            normalize_rows(out, out=out)
         return out
 
     def _run(self, packed: Packed, out: np.ndarray) -> None:

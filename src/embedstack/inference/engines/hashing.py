@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.vectors import normalize_rows
 from embedstack.types import ModelSpec
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -146,9 +147,5 @@ class HashingEmbedder:
             vecs = vecs.reshape(n, dim).astype(np.float64, copy=False)
         else:
             vecs = np.zeros((n, dim), dtype=np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
-        empty = norms == 0.0
-        vecs[empty, 0] = 1.0
-        norms[empty] = 1.0
-        vecs /= norms[:, None]
-        return vecs
+        vecs[~vecs.any(axis=1), 0] = 1.0  # a text with no tokens: e0
+        return normalize_rows(vecs, out=vecs)

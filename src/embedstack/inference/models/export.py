@@ -9,12 +9,12 @@ temporary name and renamed into place, so a crash or a concurrent export never l
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from embedstack.fsutil import atomic_build
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,7 @@ def cached_file(
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_build(target, build)
     return target
 
 
@@ -52,11 +45,12 @@ def export_bert_mean_pool(
     """torch.onnx.export of the transformer + masked mean pooling (eager attention, opset 17).
 
     `transform` may rewrite the loaded BertModel first (e.g. SmoothQuant rescaling)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel
 
-    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    bert = AutoModel.from_pretrained(
+        str(model_dir), attn_implementation="eager", local_files_only=True
+    ).eval()
     if transform is not None:
         transform(bert)
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import Embedder
+from embedstack.inference.vectors import normalize_rows
 
 SAMPLE_FILE = "gate_sample.jsonl"
 
@@ -66,7 +67,7 @@ class GateSample:
 def load_sample(path: Path | None = None) -> GateSample:
     """The shipped real-text sample (or a JSONL file of {"query", "passages": [...]} lines)."""
     if path is None:
-        raw = resources.files("embedstack.inference").joinpath("data", SAMPLE_FILE).read_bytes()
+        raw = (resources.files("embedstack.inference.models") / "data" / SAMPLE_FILE).read_bytes()
     else:
         raw = path.read_bytes()
     passages: list[str] = []
@@ -124,11 +125,6 @@ def recall_at_k(
     return float(np.mean(hits))
 
 
-def _normalized(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
 def compare(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -136,7 +132,8 @@ def compare(
     thresholds: GateThresholds = GateThresholds(),
 ) -> tuple[float, float, float, float, list[str]]:
     """(mean cosine, min cosine, recall ref, recall candidate, reasons it fails) on `sample`."""
-    ref, cand = _normalized(reference), _normalized(candidate)
+    ref = normalize_rows(np.asarray(reference, dtype=np.float64))
+    cand = normalize_rows(np.asarray(candidate, dtype=np.float64))
     if ref.shape != cand.shape:
         raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}")
     cos = np.sum(ref * cand, axis=1)
@@ -260,10 +257,7 @@ class GateCache:
         data = self._read()
         data[key] = value
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gate.", suffix=".tmp", dir=self._path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, self._path)
+        atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def get_choice(self, key: str) -> str | None:
         """A cached auto choice (the winner of a speed race), if any."""

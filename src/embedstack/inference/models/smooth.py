@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from embedstack.inference.packed import plan_batches
-from embedstack.inference.tokens import TokenPacker
+from embedstack.inference.batching.packed import plan_batches
+from embedstack.inference.batching.tokens import TokenPacker
 
 ALPHA = 0.8  # measured on all-MiniLM-L6-v2: 0.5 -> cosine 0.988, 0.8 -> 0.998, 1.0 -> 0.996
 CALIBRATION_FILE = "calibration.jsonl"
@@ -26,7 +26,7 @@ CALIBRATION_FILE = "calibration.jsonl"
 def load_calibration(n: int | None = None) -> list[str]:
     """The shipped calibration paragraphs (`python bench/corpora.py calibration`): parts of the
     Python docs the gate sample does not draw from, so nothing is calibrated on its own test."""
-    raw = resources.files("embedstack.inference").joinpath("data", CALIBRATION_FILE).read_bytes()
+    raw = (resources.files("embedstack.inference.models") / "data" / CALIBRATION_FILE).read_bytes()
     texts = [str(json.loads(line)["text"]) for line in raw.splitlines() if line.strip()]
     return texts if n is None else texts[:n]
 

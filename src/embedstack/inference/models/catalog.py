@@ -19,11 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from embedstack.errors import NotFound, Unavailable
-from embedstack.inference import bundled
-from embedstack.inference.auto import AutoEmbedder
+from embedstack.errors import ConfigError, NotFound, Unavailable
 from embedstack.inference.backend import Embedder, ModelEntry
-from embedstack.inference.gate import (
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.onnx import OnnxOptions
+from embedstack.inference.engines.openvino import OvOptions
+from embedstack.inference.engines.remote import RemoteConfig, remote_spec
+from embedstack.inference.models.auto import AutoEmbedder
+from embedstack.inference.models.bundled import (
+    BUNDLED,
+    L6,
+    bundled_model,
+    bundled_spec,
+    with_precision,
+)
+from embedstack.inference.models.export import default_cache_dir
+from embedstack.inference.models.gate import (
     GateCache,
     GateReport,
     GateSample,
@@ -32,14 +43,9 @@ from embedstack.inference.gate import (
     race,
     run_gate,
 )
-from embedstack.inference.gate import timed_embed as _timed
-from embedstack.inference.onnx import OnnxOptions
-from embedstack.inference.onnx_export import default_cache_dir
-from embedstack.inference.ov_backend import OvOptions
-from embedstack.inference.packed import PackedEmbedder
-from embedstack.inference.quantize import Int8Config
-from embedstack.inference.remote import RemoteConfig
-from embedstack.inference.variants import BundledVariants, Variant
+from embedstack.inference.models.gate import timed_embed as _timed
+from embedstack.inference.models.quantize import Int8Config
+from embedstack.inference.models.variants import BundledVariants, Variant
 from embedstack.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,11 @@ class Listing:
     spec: ModelSpec
     report: GateReport | None
     raced: float | None = None  # texts/s in the cached speed race (comparable across rows)
+    space: str | None = None  # the space id when the spec cannot tell it before loading
+
+    @property
+    def space_id(self) -> str:
+        return self.space or self.spec.space_id
 
     @property
     def speed(self) -> float | None:
@@ -101,28 +112,18 @@ class Catalog:
     # models and their variants
 
     def models(self) -> list[str]:
-        return [bundled.L6_NAME, bundled.L3_NAME]
+        return [m.name for m in BUNDLED]
 
     def spec(self, model: str) -> ModelSpec:
         """The model's fp32 spec (fingerprinting the weights once per catalog)."""
         if model not in self._specs:
-            if model == bundled.L6_NAME:
-                self._specs[model] = bundled.l6_spec()
-            elif model == bundled.L3_NAME:
-                self._specs[model] = bundled.l3_spec()
-            else:
-                raise NotFound(f"unknown model {model!r}; known: {', '.join(self.models())}")
+            self._specs[model] = bundled_spec(bundled_model(model))
         return self._specs[model]
 
     def variants(self, model: str) -> list[Variant]:
         """The backends of `model` this machine can run (probed once per catalog)."""
         if model not in self._variants:
-            if model == bundled.L6_NAME:
-                self._variants[model] = self._builders.l6()
-            elif model == bundled.L3_NAME:
-                self._variants[model] = self._builders.l3()
-            else:
-                raise NotFound(f"unknown model {model!r}; known: {', '.join(self.models())}")
+            self._variants[model] = self._builders.of(bundled_model(model))
         return self._variants[model]
 
     def reference(self, model: str) -> Variant:
@@ -190,16 +191,16 @@ class Catalog:
         return self._in_fp32_space(model, backend, self.gated(model, backend))
 
     def check_pins(self) -> None:
-        """Refuse (ValueError, naming what exists) a pinned model or backend that is not here."""
+        """Refuse (ConfigError, naming what exists) a pinned model or backend that is not here."""
         for model, backend in self._pins.items():
             if model not in self.models():
-                raise ValueError(
+                raise ConfigError(
                     f"model_backends names unknown model {model!r}; "
                     f"bundled models: {', '.join(self.models())}"
                 )
             if backend != "auto" and backend not in {v.backend for v in self.variants(model)}:
                 names = ", ".join(["auto", *(v.backend for v in self.variants(model))])
-                raise ValueError(
+                raise ConfigError(
                     f"model_backends pins {model!r} to {backend!r}, which this machine cannot "
                     f"run; choose one of: {names}"
                 )
@@ -312,10 +313,10 @@ class Catalog:
             label = f"{mode}:{choice}" if choice else mode
             rows.append(Listing(model, model, label, spec, best, raced.get(choice or "")))
             for v in self.variants(model):
-                s = bundled.with_precision(spec, v.precision)
+                s = with_precision(spec, v.precision)
                 report = self.gate_cache.get(self._key(spec, v.backend))
                 rows.append(Listing(v.name, model, v.backend, s, report, raced.get(v.backend)))
-        return rows
+        return rows + self.remote_listing()
 
     def entries(self) -> list[ModelEntry]:
         out = []
@@ -335,9 +336,27 @@ class Catalog:
                 )
         for cfg in self._remotes:
             out.append(
-                ModelEntry(cfg.name, f"remote {cfg.model} at {cfg.base_url}", _remote_factory(cfg))
+                ModelEntry(cfg.name, f"remote {cfg.model} at {cfg.host}", _remote_factory(cfg))
             )
         return out
+
+    def remote_listing(self) -> list[Listing]:
+        """Rows for the remote models: their space is known once loaded (probe vectors)."""
+        rows = []
+        for cfg in self._remotes:
+            backend = f"remote:{cfg.host}"
+            spec = remote_spec(cfg)
+            rows.append(Listing(cfg.name, cfg.model, backend, spec, None, None, "at load"))
+        return rows
+
+    def check_names(self) -> None:
+        """Refuse (ValueError) a remote model whose name another model already has."""
+        taken = {*self.models(), *(v.name for m in self.models() for v in self.variants(m))}
+        seen: set[str] = set()
+        for cfg in self._remotes:
+            if cfg.name in taken or cfg.name in seen:
+                raise ConfigError(f"remote model name {cfg.name!r} is already taken: rename it")
+            seen.add(cfg.name)
 
     def _auto_factory(self, model: str) -> Callable[[], Embedder]:
         return lambda: self.auto(model)
@@ -348,10 +367,10 @@ class Catalog:
 
 def _remote_factory(cfg: RemoteConfig) -> Callable[[], Embedder]:
     def build() -> Embedder:
-        from embedstack.inference.hf_tokenizer import HFTokenizer
-        from embedstack.inference.remote import RemoteEmbedder
+        from embedstack.inference.engines.hf_tokenizer import HFTokenizer
+        from embedstack.inference.engines.remote import RemoteEmbedder
 
-        return RemoteEmbedder(cfg, HFTokenizer(bundled.l6_tokenizer_json(), cfg.max_tokens))
+        return RemoteEmbedder(cfg, HFTokenizer(L6.tokenizer_json(), cfg.max_tokens))
 
     return build
 
@@ -362,8 +381,10 @@ def available_models(
     onnx: OnnxOptions = OnnxOptions(),
     pins: Mapping[str, str] | None = None,
 ) -> list[ModelEntry]:
-    """Registry entries for every model and backend here (see the module docstring); `pins`
-    (model -> backend) replace the auto choice and are checked here, at startup."""
+    """Registry entries for every model and backend here (see the module docstring), and the
+    remote models; `pins` (model -> backend) replace the auto choice. Pins and names are
+    checked here, at startup (ValueError)."""
     catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins)
     catalog.check_pins()
+    catalog.check_names()
     return catalog.entries()

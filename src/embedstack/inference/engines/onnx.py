@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import ModelSpec
 
 

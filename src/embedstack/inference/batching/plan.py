@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
 
 Lane = Literal["query", "bulk"]
 LANES: tuple[Lane, ...] = ("query", "bulk")  # in priority order

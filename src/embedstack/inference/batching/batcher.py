@@ -28,8 +28,8 @@ import numpy as np
 
 from embedstack.errors import InvalidInput, Overloaded, Unavailable
 from embedstack.inference.backend import Embedder
-from embedstack.inference.batch_plan import LANES, Item, Lane, Pending, gather, plan, take
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.plan import LANES, Item, Lane, Pending, gather, plan, take
+from embedstack.inference.batching.tokens import Packed
 from embedstack.obs.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from embedstack.cli.common import Group
+
 if TYPE_CHECKING:
-    from embedstack.inference.models import Catalog
+    from embedstack.inference.models.catalog import Catalog
 
 CACHE_HELP = "Folder for ONNX exports and gate reports (default ~/.cache/embedstack)."
 
 
 def _catalog(cache_dir: Path | None, queries: int | None = None) -> Catalog:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from embedstack.inference.gate import load_sample
-    from embedstack.inference.models import Catalog
+    from embedstack.config import Settings
+    from embedstack.inference.models.catalog import Catalog
+    from embedstack.inference.models.gate import load_sample
+    from embedstack.serving.services import remote_configs
 
     sample = load_sample()
-    return Catalog(cache_dir, sample=sample.head(queries) if queries else sample)
+    remotes = remote_configs(Settings.load())  # listed without their API keys
+    return Catalog(cache_dir, sample=sample.head(queries) if queries else sample, remotes=remotes)
 
 
 cache_option = click.option(
@@ -28,7 +31,7 @@ cache_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=Group)
 def models() -> None:
     """The models and backends this machine offers, and their accuracy gate."""
 
@@ -54,8 +57,8 @@ def list_models(queries: int | None, cache_dir: Path | None) -> None:
         speed += " " if row.raced is not None or row.speed is None else "*"
         gate = "-" if r is None else ("passed" if r.passed else "REFUSED")
         click.echo(
-            f"{row.name:42} {s.dim:>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "
-            f"{s.precision:13} {s.space_id:19} {speed}  {gate}"
+            f"{row.name:42} {s.dim or '-':>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "
+            f"{s.precision:13} {row.space_id:19} {speed}  {gate}"
         )
 
 

@@ -9,12 +9,14 @@ import httpx
 
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON request; a connection failure or an error answer becomes a ClickException."""
+    """JSON request; a connection failure or an error answer becomes a one-line ClickException
+    that names the URL."""
     try:
         r = httpx.request(method, url, json=body, timeout=600)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         raise click.ClickException(
-            f"cannot reach {url} ({exc}): is `embedstack serve` running?"
+            f"cannot reach {url} ({reason}): is `embedstack serve` running there? (--url)"
         ) from exc
     try:
         data: dict[str, Any] = r.json()

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedstack.inference.hf_tokenizer import HFTokenizer
-from embedstack.inference.packed import PackedEmbedder
+from embedstack.inference.batching.packed import PackedEmbedder
+from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.types import ModelSpec
 
 TorchMode = Literal["fp32", "bf16-autocast", "bf16", "fp16"]
@@ -53,13 +53,14 @@ class TorchForward:
     """A transformers BertModel + masked mean pooling on one device, in one numeric mode."""
 
     def __init__(self, model_dir: Path, mode: TorchMode = "fp32", device: str = "cpu") -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel
 
         if mode == "fp16" and not device.startswith("cuda"):
             raise ValueError("fp16 is offered on CUDA only (CPU fp16 matmuls are slow)")
-        model = AutoModel.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+        model = AutoModel.from_pretrained(
+            str(model_dir), attn_implementation="sdpa", local_files_only=True
+        ).eval()
         if mode in ("bf16", "fp16"):
             model = model.to(torch.bfloat16 if mode == "bf16" else torch.float16)
         self._model = model.to(device)

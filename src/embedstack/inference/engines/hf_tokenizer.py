@@ -11,7 +11,7 @@ from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTok
 
 from embedstack.errors import InvalidInput
-from embedstack.inference.tokens import Packed, TokenPacker
+from embedstack.inference.batching.tokens import Packed, TokenPacker
 
 # Texts longer than this are encoded in pieces cut at whitespace: one huge `encode` call is
 # superlinear in the `tokenizers` library, pieces are linear and run in parallel.

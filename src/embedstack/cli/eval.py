@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import httpx
 
+from embedstack.cli.common import url_option
 from embedstack.errors import EmbedStackError
 from embedstack.registry.evaluate import (
     Setting,
@@ -30,7 +31,7 @@ from embedstack.registry.evaluate import (
 @click.option("--modes", default="dense,lexical,hybrid", help="Comma-separated modes to compare.")
 @click.option("--alpha", type=float, default=None, help="Hybrid: weight of dense (0..1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-@click.option("--url", default="http://127.0.0.1:8080", help="Server to query.")
+@url_option
 def eval_command(
     collection: str, labels_path: Path, k: int, modes: str, alpha: float | None, as_json: bool,
     url: str,
@@ -48,8 +49,12 @@ def eval_command(
     with httpx.Client(base_url=url, timeout=120) as client:
         try:
             results = evaluate(http_searcher(client, collection), labels, settings, k)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {url} ({exc}): is it running?") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise click.ClickException(
+                f"cannot reach {url}/v1/collections/{collection}/query ({reason}): "
+                "is `embedstack serve` running there? (--url)"
+            ) from exc
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from exc
     if as_json:

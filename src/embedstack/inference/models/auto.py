@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedstack.inference.backend import Embedder, Tokenizer
-from embedstack.inference.tokens import Packed
+from embedstack.inference.batching.tokens import Packed
 from embedstack.types import ModelSpec
 
 if TYPE_CHECKING:
-    from embedstack.inference.models import Catalog
+    from embedstack.inference.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

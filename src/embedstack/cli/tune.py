@@ -1,9 +1,8 @@
-"""`embedstack tune | plan`: pick an index for a collection by measuring it; size a deployment.
+"""`embedstack tune`: pick an index for a collection by measuring it on its own vectors.
 
-`tune` reads a sample of a collection's stored vectors straight from the data dir's store (read
-only), measures a grid of index configurations against exact search (index/tuner.py) and applies
-the cheapest one that meets the recall floor through the server's API. `plan` is arithmetic
-(index/planner.py): no data needed.
+Reads a sample of a collection's stored vectors straight from the data dir's store (read only),
+measures a grid of index configurations against exact search (index/tuner.py) and applies the
+cheapest one that meets the recall floor through the server's API.
 """
 
 from __future__ import annotations
@@ -15,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from embedstack.cli_http import call
-from embedstack.types import METRICS
+from embedstack.cli.common import Command, data_dir_option, url_option
+from embedstack.cli.http import call
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from embedstack.index.planner import Plan
     from embedstack.index.tuner import Measurement, Outcome
 
 
@@ -153,7 +151,7 @@ def _refusal(outcomes: list[Outcome], floor: float, p99: float | None, k: int) -
 
 
 # -- tune -----------------------------------------------------------------------------------------
-@click.command()
+@click.command(cls=Command)
 @click.option("-c", "--collection", required=True, help="Collection whose vectors to sample.")
 @click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Least recall@k (vs exact search) a configuration must reach.")  # fmt: skip
@@ -170,10 +168,9 @@ def _refusal(outcomes: list[Outcome], floor: float, p99: float | None, k: int) -
 @click.option(
     "--apply", is_flag=True, help="Switch the collection to the choice (server rebuilds)."
 )
-@click.option("--url", default="http://127.0.0.1:8080", help="Server for --apply.")
+@url_option
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="The server's data dir (default: from settings).")  # fmt: skip
+@data_dir_option
 def tune(
     collection: str, recall_floor: float, k: int, p99_ms: float | None, sample: int,
     query_n: int, query_log: Path | None, types: str | None, seed: int, apply: bool, url: str,
@@ -240,97 +237,3 @@ def tune(
         return
     call("PATCH", f"{url}/v1/collections/{collection}", body)
     click.echo(f"Applied: {collection} is rebuilding its index as {chosen.label}", err=as_json)
-
-
-# -- plan -----------------------------------------------------------------------------------------
-def _plan_params(m: int | None, nlist: int | None, nbits: int | None, hnsw_m: int | None,
-                 refine: int | None, extra: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
-    named = {"m": m, "nlist": nlist, "nbits": nbits, "M": hnsw_m, "refine_factor": refine}
-    params: dict[str, Any] = {key: v for key, v in named.items() if v is not None}
-    for item in extra:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--param")
-        params[key.strip()] = orjson.loads(value) if value.strip() else value
-    return params
-
-
-def _plan_table(plans: list[Plan], detail: bool) -> Any:
-    from rich.table import Table
-
-    from embedstack.index.planner import human_bytes
-
-    table = Table(title="capacity plan (one replica's index bytes; shards x replicas = nodes)")
-    for name in ("index", "params", "index size", "bytes/vec", "shards", "nodes",
-                 "build h (per shard)"):  # fmt: skip
-        table.add_column(name, justify="left" if name in ("index", "params") else "right")
-    hidden = {"train_min", "retrain_growth", "recall_floor"}
-    for p in plans:
-        params = " ".join(f"{k}={v}" for k, v in p.params.items() if k not in hidden)
-        table.add_row(p.index_type, params, human_bytes(p.index_bytes),
-                      f"{p.bytes_per_vector:,.0f}", f"{p.shards:,}", f"{p.nodes:,}",
-                      f"{p.build_seconds / 3600:,.1f}")  # fmt: skip
-    if detail:
-        for what, size in plans[0].components:
-            table.add_row("", f"[dim]{what}[/dim]", f"[dim]{human_bytes(size)}[/dim]")
-    return table
-
-
-@click.command()
-@click.option("--vectors", required=True, help="How many vectors: 1e9, 250M, 1000000.")
-@click.option("--dim", type=click.IntRange(1, 65536), required=True, help="Vector dimension.")
-@click.option("--index", "index_type", default=None, help="One index type (default: all).")
-@click.option("--m", type=int, default=None, help="ivf_pq sub-quantizers (bytes per code).")
-@click.option("--nlist", type=int, default=None, help="IVF inverted lists (default: auto).")
-@click.option("--nbits", type=int, default=None, help="ivf_pq bits per sub-quantizer code.")
-@click.option("--hnsw-m", type=int, default=None, help="HNSW graph degree M.")
-@click.option("--refine-factor", type=int, default=None, help="ivf_pq re-ranking (0: no floats).")
-@click.option("-p", "--param", "extra", multiple=True, help="Any index param as KEY=VALUE.")
-@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--node-ram", default="64GiB", show_default=True, help="RAM per node.")
-@click.option("--headroom", type=click.FloatRange(0.05, 1), default=0.7, show_default=True,
-              help="Share of node RAM the index may use.")  # fmt: skip
-@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
-@click.option("--dtype-bytes", type=click.IntRange(1, 8), default=4, show_default=True,
-              help="Bytes per component of the raw vectors.")  # fmt: skip
-def plan(
-    vectors: str, dim: int, index_type: str | None, m: int | None, nlist: int | None,
-    nbits: int | None, hnsw_m: int | None, refine_factor: int | None, extra: tuple[str, ...],
-    replicas: int, node_ram: str, headroom: float, metric: str, dtype_bytes: int,
-) -> None:  # fmt: skip
-    """Capacity plan: raw size, index memory per family, shards and nodes, build time.
-
-    Memory follows what each index really holds (vectors or codes, graph links, centroids,
-    codebooks, id maps; checked against built indexes by bench/plan_check.py). Shards =
-    ceil(index bytes / (node RAM x headroom)); nodes = shards x replicas. Build hours are for
-    one 2-core node per shard, from rates measured on the benchmark machine.
-    """
-    from rich.console import Console
-
-    from embedstack.errors import EmbedStackError
-    from embedstack.index.planner import human_bytes, parse_size, plan_all
-    from embedstack.index.planner import plan as make_plan
-
-    params = _plan_params(m, nlist, nbits, hnsw_m, refine_factor, extra)
-    if params and index_type is None:
-        raise click.UsageError("index params need --index, e.g. --index ivf_pq --m 96")
-    try:
-        count, ram = parse_size(vectors), parse_size(node_ram)
-        kwargs: dict[str, Any] = {"metric": metric, "headroom": headroom}
-        if index_type:
-            plans = [make_plan(count, dim, index_type, params, replicas, ram, dtype_bytes,
-                               **kwargs)]  # fmt: skip
-        else:
-            plans = plan_all(count, dim, replicas, ram, dtype_bytes, **kwargs)
-    except EmbedStackError as exc:
-        raise click.ClickException(exc.message) from exc
-    raw = plans[0].raw_bytes
-    click.echo(
-        f"{count:,} vectors x {dim} x {dtype_bytes} B = {human_bytes(raw)} raw ({raw:.3g} bytes); "
-        f"node {human_bytes(ram)} x {headroom:g} usable = {human_bytes(plans[0].usable_bytes)}; "
-        f"{replicas} replica(s)"
-    )
-    Console(width=max(120, Console().width)).print(_plan_table(plans, index_type is not None))
-    for p in plans:
-        for note in p.notes:
-            click.echo(f"note ({p.index_type}): {note}")

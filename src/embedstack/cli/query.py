@@ -1,0 +1,59 @@
+"""`embedstack query`: search a collection on a running server and print the hits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+from embedstack.cli.common import Command, url_option
+from embedstack.cli.http import call
+
+DEFAULT_K = 5  # a screenful; the API's own default is 10
+
+
+@click.command(cls=Command)
+@click.argument("text")
+@click.option("-c", "--collection", required=True, help="Collection (or alias) to search.")
+@click.option("-k", type=click.IntRange(1), default=DEFAULT_K, show_default=True,
+              help="How many hits.")  # fmt: skip
+@click.option(
+    "--filter", "filter_json", default=None, help='Metadata filter, e.g. \'{"lang": "en"}\'.'
+)
+@click.option("--group-by-document", is_flag=True, help="Best chunk of each of the top documents.")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON response.")
+def query(
+    text: str, collection: str, k: int, filter_json: str | None, group_by_document: bool,
+    url: str, as_json: bool,
+) -> None:  # fmt: skip
+    """Search a collection on a running server and print the hits as a table.
+
+    TEXT is embedded by the server in the collection's model space; hits show score, document
+    id and the matching chunk's text.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    body: dict[str, Any] = {"text": text, "k": k}
+    if filter_json:
+        try:
+            body["filter"] = orjson.loads(filter_json)
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--filter") from exc
+    if group_by_document:
+        body["group_by"] = "document"
+    data = call("POST", f"{url}/v1/collections/{collection}/query", body)
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"{collection}: {text!r} ({data['took_ms']} ms)")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("document")
+    table.add_column("text", overflow="fold")
+    for i, hit in enumerate(data["hits"], start=1):
+        snippet = " ".join(hit["text"].split())[:200]
+        table.add_row(str(i), f"{hit['score']:.4f}", hit["document_id"], snippet)
+    Console().print(table)
