@@ -118,6 +118,14 @@ def write_labels(path: Path, labels: list[Label]) -> None:
 
 
 def ingest(client: Any, name: str, docs: list[dict[str, Any]], chunking: dict[str, Any]) -> None:
+    """Create and fill a collection, unless a kept data dir already holds it in full."""
+    r = client.get(f"/v1/collections/{name}")
+    kept = r.status_code == 200 and r.json()["documents"] == len(docs)
+    if kept and r.json()["documents_pending"] == 0:
+        log(f"{name}: kept from an earlier run")
+        return
+    if r.status_code == 200:
+        client.delete(f"/v1/collections/{name}")
     post(client, "/v1/collections", {"name": name, "chunking": chunking})
     jobs = [
         post(client, f"/v1/collections/{name}/documents", {"documents": docs[i : i + 500]})
@@ -133,6 +141,9 @@ def main() -> None:
     ap.add_argument("--max-queries", type=int, default=250, help="queries per label set")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="keep the server's data here (reused next time)"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = load_note()
@@ -153,7 +164,9 @@ def main() -> None:
     report: dict[str, Any] = {"load_before": load_before, "sets": {}}
     with tempfile.TemporaryDirectory(prefix="hybrid-bench-") as tmp:
         env = server_env(EMBEDSTACK_MODEL_BACKENDS=PINNED)
-        with Server(Path(tmp), env) as server:
+        workdir = args.data or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with Server(workdir, env) as server:
             client = server.client()
             started = time.perf_counter()
             ingest(client, "pydoc", docs, {"mode": "sentences", "size": 128, "overlap": 16})

@@ -7,18 +7,22 @@ lexical only. Pure functions over Python lists: no numpy, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 RRF_K = 60
 FUSIONS: tuple[str, ...] = ("rrf", "blend")
 
-Ranked = tuple[Sequence[int], Sequence[float]]
+Id = TypeVar("Id", bound=Hashable)  # chunk ids (int) or document ids (str)
+Ranked = tuple[Sequence[Id], Sequence[float]]
 
 
-def rrf(dense: Ranked, lexical: Ranked, alpha: float = 0.5, k: int = RRF_K) -> dict[int, float]:
+def rrf(
+    dense: Ranked[Id], lexical: Ranked[Id], alpha: float = 0.5, k: int = RRF_K
+) -> dict[Id, float]:
     """score(id) = 2 alpha / (k + rank_dense) + 2 (1 - alpha) / (k + rank_lexical), ranks from 1;
     an id absent from a list gets nothing from it (Cormack et al. 2009, weighted)."""
-    out: dict[int, float] = {}
+    out: dict[Id, float] = {}
     for weight, (ids, _) in ((2 * alpha, dense), (2 * (1 - alpha), lexical)):
         if weight <= 0:
             continue
@@ -37,17 +41,17 @@ def min_max(scores: Sequence[float]) -> list[float]:
     return [(s - low) / (high - low) for s in scores]
 
 
-def blend(dense: Ranked, lexical: Ranked, alpha: float = 0.5) -> dict[int, float]:
+def blend(dense: Ranked[Id], lexical: Ranked[Id], alpha: float = 0.5) -> dict[Id, float]:
     """score(id) = alpha norm_dense + (1 - alpha) norm_lexical, each min-max normalized over its
     own candidate list; an id absent from a list scores 0 there."""
-    out: dict[int, float] = {}
+    out: dict[Id, float] = {}
     for weight, (ids, scores) in ((alpha, dense), (1 - alpha, lexical)):
         for chunk_id, s in zip(ids, min_max(list(scores)), strict=True):
             out[chunk_id] = out.get(chunk_id, 0.0) + weight * s
     return out
 
 
-def fuse(method: str, dense: Ranked, lexical: Ranked, alpha: float) -> dict[int, float]:
+def fuse(method: str, dense: Ranked[Id], lexical: Ranked[Id], alpha: float) -> dict[Id, float]:
     if method == "blend":
         return blend(dense, lexical, alpha)
     return rrf(dense, lexical, alpha)

@@ -125,15 +125,19 @@ def search(
                 lexical = lexical_first
             else:
                 lexical = store.lexical_search(collection, space_id, text, depth, flt)
-        if how.mode == "dense":
-            fused = dict(zip(*dense, strict=True))
-        elif how.mode == "lexical":
-            fused = dict(zip(*lexical, strict=True))
+        if how.mode == "hybrid" and group:
+            rows = _hydrate(store, list(dict.fromkeys([*dense[0], *lexical[0]])))
+            hits = _fused_documents(dense, lexical, rows, k, how)
         else:
-            fused = fuse(how.fusion, dense, lexical, how.alpha)
-        ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
-        rows = _hydrate(store, [i for i, _ in ranked])
-        hits = _hits(ranked, rows, k, group, how.doc_scoring)
+            if how.mode == "dense":
+                fused = dict(zip(*dense, strict=True))
+            elif how.mode == "lexical":
+                fused = dict(zip(*lexical, strict=True))
+            else:
+                fused = fuse(how.fusion, dense, lexical, how.alpha)
+            ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
+            rows = _hydrate(store, [i for i, _ in ranked])
+            hits = _hits(ranked, rows, k, group, how.doc_scoring)
         if how.mode == "dense" and l2:
             for hit in hits:
                 hit["score"] = -hit["score"]  # back to a distance, as dense l2 reports
@@ -164,6 +168,54 @@ def lexical_candidates(
     return store.lexical_search(collection, space_id, text, candidate_depth(k, group), flt)
 
 
+def _fused_documents(
+    dense: tuple[list[int], list[float]],
+    lexical: tuple[list[int], list[float]],
+    rows: dict[int, HitRow],
+    k: int,
+    how: Retrieval,
+) -> list[dict[str, Any]]:
+    """Hybrid with grouping fuses documents, not chunks: each list becomes a document ranking
+    by `how.doc_scoring`, and those are fused, so a document found by dense in one chunk and by
+    lexical in another gets credit from both."""
+    ranked: list[tuple[list[str], list[float], dict[str, ChunkScore]]] = []
+    for ids, scores in (dense, lexical):
+        chunks = [
+            ChunkScore(i, rows[i].document_id, rows[i].ordinal, s)
+            for i, s in zip(ids, scores, strict=True)
+            if i in rows
+        ]
+        docs = score_documents(chunks, how.doc_scoring)
+        ranked.append(
+            (
+                [d.document_id for d in docs],
+                [d.score for d in docs],
+                {d.document_id: d.best for d in docs},
+            )
+        )
+    (d_ids, d_scores, d_best), (l_ids, l_scores, l_best) = ranked
+    fused = fuse(how.fusion, (d_ids, d_scores), (l_ids, l_scores), how.alpha)
+    d_rank = {doc: r for r, doc in enumerate(d_ids)}
+    l_rank = {doc: r for r, doc in enumerate(l_ids)}
+    out = []
+    for doc, score in sorted(fused.items(), key=lambda t: t[1], reverse=True)[:k]:
+        # show the chunk of the list that ranked the document higher
+        lexical_wins = doc not in d_best or l_rank.get(doc, 1 << 30) < d_rank[doc]
+        row = rows[(l_best if lexical_wins else d_best)[doc].chunk_id]
+        out.append(_hit(row, score))
+    return out
+
+
+def _hit(row: HitRow, score: float) -> dict[str, Any]:
+    return {
+        "document_id": row.document_id,
+        "chunk_id": f"{row.document_id}#{row.ordinal}",
+        "score": score,
+        "text": row.text,
+        "metadata": row.metadata,
+    }
+
+
 def _hits(
     ranked: list[tuple[int, float]], rows: dict[int, HitRow], k: int, group: bool, scoring: str
 ) -> list[dict[str, Any]]:
@@ -174,16 +226,4 @@ def _hits(
         picked = [(d.best, d.score) for d in score_documents(chunks, scoring)[:k]]
     else:
         picked = [(c, c.score) for c in chunks[:k]]
-    out = []
-    for chunk, score in picked:
-        row = rows[chunk.chunk_id]
-        out.append(
-            {
-                "document_id": row.document_id,
-                "chunk_id": f"{row.document_id}#{row.ordinal}",
-                "score": score,
-                "text": row.text,
-                "metadata": row.metadata,
-            }
-        )
-    return out
+    return [_hit(rows[chunk.chunk_id], score) for chunk, score in picked]
