@@ -178,17 +178,13 @@ def test_grouped_hybrid_fuses_documents_across_chunks() -> None:
     """Dense finds doc a by one chunk, lexical by another: with RRF a gets credit from both lists
     and wins over b and c, each found by one list only (first there)."""
     from embedstack.registry.hybrid import _fused_documents
-    from embedstack.storage.store import HitRow
 
-    rows = {
-        i: HitRow(i, doc, ordinal, f"text {i}", {})
-        for i, doc, ordinal in [(1, "a", 0), (2, "a", 1), (3, "b", 0), (4, "c", 0)]
-    }
+    owners = {1: ("a", 0), 2: ("a", 1), 3: ("b", 0), 4: ("c", 0)}
     dense = ([3, 1], [0.9, 0.8])
     lexical = ([4, 2], [9.0, 8.0])
-    hits = _fused_documents(dense, lexical, rows, 3, Retrieval("hybrid", "rrf", 0.5, "max"))
-    assert [h["document_id"] for h in hits] == ["a", "b", "c"]  # 2/62 > 1/61
-    assert hits[0]["chunk_id"] == "a#0"  # dense ranked a 2nd, lexical 2nd too: dense's chunk
+    picks = _fused_documents(dense, lexical, owners, 3, Retrieval("hybrid", "rrf", 0.5, "max"))
+    assert [owners[c][0] for c, _ in picks] == ["a", "b", "c"]  # 2/62 > 1/61
+    assert picks[0][0] == 1  # dense ranked a 2nd, lexical 2nd too: dense's chunk
     # blend: min-max puts a at 0 in both lists (last in each), b and c at 1 in one
-    hits = _fused_documents(dense, lexical, rows, 3, Retrieval("hybrid", "blend", 0.5, "max"))
-    assert [h["document_id"] for h in hits][2] == "a"
+    picks = _fused_documents(dense, lexical, owners, 3, Retrieval("hybrid", "blend", 0.5, "max"))
+    assert owners[picks[2][0]][0] == "a"

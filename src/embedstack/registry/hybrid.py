@@ -29,7 +29,6 @@ DEFAULT_FUSION = "rrf"
 DEFAULT_ALPHA = 0.5
 DEFAULT_DOC_SCORING = "max"
 ROUNDS = 3
-HYDRATE_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,8 @@ def search(
             else:
                 lexical = store.lexical_search(collection, space_id, text, depth, flt)
         if how.mode == "hybrid" and group:
-            rows = _hydrate(store, list(dict.fromkeys([*dense[0], *lexical[0]])))
-            hits = _fused_documents(dense, lexical, rows, k, how)
+            owners = store.chunk_owners(list(dict.fromkeys([*dense[0], *lexical[0]])))
+            picks = _fused_documents(dense, lexical, owners, k, how)
         else:
             if how.mode == "dense":
                 fused = dict(zip(*dense, strict=True))
@@ -136,8 +135,10 @@ def search(
             else:
                 fused = fuse(how.fusion, dense, lexical, how.alpha)
             ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
-            rows = _hydrate(store, [i for i, _ in ranked])
-            hits = _hits(ranked, rows, k, group, how.doc_scoring)
+            owners = store.chunk_owners([i for i, _ in ranked])
+            picks = _picks(ranked, owners, k, group, how.doc_scoring)
+        rows = store.hydrate([i for i, _ in picks])  # text and metadata of the k shown only
+        hits = [_hit(rows[i], score) for i, score in picks if i in rows]
         if how.mode == "dense" and l2:
             for hit in hits:
                 hit["score"] = -hit["score"]  # back to a distance, as dense l2 reports
@@ -146,13 +147,6 @@ def search(
             break
         depth *= 4
     return hits
-
-
-def _hydrate(store: Store, ids: list[int]) -> dict[int, HitRow]:
-    rows: dict[int, HitRow] = {}
-    for start in range(0, len(ids), HYDRATE_BATCH):  # under SQLite's bound-parameter limit
-        rows.update(store.hydrate(ids[start : start + HYDRATE_BATCH]))
-    return rows
 
 
 def candidate_depth(k: int, group: bool) -> int:
@@ -171,19 +165,17 @@ def lexical_candidates(
 def _fused_documents(
     dense: tuple[list[int], list[float]],
     lexical: tuple[list[int], list[float]],
-    rows: dict[int, HitRow],
+    owners: dict[int, tuple[str, int]],
     k: int,
     how: Retrieval,
-) -> list[dict[str, Any]]:
+) -> list[tuple[int, float]]:
     """Hybrid with grouping fuses documents, not chunks: each list becomes a document ranking
     by `how.doc_scoring`, and those are fused, so a document found by dense in one chunk and by
     lexical in another gets credit from both."""
     ranked: list[tuple[list[str], list[float], dict[str, ChunkScore]]] = []
     for ids, scores in (dense, lexical):
         chunks = [
-            ChunkScore(i, rows[i].document_id, rows[i].ordinal, s)
-            for i, s in zip(ids, scores, strict=True)
-            if i in rows
+            ChunkScore(i, *owners[i], s) for i, s in zip(ids, scores, strict=True) if i in owners
         ]
         docs = score_documents(chunks, how.doc_scoring)
         ranked.append(
@@ -201,8 +193,7 @@ def _fused_documents(
     for doc, score in sorted(fused.items(), key=lambda t: t[1], reverse=True)[:k]:
         # show the chunk of the list that ranked the document higher
         lexical_wins = doc not in d_best or l_rank.get(doc, 1 << 30) < d_rank[doc]
-        row = rows[(l_best if lexical_wins else d_best)[doc].chunk_id]
-        out.append(_hit(row, score))
+        out.append(((l_best if lexical_wins else d_best)[doc].chunk_id, score))
     return out
 
 
@@ -216,14 +207,17 @@ def _hit(row: HitRow, score: float) -> dict[str, Any]:
     }
 
 
-def _hits(
-    ranked: list[tuple[int, float]], rows: dict[int, HitRow], k: int, group: bool, scoring: str
-) -> list[dict[str, Any]]:
-    chunks = [
-        ChunkScore(i, rows[i].document_id, rows[i].ordinal, s) for i, s in ranked if i in rows
-    ]
+def _picks(
+    ranked: list[tuple[int, float]],
+    owners: dict[int, tuple[str, int]],
+    k: int,
+    group: bool,
+    scoring: str,
+) -> list[tuple[int, float]]:
+    """(chunk id, score) of the k hits: chunks, or each document's best chunk by `scoring`."""
+    chunks = [ChunkScore(i, *owners[i], s) for i, s in ranked if i in owners]
     if group:
         picked = [(d.best, d.score) for d in score_documents(chunks, scoring)[:k]]
     else:
         picked = [(c, c.score) for c in chunks[:k]]
-    return [_hit(rows[chunk.chunk_id], score) for chunk, score in picked]
+    return [(chunk.chunk_id, score) for chunk, score in picked]

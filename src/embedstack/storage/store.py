@@ -441,6 +441,20 @@ class Store(CatalogMixin):
             out[chunk_id] = HitRow(chunk_id, doc_id, ordinal, text, orjson.loads(meta))
         return out
 
+    def chunk_owners(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """(document id, ordinal) of the chunks that exist among `chunk_ids`: what ranking by
+        document needs, without the text and metadata that `hydrate` reads."""
+        out: dict[int, tuple[str, int]] = {}
+        r = self._reader()
+        for start in range(0, len(chunk_ids), 900):
+            part = [int(i) for i in chunk_ids[start : start + 900]]
+            marks = ",".join("?" * len(part))
+            for chunk_id, doc_id, ordinal in r.execute(
+                f"SELECT id, document_id, ordinal FROM chunks WHERE id IN ({marks})", part
+            ):
+                out[chunk_id] = (doc_id, ordinal)
+        return out
+
     def filter_chunk_ids(self, collection: str, space_id: str, flt: dict[str, Any]) -> np.ndarray:
         where, params = filter_sql(flt)
         rows = self._reader().execute(
