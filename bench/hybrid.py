@@ -186,21 +186,29 @@ def main() -> None:
 
 
 def summarize(name: str, results: list[Result]) -> None:
-    best = {r.setting.mode: r for r in results if r.setting.doc_scoring == "max"}
-    dense = best.get("dense")
-    hybrid = next(
-        (
-            r
-            for r in results
-            if r.setting.mode == "hybrid" and r.setting.fusion == "rrf"
-            if r.setting.doc_scoring == "max"
-        ),
-        None,
-    )
-    if dense and hybrid:
-        gain = (hybrid.recall - dense.recall) * 100
-        ratio = hybrid.percentile(0.5) / max(1e-9, dense.percentile(0.5))
-        print(f"{name}: hybrid-rrf vs dense: {gain:+.1f} points recall, p50 x{ratio:.2f}")
+    """The server default (hybrid.DEFAULT_*) against dense / max (the old behaviour)."""
+    from embedstack.registry.hybrid import DEFAULT_DOC_SCORING, DEFAULT_FUSION
+
+    def find(mode: str, fusion: str | None, scoring: str) -> Result | None:
+        return next(
+            (
+                r
+                for r in results
+                if (r.setting.mode, r.setting.fusion, r.setting.alpha) == (mode, fusion, None)
+                and r.setting.doc_scoring == scoring
+            ),
+            None,
+        )
+
+    dense = find("dense", None, "max")
+    default = find("hybrid", DEFAULT_FUSION, DEFAULT_DOC_SCORING)
+    if dense and default:
+        gain = (default.recall - dense.recall) * 100
+        ratio = default.percentile(0.5) / max(1e-9, dense.percentile(0.5))
+        print(
+            f"{name}: default ({default.setting.name}) vs dense / max: {gain:+.1f} points "
+            f"recall@10, MRR {default.mrr:.3f} vs {dense.mrr:.3f}, p50 x{ratio:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_collection_query_defaults(server: Server) -> None:
     r = c.patch("/v1/collections/kb", json={"search": {"mode": "lexical", "alpha": 0.2}})
     assert r.status_code == 200, r.text
     assert r.json()["search"] == {
-        "mode": "lexical", "fusion": "rrf", "alpha": 0.2, "doc_scoring": "max"
+        "mode": "lexical", "fusion": "blend", "alpha": 0.2, "doc_scoring": "first_prior"
     }  # fmt: skip
     assert _query(c, "kb", text="zebra2").json()["mode"] == "lexical"
     assert _query(c, "kb", text="zebra2", mode="dense").json()["mode"] == "dense"
