@@ -48,6 +48,7 @@ KNOB_CAPS = {"rescore": 256, "ef_search": 4096}
 SMALL_ALLOW_MIN = 2000
 SMALL_ALLOW_FRACTION = 0.02
 STORE_DTYPE = np.float16
+RESCORE_FLOATS = 1 << 24  # candidate floats re-scored at once (64 MB): queries per block
 
 
 class BinaryIndex:
@@ -233,17 +234,35 @@ class BinaryIndex:
         _, cand = self._codes.search(self._encode(queries), fetch, params=params)
         del keep  # the selector's bits stayed referenced through the search
         scores_out, ids_out = empty_result(len(queries), k, self._metric)
-        for row in range(len(queries)):
-            positions = cand[row][cand[row] >= 0]
-            if len(positions) == 0:
-                continue
-            got_scores, got = brute_force(
-                self._stored(positions), positions, queries[row : row + 1], k, self._metric
-            )
-            found = got[0] >= 0
-            scores_out[row, : found.sum()] = got_scores[0][found]
-            ids_out[row, : found.sum()] = self._map.ids_at(got[0][found])
+        block = max(1, RESCORE_FLOATS // (fetch * self._dim))
+        for start in range(0, len(queries), block):
+            rows = slice(start, start + block)
+            self._rescore(queries[rows], cand[rows], k, scores_out[rows], ids_out[rows])
         return scores_out, ids_out
+
+    def _rescore(
+        self, queries: np.ndarray, cand: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray
+    ) -> None:
+        """Exact scores of the candidate positions (-1 = none) from the float copy, best k into
+        `scores` / `ids` (pre-filled with padding), all queries of the block at once."""
+        valid = cand >= 0
+        vecs = self._floats[np.where(valid, cand, 0)].astype(np.float32)  # (q, fetch, dim)
+        if self._metric == "l2":
+            diff = vecs - queries[:, None, :]
+            key = -np.einsum("qfd,qfd->qf", diff, diff)
+        else:
+            key = np.einsum("qfd,qd->qf", vecs, queries)
+        key[~valid] = -np.inf
+        kk = min(k, key.shape[1])
+        top = np.argpartition(-key, kk - 1, axis=1)[:, :kk]
+        order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        best = np.take_along_axis(key, top, axis=1)
+        found = np.isfinite(best)
+        positions = np.take_along_axis(cand, top, axis=1)
+        got = np.sqrt(np.maximum(-best, 0.0)) if self._metric == "l2" else best
+        scores[:, :kk] = np.where(found, got, scores[:, :kk])
+        ids[:, :kk] = np.where(found, self._map.ids_at(np.where(found, positions, 0)), -1)
 
     # -- rebuilds ---------------------------------------------------------------------------
     def needs_retrain(self) -> bool:
