@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA ?= ./data
 
-.PHONY: install dev run test sizes lint typecheck pytest bench clean
+.PHONY: install dev run test sizes lint typecheck pytest bench bench-deps bench-corpora bench-index clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,7 +18,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,scann]"
+	$(BIN)/pip install -q -e ".[dev,scann,langchain,llamaindex]"
+	touch $@
+
+# what the benchmarks import beyond the core (matplotlib; scann for its index type): every
+# bench/*.py checks this and its corpora up front (bench/common.py preflight). The peers
+# (bench/peers) install into their own venvs under ~/.cache/embedstack/peers on first use.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[bench,scann]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,9 +49,33 @@ pytest: dev
 
 test: sizes lint typecheck pytest
 
-bench: install
+# Debian's corpora (bench/corpora.py): GCIDE for the benchmarks' texts and vectors, the
+# python3.11-doc sources for bench/corpora.py's generated test and gate data.
+BENCH_CORPORA := /usr/share/dictd/gcide.index /usr/share/dictd/gcide.dict.dz \
+	/usr/share/doc/python3.11/html/_sources/tutorial
+BENCH_PACKAGES := dict-gcide python3.11-doc
+
+bench-corpora:
+	@missing=""; for f in $(BENCH_CORPORA); do [ -e "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "bench corpora missing:$$missing"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q $(BENCH_PACKAGES) || \
+		{ apt-get update -q && apt-get install -y -q $(BENCH_PACKAGES); }; \
+	else \
+		echo "install them as root:  sudo apt-get install -y $(BENCH_PACKAGES)" >&2; exit 1; \
+	fi
+
+bench-deps: $(VENV)/.bench-installed bench-corpora
+
+bench: bench-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/ingest.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/query.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/search_overhead.py
+
+# every index type vs raw faiss, hnswlib and peers (tens of minutes at the default 50k vectors)
+bench-index: bench-deps
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/index.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

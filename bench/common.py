@@ -8,13 +8,14 @@ OUT.prof at shutdown; bench/ingest.py --profile uses it. Everything binds to 127
 from __future__ import annotations
 
 import cProfile
+import importlib
 import os
 import pstats
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,49 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PYDOC_JSONL = ROOT / "tests" / "data" / "pydoc_sections.jsonl"
+# Debian corpora the benchmarks read (bench/corpora.py), and the package that installs each
+CORPORA: dict[str, tuple[tuple[Path, ...], str]] = {
+    "gcide": (
+        (Path("/usr/share/dictd/gcide.index"), Path("/usr/share/dictd/gcide.dict.dz")),
+        "dict-gcide",
+    ),
+    "pydoc": ((Path("/usr/share/doc/python3.11/html/_sources/tutorial"),), "python3.11-doc"),
+}
+# modules outside the core dependencies, and how to get them
+EXTRAS = {"matplotlib": "bench", "scann": "scann"}
+
+
+def preflight(
+    imports: Iterable[str] = (),
+    corpora: Iterable[str] = (),
+    files: Iterable[Path] = (),
+    _corpora: dict[str, tuple[tuple[Path, ...], str]] | None = None,
+) -> None:
+    """Fail now, naming the fix, if a module, corpus or file a benchmark needs later is missing:
+    a benchmark must not run 20 minutes and then die writing its plot. Raises SystemExit with
+    every problem listed. `corpora` are keys of CORPORA (`_corpora` replaces it in tests)."""
+    known = CORPORA if _corpora is None else _corpora
+    problems = []
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            extra = EXTRAS.get(name.split(".")[0])
+            fix = f"pip install -e '.[{extra}]'" if extra else "pip install -e ."
+            problems.append(f"python module {name} is missing ({exc}): {fix} (or: make bench-deps)")
+    for corpus in corpora:
+        paths, package = known[corpus]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            problems.append(
+                f"corpus {corpus} is missing ({', '.join(missing)}): apt-get install -y "
+                f"{package} (or: make bench-corpora)"
+            )
+    problems += [f"file {f} is missing" for f in files if not Path(f).exists()]
+    if problems:
+        raise SystemExit("benchmark preflight failed:\n  " + "\n  ".join(problems))
+
+
 # wide enough for the tables when the output goes to a file or a pipe
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 

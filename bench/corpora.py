@@ -145,7 +145,10 @@ def calibration_texts() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
+    from common import preflight
+
     kind, out = sys.argv[1], Path(sys.argv[2])
+    preflight(corpora=("pydoc",))
     if kind == "pydoc":
         docs = list(pydoc_sections(PYDOC_FILES))
     elif kind == "gate":

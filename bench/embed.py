@@ -46,6 +46,7 @@ from common import (
     batched,
     load_note,
     post,
+    preflight,
     say,
     server_env,
     table,
@@ -290,6 +291,7 @@ def main() -> None:
     )
     ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args()
+    preflight(imports=("sentence_transformers",), corpora=("gcide",), files=(PYDOC_JSONL,))
     say(load_note())
     catalog = Catalog(args.cache_dir, background=False)
     all_backends = [v.backend for v in catalog.variants(L6.name) if not v.reference]

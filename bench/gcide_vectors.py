@@ -94,5 +94,10 @@ def load_or_embed(n: int) -> tuple[np.ndarray, list[str]]:
 
 
 if __name__ == "__main__":
-    vectors, _ = load_or_embed(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000)
+    from common import preflight
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    if not all(p.exists() for p in cache_paths(n)):
+        preflight(imports=("sentence_transformers",), corpora=("gcide",))
+    vectors, _ = load_or_embed(n)
     print(f"{vectors.shape} cached at {cache_paths(len(vectors))[0]}")

@@ -11,7 +11,9 @@ Per configuration: recall@10 vs exact, QPS at 1 and 2 threads (one query per cal
 per vector (ours: index.memory_bytes(); raw faiss: serialized size; peers: RSS growth while
 building), build seconds. faiss runs its searches with 1 OpenMP thread (ours and raw alike):
 concurrency comes from the calling threads, as in the query service.
-Writes bench/out/index.json and the recall-vs-QPS plot bench/out/index.png.
+Writes bench/out/index.json and the table bench/out/index.txt, then the recall-vs-QPS plot
+bench/out/index.png. Checks first (bench/common.py preflight) that matplotlib and, without a
+vector cache, the GCIDE corpus are there: `make bench-deps` installs both.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gcide_vectors import load_or_embed  # noqa: E402
-from index_report import plot, print_table, verdicts  # noqa: E402
+from common import preflight  # noqa: E402
+from gcide_vectors import cache_paths, load_or_embed  # noqa: E402
+from index_report import plot, table_text, verdicts  # noqa: E402
 from index_runs import (  # noqa: E402
     Row,
     build_ours,
@@ -81,6 +84,13 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=int, default=420)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
+    cached = all(p.exists() for p in cache_paths(args.n))
+    preflight(imports=("matplotlib.pyplot",), corpora=() if cached else ("gcide",))
+    if "scann" in args.types.split(","):
+        try:
+            import scann
+        except ImportError:
+            log("scann not installed (pip install -e '.[scann]', or make bench-deps): skipped")
     load_before = os.getloadavg()
     vectors, _ = load_or_embed(args.n)
     base, queries, truth = split(vectors, args.queries)
@@ -93,7 +103,6 @@ def main() -> None:
             try:
                 import scann  # noqa: F401
             except ImportError:
-                log("scann not installed (pip install 'embedstack[scann]'); skipped")
                 continue
         log(f"ours: {index_type}")
         started = time.perf_counter()
@@ -127,11 +136,16 @@ def main() -> None:
     (args.out / "index.json").write_text(
         json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1)
     )
-    print_table(rows, meta)
-    for line in verdicts(rows):
-        print(line)
-    plot(rows, meta, args.out / "index.png")
-    log(f"wrote {args.out / 'index.json'} and {args.out / 'index.png'}")
+    table = "\n".join([table_text(rows, meta), *verdicts(rows)]) + "\n"
+    print(table, end="")
+    (args.out / "index.txt").write_text(table)  # saved before plotting: a plot error loses nothing
+    log(f"wrote {args.out / 'index.json'} and {args.out / 'index.txt'}")
+    try:
+        plot(rows, meta, args.out / "index.png")
+    except Exception as exc:
+        log(f"plot failed ({exc!r}); the results are in {args.out / 'index.json'}")
+        raise SystemExit(1) from exc
+    log(f"wrote {args.out / 'index.png'}")
 
 
 if __name__ == "__main__":

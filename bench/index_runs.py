@@ -172,10 +172,14 @@ def raw_on_our_structure(ours: Built, queries: np.ndarray, truth: np.ndarray) ->
     return Built(row, search, structure)
 
 
+def one_omp_thread() -> None:
+    faiss.omp_set_num_threads(1)
+
+
 def measure_speed(builds: list[Built], queries: np.ndarray) -> None:
     """QPS at 1 and 2 threads and CPU us/query, interleaving ours and raw round by round."""
-    for threads in (1, 2):
-        speeds = interleaved([b.search for b in builds], queries, threads)
+    for threads in (1, 2):  # each measuring thread sets 1 OpenMP thread (a per-thread setting)
+        speeds = interleaved([b.search for b in builds], queries, threads, init=one_omp_thread)
         for b, (qps, cpu_us) in zip(builds, speeds, strict=True):
             if threads == 1:
                 b.row.qps1, b.row.cpu_us1 = qps, cpu_us

@@ -29,11 +29,13 @@ import httpx
 import orjson
 
 from common import (
+    PYDOC_JSONL,
     THREADS_HELP,
     Server,
     batched,
     load_note,
     post,
+    preflight,
     pydoc_docs,
     say,
     server_env,
@@ -295,6 +297,11 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     args = parse_args()
+    preflight(
+        imports=("sentence_transformers",),
+        corpora=("gcide",) if args.corpus == "gcide" else (),
+        files=(PYDOC_JSONL,),
+    )
     if not 1 <= args.batch <= 1000:
         raise SystemExit("--batch must be 1..1000 (the server's per-request limit)")
     say(f"bench/ingest.py {' '.join(sys.argv[1:])}\n{load_note()}")

@@ -40,6 +40,7 @@ from common import (
     batched,
     load_note,
     post,
+    preflight,
     say,
     server_env,
     table,
@@ -327,6 +328,7 @@ def text_part(
 
 def main() -> None:
     args = parse_args()
+    preflight(imports=("sentence_transformers",), corpora=("gcide",))
     n = args.n or default_n(args.queries)
     say(f"bench/query.py {' '.join(sys.argv[1:])}\n{load_note()}")
     vecs, texts = cached_vectors(n + args.queries)

@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 from common import (
+    PYDOC_JSONL,
     Server,
     batched,
     load_note,
     post,
+    preflight,
     pydoc_docs,
     say,
     server_env,
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300, help="labeled queries for the gate")
     ap.add_argument("--k", type=int, default=10)
     args = ap.parse_args()
+    preflight(corpora=("gcide",) if args.corpus == "gcide" else (), files=(PYDOC_JSONL,))
     pairs = unique_gcide(args.n) if args.corpus == "gcide" else pydoc_docs(args.n)
     docs = [
         {"id": f"d{i}", "text": text, "metadata": {"title": title}}

@@ -43,11 +43,19 @@ def run_all(search_one: SearchOne, queries: np.ndarray, budget_s: float = 20.0) 
 
 
 def timed(
-    search_one: SearchOne, queries: np.ndarray, threads: int, budget_s: float = 1.0
+    search_one: SearchOne,
+    queries: np.ndarray,
+    threads: int,
+    budget_s: float = 1.0,
+    init: Callable[[], object] | None = None,
 ) -> tuple[float, float]:
     """(queries per second, CPU microseconds per query in the calling threads) over as many
     queries as fit about `budget_s` (at least 50). The CPU time does not depend on how busy the
-    shared box is; the wall-clock QPS does."""
+    shared box is; the wall-clock QPS does. `init` runs first in each measuring thread (e.g.
+    faiss.omp_set_num_threads(1): OpenMP settings are per thread, and new threads start at the
+    default, one per core)."""
+    if init is not None:
+        init()
     started = time.perf_counter()
     for q in queries[:20]:  # warm up and size the run
         search_one(q)
@@ -58,6 +66,8 @@ def timed(
     cpu = [0.0] * threads
 
     def work(slot: int, chunk: np.ndarray) -> None:
+        if init is not None:
+            init()
         began = time.thread_time()
         for q in chunk:
             search_one(q)
@@ -73,14 +83,18 @@ def timed(
 
 
 def interleaved(
-    fns: list[SearchOne], queries: np.ndarray, threads: int, rounds: int = 3
+    fns: list[SearchOne],
+    queries: np.ndarray,
+    threads: int,
+    rounds: int = 3,
+    init: Callable[[], object] | None = None,
 ) -> list[tuple[float, float]]:
     """Best (QPS, CPU us/query) of each function over `rounds` rounds that alternate between
     them, so a burst of load from other processes hits all of them alike."""
     best = [(0.0, float("inf"))] * len(fns)
     for _ in range(rounds):
         for i, fn in enumerate(fns):
-            q, c = timed(fn, queries, threads)
+            q, c = timed(fn, queries, threads, init=init)
             best[i] = (max(best[i][0], q), min(best[i][1], c))
     return best
 

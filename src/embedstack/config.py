@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # "base_url": "https://api.openai.com/v1", "model": "text-embedding-3-small",
     # "api_key_env": "OPENAI_API_KEY"}]' or [[remote_models]] tables in the TOML file
     remote_models: list[RemoteModel] = Field(default_factory=list)
+    # gate on the first N sample queries and their passages (faster, coarser); None: all 520
+    gate_queries: int | None = Field(None, ge=1)
     # batcher
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=16)

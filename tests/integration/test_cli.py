@@ -81,6 +81,9 @@ def test_ingest_folder_and_jsonl_then_query(
         assert {h["document_id"] for h in hits} <= {"cats.md", "rust.txt"}
         missing = _run("query", "x", "-c", "nope", "--url", server.url, env=env)
         assert missing.returncode != 0 and "does not exist" in missing.stderr
+        # one line, naming what answered: "... (POST http://.../v1/collections/nope/query ...)"
+        assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+        assert f"POST {server.url}/v1/collections/nope/query answered 404" in missing.stderr
     finally:
         server.stop()
 

@@ -130,8 +130,15 @@ def test_openvino_backends_pass_the_gate_and_serve_the_fp32_space(catalog: Catal
     texts = catalog.sample().texts
     for backend in backends:
         report = catalog.check(L6.name, backend)
-        assert report.passed, report.summary()
         assert report.mean_cosine >= 0.9999 and abs(report.recall_delta_points) <= 0.5
+        if backend == "openvino-bf16" and not report.passed:
+            # bf16 rounding under other GEMM shapes moves a text by ~1e-5 in cosine between
+            # batchings (measured 0.999988 on the full sample): refused by the invariance bound
+            assert report.reasons[0].startswith("batch-dependent"), report.summary()
+            with pytest.raises(Unavailable, match="batch-dependent"):
+                catalog.gated_as(L6.name, backend)
+            continue
+        assert report.passed, report.summary()
         served = catalog.gated_as(L6.name, backend)
         assert served.spec == bundled_spec(L6) and served.backend == backend
         cos = np.sum(served.embed_batch(texts) * ref, axis=1)

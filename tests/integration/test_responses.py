@@ -67,6 +67,9 @@ def test_answers_conform_to_their_declared_models(api: tuple[httpx.Client, dict[
     )
     wait_job(c, job["job_id"])
     _conforms(spec, "get", "/v1/jobs/{job_id}", c.get(f"/v1/jobs/{job['job_id']}"), 200)
+    doc = c.get("/v1/collections/typed/documents/d1")
+    assert _conforms(spec, "get", coll + "/documents/{doc_id}", doc, 200)["metadata"] == {"n": 1}
+    assert c.get("/v1/collections/typed/documents/nope").status_code == 404
     _conforms(spec, "get", "/v1/collections", c.get("/v1/collections"), 200)
     _conforms(spec, "get", coll, c.get("/v1/collections/typed"), 200)
     hits = c.post("/v1/collections/typed/query", json={"text": "hello", "k": 3})

@@ -86,12 +86,13 @@ def test_run_gate_and_cache_roundtrip(tmp_path: Path) -> None:
 
     class Candidate:
         def embed_batch(self, texts: list[str], encoded: object = None) -> np.ndarray:
-            idx = [i for i, t in enumerate(sample.texts) if t in set(texts)]
-            return vectors[idx]
+            where = {t: i for i, t in enumerate(sample.texts)}
+            return vectors[[where[t] for t in texts]]
 
     report = run_gate("m", "b", (vectors, 100.0), Candidate(), sample)  # type: ignore[arg-type]
     assert report.passed and report.texts == len(sample.texts) and report.texts_per_s > 0
-    assert "passed" in report.summary()
+    assert "passed" in report.summary() and "min cosine 1.0000000" in report.summary()
+    assert report.batch_invariant and report.deterministic
     cache = GateCache(tmp_path / "sub" / "gate.json")
     key = cache.key("f" * 64, "b")
     assert cache.get(key) is None

@@ -15,7 +15,7 @@ LAYER = {
     "registry": 5,  # collections and upgrades drive ingest (re-embedding goes through the queue)
     "cluster": 6,
     "serving": 7, "cli": 7, "loadtest": 7, "__main__": 7,
-    "__init__": 7, "testing": 7,
+    "__init__": 7, "testing": 7, "client": 7, "integrations": 7,
 }  # fmt: skip
 # packages of one layer that must not import each other (a package may import itself)
 SIBLINGS_FORBIDDEN = {3}
@@ -62,3 +62,17 @@ def test_no_settings_below_the_entry_points() -> None:
         rel = path.relative_to(PKG)
         if LAYER[rel.parts[0].removesuffix(".py")] < 7 and rel.parts[0] != "config.py":
             assert "embedstack.config" not in _imports(path), f"{rel} reads Settings"
+
+
+def test_the_client_does_not_load_the_server() -> None:
+    """`embedstack.client` imports httpx and pydantic models, not FastAPI, torch or numpy."""
+    import subprocess
+    import sys
+
+    heavy = ("fastapi", "starlette", "torch", "numpy", "faiss", "onnxruntime", "uvicorn")
+    code = (
+        "import sys, embedstack.client; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"embedstack.client loads {out.stdout.strip()}"

@@ -1,27 +1,35 @@
-"""The CLI's HTTP client for commands that drive a running server."""
+"""The CLI's access to a running server: `embedstack.client`, with its errors turned into
+one-line ClickExceptions that name the URL."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
-import httpx
+
+from embedstack.client import APIError, Client, ConnectError, RequestTimeout
+
+TIMEOUT_S = 600.0  # upgrades and cutovers can take minutes on a big collection
 
 
-def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON request; a connection failure or an error answer becomes a one-line ClickException
-    that names the URL."""
+@contextmanager
+def server(url: str) -> Iterator[Client]:
+    """The typed client of the server at `url` for one command."""
     try:
-        r = httpx.request(method, url, json=body, timeout=600)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        with Client(url, timeout=TIMEOUT_S) as client:
+            yield client
+    except RequestTimeout as exc:
         raise click.ClickException(
-            f"cannot reach {url} ({reason}): is `embedstack serve` running there? (--url)"
+            f"{exc.url} did not answer in {TIMEOUT_S:.0f} s: the server may still be working"
         ) from exc
-    try:
-        data: dict[str, Any] = r.json()
-    except ValueError as exc:
-        raise click.ClickException(f"{url} answered {r.status_code}: {r.text[:200]}") from exc
-    if r.status_code >= 400:
-        raise click.ClickException(data.get("error", {}).get("message", r.text))
-    return data
+    except ConnectError as exc:
+        cause = exc.__cause__
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        raise click.ClickException(
+            f"cannot reach {exc.url} ({reason}): is `embedstack serve` running there? (--url)"
+        ) from exc
+    except APIError as exc:
+        raise click.ClickException(
+            f"{exc.message} ({exc.method} {exc.url} answered {exc.status})"
+        ) from exc

@@ -46,19 +46,24 @@ def list_models(queries: int | None, cache_dir: Path | None) -> None:
     first to measure); "<model>@<backend>" names one backend. Gate verdicts come from the last
     `models check` on this machine ("-" where none ran yet). Speeds come from the last speed
     race of the passing backends (same texts, interleaved: comparable); a speed marked "*" was
-    measured alone when that backend was gated, maybe under another load.
+    measured alone when that backend was gated, maybe under another load. "batch cos" is the
+    minimum cosine between a text's vectors embedded alone and in other batches (under 0.99999
+    the backend is batch-dependent and refused); "same bytes" says whether the same calls twice
+    gave identical vectors.
     """
     catalog = _catalog(cache_dir, queries)
-    head = f"{'name':42} {'dim':>4} {'metric':6} {'max tok':>7} {'backend':26} {'precision':13} {'space id':19} {'texts/s':>8}  gate"  # noqa: E501
+    head = f"{'name':42} {'dim':>4} {'metric':6} {'max tok':>7} {'backend':26} {'precision':13} {'space id':19} {'texts/s':>8}  {'batch cos':>9} {'same bytes':10} gate"  # noqa: E501
     click.echo(head)
     for row in catalog.listing():
         s, r = row.spec, row.report
         speed = f"{'-':>8}" if row.speed is None else f"{row.speed:7.0f}"
         speed += " " if row.raced is not None or row.speed is None else "*"
         gate = "-" if r is None else ("passed" if r.passed else "REFUSED")
+        inv = "-" if r is None or r.batch_min_cosine is None else f"{r.batch_min_cosine:.7f}"
+        same = {None: "-", True: "yes", False: "no"}[None if r is None else r.deterministic]
         click.echo(
             f"{row.name:42} {s.dim or '-':>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "
-            f"{s.precision:13} {row.space_id:19} {speed}  {gate}"
+            f"{s.precision:13} {row.space_id:19} {speed}  {inv:>9} {same:10} {gate}"
         )
 
 
@@ -77,7 +82,8 @@ def check(
 
     NAMES are models ("all-MiniLM-L6-v2": all its backends) or "<model>@<backend>"; none means
     every model. A backend passes when its cosine to fp32 is >= 0.999 on average and >= 0.99 at
-    worst and recall@10 moves by at most 0.5 points.
+    worst and recall@10 moves by at most 0.5 points, and when a text embedded alone and in
+    other batches keeps its vector (minimum cosine >= 0.99999: batch invariance).
     """
     catalog = _catalog(cache_dir, queries)
     targets: list[tuple[str, str]] = []

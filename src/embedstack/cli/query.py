@@ -8,7 +8,7 @@ import click
 import orjson
 
 from embedstack.cli.common import Command, url_option
-from embedstack.cli.http import call
+from embedstack.cli.http import server
 
 DEFAULT_K = 5  # a screenful; the API's own default is 10
 
@@ -36,15 +36,16 @@ def query(
     from rich.console import Console
     from rich.table import Table
 
-    body: dict[str, Any] = {"text": text, "k": k}
+    flt: dict[str, Any] | None = None
     if filter_json:
         try:
-            body["filter"] = orjson.loads(filter_json)
+            flt = orjson.loads(filter_json)
         except orjson.JSONDecodeError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--filter") from exc
-    if group_by_document:
-        body["group_by"] = "document"
-    data = call("POST", f"{url}/v1/collections/{collection}/query", body)
+    with server(url) as client:
+        found = client.query(collection, text, k=k, filter=flt,
+                             group_by="document" if group_by_document else None)  # fmt: skip
+    data = found.model_dump(mode="json")
     if as_json:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return

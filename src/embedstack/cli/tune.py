@@ -15,7 +15,7 @@ import click
 import orjson
 
 from embedstack.cli.common import Command, data_dir_option, url_option
-from embedstack.cli.http import call
+from embedstack.cli.http import server
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,5 +235,6 @@ def tune(
         sent = orjson.dumps(body).decode()
         click.echo(f"Not applied; run again with --apply to send {sent}", err=as_json)
         return
-    call("PATCH", f"{url}/v1/collections/{collection}", body)
+    with server(url) as client:
+        client.update_index(collection, body["index"])
     click.echo(f"Applied: {collection} is rebuilding its index as {chosen.label}", err=as_json)

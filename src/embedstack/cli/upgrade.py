@@ -13,7 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from embedstack.cli.common import Command, url_option
-from embedstack.cli.http import call
+from embedstack.cli.http import server
+from embedstack.client import APIError, Client
 
 # registry.upgrade.Gate's defaults, restated so `--help` needs no numpy import
 # (tests/unit/test_cli_errors.py checks that they agree)
@@ -78,34 +79,42 @@ def upgrade(
     gate = {"k": k, "min_recall": min_recall, "max_recall_drop": max_recall_drop,
             "min_overlap": min_overlap, "sample_queries": sample_queries}  # fmt: skip
     labeled = _read_eval(eval_file) if eval_file else None
-    base = f"{url}/v1/collections/{collection}"
-    status = call("POST", f"{base}/upgrade", {"model": model, "eval": labeled, "gate": gate})
-    click.echo(f"upgrade {status['id']}: {status['from_space']} -> {status['to_space']}")
+    with server(url) as client:
+        _run_upgrade(client, collection, model, labeled, gate, cutover, force)
+
+
+def _run_upgrade(
+    client: Client, collection: str, model: str, labeled: list[dict[str, Any]] | None,
+    gate: dict[str, Any], cutover: bool, force: bool,
+) -> None:  # fmt: skip
+    status = client.start_upgrade(collection, model, eval=labeled, gate=gate)
+    click.echo(f"upgrade {status.id}: {status.from_space} -> {status.to_space}")
     columns = (TextColumn("[bold]re-embedding"), BarColumn(),
                TextColumn("{task.completed}/{task.total} docs {task.fields[rate]}"),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns) as progress:
-        task = progress.add_task("backfill", total=max(1, status["total"]), rate="")
-        while status["state"] == "backfilling":
+        task = progress.add_task("backfill", total=max(1, status.total), rate="")
+        while status.state == "backfilling":
             time.sleep(0.5)
-            status = call("GET", f"{base}/upgrade")
-            eta = f", ETA {status['eta_s']:.0f}s" if status.get("eta_s") is not None else ""
-            progress.update(task, completed=status["done"],
-                            rate=f"({status['rate_docs_per_s']:.1f}/s{eta})")  # fmt: skip
-    if status["state"] != "ready":
-        raise click.ClickException(f"upgrade is {status['state']}: {status.get('error')}")
+            status = client.upgrade_status(collection)
+            eta = f", ETA {status.eta_s:.0f}s" if status.eta_s is not None else ""
+            progress.update(task, completed=status.done,
+                            rate=f"({status.rate_docs_per_s:.1f}/s{eta})")  # fmt: skip
+    if status.state != "ready":
+        raise click.ClickException(f"upgrade is {status.state}: {status.error}")
     if not cutover:
         click.echo("shadow index ready; cut over later with the API or run again with --cutover")
         return
     try:
-        done = call("POST", f"{base}/upgrade/cutover", {"force": force})
-    except click.ClickException:
-        report = call("GET", f"{base}/upgrade").get("report")
+        done = client.cutover(collection, force=force)
+    except APIError:
+        report = client.upgrade_status(collection).report
         if report:
             print_report(report)
         raise
-    print_report(done["report"])
-    click.echo(f"{collection} now serves {done['to_space']} ({model})")
+    if done.report:
+        print_report(done.report)
+    click.echo(f"{collection} now serves {done.to_space} ({model})")
 
 
 @click.command(cls=Command)
@@ -113,8 +122,9 @@ def upgrade(
 @url_option
 def rollback(collection: str, url: str) -> None:
     """Serve the previous embedding space again (while it is retained) - instant."""
-    done = call("POST", f"{url}/v1/collections/{collection}/rollback")
-    click.echo(f"{collection} serves {done['space_id']} again")
+    with server(url) as client:
+        done = client.rollback(collection)
+    click.echo(f"{collection} serves {done.space_id} again")
 
 
 @click.command(cls=Command)
@@ -123,5 +133,6 @@ def rollback(collection: str, url: str) -> None:
 @url_option
 def retire(collection: str, space: str | None, url: str) -> None:
     """Delete a non-serving embedding space and free its vectors and index."""
-    done = call("POST", f"{url}/v1/collections/{collection}/retire", {"space_id": space})
-    click.echo(f"retired {done['retired']}")
+    with server(url) as client:
+        done = client.retire(collection, space)
+    click.echo(f"retired {done.retired}")

@@ -28,21 +28,27 @@ class ReadWriteLock:
     `acquire_read()` / `release_read()` pair."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
 
     def acquire_read(self) -> None:
+        with self._mutex:  # the plain lock (C), not the Condition's Python-level __enter__
+            if not (self._writer or self._writers_waiting):
+                self._readers += 1
+                return
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if self._readers == 0:
+            # only writers wait for the readers to drain (readers wait for writers only)
+            if self._readers == 0 and self._writers_waiting:
                 self._cond.notify_all()
 
     @contextmanager

@@ -11,6 +11,7 @@ Writers (add, remove, the training step) hold the write lock; searches share the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ from embedstack.index.common import (
 from embedstack.index.idmap import IdMap, bitmap_selector
 from embedstack.index.params import INDEX_PARAMS, TRAINED_TYPES, check_knobs, validate_params
 from embedstack.index.training import TrainingState
+
+_swig_ptr = faiss.swig_ptr
+_omp_get_max_threads = faiss.omp_get_max_threads
+_omp_set_num_threads = faiss.omp_set_num_threads
+_norm_sqr = faiss.fvec_norm_L2sqr
+
+
+def _as_queries(x: Any, dim: int) -> np.ndarray:
+    """`as_matrix` for the search path. The finiteness check is one faiss SIMD pass (the sum of
+    squares is finite iff every value is, unless it overflows: then numpy checks each value);
+    numpy's dot costs more than a small search's own work on one query."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != dim or not arr.size:
+        return as_matrix(arr, dim, "queries")
+    if not math.isfinite(_norm_sqr(_swig_ptr(arr), arr.size)) and not np.isfinite(arr).all():
+        raise InvalidInput("queries contain NaN or infinity; pass finite values")
+    return arr
+
 
 FAISS_TYPES: tuple[str, ...] = ("flat", "hnsw", "hnsw_sq8", "sq8", "ivf_flat", "ivf_pq")
 SMALL_ALLOW_MIN = 2000  # allow sets smaller than max(this, 2% of count) are searched exactly
@@ -67,7 +86,8 @@ class FaissIndex:
         self._map = IdMap()
         self._state = TrainingState.for_params(index_type, self._params)
         self._state.knobs = self._default_knobs()
-        self._cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[Any, Any]] = {}
+        # search parameters by k (this index's knobs) or (k, knobs), cleared by every write
+        self._cache: dict[Any, tuple[Any, Any]] = {}
         if index_type in TRAINED_TYPES:
             self._faiss: Any = faiss.index_factory(dim, "Flat", st.faiss_metric(metric))
             self._trained = False
@@ -186,9 +206,44 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, allow: np.ndarray | None = None, **knobs: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k per query. Keyword knobs (ef_search, nprobe, refine_factor: see params.py)
-        override this index's settings for this call only."""
+        override this index's settings for this call only.
+
+        The common call (no allow list, no knob overrides) takes a lean path: cached faiss
+        SearchParameters (tombstone selector inside only when something is dead), outputs
+        allocated here and filled by the structure's search_c, ids mapped in one take. A single
+        query runs on one OpenMP thread: from a thread pool's threads faiss would otherwise fork
+        a team per call for flat scans and IVF coarse quantizers (see bench/search_overhead.py)."""
         k = check_k(k)
-        queries = as_matrix(queries, self._dim, "queries")
+        queries = _as_queries(queries, self._dim)
+        nq = len(queries)
+        omp = _omp_get_max_threads() if nq == 1 else 1
+        if omp != 1:
+            _omp_set_num_threads(1)  # a per-thread setting: restored below
+        try:
+            if knobs or allow is not None:
+                return self._search_general(queries, k, allow, knobs)
+            self._lock.acquire_read()
+            try:
+                if not self._map.live_count:
+                    return empty_result(nq, k, self._metric)
+                params = self._cache.get(k)
+                if params is None:
+                    params = self._params_for(k, k, None)
+                scores = np.empty((nq, k), np.float32)
+                labels = np.empty((nq, k), np.int64)
+                self._faiss.search_c(
+                    nq, _swig_ptr(queries), k, _swig_ptr(scores), _swig_ptr(labels), params[0]
+                )
+                return self._finish(scores, labels)
+            finally:
+                self._lock.release_read()
+        finally:
+            if omp != 1:
+                _omp_set_num_threads(omp)
+
+    def _search_general(
+        self, queries: np.ndarray, k: int, allow: np.ndarray | None, knobs: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         over = check_knobs(self._type, knobs) if knobs else {}
         if "refine_factor" in over and "refine_factor" not in self._state.knobs:
             raise InvalidInput("this ivf_pq index stores no float vectors (refine_factor=0)")
@@ -204,24 +259,35 @@ class FaissIndex:
         finally:
             self._lock.release_read()
 
+    def _params_for(
+        self, key: Any, k: int, knobs: dict[str, int] | None
+    ) -> tuple[Any, tuple[Any, ...]]:
+        """SearchParameters for `knobs` (None: this index's), with the tombstone selector, cached
+        until the next write (the selector changes with every remove)."""
+        if len(self._cache) > 64:  # many distinct per-call knobs: start over
+            self._cache.clear()
+        sel = self._map.dead_selector()
+        params = st.search_params(self._type, self._trained, knobs or self._state.knobs, k, sel)
+        self._cache[key] = params
+        return params
+
     def _search_unlocked(
         self, queries: np.ndarray, k: int, knobs: dict[str, int] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        key = (k, tuple(sorted(knobs.items())) if knobs else ())
+        key = (k, tuple(sorted(knobs.items()))) if knobs else k
         cached = self._cache.get(key)
         if cached is None:
-            if len(self._cache) > 64:  # many distinct per-call knobs: start over
-                self._cache.clear()
-            sel = self._map.dead_selector()
-            knobs = knobs or self._state.knobs
-            cached = st.search_params(self._type, self._trained, knobs, k, sel)
-            self._cache[key] = cached
+            cached = self._params_for(key, k, knobs)
         return self._finish(*self._faiss.search(queries, k, params=cached[0]))
 
     def _finish(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """faiss distances and positions -> our scores and ids (-1 with the metric's worst score
+        where fewer than k were found). faiss sorts its padding last in each row, so the last
+        column tells whether any row is padded (one scalar read for a single query)."""
         if self._metric == "l2":
-            scores = np.sqrt(np.maximum(scores, 0.0))
-        if labels.size and labels.min() < 0:
+            np.sqrt(np.maximum(scores, 0.0, out=scores), out=scores)
+        rows = len(labels)
+        if rows and (labels.item(-1) < 0 if rows == 1 else labels[:, -1].min() < 0):
             scores[labels < 0] = pad_value(self._metric)
         return scores, self._map.to_ids(labels)
 

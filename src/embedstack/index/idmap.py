@@ -23,12 +23,20 @@ def bitmap_selector(mask: np.ndarray) -> tuple[Any, np.ndarray]:
     return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
 
 
+def _with_sentinel(capacity: int) -> np.ndarray:
+    """An int64 array for `capacity` ids plus a last slot holding -1, so that indexing it with
+    faiss's padding label -1 yields -1 (no mask pass per search)."""
+    ids = np.empty(capacity + 1, np.int64)
+    ids[-1] = -1
+    return ids
+
+
 class IdMap:
     def __init__(self, ids: np.ndarray | None = None, live: np.ndarray | None = None) -> None:
         ids = np.empty(0, np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         live = np.ones(len(ids), bool) if live is None else np.asarray(live, dtype=bool)
         cap = max(MIN_CAPACITY, len(ids))
-        self._ids = np.empty(cap, np.int64)
+        self._ids = _with_sentinel(cap)  # by position; one slot past capacity holds -1
         self._live = np.zeros(cap, bool)
         self._n = len(ids)
         self._ids[: self._n] = ids
@@ -58,7 +66,7 @@ class IdMap:
 
     def memory_bytes(self) -> int:
         dead_bits = len(self._dead_sel[1]) if self._dead_sel else 0
-        return len(self._ids) * 9 + len(self._keys) * 16 + dead_bits
+        return len(self._live) * 9 + len(self._keys) * 16 + dead_bits
 
     # -- lookups ----------------------------------------------------------------------------
     def find(self, ids: np.ndarray) -> np.ndarray:
@@ -69,12 +77,9 @@ class IdMap:
         return np.where(self._keys[at] == ids, self._kpos[at], -1)
 
     def to_ids(self, labels: np.ndarray) -> np.ndarray:
-        """faiss result labels (positions, -1 padding) -> our ids (-1 padding)."""
-        if labels.size == 0 or labels.min() >= 0:
-            return self._ids[labels]
-        out = self._ids[np.maximum(labels, 0)]
-        out[labels < 0] = -1
-        return out
+        """faiss result labels (positions, -1 padding) -> our ids (-1 padding): one take, as
+        label -1 indexes the sentinel -1 in the last slot."""
+        return self._ids[labels]
 
     def live_positions(self) -> np.ndarray:
         return np.sort(self._kpos) if self.dead_count else np.arange(self._n, dtype=np.int64)
@@ -101,9 +106,9 @@ class IdMap:
         if m == 0:
             return
         need = self._n + m
-        if need > len(self._ids):
-            cap = max(need, 2 * len(self._ids))
-            grown_ids, grown_live = np.empty(cap, np.int64), np.zeros(cap, bool)
+        if need > len(self._live):
+            cap = max(need, 2 * len(self._live))
+            grown_ids, grown_live = _with_sentinel(cap), np.zeros(cap, bool)
             grown_ids[: self._n] = self._ids[: self._n]
             grown_live[: self._n] = self._live[: self._n]
             self._ids, self._live = grown_ids, grown_live

@@ -109,6 +109,14 @@ class SubmittedOut(BaseModel):
     unchanged: int
 
 
+class DocumentOut(BaseModel):
+    id: str
+    collection: str
+    text: str
+    metadata: dict[str, Any]
+    indexed: bool = Field(description="the index serves this version of the document")
+
+
 class JobOut(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
@@ -20,6 +21,23 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, value: object) -> object:
+        """OpenAI clients may send token ids (LangChain's OpenAIEmbeddings does by default):
+        ids of another tokenizer mean nothing to our models, so say how to send text."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int | list) and not isinstance(v, bool) for v in items):
+            raise PydanticCustomError("token_ids", TOKEN_IDS_REFUSED)
+        return value
+
+
+TOKEN_IDS_REFUSED = (
+    "token ids are not accepted: embedstack tokenizes text with each model's own tokenizer, and "
+    "ids from another one (e.g. tiktoken's) mean nothing to it; send strings. LangChain's "
+    "OpenAIEmbeddings sends token ids unless created with check_embedding_ctx_length=False"
+)
 
 
 # -- collections --------------------------------------------------------------------------------

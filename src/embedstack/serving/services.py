@@ -57,7 +57,10 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
     # fastest backend that passed the accuracy gate on this machine (inference/models/), or by
     # the one pinned in settings.model_backends; then the remote models
     remotes = remote_configs(settings, environ)
-    for entry in available_models(remotes=remotes, pins=settings.model_backends):
+    entries = available_models(
+        remotes=remotes, pins=settings.model_backends, gate_queries=settings.gate_queries
+    )
+    for entry in entries:
         models.register(entry)
     if settings.enable_test_models:
         for seed, name in enumerate(("hashing-test", "hashing-test-b")):  # two spaces

@@ -5,7 +5,9 @@ fastest backend that passed the accuracy gate on this machine (`auto`). "<model>
 a backend explicitly; its spec is honest about precision ("int8-dynamic", "bf16", ...), so a
 reduced-precision variant is a space of its own, while fp32 backends share the fp32 space.
 Every backend but the reference itself must pass the gate before it is handed out; one that fails
-is refused (Unavailable) with the measured numbers. Gate reports are cached in
+is refused (Unavailable) with the measured numbers. Passing includes batch invariance (a text
+alone and in other batches gets the same vector, `inference/models/invariance.py`), so `auto` never
+serves a batch-dependent engine. Gate reports are cached in
 `<cache_dir>/gate.json` by (weights fingerprint, backend, machine).
 """
 
@@ -44,6 +46,7 @@ from embedstack.inference.models.gate import (
     run_gate,
 )
 from embedstack.inference.models.gate import timed_embed as _timed
+from embedstack.inference.models.invariance import check_invariance
 from embedstack.inference.models.quantize import Int8Config
 from embedstack.inference.models.variants import BundledVariants, Variant
 from embedstack.types import ModelSpec
@@ -105,6 +108,7 @@ class Catalog:
         self._builders = BundledVariants(self.cache_dir, onnx, int8, ov, self.spec)
         self.gate_cache = GateCache(self.cache_dir / "gate.json")
         self._refs: dict[str, tuple[np.ndarray, float]] = {}
+        self._ref_engines: dict[str, Embedder] = {}
         self._specs: dict[str, ModelSpec] = {}
         self._variants: dict[str, list[Variant]] = {}
         self._lock = threading.Lock()
@@ -148,6 +152,7 @@ class Catalog:
             if model not in self._refs:
                 ref = self.reference(model).build()
                 self._refs[model] = _timed(ref, self.sample().texts)
+                self._ref_engines[model] = ref
             return self._refs[model]
 
     def check(
@@ -164,6 +169,10 @@ class Catalog:
                 model, backend, True, 1.0, 1.0, 0.0, 0.0, len(ref[0]), ref[1], ref[1]
             )
             report = self._with_recall(report, ref[0])
+            inv = check_invariance(self._ref_engines[model], self.sample().texts, ref[0])
+            report = replace(
+                report, batch_min_cosine=inv.min_cosine, deterministic=inv.deterministic
+            )
         else:
             candidate = embedder or self.variant(model, backend).build()
             report = run_gate(model, backend, ref, candidate, self.sample())
@@ -226,7 +235,8 @@ class Catalog:
         ]
         if any(r is None for r in reports):
             return None
-        return sorted(r.backend for r in reports if r is not None and r.passed)
+        ok = [r.backend for r in reports if r is not None and r.passed and r.batch_invariant]
+        return sorted(ok)
 
     def cached_auto_choice(self, model: str) -> str | None:
         """The auto backend if the gate reports and the speed race are cached, else None."""
@@ -250,7 +260,9 @@ class Catalog:
         Speeds from gate runs at different moments are not comparable on a shared machine, so
         the passing backends race on the same texts, interleaved, and the winner is cached.
         """
-        passing = sorted(r.backend for r in self.auto_reports(model) if r.passed)
+        # never a batch-dependent engine (the gate refuses one; checked again for old reports)
+        reports = self.auto_reports(model)
+        passing = sorted(r.backend for r in reports if r.passed and r.batch_invariant)
         if len(passing) < 2:
             best = passing[0] if passing else self.reference(model).backend
         else:
@@ -380,11 +392,14 @@ def available_models(
     remotes: Sequence[RemoteConfig] = (),
     onnx: OnnxOptions = OnnxOptions(),
     pins: Mapping[str, str] | None = None,
+    gate_queries: int | None = None,
 ) -> list[ModelEntry]:
     """Registry entries for every model and backend here (see the module docstring), and the
-    remote models; `pins` (model -> backend) replace the auto choice. Pins and names are
-    checked here, at startup (ValueError)."""
-    catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins)
+    remote models; `pins` (model -> backend) replace the auto choice; `gate_queries` gates on
+    the first N sample queries only. Pins and names are checked here, at startup
+    (ConfigError)."""
+    sample = load_sample().head(gate_queries) if gate_queries else None
+    catalog = Catalog(cache_dir, onnx=onnx, remotes=remotes, pins=pins, sample=sample)
     catalog.check_pins()
     catalog.check_names()
     return catalog.entries()

@@ -7,8 +7,11 @@ the two is >= 0.999 on average and >= 0.99 at worst, and recall@10 (titles -> th
 paragraphs, exact search) differs by at most 0.5 points. With 520 queries one query moves recall
 by about 0.1-0.2 points, so the 0.5-point bound measures a shift, not a single flip (the first
 sample, 213 titles of the tutorial, refused SmoothQuant int8 for one or two queries).
-Results are cached per (weights fingerprint, backend, machine), since the numbers depend on the
-CPU's instruction set and on the library versions.
+The candidate must also be batch-invariant: a text's vector may not depend on what it was batched
+with (`inference/models/invariance.py`: 256 texts alone and in other batchings, minimum cosine >=
+0.99999); the report says too whether the same calls twice gave the same bytes.
+Results are cached per (gate version, weights fingerprint, backend, machine), since the numbers
+depend on the CPU's instruction set and on the library versions.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import numpy as np
 
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import Embedder
+from embedstack.inference.models.invariance import MIN_BATCH_COSINE, check_invariance
 from embedstack.inference.vectors import normalize_rows
 
 SAMPLE_FILE = "gate_sample.jsonl"
+# part of every cache key: a report of an older gate (2: before batch invariance) is not reused
+GATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class GateThresholds:
     min_min_cosine: float = 0.99
     max_recall_delta_points: float = 0.5
     k: int = 10
+    min_batch_cosine: float = MIN_BATCH_COSINE  # a text alone vs in other batchings
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,13 @@ class GateReport:
     texts_per_s: float  # candidate speed on the sample (this machine, at check time)
     reference_texts_per_s: float
     reasons: list[str] = field(default_factory=list)
+    # min cosine of a text's vectors across batchings (alone, mixed); None: not measured
+    batch_min_cosine: float | None = None
+    deterministic: bool | None = None  # the same calls twice gave the same bytes
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.batch_min_cosine is not None and self.batch_min_cosine >= MIN_BATCH_COSINE
 
     @property
     def recall_delta_points(self) -> float:
@@ -108,7 +122,15 @@ class GateReport:
             f"{self.model} on {self.backend}: cosine to fp32 mean {self.mean_cosine:.6f} "
             f"min {self.min_cosine:.6f}, recall@10 {100 * self.recall_candidate:.2f} vs fp32 "
             f"{100 * self.recall_reference:.2f} ({self.recall_delta_points:+.2f} points) "
-            f"on {self.texts} real texts: {verdict}"
+            f"on {self.texts} real texts, {self.invariance()}: {verdict}"
+        )
+
+    def invariance(self) -> str:
+        if self.batch_min_cosine is None:
+            return "batch invariance not measured"
+        same = {True: "bitwise deterministic", False: "not bitwise deterministic", None: ""}
+        return (
+            f"alone vs batched min cosine {self.batch_min_cosine:.7f} ({same[self.deterministic]})"
         )
 
 
@@ -192,6 +214,12 @@ def run_gate(
     ref_vectors, ref_speed = reference
     vectors, speed = timed_embed(candidate, sample.texts)
     mean, worst, r_ref, r_cand, reasons = compare(ref_vectors, vectors, sample, thresholds)
+    inv = check_invariance(candidate, sample.texts, vectors)
+    if inv.min_cosine < thresholds.min_batch_cosine:
+        reasons.append(
+            f"batch-dependent: a text alone vs batched min cosine {inv.min_cosine:.7f} < "
+            f"{thresholds.min_batch_cosine} ({inv.worst})"
+        )
     return GateReport(
         model,
         backend,
@@ -204,6 +232,8 @@ def run_gate(
         speed,
         ref_speed,
         reasons,
+        inv.min_cosine,
+        inv.deterministic,
     )
 
 
@@ -232,7 +262,7 @@ class GateCache:
 
     @staticmethod
     def key(fingerprint: str, backend: str, machine: str | None = None) -> str:
-        return f"{fingerprint[:16]}|{backend}|{machine or machine_key()}"
+        return f"v{GATE_VERSION}|{fingerprint[:16]}|{backend}|{machine or machine_key()}"
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:

@@ -44,6 +44,8 @@ from embedstack.inference.models.smooth import (
     load_calibration,
     smooth,
 )
+from embedstack.inference.models.static_int8 import quantize_int8_static
+from embedstack.inference.models.token_int8 import quantize_int8_per_token
 from embedstack.types import ModelSpec
 
 ST_BACKEND = "sentence-transformers"
@@ -114,6 +116,24 @@ class BundledVariants:
                 "onnx-int8-smooth",
                 "int8-smooth",
                 lambda: self._smooth_int8(model),
+                tag=f"cal-{calibration_tag(self._calibration())}",
+            ),
+            # batch-invariant int8 (models/token_int8.py): per-token activation scales
+            Variant(
+                m,
+                "onnx-int8-token",
+                "int8-token",
+                lambda: self._smooth_int8(model, "token"),
+                tag=f"cal-{calibration_tag(self._calibration())}",
+            ),
+            # static scales from the calibration text (models/static_int8.py): invariant, but
+            # refused here for accuracy (cosine mean 0.998), so not an auto candidate
+            Variant(
+                m,
+                "onnx-int8-static",
+                "int8-static",
+                lambda: self._smooth_int8(model, "static"),
+                auto=False,
                 tag=f"cal-{calibration_tag(self._calibration())}",
             ),
             Variant(m, "torch-fp32", "float32", self._torch_builder(model, "fp32"), auto=False),
@@ -200,10 +220,12 @@ class BundledVariants:
         s = with_precision(spec, "int8-dynamic")
         return onnx_embedder(s, path, tok, model.output, "onnx-int8", self._onnx)
 
-    def _smooth_int8(self, model: BundledModel) -> Embedder:
+    def _smooth_int8(self, model: BundledModel, scales: str = "dynamic") -> Embedder:
         """SmoothQuant-rescaled export (alpha 0.8, ranges from the shipped calibration text),
         int8 except the FFN down-projections (a per-layer choice: their inputs, GELU outputs,
-        are the heavy-tailed ones)."""
+        are the heavy-tailed ones). Activation `scales`: "dynamic" (one per batch tensor: a
+        text's vector depends on its companions), "token" (one per token) or "static" (from the
+        calibration text)."""
         spec = self.spec(model.name)
         tok = model.tokenizer_json()
         texts = list(self._calibration())
@@ -216,9 +238,40 @@ class BundledVariants:
 
         name = f"model-smooth-a{ALPHA}-{calibration_tag(texts)}.onnx"
         smoothed = cached_file(self.cache_dir, spec.fingerprint, name, export)
-        path = self._int8_file(smoothed, spec.fingerprint, smooth_int8(model.layers))
+        config = smooth_int8(model.layers)
+        if scales == "token":
+            path = self._derived(smoothed, spec.fingerprint, "int8-token", config,
+                                 quantize_int8_per_token)  # fmt: skip
+            s = with_precision(spec, "int8-token")
+            return onnx_embedder(s, path, tok, model.output, "onnx-int8-token", self._onnx)
+        if scales == "static":
+            packer = TokenPacker(str(tok), spec.max_tokens)
+
+            def static(src: Path, dst: Path, cfg: Int8Config) -> object:
+                return quantize_int8_static(src, dst, packer, texts, cfg)
+
+            path = self._derived(smoothed, spec.fingerprint, "int8-static", config, static)
+            s = with_precision(spec, "int8-static")
+            return onnx_embedder(s, path, tok, model.output, "onnx-int8-static", self._onnx)
+        path = self._int8_file(smoothed, spec.fingerprint, config)
         s = with_precision(spec, "int8-smooth")
         return onnx_embedder(s, path, tok, model.output, "onnx-int8-smooth", self._onnx)
+
+    def _derived(
+        self,
+        src: Path,
+        fingerprint: str,
+        kind: str,
+        config: Int8Config,
+        make: Callable[[Path, Path, Int8Config], object],
+    ) -> Path:
+        """`make(src, tmp, config)`, cached beside `src` (named by kind and config)."""
+        name = f"{src.stem}-{kind}-{config.tag}.onnx"
+
+        def build(tmp: Path) -> None:
+            make(src, tmp, config)
+
+        return cached_file(self.cache_dir, fingerprint, name, build)
 
     def _int8_file(self, fp32: Path, fingerprint: str, config: Int8Config | None = None) -> Path:
         config = config or self._int8

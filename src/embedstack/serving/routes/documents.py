@@ -10,12 +10,12 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
-from embedstack.errors import InvalidInput, PayloadTooLarge, SpaceMismatch
+from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMismatch
 from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
 from embedstack.serving.http import JSON
-from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
+from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.schemas import DocumentIn, DocumentsIn
 from embedstack.serving.services import Services
@@ -143,6 +143,22 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
             "updated_at": job.updated_at,
         }
     )
+
+
+@router.get("/v1/collections/{name}/documents/{doc_id}", response_model=DocumentOut)
+async def get_document(
+    name: str, doc_id: str, services: Services = Depends(ready_services)
+) -> Response:
+    """A stored document as it was last written (text and metadata)."""
+    name = (await asyncio.to_thread(services.collections.resolve, name)).name
+    rows = await asyncio.to_thread(services.store.get_documents, name, [doc_id])
+    if not rows:
+        raise NotFound(f"collection {name!r} has no document {doc_id!r}")
+    row = rows[0]
+    return JSON(
+        {"id": row.id, "collection": name, "text": row.text, "metadata": row.metadata,
+         "indexed": row.indexed_hash == row.content_hash}
+    )  # fmt: skip
 
 
 @router.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)

@@ -1,0 +1,403 @@
+"""`Client`: the whole embedstack HTTP API, blocking (httpx)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from embedstack.client import _core as core
+from embedstack.client._core import Call, IngestResult, Progress, call, seg
+from embedstack.client.errors import (
+    ConnectError,
+    InvalidInputError,
+    JobFailedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestTimeout,
+    WaitTimeout,
+)
+from embedstack.serving.responses import (
+    AliasesOut,
+    AliasOut,
+    CollectionOut,
+    CollectionsOut,
+    DeletedOut,
+    DocumentOut,
+    EmbeddingsOut,
+    HealthOut,
+    JobOut,
+    ModelsOut,
+    QueryOut,
+    ReadyOut,
+    RetireOut,
+    RollbackOut,
+    UpgradeOut,
+)
+
+T = TypeVar("T")
+Doc = Mapping[str, Any] | BaseModel
+
+
+class Client:
+    """A typed client for one embedstack server.
+
+    `base_url` defaults to `$EMBEDSTACK_URL` or http://127.0.0.1:8080, `api_key` to
+    `$EMBEDSTACK_API_KEY` (sent as `Authorization: Bearer`). Requests that meet 429 (honouring
+    `Retry-After`), 502/503/504 or a failed connection are re-sent up to `retries` times with
+    exponential backoff. Uploads are split to `max_documents` documents and `max_body_bytes`
+    bytes per request (set them to the server's `EMBEDSTACK_MAX_DOCUMENTS_PER_REQUEST` /
+    `EMBEDSTACK_MAX_BODY_BYTES` if they differ from the defaults). Errors raise the typed
+    exceptions of `embedstack.client.errors`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_documents: int = core.MAX_DOCUMENTS_PER_REQUEST,
+        max_inputs: int = core.MAX_INPUTS_PER_EMBEDDING_REQUEST,
+        max_body_bytes: int = core.MAX_BODY_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings = core.settings(base_url, api_key, timeout, retries, backoff,
+                                      max_documents, max_inputs, max_body_bytes)  # fmt: skip
+        s = self.settings
+        self._http = httpx.Client(
+            base_url=s.base_url, headers=s.headers, timeout=s.timeout, transport=transport
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending --------------------------------------------------------------------------------
+    def _run(self, c: Call[T]) -> T:
+        policy = self.settings.retry
+        attempt = 0
+        while True:
+            headers = {"content-type": "application/json"} if c.body is not None else None
+            try:
+                r = self._http.request(c.method, c.path, content=c.body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if policy.should_retry(c, attempt, None):
+                    time.sleep(policy.delay(attempt, None))
+                    attempt += 1
+                    continue
+                raise ConnectError(c.method, self.base_url + c.path, exc) from exc
+            except httpx.TimeoutException as exc:  # sent, maybe processed: not re-sent
+                raise RequestTimeout(c.method, self.base_url + c.path, exc) from exc
+            except httpx.TransportError as exc:  # a broken connection: maybe processed
+                raise ConnectError(c.method, self.base_url + c.path, exc) from exc
+            if r.status_code not in c.ok and policy.should_retry(c, attempt, r.status_code):
+                time.sleep(policy.delay(attempt, r))
+                attempt += 1
+                continue
+            return core.check(c, r)
+
+    # -- admin ----------------------------------------------------------------------------------
+    def health(self) -> HealthOut:
+        """GET /healthz: the process is up."""
+        return self._run(call("GET", "/healthz", HealthOut))
+
+    def ready(self) -> ReadyOut:
+        """GET /readyz: models, engines and indexes; `ready` is False while starting (503)."""
+        return self._run(call("GET", "/readyz", ReadyOut, ok=(200, 503), retry=False))
+
+    def metrics(self) -> str:
+        """GET /metrics: the Prometheus exposition text."""
+        return self._run(Call("GET", "/metrics", core.text_of))
+
+    def stats(self) -> dict[str, float]:
+        """The server's metrics as `{"name{label=...}": value}` (parsed from /metrics)."""
+        return core.stats_of(self.metrics())
+
+    def models(self) -> ModelsOut:
+        """GET /v1/models."""
+        return self._run(call("GET", "/v1/models", ModelsOut))
+
+    # -- embeddings -----------------------------------------------------------------------------
+    def embeddings(
+        self,
+        input: str | Sequence[str],
+        model: str | None = None,
+        *,
+        encoding_format: Literal["float", "base64"] = "float",
+        dimensions: int | None = None,
+    ) -> EmbeddingsOut:
+        """POST /v1/embeddings, split into requests under the server's limits."""
+        texts = [input] if isinstance(input, str) else list(input)
+        s = self.settings
+        parts = [
+            self._run(core.embeddings_call(part, model, encoding_format, dimensions))
+            for part in core.split_texts(texts, s.max_inputs, s.max_body_bytes)
+        ] or [self._run(core.embeddings_call(texts, model, encoding_format, dimensions))]
+        return parts[0] if len(parts) == 1 else core.merge_embeddings(parts)
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> list[list[float]]:
+        """Vectors of `texts`, in order (fetched as base64: a third of the bytes of floats)."""
+        return core.vectors_of(self.embeddings(list(texts), model, encoding_format="base64"))
+
+    # -- collections ----------------------------------------------------------------------------
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        dim: int | None = None,
+        metric: Literal["cosine", "ip", "l2"] | None = None,
+        chunking: Mapping[str, Any] | None = None,
+        index: Mapping[str, Any] | None = None,
+    ) -> CollectionOut:
+        """POST /v1/collections: `model` (default the server's), or `dim` + `metric` for
+        your own vectors."""
+        payload = {"name": name, "model": model, "dim": dim, "metric": metric,
+                   "chunking": chunking, "index": index}  # fmt: skip
+        return self._run(call("POST", "/v1/collections", CollectionOut, payload, retry=False))
+
+    def list_collections(self) -> list[CollectionOut]:
+        """GET /v1/collections."""
+        return self._run(call("GET", "/v1/collections", CollectionsOut)).collections
+
+    def get_collection(self, name: str) -> CollectionOut:
+        """GET /v1/collections/{name} (an alias resolves to its collection)."""
+        return self._run(call("GET", f"/v1/collections/{seg(name)}", CollectionOut))
+
+    def delete_collection(self, name: str) -> DeletedOut:
+        """DELETE /v1/collections/{name}."""
+        return self._run(call("DELETE", f"/v1/collections/{seg(name)}", DeletedOut))
+
+    def update_index(self, name: str, index: Mapping[str, Any]) -> CollectionOut:
+        """PATCH /v1/collections/{name}: new index settings, built aside and swapped in."""
+        path = f"/v1/collections/{seg(name)}"
+        return self._run(call("PATCH", path, CollectionOut, {"index": dict(index)}))
+
+    # -- documents and jobs ---------------------------------------------------------------------
+    def add_documents(
+        self,
+        collection: str,
+        documents: Iterable[Doc],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> IngestResult:
+        """POST /v1/collections/{name}/documents, split under the server's limits (one job per
+        request). With `wait`, returns once every job is `done` (the index serves it) or
+        `failed` (JobFailedError unless `raise_on_failure=False`); `progress` is called after
+        each request and each finished job."""
+        s = self.settings
+        bodies = core.split_documents(documents, s.max_documents, s.max_body_bytes)
+        state = Progress(documents=sum(n for n, _ in bodies))
+        result = IngestResult()
+        for n, body in bodies:
+            for submitted in self._submit(collection, n, body):
+                result.submitted.append(submitted)
+                state.submitted += submitted.documents
+                state.unchanged += submitted.unchanged
+                state.jobs += 1
+                if progress:
+                    progress(state)
+        if wait:
+            result.jobs = self.wait_jobs(result.job_ids, timeout=timeout, progress=progress,
+                                         state=state)  # fmt: skip
+            if raise_on_failure and result.failed:
+                first = result.failed[0]
+                raise JobFailedError(
+                    f"{len(result.failed)} of {len(result.jobs)} ingest jobs failed; "
+                    f"job {first.id}: {first.error}",
+                    result.jobs,
+                )
+        return result
+
+    def _submit(self, collection: str, n: int, body: bytes) -> list[Any]:
+        try:
+            return [self._run(core.documents_call(collection, body))]
+        except PayloadTooLargeError:
+            if n < 2:
+                raise
+            parts = core.halves(body)  # over the server's byte limit: halve and try again
+        except InvalidInputError as exc:
+            limit = core.documents_limit(exc.message)
+            if limit is None or n <= limit:
+                raise
+            self.settings.max_documents = limit  # the server's own setting: keep to it
+            parts = core.split_documents(
+                core.documents_of(body), limit, self.settings.max_body_bytes
+            )
+        out: list[Any] = []
+        for m, b in parts:
+            out += self._submit(collection, m, b)
+        return out
+
+    def get_job(self, job_id: str) -> JobOut:
+        """GET /v1/jobs/{job_id}."""
+        return self._run(core.job_call(job_id))
+
+    def wait_job(self, job_id: str, *, timeout: float | None = None) -> JobOut:
+        """Poll a job until it is `done` or `failed` (WaitTimeout after `timeout` seconds)."""
+        return self.wait_jobs([job_id], timeout=timeout)[0]
+
+    def wait_jobs(
+        self,
+        job_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        state: Progress | None = None,
+    ) -> list[JobOut]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        final: dict[str, JobOut] = {}
+        interval = 0.02
+        while True:
+            for job_id in job_ids:
+                if job_id in final:
+                    continue
+                job = self.get_job(job_id)
+                if job.status in core.FINAL_JOB:
+                    final[job_id] = job
+                    if state is not None:
+                        state.jobs_done += job.status == "done"
+                        state.jobs_failed += job.status == "failed"
+                        if progress:
+                            progress(state)
+            if len(final) == len(job_ids):
+                return [final[j] for j in job_ids]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"{len(job_ids) - len(final)} jobs not finished in {timeout} s")
+            time.sleep(interval)
+            interval = core.next_poll(interval)
+
+    def get_document(self, collection: str, document_id: str, *,
+                     missing_ok: bool = False) -> DocumentOut | None:  # fmt: skip
+        """GET /v1/collections/{name}/documents/{id}: the stored text and metadata; with
+        `missing_ok`, None for an unknown document instead of NotFoundError."""
+        path = f"/v1/collections/{seg(collection)}/documents/{seg(document_id)}"
+        try:
+            return self._run(call("GET", path, DocumentOut))
+        except NotFoundError:
+            if missing_ok:
+                return None
+            raise
+
+    def delete_document(self, collection: str, document_id: str, *,
+                        missing_ok: bool = False) -> DeletedOut | None:  # fmt: skip
+        """DELETE /v1/collections/{name}/documents/{id}; with `missing_ok`, None for an
+        unknown document instead of NotFoundError."""
+        path = f"/v1/collections/{seg(collection)}/documents/{seg(document_id)}"
+        try:
+            return self._run(call("DELETE", path, DeletedOut))
+        except NotFoundError:
+            if missing_ok:
+                return None
+            raise
+
+    # -- query ----------------------------------------------------------------------------------
+    def query(
+        self,
+        collection: str,
+        text: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        space_id: str | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        group_by: Literal["document"] | None = None,
+        ef_search: int | None = None,
+    ) -> QueryOut:
+        """POST /v1/collections/{name}/query: `text` or `vector` (+ `space_id`); `filter` like
+        `{"lang": "en", "year": {"$gte": 2020}}`; `group_by="document"` for one hit per
+        document."""
+        payload = {"text": text, "vector": list(vector) if vector is not None else None,
+                   "space_id": space_id, "k": k, "filter": filter, "group_by": group_by,
+                   "ef_search": ef_search}  # fmt: skip
+        return self._run(call("POST", f"/v1/collections/{seg(collection)}/query", QueryOut,
+                              payload))  # fmt: skip
+
+    # -- upgrades -------------------------------------------------------------------------------
+    def start_upgrade(
+        self,
+        collection: str,
+        model: str,
+        *,
+        auto_cutover: bool = False,
+        eval: Sequence[Mapping[str, Any]] | None = None,
+        gate: Mapping[str, Any] | None = None,
+    ) -> UpgradeOut:
+        """POST /v1/collections/{name}/upgrade: shadow re-index into `model`'s space."""
+        payload = {"model": model, "auto_cutover": auto_cutover,
+                   "eval": list(eval) if eval is not None else None, "gate": gate}  # fmt: skip
+        path = f"/v1/collections/{seg(collection)}/upgrade"
+        return self._run(call("POST", path, UpgradeOut, payload, retry=False))
+
+    def upgrade_status(self, collection: str) -> UpgradeOut:
+        """GET /v1/collections/{name}/upgrade: progress, ETA, gate report."""
+        return self._run(call("GET", f"/v1/collections/{seg(collection)}/upgrade", UpgradeOut))
+
+    def wait_upgrade(self, collection: str, *, timeout: float | None = None,
+                     poll: float = 0.5) -> UpgradeOut:  # fmt: skip
+        """Poll until the upgrade stops back-filling (ready, gate_failed, cut_over, failed...)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.upgrade_status(collection)
+            if status.state in core.SETTLED_UPGRADE:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"upgrade of {collection!r} still {status.state} after "
+                                  f"{timeout} s ({status.done}/{status.total})")  # fmt: skip
+            time.sleep(poll)
+
+    def cutover(
+        self,
+        collection: str,
+        *,
+        eval: Sequence[Mapping[str, Any]] | None = None,
+        gate: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> UpgradeOut:
+        """POST /v1/collections/{name}/upgrade/cutover: run the gate, flip the serving space."""
+        payload = {"eval": list(eval) if eval is not None else None, "gate": gate,
+                   "force": force}  # fmt: skip
+        path = f"/v1/collections/{seg(collection)}/upgrade/cutover"
+        return self._run(call("POST", path, UpgradeOut, payload, retry=False))
+
+    def rollback(self, collection: str) -> RollbackOut:
+        """POST /v1/collections/{name}/rollback: serve the previous space again."""
+        path = f"/v1/collections/{seg(collection)}/rollback"
+        return self._run(call("POST", path, RollbackOut, {}, retry=False))
+
+    def retire(self, collection: str, space_id: str | None = None) -> RetireOut:
+        """POST /v1/collections/{name}/retire: delete a retained space (default: previous)."""
+        path = f"/v1/collections/{seg(collection)}/retire"
+        return self._run(call("POST", path, RetireOut, {"space_id": space_id}, retry=False))
+
+    # -- aliases --------------------------------------------------------------------------------
+    def set_alias(self, alias: str, collection: str) -> AliasOut:
+        """POST /v1/aliases: point `alias` at `collection` (atomically)."""
+        payload = {"alias": alias, "collection": collection}
+        return self._run(call("POST", "/v1/aliases", AliasOut, payload))
+
+    def list_aliases(self) -> dict[str, str]:
+        """GET /v1/aliases: alias -> collection."""
+        return self._run(call("GET", "/v1/aliases", AliasesOut)).aliases
+
+    def delete_alias(self, alias: str) -> DeletedOut:
+        """DELETE /v1/aliases/{alias}."""
+        return self._run(call("DELETE", f"/v1/aliases/{seg(alias)}", DeletedOut))
