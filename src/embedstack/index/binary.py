@@ -231,7 +231,14 @@ class BinaryIndex:
             params = faiss.SearchParameters()
         if sel is not None:
             params.sel = sel
-        _, cand = self._codes.search(self._encode(queries), fetch, params=params)
+        omp = faiss.omp_get_max_threads() if len(queries) == 1 else 1
+        if omp != 1:  # one query: OpenMP threads only spin (faiss_index.py does the same)
+            faiss.omp_set_num_threads(1)
+        try:
+            _, cand = self._codes.search(self._encode(queries), fetch, params=params)
+        finally:
+            if omp != 1:
+                faiss.omp_set_num_threads(omp)
         del keep  # the selector's bits stayed referenced through the search
         scores_out, ids_out = empty_result(len(queries), k, self._metric)
         block = max(1, RESCORE_FLOATS // (fetch * self._dim))
