@@ -25,6 +25,7 @@ from embedstack.registry.fusion import blend, min_max, rrf
 from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings, resolve
 from embedstack.registry.scoring import ChunkScore, score_documents
 from embedstack.storage.lexical import match_expression
+from embedstack.storage.migrations import MIGRATIONS, statements
 from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
 from embedstack.types import CollectionConfig, IndexSpec
 
@@ -83,19 +84,21 @@ def test_lexical_index_follows_chunk_writes_and_deletes(tmp_path: Path) -> None:
 
 
 def test_migration_backfills_the_lexical_index(tmp_path: Path) -> None:
-    """A store from before migration 3 gets its existing chunks indexed on upgrade."""
+    """A store from before the lexical migration gets its existing chunks indexed by it."""
     store = _store(tmp_path)
     _write(store, "a", ["ancient words here"])
+    lexical_sql = next(sql for sql in MIGRATIONS if "chunks_fts" in sql)
     with store._tx() as c:
         for trigger in ("insert", "delete", "update"):
             c.execute(f"DROP TRIGGER chunks_fts_{trigger}")
         c.execute("DROP TABLE chunks_fts")
-        c.execute("DELETE FROM schema_version WHERE version = 3")
+        for statement in statements(lexical_sql):  # what _migrate runs for it
+            c.execute(statement)
+    assert len(store.lexical_search("c", "sp1", "ancient", 5)[0]) == 1
+    store.lexical_check()
+    _write(store, "b", ["ancient again"])  # and the triggers are back
+    assert len(store.lexical_search("c", "sp1", "ancient", 5)[0]) == 2
     store.close()
-    again = Store(tmp_path / "store.db")
-    assert len(again.lexical_search("c", "sp1", "ancient", 5)[0]) == 1
-    again.lexical_check()
-    again.close()
 
 
 def test_rrf_and_blend() -> None:

@@ -31,6 +31,7 @@ DEFAULT_FUSION = "blend"
 DEFAULT_ALPHA = 0.5
 DEFAULT_DOC_SCORING = "first_prior"
 ROUNDS = 3
+MAX_DEPTH = 16_384  # candidates one list may contribute, whatever k and grouping ask
 
 
 @dataclass(frozen=True)
@@ -145,15 +146,15 @@ def search(
             for hit in hits:
                 hit["score"] = -hit["score"]  # back to a distance, as dense l2 reports
         full = len(dense[0]) >= depth or len(lexical[0]) >= depth
-        if len(hits) >= k or not full:
+        if len(hits) >= k or not full or depth >= MAX_DEPTH:
             break
-        depth *= 4
+        depth = min(depth * 4, MAX_DEPTH)
     return hits
 
 
 def candidate_depth(k: int, group: bool) -> int:
     """Candidates each list contributes (more when documents group several chunks)."""
-    return max(8 * k, 80) if group else max(4 * k, 40)
+    return min(MAX_DEPTH, max(8 * k, 80) if group else max(4 * k, 40))
 
 
 def lexical_candidates(
