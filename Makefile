@@ -4,6 +4,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA ?= ./data
+# the quick start runs on loopback without API keys (serve prints a warning); AUTH= (empty) turns
+# keys on: create one first with `embedstack keys create --data-dir $(DATA) --scope admin`
+AUTH ?= --insecure-no-auth
 
 .PHONY: install dev run test sizes lint typecheck pytest bench bench-deps bench-corpora bench-index clean
 
@@ -32,7 +35,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
 run: install
-	HF_HUB_OFFLINE=1 $(BIN)/embedstack serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
+	HF_HUB_OFFLINE=1 $(BIN)/embedstack serve --host $(HOST) --port $(PORT) --data-dir $(DATA) $(AUTH)
 
 sizes: | $(BIN)/python
 	$(BIN)/python tools/check_sizes.py --limit-mb 5

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from embedstack.inference.engines.torch import cpu_flags
 
 from common import load_note, say, table
+from embedstack.inference.engines.torch import cpu_flags
 from embedstack.inference.models.bundled import L6
 from embedstack.inference.models.catalog import Catalog
-from embedstack.inference.models.gate import race
 from embedstack.inference.models.invariance import subsample
+from embedstack.inference.models.race import race
 
 FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 

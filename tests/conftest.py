@@ -7,12 +7,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 import pytest
 
+from embedstack.config import Settings
 from embedstack.index.common import unit_rows
 from embedstack.testing import ServerProcess
 
@@ -34,7 +36,11 @@ class Server(ServerProcess):
 def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTACK_")}
     env.update(
-        HF_HUB_OFFLINE="1", EMBEDSTACK_ENABLE_TEST_MODELS="1", EMBEDSTACK_LOG_LEVEL="warning"
+        HF_HUB_OFFLINE="1",
+        EMBEDSTACK_ENABLE_TEST_MODELS="1",
+        EMBEDSTACK_LOG_LEVEL="warning",
+        # a loaded test machine must not shed the suite's queries (100 ms is the default SLO)
+        EMBEDSTACK_QUERY_BUDGET_MS="10000",
     )
     env.update(extra)
     return env
@@ -108,3 +114,16 @@ def clustered(
     )
     x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim))
     return unit_rows(x) if normalize else x.astype(np.float32)
+
+
+def in_process_settings(tmp_path: Path, **extra: Any) -> Settings:
+    """Settings of an app run in process with starlette's TestClient: the hashing test model,
+    no keys (loopback development mode) and TestClient's Host header allowed."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        enable_test_models=True,
+        default_model="hashing-test",
+        insecure_no_auth=True,
+        allowed_hosts=["testserver"],
+        **extra,
+    )

@@ -62,14 +62,27 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0)
     max_pending: int = Field(8192, ge=1)
     max_pending_bulk: int = Field(4096, ge=1)
+    # while queries wait, one bulk (ingest, back-fill) batch per this many query batches, and
+    # while queries are about, bulk batches are cut to this much estimated model time
+    bulk_every: int = Field(4, ge=1)
+    bulk_batch_ms: float = Field(20.0, gt=0)
+    # latency budget of a query (the SLO): refused with 429 when it would be missed; a request
+    # may send its own (body budget_ms or header X-Request-Budget-Ms) up to max_query_budget_ms
+    query_budget_ms: float = Field(100.0, gt=0)
+    max_query_budget_ms: float = Field(60_000.0, gt=0)
+    max_search_inflight: int = Field(64, ge=1, description="searches running or queued")
     # ingest
     visibility_timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    job_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="done jobs kept this long")
     ingest_batch_documents: int = Field(64, ge=1, description="documents a worker embeds together")
     # limits
     max_document_chars: int = Field(2_000_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_documents_per_request: int = Field(1000, ge=1)
+    # a document's metadata is parsed on every query hit: keep it small and shallow
+    max_metadata_bytes: int = Field(64 * 1024, ge=16)
+    max_metadata_depth: int = Field(16, ge=1, le=64)
     max_inputs_per_embedding_request: int = Field(2048, ge=1)
     max_k: int = Field(1000, ge=1)
     # index upkeep
@@ -77,7 +90,23 @@ class Settings(BaseSettings):
     sync_interval_s: float = Field(0.2, gt=0)
     compaction_ratio: float = Field(0.2, gt=0, lt=1)
     search_threads: int = Field(2, ge=1)
+    # SIGTERM: stop admitting (503), let in-flight jobs finish for up to this long (then give
+    # their leases back), snapshot, then let in-flight requests finish for up to this long
+    shutdown_timeout_s: float = Field(20.0, gt=0)
     log_level: str = "info"
+    # access control (serving/auth.py). Auth is on unless this is set, which serve allows only
+    # on a loopback address
+    insecure_no_auth: bool = False
+    # Host names the server answers besides localhost/127.0.0.1/[::1] and the bound address
+    # (DNS-rebinding defence, also without auth); ["*"] turns the check off
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # per-key token buckets (a key's own limits win); 0 = unlimited
+    rate_limit_rps: float = Field(100.0, ge=0)
+    rate_limit_texts_per_s: float = Field(10000.0, ge=0)
+    rate_limit_burst_s: float = Field(2.0, gt=0, description="bucket size, in seconds of rate")
+    max_filter_conditions: int = Field(256, ge=1, description="fields + operators + $in values")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def load(cls, toml_path: Path | None = None, **overrides: Any) -> Settings:

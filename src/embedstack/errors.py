@@ -44,3 +44,16 @@ class Overloaded(EmbedStackError):
 
 class Unavailable(EmbedStackError):
     pass
+
+
+class Unauthorized(EmbedStackError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+
+class Forbidden(EmbedStackError):
+    """A valid API key without the scope or grant the request needs."""
+
+
+class InsufficientStorage(Unavailable):
+    """The disk (or a file-size limit) is full: the write was not made and nothing acknowledged
+    was lost; reads keep working. Free space, then retry."""

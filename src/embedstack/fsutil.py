@@ -4,6 +4,7 @@ there is one way to do it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from embedstack.errors import InsufficientStorage
 
 
 def fsync_dir(path: Path) -> None:
@@ -86,3 +89,21 @@ def atomic_build(path: Path, build: Callable[[Path], None]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def storage_failure(exc: BaseException, what: str) -> InsufficientStorage | None:
+    """The InsufficientStorage error for a write that failed because the disk (or a file-size
+    limit, RLIMIT_FSIZE) is full, or None when `exc` is some other failure. SQLite reports a
+    short write as "database or disk is full" and a refused one (EFBIG) as "disk I/O error"."""
+    text = str(exc).lower()
+    full = isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+    full = full or "disk is full" in text or "disk i/o error" in text
+    if not full:
+        return None
+    return InsufficientStorage(
+        f"{what} could not be written ({exc}): the disk is full or a file-size limit was "
+        "reached. Nothing acknowledged was lost and reads keep working; free space and retry"
+    )
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -62,7 +63,9 @@ def wait_until(
 class ServerProcess:
     """`embedstack serve` on a free loopback port with its own data dir, ready once /readyz
     answers 200; usable as a context manager. `command` replaces `python -m embedstack` (e.g.
-    with a profiling wrapper); `args` are extra `serve` flags."""
+    with a profiling wrapper); `args` are extra `serve` flags. Without `auth` the server runs
+    with --insecure-no-auth (loopback only); with it, requests need a key: `api_key` is sent by
+    `client()`. `tls` serves HTTPS from (certificate, key) files."""
 
     def __init__(
         self,
@@ -71,7 +74,13 @@ class ServerProcess:
         args: Sequence[str] = (),
         command: Sequence[str] = EMBEDSTACK,
         log_dir: Path | None = None,
+        auth: bool = False,
+        api_key: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        self.auth = auth
+        self.api_key = api_key
+        self.tls = tls
         self.data_dir = data_dir
         self.env = env
         self.args = list(args)
@@ -83,13 +92,17 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         self.port = free_port()
         self.log = self.log_dir / f"server-{self.port}.log"
         cmd = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
+        if not self.auth:
+            cmd.append("--insecure-no-auth")
+        if self.tls:
+            cmd += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
         )
@@ -101,7 +114,11 @@ class ServerProcess:
         return self
 
     def _ready(self) -> bool:
-        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        return httpx.get(f"{self.url}/readyz", timeout=2, verify=self._verify()).status_code == 200
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """Trust the server's own certificate (a test's self-signed one)."""
+        return ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
 
     def stop(self, kill: bool = False, grace: float = 30.0) -> None:
         if self.proc is not None:
@@ -112,8 +129,12 @@ class ServerProcess:
         assert self.proc is not None, "the server is not running"
         self.proc.send_signal(signum)
 
-    def client(self, timeout: float = 60.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+    def client(self, timeout: float = 60.0, api_key: str | None = None) -> httpx.Client:
+        key = api_key or self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        return httpx.Client(
+            base_url=self.url, timeout=timeout, headers=headers, verify=self._verify()
+        )
 
     def __enter__(self) -> ServerProcess:
         return self.start() if self.proc is None else self

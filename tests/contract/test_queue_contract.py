@@ -478,3 +478,33 @@ def test_sqlite_threads_in_two_processes_lease_each_job_exactly_once(fast_dir: P
         job = q.get(job_id)
         assert (job.attempts, job.result) == (1, {"by": name})
     q.close()
+
+
+def test_purge_forgets_old_done_jobs_only(queue: Queue, advance: Callable[[float], None]) -> None:
+    done, dead, waiting = queue.enqueue({"n": 1}), queue.enqueue({"n": 2}), queue.enqueue({"n": 3})
+    job = _lease(queue)
+    assert job.id == done and queue.ack(done, job.lease_id or "", {})
+    for _ in range(MAX_ATTEMPTS):
+        job = _lease(queue)
+        assert job.id == dead
+        queue.fail(dead, job.lease_id or "", "boom")
+    advance(100.0)
+    recent = queue.enqueue({"n": 4})
+    assert queue.purge(older_than=50.0) == 1
+    with pytest.raises(NotFound):
+        queue.get(done)
+    assert {queue.get(j).status for j in (dead, waiting, recent)} == {"dead", "queued"}
+    assert queue.purge(older_than=50.0) == 0
+
+
+def test_release_gives_the_job_back_at_once_without_counting_the_attempt(queue: Queue) -> None:
+    job_id = queue.enqueue({"n": 1})
+    job = _lease(queue, vt=3600.0)
+    assert job.lease_id is not None
+    assert not queue.release(job_id, "not-our-lease")
+    assert queue.release(job_id, job.lease_id)
+    again = queue.get(job_id)
+    assert again.status == "queued" and again.attempts == 0 and again.lease_id is None
+    # available now, not after the visibility timeout; the old lease is void
+    assert _lease(queue, "w2").id == job_id
+    assert not queue.release(job_id, job.lease_id)

@@ -19,7 +19,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 COMMANDS = ("serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "eval")  # fmt: skip
+            "tune", "plan", "keys", "backup", "restore", "doctor", "eval")  # fmt: skip
 
 
 def test_help_explains_every_command() -> None:
@@ -123,3 +123,32 @@ def test_upgrade_rollback_retire_commands(
         assert again.returncode != 0 and "no previous space" in again.stderr
     finally:
         server.stop()
+
+
+def test_ingest_create_takes_chunking_defaults_from_the_model(tmp_path: Path) -> None:
+    from embedstack.storage.store import Store
+
+    doc = tmp_path / "a.txt"
+    doc.write_text("A short note about chunking defaults.")
+    data = tmp_path / "data"
+    l3 = ("--create", "--model", "paraphrase-MiniLM-L3-v2", "--no-wait", "--data-dir", str(data))
+    out = _run("ingest", str(doc), "-c", "small", *l3)
+    assert out.returncode == 0, out.stderr
+    out = _run("ingest", str(doc), "-c", "sized", *l3, "--chunk-size", "64")
+    assert out.returncode == 0, out.stderr
+    out = _run("ingest", str(doc), "-c", "big", *l3, "--chunk-size", "200")
+    assert out.returncode != 0 and "model limit of 128" in out.stderr
+    store = Store(data / "store.db")
+    try:
+        chunking = {r.name: r.config.chunking for r in store.list_collections()}
+    finally:
+        store.close()
+    assert set(chunking) == {"small", "sized"}
+    assert chunking["small"] is not None and (
+        chunking["small"].size,
+        chunking["small"].overlap,
+    ) == (128, 16)
+    assert chunking["sized"] is not None and (
+        chunking["sized"].size,
+        chunking["sized"].overlap,
+    ) == (64, 8)

@@ -58,6 +58,11 @@ ROUTES = {
     ("post", "/v1/aliases"): "set_alias",
     ("get", "/v1/aliases"): "list_aliases",
     ("delete", "/v1/aliases/{alias}"): "delete_alias",
+    ("post", "/v1/keys"): "create_key",
+    ("get", "/v1/keys"): "list_keys",
+    ("post", "/v1/keys/{prefix}/rotate"): "rotate_key",
+    ("delete", "/v1/keys/{prefix}"): "revoke_key",
+    ("get", "/v1/audit"): "audit",
 }
 
 MAX_DOCS, MAX_BODY = 5, 4096  # the server's limits in this module

@@ -168,3 +168,14 @@ def test_a_pinned_backend_replaces_the_auto_choice(cache: Path) -> None:
         pinned("onnx-fp64").check_pins()
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         Catalog(cache, pins={"nope": "onnx-fp32"}).check_pins()
+
+
+def test_check_race_records_the_choice_and_the_load_it_ran_under(cache: Path) -> None:
+    runner = CliRunner()
+    args = ["--queries", str(QUERIES), "--cache-dir", str(cache)]
+    out = runner.invoke(models_cli, ["check", L3.name, "--race", "--idle-wait", "0", *args])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith(f"{L3.name}: auto serves "))
+    assert " CPUs (" in line and "texts/s: " in line, line
+    listed = runner.invoke(models_cli, ["list", *args])
+    assert f"{L3.name}: speed race at load " in listed.output, listed.output

@@ -164,10 +164,14 @@ def test_gate_refuses_a_worse_model_and_upgrade_survives_restart(
     with server.client() as c:
         assert wait_job(c, job["job_id"])["status"] == "done"
         _wait_state(c, "kb", {"ready"})
-        # a labeled set that the new space cannot answer as well as the old: wrong labels for new
-        # are impossible to fake with equal models, so demand a recall the data cannot give
-        bad_gate = {"k": 1, "min_recall": 1.01}
-        labeled = [{"query": d["text"], "document_id": d["id"]} for d in docs[:20]]
+        # a recall over 1 is no threshold at all: refused, naming the field
+        r = c.post("/v1/collections/kb/upgrade/cutover", json={"gate": {"min_recall": 1.01}})
+        assert r.status_code == 422 and "min_recall" in r.json()["error"]["message"]
+        # wrong labels for new alone are impossible to fake with equal models, so label every
+        # query with another document and demand a recall the data cannot give
+        bad_gate = {"k": 1, "min_recall": 1.0}
+        labeled = [{"query": d["text"], "document_id": docs[i + 1]["id"]}
+                   for i, d in enumerate(docs[:20])]  # fmt: skip
         r = c.post("/v1/collections/kb/upgrade/cutover", json={"eval": labeled, "gate": bad_gate})
         assert r.status_code == 409 and "recall@1" in r.json()["error"]["message"]
         assert c.get("/v1/collections/kb").json()["model"] == "hashing-test"

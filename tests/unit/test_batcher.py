@@ -443,3 +443,107 @@ def test_config_validation() -> None:
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError):
         BatcherConfig(max_wait_ms=-1)
+
+
+class SlowFake(FakeEmbedder):
+    """FakeEmbedder that takes `delay` seconds per batch (a measurable service time)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
+        time.sleep(self.delay)
+        return super().embed_batch(texts, encoded)
+
+
+def test_deadline_admission_refuses_what_would_miss_and_admits_what_fits() -> None:
+    fake = SlowFake(0.02)
+    metrics = Metrics()
+
+    async def main() -> None:
+        async with started(fake, metrics, max_batch_size=1) as b:
+            assert b.estimate_wait([3]) is None  # nothing measured: nothing refused
+            await b.embed([text(1)], deadline=time.monotonic() + 60)
+            idle = b.estimate_wait([3])
+            assert idle is not None and idle >= 0.015  # about one batch
+            blocker = await occupy(b, fake)
+            queued = [asyncio.create_task(b.embed([text(10 + i)])) for i in range(10)]
+            await settle()
+            busy = b.estimate_wait([3])
+            assert busy is not None and busy >= 10 * 0.015  # ten batches of one ahead of it
+            with pytest.raises(Overloaded, match="budget") as refused:
+                await b.embed([text(50)], deadline=time.monotonic() + busy / 4)
+            assert refused.value.retry_after > 0
+            assert b.pending()["query"] == 11  # the refused text was never queued
+            fits = asyncio.create_task(b.embed([text(51)], deadline=time.monotonic() + 60))
+            fake.gate.set()
+            await asyncio.gather(blocker, *queued)
+            assert ids(await fits) == [51]
+
+    run(main())
+    assert text(50) not in fake.seen()
+    sample = metrics.registry.get_sample_value
+    assert sample("embedstack_shed_total", {"stage": "embed", "reason": "budget"}) == 1
+    # observed at each admission with a deadline once the model's speed is known
+    assert sample("embedstack_estimated_wait_seconds_count", {"stage": "embed"}) == 2
+
+
+def test_texts_whose_deadline_passes_in_the_queue_never_reach_the_model() -> None:
+    fake = FakeEmbedder()
+    metrics = Metrics()
+
+    async def main() -> None:
+        async with started(fake, metrics, max_batch_size=4) as b:
+            blocker = await occupy(b, fake)  # model busy, nothing measured yet: all admitted
+            late = asyncio.create_task(b.embed([text(7)], deadline=time.monotonic() + 0.05))
+            ready = asyncio.create_task(  # a full batch: handed to the runner while it waits
+                b.embed([text(i) for i in range(20, 24)], deadline=time.monotonic() + 0.05)
+            )
+            ok = asyncio.create_task(b.embed([text(8)], deadline=time.monotonic() + 60))
+            await asyncio.sleep(0.2)
+            fake.gate.set()
+            await blocker
+            for doomed in (late, ready):
+                with pytest.raises(Overloaded, match="dropped"):
+                    await doomed
+            assert ids(await ok) == [8]
+            assert b.pending() == {"query": 0, "bulk": 0}
+
+    run(main())
+    assert not {text(7), *(text(i) for i in range(20, 24))} & set(fake.seen())
+    sample = metrics.registry.get_sample_value
+    assert sample("embedstack_deadline_dropped_total", {"stage": "embed"}) == 5
+
+
+def test_bulk_keeps_a_minimum_share_while_queries_wait() -> None:
+    fake = FakeEmbedder()
+
+    async def main() -> None:
+        async with started(fake, max_batch_size=1, bulk_every=3) as b:
+            blocker = await occupy(b, fake)
+            bulk = asyncio.create_task(b.embed([text(i) for i in range(100, 104)], lane="bulk"))
+            await settle()
+            queries = [asyncio.create_task(b.embed([text(i)])) for i in range(1, 13)]
+            await settle()
+            fake.gate.set()
+            await asyncio.gather(blocker, bulk, *queries)
+
+    run(main())
+    kinds = ["b" if int(batch[0].split()[0]) >= 100 else "q" for batch in fake.batches[1:]]
+    # at most one bulk batch was handed over before queries came; then one per 3 query batches
+    run_lengths = "".join(kinds).lstrip("b").split("b")
+    assert kinds.count("b") == 4 and all(len(r) <= 3 for r in run_lengths[:-1]), kinds
+
+
+def test_an_idle_model_admits_even_a_tight_deadline_so_its_speed_stays_measured() -> None:
+    fake = SlowFake(0.05)
+
+    async def main() -> None:
+        async with started(fake, max_batch_size=1) as b:
+            await b.embed([text(1)])
+            # nothing ahead: admitted although one batch takes longer than the budget (else a
+            # bad estimate could refuse everything forever, with nothing left to correct it)
+            assert ids(await b.embed([text(2)], deadline=time.monotonic() + 0.01)) == [2]
+
+    run(main())

@@ -13,10 +13,10 @@ from embedstack.inference.models.gate import (
     GateSample,
     compare,
     load_sample,
-    race,
     recall_at_k,
     run_gate,
 )
+from embedstack.inference.models.race import race
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
@@ -147,7 +147,7 @@ class _FakeCatalog:
     def cached_auto_choice(self, model: str) -> str | None:
         return self.cached
 
-    def choose(self, model: str) -> str:
+    def choose(self, model: str, force_race: bool = False, stop: object = None) -> str:
         self.release.wait(10)
         return "fast"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from embedstack.errors import Conflict, SpaceMismatch
 from embedstack.inference.backend import ModelEntry, ModelRegistry
@@ -164,3 +165,17 @@ def test_an_upgrade_backfills_cuts_over_and_rolls_back(node: Node) -> None:
     assert node.search("docs", "a dog barks")[0] == "dog"
     assert node.upgrades.retire("docs") != old
     assert [s.space_id for s in node.store.spaces("docs")] == [old]
+
+
+def test_a_retired_space_leaves_no_metric_series(node: Node) -> None:
+    node.collections.create("docs")
+    node.submit("docs", DOCS)
+    node.drain()
+    node.upgrades.start("docs", "hash-b")
+    node.drain()
+    asyncio.run(node.upgrades.refresh())
+    asyncio.run(node.upgrades.cutover("docs"))
+    old = node.upgrades.retire("docs")
+    node.indexes.sync_all()
+    exported = generate_latest(node.indexes._metrics.registry).decode()
+    assert old not in exported

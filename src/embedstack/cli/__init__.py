@@ -1,14 +1,16 @@
 """The embedstack command line: one click group; build_cli() attaches every command.
 
-One module per command family (serve, ingest, query, models, upgrade, tune, plan, eval);
-cli/common.py holds the shared options and the error policy, cli/http.py the client of the
-server-driving commands. Nothing registers itself on import: build_cli() is the one list of
+One module per command family (serve, ingest, query, models, upgrade, tune, plan, backup,
+eval); cli/common.py holds the shared options and the error policy, cli/http.py the client of
+the server-driving commands. Nothing registers itself on import: build_cli() is the one list of
 commands, and main() is the one place that sets process environment.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +28,10 @@ EMBEDSTACK_* environment variables, an optional --config TOML file, and flags.
 
 def build_cli() -> click.Group:
     """The `embedstack` group with every command attached."""
+    from embedstack.cli.backup import backup, doctor, restore
     from embedstack.cli.eval import eval_command
     from embedstack.cli.ingest import ingest
+    from embedstack.cli.keys import keys
     from embedstack.cli.models import models
     from embedstack.cli.plan import plan
     from embedstack.cli.query import query
@@ -36,9 +40,8 @@ def build_cli() -> click.Group:
     from embedstack.cli.upgrade import retire, rollback, upgrade
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-    for command in (
-        serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan, eval_command,
-    ):  # fmt: skip
+    for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
+                    keys, backup, restore, doctor, eval_command):  # fmt: skip
         cli.add_command(command)
     return cli
 
@@ -48,4 +51,29 @@ def main(args: Sequence[str] | None = None, **extra: Any) -> Any:
     standalone_mode=False)."""
     # process environment belongs to the entry point: the bundled models need no hub access
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return build_cli().main(args, prog_name="embedstack", **extra)
+    if extra.get("standalone_mode", True) is False:
+        return build_cli().main(args, prog_name="embedstack", **extra)
+    try:
+        return build_cli().main(args, prog_name="embedstack", **extra)
+    except SystemExit as exc:
+        _exit_past_gate_threads(exc.code)
+        raise
+
+
+def _exit_past_gate_threads(code: object) -> None:
+    """End the process now if a background accuracy gate is still running.
+
+    A model's engine is gated in a thread (minutes on a busy machine) that was asked to stop
+    but may be inside ONNX Runtime or OpenVINO; letting the interpreter tear down around it
+    aborts the process ("terminate called without an active exception") after the command has
+    finished. Its results are written atomically, so nothing is lost by not waiting."""
+    if "embedstack.inference.models.auto" not in sys.modules:
+        return  # no model was loaded: nothing to wait for (and --help stays light)
+    from embedstack.inference.models.auto import GATE_THREAD_PREFIX
+
+    gating = (t for t in threading.enumerate() if t.name.startswith(GATE_THREAD_PREFIX))
+    if not any(t.is_alive() for t in gating):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

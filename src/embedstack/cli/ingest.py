@@ -77,6 +77,7 @@ def run_ingest(
     try:
         asyncio.run(_ingest(services, path, collection, create, model, chunking, job_size, wait))
     finally:
+        services.models.close()
         services.queue.close()
         services.store.close()
 

@@ -15,15 +15,20 @@ if TYPE_CHECKING:
 CACHE_HELP = "Folder for ONNX exports and gate reports (default ~/.cache/embedstack)."
 
 
-def _catalog(cache_dir: Path | None, queries: int | None = None) -> Catalog:
+def _catalog(
+    cache_dir: Path | None, queries: int | None = None, race_wait_s: float | None = None
+) -> Catalog:
     from embedstack.config import Settings
     from embedstack.inference.models.catalog import Catalog
     from embedstack.inference.models.gate import load_sample
+    from embedstack.inference.models.race import IDLE_WAIT_S
     from embedstack.serving.services import remote_configs
 
     sample = load_sample()
     remotes = remote_configs(Settings.load())  # listed without their API keys
-    return Catalog(cache_dir, sample=sample.head(queries) if queries else sample, remotes=remotes)
+    head = sample.head(queries) if queries else sample
+    wait = IDLE_WAIT_S if race_wait_s is None else race_wait_s
+    return Catalog(cache_dir, sample=head, remotes=remotes, race_wait_s=wait)
 
 
 cache_option = click.option(
@@ -65,6 +70,11 @@ def list_models(queries: int | None, cache_dir: Path | None) -> None:
             f"{row.name:42} {s.dim or '-':>4} {s.metric:6} {s.max_tokens:>7} {row.backend:26} "
             f"{s.precision:13} {row.space_id:19} {speed}  {inv:>9} {same:10} {gate}"
         )
+    for model in catalog.models():
+        load = catalog.race_load(model)
+        if load is not None:
+            click.echo(f"{model}: speed race at {load.describe()}; "
+                       f"`embedstack models check {model} --race` races again")  # fmt: skip
 
 
 @models.command()
@@ -74,10 +84,21 @@ def list_models(queries: int | None, cache_dir: Path | None) -> None:
     "--queries", type=int, default=None, help="Use only the first N sample queries (faster)."
 )
 @click.option("--strict", is_flag=True, help="Exit 1 if any checked backend is refused.")
+@click.option("--race", "race_again", is_flag=True,
+              help="Race the passing backends of each model again and record the new auto "
+                   "choice (waits up to --idle-wait for a quiet machine first).")  # fmt: skip
+@click.option(
+    "--idle-wait",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a race waits for the load average to drop under 0.5 per CPU.",
+)
 @cache_option
 def check(
-    names: tuple[str, ...], force: bool, queries: int | None, strict: bool, cache_dir: Path | None
-) -> None:
+    names: tuple[str, ...], force: bool, queries: int | None, strict: bool, race_again: bool,
+    idle_wait: float, cache_dir: Path | None,
+) -> None:  # fmt: skip
     """Gate backends against the fp32 reference on real text and record the verdicts.
 
     NAMES are models ("all-MiniLM-L6-v2": all its backends) or "<model>@<backend>"; none means
@@ -104,5 +125,18 @@ def check(
             continue
         refused += not report.passed
         click.echo(f"{report.summary()}; {report.texts_per_s:.0f} texts/s")
+    if race_again:
+        catalog = _catalog(cache_dir, queries, race_wait_s=idle_wait)
+        for model in dict.fromkeys(m for m, _ in targets):
+            choice = catalog.choose(model, force_race=True)
+            speeds = catalog.race_speeds(model)
+            load = catalog.race_load(model)
+            ranked = ", ".join(
+                f"{b} {v:.0f}" for b, v in sorted(speeds.items(), key=lambda x: -x[1])
+            )
+            where = f" at {load.describe()}" if load else ""
+            click.echo(
+                f"{model}: auto serves {choice}{where} (texts/s: {ranked or 'one passing backend'})"
+            )
     if refused and strict:
         raise SystemExit(1)

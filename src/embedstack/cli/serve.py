@@ -32,9 +32,17 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
 @click.option("--workers", type=int, default=None,
               help=f"In-process ingest workers (default: {ENV_PREFIX}WORKERS, else "
               f"{setting_default('workers')}).")  # fmt: skip
+@click.option("--insecure-no-auth", is_flag=True, default=None,
+              help="Serve without API keys (every caller is an admin of the default tenant). "
+              "Allowed only on a loopback address; for trying things out.")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM certificate (chain) file: serve HTTPS (with --tls-key).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM private key file of --tls-cert.")  # fmt: skip
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
+    insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
     config: Path | None,
 ) -> None:  # fmt: skip
     """Run the HTTP server with in-process ingest workers.
@@ -42,18 +50,52 @@ def serve(
     Loads the bundled all-MiniLM-L6-v2 model, opens every collection's index (from its snapshot
     plus the store's later changes) and serves the API; see /docs for it. A setting this
     machine cannot honour stops it at startup with one line saying which.
-    """
-    import uvicorn
 
+    Every request needs an API key (`embedstack keys create`) unless --insecure-no-auth is
+    given, which only a loopback address allows.
+    """
     from embedstack.serving.app import create_app
+    from embedstack.serving.auth import check_bind, is_loopback
+    from embedstack.serving.server import run_server
     from embedstack.serving.services import Services
 
-    settings = load_settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
-    app = create_app(Services.build(settings))
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, timeout_graceful_shutdown=10,
+    settings = load_settings(
+        config, host=host, port=port, data_dir=data_dir, workers=workers,
+        insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
     )  # fmt: skip
+    check_bind(settings)
+    ignore_file_size_signal()
+    services = Services.build(settings)
+    if settings.insecure_no_auth:
+        click.secho(
+            f"WARNING: serving WITHOUT authentication on {settings.host}: anyone who can reach "
+            "this address is an admin. Use API keys (`embedstack keys create`) for anything "
+            "beyond a trial.", fg="red", bold=True, err=True,
+        )  # fmt: skip
+    elif not is_loopback(settings.host) and settings.tls_cert is None:
+        click.secho(
+            f"WARNING: API keys will cross the network in clear text on {settings.host}: serve "
+            "HTTPS with --tls-cert/--tls-key, or put a TLS-terminating proxy in front.",
+            fg="yellow", err=True,
+        )  # fmt: skip
+    if not settings.insecure_no_auth and not services.store.has_keys():
+        click.secho(
+            "no API keys yet: every request will be refused with 401. Create one with "
+            f"`embedstack keys create --data-dir {settings.data_dir} --scope admin`.",
+            fg="yellow", err=True,
+        )  # fmt: skip
+    app = create_app(services)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = (str(settings.tls_cert), str(settings.tls_key))
+    run_server(services, app, settings.host, settings.port, settings.log_level, tls)
+
+
+def ignore_file_size_signal() -> None:
+    """A write past a file-size limit (RLIMIT_FSIZE) then fails with EFBIG, which the store
+    reports as InsufficientStorage, instead of SIGXFSZ killing the process."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 @click.command(cls=Command)
@@ -70,6 +112,7 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
     from embedstack.serving.services import Services
 
     settings = load_settings(config, data_dir=data_dir)
+    ignore_file_size_signal()
     services = Services.build(settings)
 
     async def run() -> None:
@@ -79,7 +122,16 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
             loop.add_signal_handler(sig, stop.set)
         workers = [services.make_worker(f"proc{os.getpid()}-{i}") for i in range(concurrency)]
         click.echo(f"embedstack worker: {concurrency} worker(s) on {settings.data_dir}", err=True)
-        await asyncio.gather(*(w.run(stop) for w in workers))
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        # in-flight jobs finish for up to shutdown_timeout_s, then are cancelled: their leases
+        # are released at once instead of waiting out the visibility timeout
+        _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await services.close()
 
     asyncio.run(run())

@@ -23,6 +23,8 @@ from embedstack.client.errors import (
 from embedstack.serving.responses import (
     AliasesOut,
     AliasOut,
+    AuditEntryOut,
+    AuditOut,
     CollectionOut,
     CollectionsOut,
     DeletedOut,
@@ -30,6 +32,9 @@ from embedstack.serving.responses import (
     EmbeddingsOut,
     HealthOut,
     JobOut,
+    KeyCreatedOut,
+    KeyOut,
+    KeysOut,
     ModelsOut,
     QueryOut,
     ReadyOut,
@@ -407,3 +412,33 @@ class Client:
     def delete_alias(self, alias: str) -> DeletedOut:
         """DELETE /v1/aliases/{alias}."""
         return self._run(call("DELETE", f"/v1/aliases/{seg(alias)}", DeletedOut))
+
+    # -- API keys and the audit log (admin scope; the caller's tenant) ---------------------------
+    def create_key(
+        self, scopes: Sequence[str] = ("read",), *, collections: Sequence[str] | None = None,
+        rate_rps: float | None = None, rate_texts: float | None = None, name: str | None = None,
+    ) -> KeyCreatedOut:  # fmt: skip
+        """POST /v1/keys: a new key of this key's tenant; `.key` is shown only in this answer."""
+        grants = list(collections) if collections is not None else None
+        payload = {"scopes": list(scopes), "collections": grants, "rate_rps": rate_rps,
+                   "rate_texts": rate_texts, "name": name}  # fmt: skip
+        return self._run(call("POST", "/v1/keys", KeyCreatedOut, payload, retry=False))
+
+    def list_keys(self) -> list[KeyOut]:
+        """GET /v1/keys: this tenant's keys, by prefix (never the secret)."""
+        return self._run(call("GET", "/v1/keys", KeysOut)).keys
+
+    def rotate_key(self, prefix: str, *, grace_s: float = 0.0) -> KeyCreatedOut:
+        """POST /v1/keys/{prefix}/rotate: a new key with the same grants; the old one is
+        revoked now or after `grace_s` seconds."""
+        path = f"/v1/keys/{seg(prefix)}/rotate"
+        return self._run(call("POST", path, KeyCreatedOut, {"grace_s": grace_s}, retry=False))
+
+    def revoke_key(self, prefix: str) -> KeyOut:
+        """DELETE /v1/keys/{prefix}: refused from the next request on."""
+        return self._run(call("DELETE", f"/v1/keys/{seg(prefix)}", KeyOut))
+
+    def audit(self, limit: int = 100, before: int | None = None) -> list[AuditEntryOut]:
+        """GET /v1/audit: this tenant's audit entries, newest first."""
+        path = f"/v1/audit?limit={int(limit)}" + (f"&before={int(before)}" if before else "")
+        return self._run(call("GET", path, AuditOut)).entries

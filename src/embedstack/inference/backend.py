@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +33,13 @@ class Tokenizer(Protocol):
         """Token ids including special tokens, truncated to the model's limit (the batcher
         tokenizes each text once, at admission, and hands these to `embed_batch`)."""
         ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """An embedder that holds something to release at shutdown."""
+
+    def close(self) -> None: ...
 
 
 class Embedder(Protocol):
@@ -88,3 +95,9 @@ class ModelRegistry:
 
     def loaded(self) -> dict[str, Embedder]:
         return dict(self._loaded)
+
+    def close(self) -> None:
+        """Release what loaded models hold (HTTP clients, background gate threads)."""
+        for embedder in self._loaded.values():
+            if isinstance(embedder, Closeable):
+                embedder.close()

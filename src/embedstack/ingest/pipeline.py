@@ -8,15 +8,18 @@ and the store refuses to write chunks for a document version that is no longer c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from embedstack.errors import EmbedStackError, NotFound
+from embedstack.errors import EmbedStackError, NotFound, Overloaded
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunk_text, chunking_for_model
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 EmbedFn = Callable[[str, Sequence[str]], Awaitable[np.ndarray]]
 WrittenFn = Callable[[str], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -51,6 +55,19 @@ class WorkerConfig:
     visibility_timeout: float = 120.0
     batch_documents: int = 64
     idle_poll_max: float = 0.5
+    # texts per embed call: at most what the batcher's bulk lane admits at once (the server
+    # sets it from its batcher settings), so no document is ever too big for the server
+    embed_batch: int = 256
+    embed_concurrency: int = 4  # slices in flight at once, so the model never waits on us
+    # an Overloaded model is waited out (its Retry-After, at least this, doubling up to the
+    # max), never counted against the job: the overload is the server's, not the document's
+    overload_wait_min: float = 0.05
+    overload_wait_max: float = 5.0
+    # queue errors (a locked database, ...) are retried with this backoff; a worker that has
+    # failed to reach the queue for `unhealthy_after` seconds reports it (health(), /readyz)
+    error_backoff_min: float = 0.1
+    error_backoff_max: float = 5.0
+    unhealthy_after: float = 30.0
 
 
 class IngestWorker:
@@ -74,17 +91,50 @@ class IngestWorker:
         self._on_written = on_written
         self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        self._failing_since: float | None = None
+        self._last_error: str | None = None
 
     def notify(self) -> None:
         """New work was enqueued: stop idling."""
         self._wake.set()
 
+    def health(self) -> str | None:
+        """Why this worker is not making progress (the queue failing for a while), or None."""
+        since = self._failing_since
+        if since is None:
+            return None
+        failing = time.monotonic() - since
+        if failing < self._config.unhealthy_after:
+            return None
+        return f"ingest worker {self.name} has failed to reach the queue for {failing:.0f}s: " + (
+            self._last_error or "unknown error"
+        )
+
+    def _transient(self, what: str, exc: Exception) -> None:
+        """A queue operation failed: log it, count it, remember it for health()."""
+        self._metrics.ingest_worker_errors.labels(what).inc()
+        self._last_error = f"{what}: {exc.message if isinstance(exc, EmbedStackError) else exc!r}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        log.warning("ingest worker %s: %s failed (%s); retrying", self.name, what, exc)
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Lease and handle jobs until `stop`; transient errors (a locked or briefly unusable
+        queue, a bug in one job's handling) are logged and retried with backoff, never fatal."""
         idle = 0.02
+        backoff = self._config.error_backoff_min
         while not stop.is_set():
-            job = await asyncio.to_thread(
-                self._queue.lease, self.name, self._config.visibility_timeout
-            )
+            try:
+                job = await asyncio.to_thread(
+                    self._queue.lease, self.name, self._config.visibility_timeout
+                )
+            except Exception as exc:
+                self._transient("lease", exc)
+                await _sleep_unless(stop, backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self._config.error_backoff_max)
+                continue
+            backoff = self._config.error_backoff_min
+            self._failing_since = None
             if job is None:
                 self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
@@ -95,33 +145,111 @@ class IngestWorker:
                 idle = min(idle * 2, self._config.idle_poll_max)
                 continue
             idle = 0.02
-            await self.handle(job)
+            try:
+                await self.handle(job)
+            except Exception as exc:  # handle settles its own errors; this is the last guard
+                log.exception("ingest worker %s: handling job %s failed", self.name, job.id)
+                self._transient("handle", exc)
+                await _sleep_unless(stop, self._config.error_backoff_min)
 
     async def handle(self, job: Job) -> None:
+        """Process one leased job and ack or fail it. A lease lost meanwhile (the heartbeat
+        could not extend it: another worker may hold the job now) stops the work at once, and
+        the job is neither acked nor failed by us."""
         assert job.lease_id is not None
-        heartbeat = asyncio.ensure_future(self._heartbeat(job.id, job.lease_id))
+        lost = asyncio.Event()
+        work = asyncio.ensure_future(self.process(job.payload))
+        heartbeat = asyncio.ensure_future(self._heartbeat(job.id, job.lease_id, work, lost))
         try:
-            totals = await self.process(job.payload)
-        except Exception as exc:  # any failure: retry with backoff, then dead-letter
+            try:
+                totals = await work
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not lost.is_set() or (task is not None and task.cancelling()):
+                    # shutting down: give the job back now, not after the visibility timeout
+                    # (a lease another worker holds is refused by release, so this is safe)
+                    work.cancel()
+                    with contextlib.suppress(Exception):
+                        self._queue.release(job.id, job.lease_id)
+                    raise
+                self._lease_lost(job)
+                return
+            except Exception as exc:  # any failure: retry with backoff, then dead-letter
+                if lost.is_set():
+                    self._lease_lost(job)
+                    return
+                message = exc.message if isinstance(exc, EmbedStackError) else repr(exc)
+                if not isinstance(exc, EmbedStackError):
+                    log.exception("ingest job %s failed", job.id)
+                delay = min(2.0**job.attempts, 60.0)
+                status = await self._settle(
+                    "fail", self._queue.fail, job.id, job.lease_id, message, delay
+                )
+                if status == "stale":
+                    self._lease_lost(job)
+                elif status is not None:
+                    outcome = "failed" if status == "dead" else "retried"
+                    self._metrics.ingest_jobs.labels(outcome).inc()
+                return
+            acked = await self._settle(
+                "ack", self._queue.ack, job.id, job.lease_id, totals.as_dict()
+            )
+            if acked:
+                self._metrics.ingest_jobs.labels("done").inc()
+            elif acked is not None:
+                self._lease_lost(job)
+        finally:
             heartbeat.cancel()
-            message = exc.message if isinstance(exc, EmbedStackError) else repr(exc)
-            if not isinstance(exc, EmbedStackError):
-                log.exception("ingest job %s failed", job.id)
-            delay = min(2.0**job.attempts, 60.0)
-            status = await asyncio.to_thread(self._queue.fail, job.id, job.lease_id, message, delay)
-            self._metrics.ingest_jobs.labels("failed" if status == "dead" else "retried").inc()
-            return
-        heartbeat.cancel()
-        await asyncio.to_thread(self._queue.ack, job.id, job.lease_id, totals.as_dict())
-        self._metrics.ingest_jobs.labels("done").inc()
 
-    async def _heartbeat(self, job_id: str, lease_id: str) -> None:
-        period = self._config.visibility_timeout / 3
+    def _lease_lost(self, job: Job) -> None:
+        log.warning(
+            "ingest worker %s lost its lease on job %s; left to the worker that holds it",
+            self.name,
+            job.id,
+        )
+        self._metrics.ingest_jobs.labels("lease_lost").inc()
+
+    async def _settle(self, what: str, op: Callable[..., _T], *args: Any) -> _T | None:
+        """Run ack/fail, retrying transient queue errors for up to one visibility timeout;
+        None if it never went through (the lease then expires and the job is redelivered:
+        at-least-once, and processing is idempotent)."""
+        deadline = time.monotonic() + self._config.visibility_timeout
+        backoff = self._config.error_backoff_min
+        while True:
+            try:
+                result = await asyncio.to_thread(op, *args)
+            except Exception as exc:
+                self._transient(what, exc)
+                if time.monotonic() + backoff > deadline:
+                    return None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._config.error_backoff_max)
+                continue
+            self._failing_since = None
+            return result
+
+    async def _heartbeat(
+        self, job_id: str, lease_id: str, work: asyncio.Future[Any], lost: asyncio.Event
+    ) -> None:
+        """Extend the lease every third of its timeout. A refused extend (the lease is no longer
+        ours), or failures until the lease has run out, cancel `work` and set `lost`."""
+        timeout = self._config.visibility_timeout
+        period = timeout / 3
+        expires = time.monotonic() + timeout
         while True:
             await asyncio.sleep(period)
-            await asyncio.to_thread(
-                self._queue.extend, job_id, lease_id, self._config.visibility_timeout
-            )
+            try:
+                ours = await asyncio.to_thread(self._queue.extend, job_id, lease_id, timeout)
+            except Exception as exc:
+                self._transient("extend", exc)
+                ours = time.monotonic() < expires - period / 2  # retry while it still holds
+                if ours:
+                    continue
+            if not ours:
+                lost.set()
+                work.cancel()
+                return
+            expires = time.monotonic() + timeout
 
     async def process(self, payload: dict[str, Any]) -> JobTotals:
         """Index the job's documents into every active space of the collection.
@@ -201,8 +329,18 @@ class IngestWorker:
                 if c.hash not in known:
                     missing.setdefault(c.hash, c.text)
         if missing:
-            vecs = await self._embed(space.model, list(missing.values()))
-            for h, v in zip(missing, vecs, strict=True):
+            texts = list(missing.values())
+            step = max(1, self._config.embed_batch)
+            gate = asyncio.Semaphore(max(1, self._config.embed_concurrency))
+            model = space.model
+
+            async def piece(start: int) -> np.ndarray:
+                async with gate:
+                    return await self._embed_waiting(model, texts[start : start + step])
+
+            starts = range(0, len(texts), step)
+            parts = await asyncio.gather(*(piece(start) for start in starts))
+            for h, v in zip(missing, np.concatenate(parts), strict=True):
                 known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
         totals.chunks_embedded += len(missing)
         totals.chunks_reused += len(hashes) - len(missing)
@@ -221,6 +359,24 @@ class IngestWorker:
             )
             for d, chunks in zip(docs, chunked, strict=True)
         ]
+
+    async def _embed_waiting(self, model: str, texts: list[str]) -> np.ndarray:
+        """Embed one admissible slice, waiting out Overloaded for as long as it lasts."""
+        wait = self._config.overload_wait_min
+        while True:
+            try:
+                return await self._embed(model, texts)
+            except Overloaded as exc:
+                self._metrics.ingest_overload_waits.inc()
+                pause = min(max(exc.retry_after, wait), self._config.overload_wait_max)
+                log.debug("model %s overloaded; %s waits %.2fs", model, self.name, pause)
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                wait = min(wait * 2, self._config.overload_wait_max)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def _vector_document(d: DocumentRow) -> DocumentChunks:

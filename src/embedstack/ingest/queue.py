@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from embedstack.errors import Conflict, InvalidInput, NotFound, Unavailable
+from embedstack.fsutil import storage_failure
 
 JOB_STATUSES: tuple[str, ...] = ("queued", "leased", "done", "dead")
 BUSY_TIMEOUT_S = 10.0
@@ -74,6 +75,11 @@ class Queue(Protocol):
         """Record a failure; return the new status "queued" or "dead", or "stale"."""
         ...
 
+    def release(self, job_id: str, lease_id: str) -> bool:
+        """Give a leased job back unfinished (a worker shutting down): queued and available at
+        once, the lease's attempt not counted. False if the lease is not ours."""
+        ...
+
     def get(self, job_id: str) -> Job:
         """Return the job; raise NotFound if there is none with this id."""
         ...
@@ -84,6 +90,11 @@ class Queue(Protocol):
 
     def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently dead-lettered first."""
+        ...
+
+    def purge(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` done jobs last updated over `older_than` seconds ago; returns
+        how many. Dead jobs stay for inspection and retry."""
         ...
 
     def retry_dead(self, job_id: str) -> None:
@@ -216,10 +227,24 @@ class SqliteQueue:
         try:
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            full = storage_failure(exc, f"queue database {self.path}")
+            if full is not None:
+                raise full from exc
             raise
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """A write refused because the disk is full is InsufficientStorage (nothing written)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            full = storage_failure(exc, f"queue database {self.path}")
+            if full is None:
+                raise
+            raise full from exc
 
     def _migrate(self) -> None:
         with self._immediate() as conn:
@@ -286,11 +311,13 @@ class SqliteQueue:
         body = self._dumps(payload, "payload")
         now = self._clock()
         # One autocommit statement: atomic, and fsynced (synchronous=FULL) before it returns.
-        self._conn().execute(
-            "INSERT OR IGNORE INTO jobs (id, payload, status, priority, attempts, max_attempts,"
-            " available_at, created_at, updated_at) VALUES (?, ?, 'queued', ?, 0, ?, ?, ?, ?)",
-            (job_id, body, priority, self.max_attempts, now, now, now),
-        )
+        with self._storage_errors():
+            self._conn().execute(
+                "INSERT OR IGNORE INTO jobs (id, payload, status, priority, attempts,"
+                " max_attempts, available_at, created_at, updated_at)"
+                " VALUES (?, ?, 'queued', ?, 0, ?, ?, ?, ?)",
+                (job_id, body, priority, self.max_attempts, now, now, now),
+            )
         return job_id
 
     def lease(self, worker: str, visibility_timeout: float) -> Job | None:
@@ -379,6 +406,18 @@ class SqliteQueue:
             )
             return status
 
+    def release(self, job_id: str, lease_id: str) -> bool:
+        """Give a leased job back unfinished: queued, available now, its attempt not counted."""
+        with self._immediate() as conn:
+            now = self._clock()
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'queued', attempts = max(0, attempts - 1),"
+                " lease_id = NULL, available_at = ?, updated_at = ?"
+                " WHERE id = ? AND lease_id = ? AND status = 'leased'",
+                (now, now, job_id, lease_id),
+            )
+            return cur.rowcount == 1
+
     def get(self, job_id: str) -> Job:
         """Return the job; raise NotFound if there is none with this id."""
         row = (
@@ -407,6 +446,19 @@ class SqliteQueue:
             (limit,),
         )
         return [self._job(row) for row in rows]
+
+    def purge(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` done jobs last updated over `older_than` seconds ago; returns
+        how many. Dead jobs stay for inspection and retry."""
+        self._check_timeout("older_than", older_than, allow_zero=True)
+        cutoff = self._clock() - older_than
+        with self._immediate() as conn:
+            cur = conn.execute(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE status = 'done'"
+                " AND updated_at < ? LIMIT ?)",
+                (cutoff, limit),
+            )
+            return int(cur.rowcount)
 
     def retry_dead(self, job_id: str) -> None:
         """Move a dead job back to queued with its attempts reset (and its error cleared)."""

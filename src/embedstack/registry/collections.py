@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
 
-from embedstack.errors import InvalidInput, NotFound, SpaceMismatch
-from embedstack.index.factory import validate_index_params
+from embedstack.errors import Conflict, InvalidInput, NotFound, SpaceMismatch, Unavailable
+from embedstack.index.factory import create_index, validate_index_params
 from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
 from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings
-from embedstack.registry.indexes import IndexConfig, IndexManager
+from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
+from embedstack.storage.keys import TENANT_RE, TENANT_SEP
 from embedstack.storage.store import CollectionRecord, Store
 from embedstack.types import METRICS, CollectionConfig, IndexSpec, Metric, byo_space_id
 
@@ -33,6 +35,10 @@ class CollectionService:
         self._models = models
         self._indexes = indexes
         self._default_model = default_model
+        # collections whose indexes did not open (start, or a failed rebuild while none served),
+        # and the last failed rebuild of each: reported by describe and /readyz, never fatal
+        self._open_errors: dict[str, str] = {}
+        self._rebuild_errors: dict[str, str] = {}
 
     def create(
         self,
@@ -44,7 +50,8 @@ class CollectionService:
         index: dict[str, Any] | None = None,
         search: dict[str, Any] | None = None,
     ) -> CollectionRecord:
-        if not NAME_RE.match(name):
+        tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
+        if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
             raise InvalidInput(
                 f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
                 "'.', starting with a letter or digit"
@@ -60,9 +67,16 @@ class CollectionService:
             space_id = byo_space_id(config.dim, config.metric)
         if search:
             config = config.with_search(check_settings(search))
+        _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
-        self.open(record)
+        self._indexes.drop(name)  # anything left under this name is an earlier collection's
+        try:
+            self.open(record)
+        except BaseException:
+            # nothing half-made stays behind: a collection that cannot open is not created
+            self.delete(name)
+            raise
         return record
 
     def _model_config(
@@ -131,6 +145,9 @@ class CollectionService:
         """Store new index settings; `rebuild` then builds and swaps the indexes."""
         record = self.resolve(name)
         spec = _index_spec(index, record.config.index.type)
+        for space in self._store.spaces(record.name):
+            cfg = self.index_config(record, space)
+            _check_buildable(spec, cfg.dim, cfg.metric)
         if is_quantized(spec.type):
             self._check_floor(record, spec.type, spec.params)
         self._store.update_collection_config(record.name, record.config.with_index(spec))
@@ -160,18 +177,66 @@ class CollectionService:
         check_recall_floor(index_type, params, cfg.dim, cfg.metric, sample[0], sample[1], 10, floor)
 
     def rebuild(self, record: CollectionRecord) -> None:
-        """Build each active space's index with the record's settings aside; swap atomically."""
-        for space in self._store.spaces(record.name):
-            self._indexes.replace(self.index_config(record, space))
+        """Build each active space's index with the record's settings aside; swap atomically.
+
+        A failure is kept (describe shows it as `last_rebuild_error`) and re-raised; the old
+        index keeps serving."""
+        built: list[LiveIndex] = []
+        try:
+            for space in self._store.spaces(record.name):
+                built.append(self._indexes.replace(self.index_config(record, space)))
+        except Exception as exc:
+            if self._is_current(record):  # not for a later collection of the same name
+                self._rebuild_errors[record.name] = _reason(exc)
+            raise
+        if not self._is_current(record):
+            # deleted while rebuilding: what was built for it must not outlive it
+            for live in built:
+                space_id = live.config.space_id
+                with contextlib.suppress(NotFound):
+                    if self._indexes.get(record.name, space_id) is live:
+                        self._indexes.drop(record.name, space_id)
+            raise Conflict(f"collection {record.name!r} was deleted while its index was rebuilt")
+        self._rebuild_errors.pop(record.name, None)
+        self._open_errors.pop(record.name, None)
+
+    def _is_current(self, record: CollectionRecord) -> bool:
+        """Whether the collection still exists as this record's incarnation (not deleted, not
+        deleted and created again under the same name)."""
+        try:
+            return self._store.get_collection(record.name).created_at == record.created_at
+        except NotFound:
+            return False
 
     def open(self, record: CollectionRecord) -> None:
         """Open (load or build) the index of every active space of the collection."""
         for space in self._store.spaces(record.name):
             self._indexes.open(self.index_config(record, space))
+        self._open_errors.pop(record.name, None)
 
-    def open_all(self) -> None:
+    def open_all(self) -> dict[str, str]:
+        """Open every collection; one that fails is logged and reported, never fatal to the rest.
+        Returns the failures by collection name."""
         for record in self._store.list_collections():
-            self.open(record)
+            try:
+                self.open(record)
+            except Exception as exc:
+                log.exception("collection %r did not open; serving the others", record.name)
+                self._open_errors[record.name] = _reason(exc)
+        return dict(self._open_errors)
+
+    def failed(self) -> dict[str, str]:
+        """Collections whose indexes are not open, with the reason."""
+        return dict(self._open_errors)
+
+    def require_open(self, record: CollectionRecord) -> None:
+        """Unavailable (with the reason) when the collection's indexes failed to open."""
+        error = self._open_errors.get(record.name)
+        if error is not None:
+            raise Unavailable(
+                f"collection {record.name!r} is not serving: {error}; fix its settings with "
+                f"PATCH /v1/collections/{record.name} or delete it"
+            )
 
     def resolve(self, name: str) -> CollectionRecord:
         """A collection by name or alias."""
@@ -180,6 +245,8 @@ class CollectionService:
     def delete(self, name: str) -> None:
         self._store.delete_collection(name)
         self._indexes.drop(name)
+        self._open_errors.pop(name, None)
+        self._rebuild_errors.pop(name, None)
 
     def get(self, name: str) -> CollectionRecord:
         return self._store.get_collection(name)
@@ -225,6 +292,9 @@ class CollectionService:
                 **collection_settings(cfg.search, cfg.model is not None),
             },
             "created_at": record.created_at,
+            "state": "error" if record.name in self._open_errors else "ready",
+            "error": self._open_errors.get(record.name),
+            "last_rebuild_error": self._rebuild_errors.get(record.name),
         }
         out.update(self._store.collection_stats(record.name))
         for space in self._store.spaces(record.name):
@@ -241,6 +311,16 @@ class CollectionService:
             else:
                 out[space.state] = info
         return out
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+
+
+def _check_buildable(spec: IndexSpec, dim: int, metric: str) -> None:
+    """Build the empty index once: every dim-dependent check (e.g. PQ m must divide dim) runs
+    before anything is stored."""
+    create_index(spec.type, dim, metric, spec.params)
 
 
 def _index_spec(index: dict[str, Any] | None, default_type: str) -> IndexSpec:

@@ -92,14 +92,15 @@ def search(
     group: bool,
     how: Retrieval,
     lexical_first: tuple[list[int], list[float]] | None = None,
+    knobs: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Best-first hits in `how.mode`; with `group`, the top-k documents by `how.doc_scoring`.
 
     `lexical_first`, when given, is `lexical_candidates(...)` already run (the server runs it
-    while the query is being embedded)."""
+    while the query is being embedded); `knobs` are the index's per-query search parameters."""
     if how.mode == "dense" and (not group or how.doc_scoring == "max"):
         assert vec is not None
-        return search_space(store, indexes, collection, space_id, vec, k, flt, group)
+        return search_space(store, indexes, collection, space_id, vec, k, flt, group, knobs)
     if how.mode != "dense" and not (text and text.strip()):
         raise InvalidInput(f"mode {how.mode!r} needs 'text' to search for")
     if how.mode != "lexical" and vec is None:
@@ -117,7 +118,7 @@ def search(
         lexical: tuple[list[int], list[float]] = ([], [])
         if how.mode != "lexical":
             assert vec is not None
-            scores, ids = indexes.search(collection, space_id, vec[None, :], depth, allow)
+            scores, ids = indexes.search(collection, space_id, vec[None, :], depth, allow, knobs)
             keep = ids[0] >= 0
             found = scores[0][keep]
             dense = (ids[0][keep].tolist(), (-found if l2 else found).tolist())

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.errors import NotFound
+from embedstack.errors import Conflict, NotFound
 from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import create_index, load_index
+from embedstack.index.params import check_knobs
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
 from embedstack.storage.store import Store
@@ -88,9 +89,12 @@ class IndexManager:
     def replace(self, cfg: IndexConfig) -> LiveIndex:
         """Build an index with new settings aside, catch it up, and swap it in atomically."""
         key = (cfg.collection, cfg.space_id)
+        before = self._live.get(key)
         fresh = self._rebuild(cfg)
         self._catch_up(fresh)
         old = self._live.get(key)
+        if old is not before:  # dropped (deleted, maybe re-created) or replaced meanwhile
+            raise Conflict(f"the index of {cfg.collection!r} changed while it was rebuilt")
         if old is None:
             with self._guard:
                 self._live[key] = fresh
@@ -98,6 +102,8 @@ class IndexManager:
         with old.lock:  # no writes land on the old index while we swap
             self._catch_up(fresh)
             with self._guard:
+                if self._live.get(key) is not old:
+                    raise Conflict(f"the index of {cfg.collection!r} changed while it was rebuilt")
                 self._live[key] = fresh
         shutil.rmtree(self._dir(old.config), ignore_errors=True)
         self.snapshot(*key)
@@ -110,6 +116,12 @@ class IndexManager:
         data, manifest = snap
         if {k: manifest.get(k) for k in cfg.manifest()} != cfg.manifest():
             log.info("snapshot of %s does not match its config; rebuilding", cfg.collection)
+            return None
+        if int(manifest.get("seq", -1)) > self._store.max_seq(cfg.collection, cfg.space_id):
+            log.warning(
+                "snapshot of %s is ahead of the store (seq %s); rebuilding from the store",
+                cfg.collection, manifest.get("seq"),
+            )  # fmt: skip
             return None
         try:
             index = load_index(data)
@@ -253,9 +265,15 @@ class IndexManager:
         queries: np.ndarray,
         k: int,
         allow: np.ndarray | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`knobs`: per-call search parameters (ef_search, nprobe, ...), checked for the type."""
         live = self.get(collection, space_id)
         started = time.perf_counter()
-        out = live.index.search(queries, k, allow)
+        given = check_knobs(live.config.type, knobs) if knobs else {}
+        if given:
+            out = live.index.search(queries, k, allow, **given)
+        else:
+            out = live.index.search(queries, k, allow)
         self._metrics.search_latency.labels(collection).observe(time.perf_counter() - started)
         return out

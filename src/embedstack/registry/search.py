@@ -13,6 +13,7 @@ from embedstack.registry.indexes import IndexManager
 from embedstack.storage.store import HitRow, Store
 
 FETCH_ROUNDS = 6
+MAX_FETCH = 16_384  # candidates one query may fetch and hydrate, whatever k and grouping ask
 
 
 def search_space(
@@ -24,24 +25,29 @@ def search_space(
     k: int,
     flt: dict[str, Any] | None = None,
     group: bool = False,
+    knobs: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Best-first hits; with `group`, the best chunk of each of the top-k documents."""
+    """Best-first hits; with `group`, the best chunk of each of the top-k documents; `knobs`
+    are per-query search parameters of the index (e.g. ef_search)."""
     allow = None
     if flt:
         allow = store.filter_chunk_ids(collection, space_id, flt)
         if allow.size == 0:
             return []
-    fetch = k * 4 if group else k
+    cap = max(k, MAX_FETCH)
+    fetch = min(k * 4, cap) if group else k
     hits: list[dict[str, Any]] = []
+    rows: dict[int, HitRow] = {}
+    metadata: dict[tuple[str, str], Any] = {}  # each document's metadata parsed once per query
     for _ in range(FETCH_ROUNDS):
-        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow)
+        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow, knobs)
         keep = ids[0] >= 0
         found_scores, found_ids = scores[0][keep], ids[0][keep]
-        rows = store.hydrate(found_ids.tolist())
+        rows.update(store.hydrate([i for i in found_ids.tolist() if i not in rows], metadata))
         hits = _hits(found_scores, found_ids, rows, k, group)
-        if len(hits) >= k or len(found_ids) < fetch:
+        if len(hits) >= k or len(found_ids) < fetch or fetch >= cap:
             break
-        fetch *= 4  # grouping or a concurrent delete left us short: fetch deeper
+        fetch = min(fetch * 4, cap)  # grouping or a concurrent delete left us short: go deeper
     return hits
 
 

@@ -57,15 +57,41 @@ class Gate:
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> Gate:
-        try:
-            gate = cls(**(raw or {}))
-        except TypeError as exc:
-            raise InvalidInput(
-                f"unknown gate option ({exc}); use {', '.join(asdict(cls()))}"
-            ) from exc
-        if not 1 <= gate.k <= 100 or not 1 <= gate.sample_queries <= 10_000:
-            raise InvalidInput("gate 'k' must be 1-100 and 'sample_queries' 1-10000")
-        return gate
+        """A gate from a request (or stored options), every field type- and range-checked."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"'gate' must be an object, got {type(raw).__name__}")
+        known = asdict(cls())
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise InvalidInput(f"unknown gate option(s) {unknown}; use {', '.join(known)}")
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in _GATE_INTS:
+                low, high = _GATE_INTS[key]
+                exact = isinstance(value, int) and not isinstance(value, bool)
+                if not exact or not low <= value <= high:
+                    raise InvalidInput(
+                        f"gate '{key}' must be an integer from {low} to {high}, got {value!r}"
+                    )
+                values[key] = value
+            else:
+                if value is None and key == "min_recall":
+                    values[key] = None
+                    continue
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not 0.0 <= value <= 1.0  # NaN fails this too
+                ):
+                    raise InvalidInput(f"gate '{key}' must be a number from 0 to 1, got {value!r}")
+                values[key] = float(value)
+        return cls(**values)
+
+
+_GATE_INTS = {"k": (1, 100), "sample_queries": (1, 10_000)}
+EMBED_SLICE = 256  # texts per embed call of the gate, under any bulk-lane admission limit
 
 
 def parse_eval(raw: Any) -> list[tuple[str, str]] | None:
@@ -121,14 +147,22 @@ class UpgradeService:
         self._indexes.open(
             self._collections.index_config(record, self._store.space(record.name, spec.space_id))
         )
-        jobs: dict[str, int] = {}
-        for ids in self._store.all_documents(record.name, BACKFILL_JOB_DOCUMENTS):
-            payload = {"collection": record.name, "documents": ids, "space": spec.space_id}
-            jobs[self._queue.enqueue(payload, priority=BACKFILL_PRIORITY)] = len(ids)
-        self._store.update_upgrade(up.id, options={**options, "jobs": jobs})
+        jobs = self._enqueue_backfill(up)
         log.info("upgrade %s of %s to %s: %d documents in %d jobs", up.id, record.name, model,
                  total, len(jobs))  # fmt: skip
         return self._store.get_upgrade(up.id)
+
+    def _enqueue_backfill(self, up: UpgradeRecord) -> dict[str, int]:
+        """Enqueue the back-fill jobs and record them on the upgrade. Job ids derive from the
+        upgrade's, so a second call (resuming after a crash between registering the shadow and
+        recording its jobs) finds the jobs already enqueued instead of adding more."""
+        jobs: dict[str, int] = {}
+        for n, ids in enumerate(self._store.all_documents(up.collection, BACKFILL_JOB_DOCUMENTS)):
+            payload = {"collection": up.collection, "documents": ids, "space": up.to_space}
+            job_id = f"{up.id}-backfill-{n}"
+            jobs[self._queue.enqueue(payload, job_id, priority=BACKFILL_PRIORITY)] = len(ids)
+        self._store.update_upgrade(up.id, options={**up.options, "jobs": jobs})
+        return jobs
 
     # -- progress ---------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any]:
@@ -151,28 +185,50 @@ class UpgradeService:
         }  # fmt: skip
 
     async def refresh(self) -> None:
-        """Follow back-fill jobs; mark finished shadows ready; run auto-cutovers."""
+        """Follow back-fill jobs; mark finished shadows ready; run auto-cutovers.
+
+        Each collection on its own: one upgrade's failure is logged (and, when it cannot heal,
+        recorded on the upgrade as failed) and never stops the others or later passes."""
         for record in await asyncio.to_thread(self._store.list_collections):
-            up = await asyncio.to_thread(self._store.latest_upgrade, record.name)
-            if up is None:
-                continue
-            if up.state == "backfilling":
-                await asyncio.to_thread(self._follow_jobs, up)
-                up = await asyncio.to_thread(self._store.get_upgrade, up.id)
-            self._metrics.upgrade_documents.labels(up.collection, "done").set(up.done)
-            self._metrics.upgrade_documents.labels(up.collection, "total").set(up.total)
-            if up.state == "ready" and up.options.get("auto_cutover") and up.report is None:
-                try:
-                    await self.cutover(up.collection)
-                except Conflict as exc:
-                    log.warning("auto cutover of %s refused: %s", up.collection, exc.message)
-                    await asyncio.to_thread(self._store.update_upgrade, up.id, state="gate_failed")
+            try:
+                await self._refresh_one(record.name)
+            except Exception:
+                log.exception("upgrade refresh of %s failed; retrying next pass", record.name)
+                self._metrics.maintenance_errors.labels("upgrades").inc()
+
+    async def _refresh_one(self, name: str) -> None:
+        up = await asyncio.to_thread(self._store.latest_upgrade, name)
+        if up is None:
+            return
+        if up.state == "backfilling":
+            await asyncio.to_thread(self._follow_jobs, up)
+            up = await asyncio.to_thread(self._store.get_upgrade, up.id)
+        self._metrics.upgrade_documents.labels(up.collection, "done").set(up.done)
+        self._metrics.upgrade_documents.labels(up.collection, "total").set(up.total)
+        if up.state == "ready" and up.options.get("auto_cutover") and up.report is None:
+            try:
+                await self.cutover(up.collection)
+            except Conflict as exc:
+                log.warning("auto cutover of %s refused: %s", up.collection, exc.message)
+                await asyncio.to_thread(self._store.update_upgrade, up.id, state="gate_failed")
+            except InvalidInput as exc:  # e.g. options stored by an older version: never heals
+                log.error("auto cutover of %s cannot run: %s", up.collection, exc.message)
+                await asyncio.to_thread(
+                    self._store.update_upgrade, up.id, state="failed", error=exc.message
+                )
 
     def _follow_jobs(self, up: UpgradeRecord) -> None:
         jobs: dict[str, int] = up.options.get("jobs", {})
+        if not jobs and up.total > 0:  # crashed before its jobs were recorded: resume
+            log.info("upgrade %s of %s: enqueuing its back-fill (resumed)", up.id, up.collection)
+            jobs = self._enqueue_backfill(up)
         done = 0
         for job_id, n in jobs.items():
-            job = self._queue.get(job_id)
+            try:
+                job = self._queue.get(job_id)
+            except NotFound:  # purged: only done jobs are, after their retention
+                done += n
+                continue
             if job.status == "dead":
                 self._store.update_upgrade(
                     up.id, state="failed", error=f"job {job_id}: {job.error}"
@@ -205,7 +261,12 @@ class UpgradeService:
             assert space.model is not None
             embedder = await asyncio.to_thread(self._models.get, space.model)
             check_parity(embedder.spec, record.name, space.space_id)
-            vecs = await self._embed(space.model, queries)
+            vecs = np.concatenate(
+                [
+                    await self._embed(space.model, queries[i : i + EMBED_SLICE])
+                    for i in range(0, len(queries), EMBED_SLICE)
+                ]
+            )
             results[label] = await asyncio.to_thread(
                 self._ranked_documents, record.name, space.space_id, vecs, gate.k
             )
@@ -275,6 +336,7 @@ class UpgradeService:
         for space in previous:
             if space.space_id != up.from_space:
                 self._indexes.drop(record.name, space.space_id)  # retired by the cutover
+                self._metrics.forget_space(record.name, space.space_id)
         await asyncio.to_thread(self._store.update_upgrade, up.id, state="cut_over")
         log.info("cut over %s to %s (%s)", record.name, up.to_space, _summary(report))
         return report
@@ -299,6 +361,7 @@ class UpgradeService:
             space_id = previous[0].space_id
         self._store.retire(record.name, space_id)
         self._indexes.drop(record.name, space_id)
+        self._metrics.forget_space(record.name, space_id)
         up = self._store.latest_upgrade(record.name)
         if (
             up is not None

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,14 +20,19 @@ from embedstack.errors import (
     ConfigError,
     Conflict,
     EmbedStackError,
+    Forbidden,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     SpaceMismatch,
+    Unauthorized,
     Unavailable,
 )
+from embedstack.serving.auth import AccessGate, scrub
 from embedstack.serving.http import JSON, ClientGone
+from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import ErrorOut
 from embedstack.serving.routes import (
     admin,
@@ -35,6 +40,7 @@ from embedstack.serving.routes import (
     collections,
     documents,
     embeddings,
+    keys,
     query,
     upgrades,
 )
@@ -45,17 +51,22 @@ log = logging.getLogger(__name__)
 # The only table from error kind to HTTP status. Subclasses before their bases.
 ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (PayloadTooLarge, 413),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (InvalidInput, 422),
     (NotFound, 404),
     (SpaceMismatch, 409),
     (Conflict, 409),
     (Overloaded, 429),
+    (InsufficientStorage, 507),
     (Unavailable, 503),
     # settings are checked at startup (the server does not start); one met later is this
     # server's setup, not the client's request and not a bug: unavailable here
     (ConfigError, 503),
 )
 CLIENT_CLOSED = 499
+QUEUE_GAUGE_INTERVAL_S = 5.0  # job counts scan the jobs table: not on every 0.2 s pass
+PURGE_INTERVAL_S = 60.0
 
 
 def status_of(exc: EmbedStackError) -> int:
@@ -69,15 +80,18 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
 
 
-async def _domain_error(_: Request, exc: Exception) -> Response:
+async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedStackError)
     status = status_of(exc)
     headers = (
         {"Retry-After": str(max(1, round(exc.retry_after)))}
         if isinstance(exc, Overloaded)
+        else {"WWW-Authenticate": "Bearer"}
+        if isinstance(exc, Unauthorized)
         else None
     )
-    return JSON(error_body(type(exc).__name__, exc.message), status_code=status, headers=headers)
+    message = scrub(request, exc.message)  # a tenant sees its own names plain
+    return JSON(error_body(type(exc).__name__, message), status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -100,6 +114,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc.__cause__, EmbedStackError):  # raised while FastAPI read the body
         return await _domain_error(request, exc.__cause__)
     message = str(exc.detail)
+    if exc.status_code == 400:  # FastAPI could not read the body at all (e.g. not UTF-8)
+        return JSON(
+            error_body("InvalidInput", f"the request body cannot be read as JSON: {message}"),
+            status_code=422,
+        )
     if exc.status_code == 404:
         message = "no such route: see GET /docs for the API"
     elif exc.status_code == 405:
@@ -138,6 +157,8 @@ class MetricsAndLimits:
             await JSON(body, status_code=413)(scope, receive, send)
             return
         started = time.perf_counter()
+        # latency budgets count from here (routes read request.state.arrived)
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = [500]
         received = [0]
 
@@ -168,46 +189,107 @@ class MetricsAndLimits:
 
 
 async def _maintenance(services: Services, stop: asyncio.Event) -> None:
-    """Keep indexes current with writes from other processes; snapshot them; export gauges."""
+    """Keep indexes current with writes from other processes; snapshot them; export gauges.
+
+    Every step (and every index within a step) fails on its own: the failure is logged and
+    counted (embedstack_maintenance_errors_total) and the rest of the pass, and every later
+    pass, still runs."""
     s = services.settings
-    last_snapshot = time.monotonic()
+    last_snapshot = last_queue = last_purge = time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
+        await _step(services, "sync", asyncio.to_thread(_each_index, services, "sync"))
+        await _step(services, "upgrades", services.upgrades.refresh())
+        if time.monotonic() - last_queue >= QUEUE_GAUGE_INTERVAL_S:  # counts scan the jobs
+            await _step(services, "queue", _export_queue_depth(services))
+            last_queue = time.monotonic()
+        if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
+            purge = asyncio.to_thread(services.queue.purge, s.job_retention_s)
+            await _step(services, "purge", purge)
+            last_purge = time.monotonic()
+        if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
+            await _step(services, "snapshot", asyncio.to_thread(_each_index, services, "snapshot"))
+            last_snapshot = time.monotonic()
+        services.maintenance_beat = time.monotonic()
+
+
+async def _step(services: Services, name: str, work: Awaitable[object]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("maintenance step %s failed; the next pass retries it", name)
+        services.metrics.maintenance_errors.labels(name).inc()
+
+
+def _each_index(services: Services, what: str) -> None:
+    for key in services.indexes.open_keys():
         try:
-            await asyncio.to_thread(services.indexes.sync_all)
-            await services.upgrades.refresh()
-            for status, n in (await asyncio.to_thread(services.queue.counts)).items():
-                services.metrics.queue_depth.labels(status).set(n)
-            if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
-                await asyncio.to_thread(services.indexes.snapshot_all)
-                last_snapshot = time.monotonic()
+            if what == "sync":
+                services.indexes.sync(*key)
+            elif services.indexes.snapshot(*key):
+                # the snapshot holds every change up to its seq: the log before it can go
+                seq = services.indexes.get(*key).snapshot_seq
+                services.store.truncate_changes(*key, seq)
         except Exception:
-            log.exception("maintenance pass failed; retrying")
+            log.exception("maintenance %s of index %s/%s failed", what, *key)
+            services.metrics.maintenance_errors.labels(what).inc()
+
+
+async def _export_queue_depth(services: Services) -> None:
+    for status, n in (await asyncio.to_thread(services.queue.counts)).items():
+        services.metrics.queue_depth.labels(status).set(n)
 
 
 def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        await asyncio.to_thread(services.collections.open_all)
+        failed = await asyncio.to_thread(services.collections.open_all)
+        if failed:
+            log.error("collections that did not open (the rest serve): %s", failed)
         await services.batcher(services.settings.default_model)
         recovered = await asyncio.to_thread(services.recover_pending)
         if recovered:
             log.info("re-enqueued %d recovery jobs for documents not yet indexed", recovered)
         tasks = [asyncio.create_task(_maintenance(services, stop))]
+        services.tasks["maintenance"] = tasks[0]
         for i in range(services.settings.workers):
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
             tasks.append(asyncio.create_task(worker.run(stop)))
+            services.tasks[f"ingest worker {worker.name}"] = tasks[-1]
+        drained = asyncio.Event()
+
+        async def drain() -> None:
+            """Stop admitting (503), let in-flight jobs finish for up to shutdown_timeout_s
+            (then cancel them: their leases are released), then write snapshots."""
+            if services.draining:
+                await drained.wait()
+                return
+            services.draining = True
+            services.ready = False
+            stop.set()
+            _, pending = await asyncio.wait(tasks, timeout=services.settings.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning("shutdown: %d task(s) cancelled after the timeout", len(pending))
+            try:
+                await asyncio.to_thread(services.indexes.sync_all)
+                await asyncio.to_thread(services.indexes.snapshot_all)
+            except Exception:
+                log.exception("shutdown snapshot failed; the next start replays the change log")
+            drained.set()
+
+        services.drain = drain
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:
             yield
         finally:
-            services.ready = False
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await drain()
             await services.close()
 
     app = FastAPI(
@@ -218,6 +300,9 @@ def create_app(services: Services) -> FastAPI:
         description="Self-hosted embeddings: ingest, inference, vector search, metrics.",
     )
     app.state.services = services
+    s = services.settings
+    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    app.state.limiter = limiter
     app.add_exception_handler(EmbedStackError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -227,7 +312,9 @@ def create_app(services: Services) -> FastAPI:
         status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
         for kind, status in ERROR_STATUS
     }
-    for module in (admin, embeddings, collections, documents, query, upgrades, aliases):
+    for module in (admin, embeddings, collections, documents, query, upgrades, aliases, keys):
         app.include_router(module.router, responses=errors)
     app.add_middleware(MetricsAndLimits, services=services)
+    # outermost: Host check and authentication come before anything reads the request
+    app.add_middleware(AccessGate, services=services, limiter=limiter)
     return app

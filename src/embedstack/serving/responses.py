@@ -28,6 +28,13 @@ class ReadyOut(BaseModel):
     models_loaded: list[str]
     backends: dict[str, str] = Field(description="the engine serving each loaded model")
     indexes: list[str] = Field(description="open indexes as collection/space_id")
+    collections_failed: dict[str, str] = Field(
+        default_factory=dict, description="collections whose indexes did not open, and why"
+    )
+    problems: list[str] = Field(
+        default_factory=list,
+        description="why the node is not ready (503): a dead worker or batcher, stuck upkeep",
+    )
 
 
 class ModelOut(BaseModel):
@@ -91,6 +98,13 @@ class CollectionOut(BaseModel):
     vectors: int | None = None
     index_memory_bytes: int | None = None
     rebuilding: bool | None = Field(None, description="a new index is being built aside")
+    state: Literal["ready", "error"] = Field(
+        "ready", description="error: its indexes did not open (see 'error'); the rest serve"
+    )
+    error: str | None = Field(None, description="why the collection's indexes did not open")
+    last_rebuild_error: str | None = Field(
+        None, description="why the last index rebuild failed (the old index kept serving)"
+    )
 
 
 class CollectionsOut(BaseModel):
@@ -144,6 +158,7 @@ class QueryOut(BaseModel):
     space_id: str
     mode: str | None = Field(None, description="dense, lexical or hybrid: the mode that ran")
     took_ms: float
+    budget_ms: float = Field(description="the latency budget the query was admitted under")
 
 
 # -- upgrades and aliases -------------------------------------------------------------------------
@@ -182,3 +197,41 @@ class AliasOut(BaseModel):
 
 class AliasesOut(BaseModel):
     aliases: dict[str, str]
+
+
+# -- access (serving/routes/keys.py) ----------------------------------------------------------
+class KeyOut(BaseModel):
+    prefix: str
+    tenant: str
+    scopes: list[str]
+    collections: list[str] | None
+    rate_rps: float | None
+    rate_texts: float | None
+    name: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    active: bool
+
+
+class KeyCreatedOut(KeyOut):
+    key: str = Field(description="the full key: shown only in this answer")
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyOut]
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: float
+    key: str | None
+    tenant: str | None
+    action: str
+    collection: str | None
+    status: int | None
+    detail: dict[str, object]
+
+
+class AuditOut(BaseModel):
+    entries: list[AuditEntryOut]

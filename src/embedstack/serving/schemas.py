@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+
+MAX_JSON_DEPTH = 64  # objects and lists inside one free-form field (metadata, filter, ...)
+INT64 = 1 << 63
+
+
+def _clean(value: str) -> str:
+    """Text must be encodable: a lone surrogate ("\\ud800") cannot be stored, tokenized or
+    answered."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"text contains a lone surrogate (\\u{ord(value[exc.start]):04x} at position "
+                f"{exc.start}): send valid Unicode"
+            ) from None
+    return value
+
+
+def check_json(value: Any) -> Any:
+    """A free-form JSON value every layer can store and compare: strings without lone
+    surrogates, integers in the signed 64-bit range, finite numbers, bounded nesting."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            _clean(item)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not -INT64 <= item < INT64:
+                raise ValueError(f"{path or 'value'}: integer {item} is outside the 64-bit range")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{path or 'value'}: {item} is not finite: send a finite number")
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"{path or 'value'}: nested over {MAX_JSON_DEPTH} levels deep")
+            if isinstance(item, dict):
+                for key, v in item.items():
+                    _clean(key)
+                    stack.append((v, f"{path}.{key}" if path else str(key), depth + 1))
+            else:
+                stack += [(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item)]
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+JSONObject = Annotated[dict[str, Any], AfterValidator(check_json)]
 
 
 class Strict(BaseModel):
@@ -16,8 +66,8 @@ class Strict(BaseModel):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients may send fields we don't use
 
-    input: str | list[str]
-    model: str | None = None
+    input: Text | list[Text]
+    model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -57,19 +107,19 @@ class SearchBody(Strict):
 
 
 class CollectionCreate(Strict):
-    name: str = Field(description="1-64 letters, digits, '_', '-', '.'")
-    model: str | None = Field(None, description="embedding model; default: the bundled model")
+    name: Text = Field(description="1-64 letters, digits, '_', '-', '.'")
+    model: Text | None = Field(None, description="embedding model; default: the bundled model")
     dim: int | None = Field(None, description="bring-your-own vectors: their dimension")
     metric: Literal["cosine", "ip", "l2"] | None = None
     chunking: ChunkingBody | None = None
-    index: dict[str, Any] | None = Field(
+    index: JSONObject | None = Field(
         None, description='e.g. {"type": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 64}'
     )
     search: SearchBody | None = Field(None, description="query defaults (mode, fusion, ...)")
 
 
 class CollectionPatch(Strict):
-    index: dict[str, Any] | None = Field(
+    index: JSONObject | None = Field(
         None,
         description='new index settings, e.g. {"type": "hnsw", "M": 16}; built in the background',
     )
@@ -80,11 +130,11 @@ class CollectionPatch(Strict):
 
 # -- documents ----------------------------------------------------------------------------------
 class DocumentIn(Strict):
-    id: str = Field(min_length=1, max_length=512)
-    text: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    id: Text = Field(min_length=1, max_length=512)
+    text: Text | None = None
+    metadata: JSONObject = Field(default_factory=dict)
     vector: list[float] | None = None
-    space_id: str | None = None
+    space_id: Text | None = None
 
 
 class DocumentsIn(Strict):
@@ -93,13 +143,19 @@ class DocumentsIn(Strict):
 
 # -- query --------------------------------------------------------------------------------------
 class QueryIn(Strict):
-    text: str | None = None
+    text: Text | None = None
     vector: list[float] | None = None
-    space_id: str | None = None
+    space_id: Text | None = None
     k: int = Field(10, ge=1)
-    filter: dict[str, Any] | None = None
+    filter: JSONObject | None = None
     group_by: Literal["document"] | None = None
     ef_search: int | None = Field(None, ge=1, le=4096)
+    budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="latency budget in ms (default: the server's query_budget_ms, at most "
+        "max_query_budget_ms); a query that would miss it is refused with 429 + Retry-After",
+    )
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         None, description="default: the collection's search.mode, else hybrid for text queries"
     )
@@ -112,26 +168,26 @@ class QueryIn(Strict):
 
 # -- upgrades and aliases -----------------------------------------------------------------------
 class UpgradeIn(Strict):
-    model: str = Field(description="the model of the new embedding space")
+    model: Text = Field(description="the model of the new embedding space")
     auto_cutover: bool = Field(False, description="cut over by itself once the gate passes")
-    eval: list[dict[str, Any]] | None = Field(
+    eval: list[JSONObject] | None = Field(
         None, description='labeled gate set: [{"query": ..., "document_id": ...}]'
     )
-    gate: dict[str, Any] | None = Field(
+    gate: JSONObject | None = Field(
         None, description="k, min_recall, max_recall_drop, min_overlap, sample_queries"
     )
 
 
 class CutoverIn(Strict):
-    eval: list[dict[str, Any]] | None = None
-    gate: dict[str, Any] | None = None
+    eval: list[JSONObject] | None = None
+    gate: JSONObject | None = None
     force: bool = Field(False, description="skip the gate")
 
 
 class RetireIn(Strict):
-    space_id: str | None = Field(None, description="default: the previous space")
+    space_id: Text | None = Field(None, description="default: the previous space")
 
 
 class AliasIn(Strict):
-    alias: str
-    collection: str
+    alias: Text
+    collection: Text

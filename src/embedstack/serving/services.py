@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -13,17 +14,19 @@ from functools import partial
 import numpy as np
 
 from embedstack.config import Settings
-from embedstack.errors import ConfigError, Unavailable
+from embedstack.errors import ConfigError, InvalidInput, Unavailable
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.inference.engines.remote import RemoteConfig
+from embedstack.inference.engines.slow import SlowEmbedder
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.upgrade import UpgradeService
+from embedstack.serving.search_gate import SearchGate
 from embedstack.storage.store import CollectionRecord, Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,13 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
                     partial(HashingEmbedder, name=name, seed=seed),
                 )
             )
+        models.register(
+            ModelEntry(
+                "slow-test",
+                "hashing embedder that sleeps 25 ms per batch + 1 ms per text (tests only)",
+                SlowEmbedder,
+            )
+        )
     return models
 
 
@@ -84,11 +94,19 @@ class Services:
     indexes: IndexManager
     collections: CollectionService
     search_pool: ThreadPoolExecutor
+    search_gate: SearchGate
     upgrades: UpgradeService
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    query_models: dict[str, str] = field(default_factory=dict)  # collection -> last query model
     workers: list[IngestWorker] = field(default_factory=list)
     ready: bool = False
+    draining: bool = False  # SIGTERM received: new writes and queries get 503
+    drain: Callable[[], Awaitable[None]] | None = None  # set by the app's lifespan
     rebuilding: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # the server's background tasks by name ("maintenance", "worker serve-0", ...), watched by
+    # problems(); maintenance_beat is when the maintenance loop last finished a pass
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    maintenance_beat: float = field(default_factory=time.monotonic)
     _batcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -102,22 +120,27 @@ class Services:
         indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
         collections = CollectionService(store, models, indexes, settings.default_model)
         pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+        gate = SearchGate(pool, settings.search_threads, settings.max_search_inflight, metrics)
         services: Services
         upgrades = UpgradeService(
             store, queue, models, indexes, collections,
             lambda model, texts: services.embed_bulk(model, texts), metrics,
         )  # fmt: skip
         services = cls(
-            settings, metrics, store, queue, models, indexes, collections, pool, upgrades
+            settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades
         )
         return services
 
     async def batcher(self, model: str) -> Batcher:
         """The batcher of a model, loading the model on first use (off the event loop)."""
         found = self.batchers.get(model)
-        if found is not None:
+        if found is not None and found.failure() is None:
             return found
         async with self._batcher_lock:
+            dead = self.batchers.get(model)
+            if dead is not None and dead.failure() is not None and self.ready:
+                log.error("%s; starting a new one", dead.failure())
+                del self.batchers[model]
             if model not in self.batchers:
                 embedder = await asyncio.to_thread(self.models.get, model)
                 s = self.settings
@@ -127,20 +150,40 @@ class Services:
                     max_wait_ms=s.max_wait_ms,
                     max_pending=s.max_pending,
                     max_pending_bulk=s.max_pending_bulk,
+                    bulk_every=s.bulk_every,
+                    bulk_batch_ms=s.bulk_batch_ms,
                 )
                 b = Batcher(embedder, config, self.metrics)
                 await b.start()
                 self.batchers[model] = b
             return self.batchers[model]
 
-    async def embed(self, model: str, texts: Sequence[str], lane: Lane = "query") -> np.ndarray:
+    async def embed(
+        self, model: str, texts: Sequence[str], lane: Lane = "query", deadline: float | None = None
+    ) -> np.ndarray:
+        """Vectors of `texts`; with a `deadline` (time.monotonic()), Overloaded instead of
+        queueing when they would be embedded after it."""
         b = await self.batcher(model)
-        return await b.embed(texts, lane)
+        return await b.embed(texts, lane, deadline)
 
-    async def embed_counted(self, model: str, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+    async def embed_counted(
+        self, model: str, texts: Sequence[str], deadline: float | None = None
+    ) -> tuple[np.ndarray, int]:
         """Vectors and the tokens the model read (texts are tokenized once, by the batcher)."""
         b = await self.batcher(model)
-        return await b.embed_counted(texts, "query")
+        return await b.embed_counted(texts, "query", deadline)
+
+    def budget_seconds(self, requested_ms: float | None) -> float:
+        """A request's latency budget: its own (bounded) or the server default."""
+        s = self.settings
+        if requested_ms is None:
+            return s.query_budget_ms / 1000.0
+        if not 0 < requested_ms <= s.max_query_budget_ms:
+            raise InvalidInput(
+                f"latency budget {requested_ms:g} ms is out of range: send more than 0 and at "
+                f"most {s.max_query_budget_ms:g} ms"
+            )
+        return requested_ms / 1000.0
 
     async def embed_bulk(self, model: str, texts: Sequence[str]) -> np.ndarray:
         return await self.embed(model, texts, "bulk")
@@ -148,7 +191,9 @@ class Services:
     def make_worker(self, name: str | None = None) -> IngestWorker:
         s = self.settings
         cfg = WorkerConfig(
-            visibility_timeout=s.visibility_timeout_s, batch_documents=s.ingest_batch_documents
+            visibility_timeout=s.visibility_timeout_s,
+            batch_documents=s.ingest_batch_documents,
+            embed_batch=max(1, min(256, s.max_pending_bulk, s.max_pending) // 2),
         )
         return IngestWorker(
             self.store, self.queue, self.models, self.embed_bulk, self.metrics, cfg,
@@ -178,6 +223,12 @@ class Services:
         task = asyncio.create_task(run())
         self.rebuilding[record.name] = task
 
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection, its indexes and its metric series."""
+        spaces = [s.space_id for s in self.store.spaces(name)]
+        self.collections.delete(name)
+        self.metrics.forget_collection(name, spaces)
+
     def notify_workers(self) -> None:
         for w in self.workers:
             w.notify()
@@ -193,13 +244,39 @@ class Services:
                 jobs += 1
         return jobs
 
+    def maintenance_stall_s(self) -> float:
+        """How long a maintenance pass may take before the loop counts as stuck."""
+        return max(300.0, 50 * self.settings.sync_interval_s, 2 * self.settings.snapshot_interval_s)
+
+    def problems(self) -> list[str]:
+        """Why this node cannot do its work: a background task that died, a stuck maintenance
+        loop, a dead batcher of the default model, a worker that cannot reach the queue."""
+        out: list[str] = []
+        for name, task in self.tasks.items():
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                out.append(f"{name} stopped" + (f": {exc!r}" if exc is not None else ""))
+        stalled = time.monotonic() - self.maintenance_beat
+        if "maintenance" in self.tasks and stalled > self.maintenance_stall_s():
+            out.append(f"maintenance loop stuck: no pass finished for {stalled:.0f}s")
+        default = self.batchers.get(self.settings.default_model)
+        if default is not None and default.failure() is not None:
+            out.append(str(default.failure()))
+        out += [h for h in (w.health() for w in self.workers) if h is not None]
+        return out
+
     def require_ready(self) -> None:
+        if self.draining:
+            raise Unavailable(
+                "the server is shutting down: retry against another replica or after restart"
+            )
         if not self.ready:
             raise Unavailable("the server is starting: retry in a few seconds (see GET /readyz)")
 
     async def close(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+        await asyncio.to_thread(self.models.close)
         await asyncio.to_thread(self.indexes.snapshot_all)
         self.search_pool.shutdown(wait=True)
         self.queue.close()

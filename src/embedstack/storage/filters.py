@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from embedstack.errors import InvalidInput
 
 _OPS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 Scalar = str | int | float | bool | None
+MAX_KEYS = 64  # fields one filter may test
+MAX_VALUES = 1024  # values of one $in / $nin list
+INT64 = 1 << 63
 
 
 def _path(key: str) -> str:
-    if not key or '"' in key or "\\" in key or key.startswith("$"):
+    if not isinstance(key, str) or not key or '"' in key or "\\" in key or key.startswith("$"):
         raise InvalidInput(
             f"filter key {key!r} is not allowed: use a metadata field name without quotes, "
             "backslashes or a leading '$'"
@@ -22,6 +26,12 @@ def _path(key: str) -> str:
 def _scalar(key: str, value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)  # JSON true/false are 1/0 in SQLite's json_extract
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        raise InvalidInput(
+            f"filter value for {key!r} is an integer outside the 64-bit range: {value}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"filter value for {key!r} must be a finite number, got {value}")
     if value is None or isinstance(value, str | int | float):
         return value
     raise InvalidInput(
@@ -35,6 +45,10 @@ def filter_sql(flt: dict[str, Any], column: str = "d.metadata") -> tuple[str, li
 
     Conditions are ANDed. Operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin.
     """
+    if not isinstance(flt, dict):
+        raise InvalidInput(f"'filter' must be an object, got {type(flt).__name__}")
+    if len(flt) > MAX_KEYS:
+        raise InvalidInput(f"filter tests {len(flt)} fields, over the limit of {MAX_KEYS}")
     clauses: list[str] = []
     params: list[Any] = []
     for key, cond in flt.items():
@@ -47,6 +61,11 @@ def filter_sql(flt: dict[str, Any], column: str = "d.metadata") -> tuple[str, li
             if op in ("$in", "$nin"):
                 if not isinstance(value, list) or not value:
                     raise InvalidInput(f"{op} for {key!r} needs a non-empty list of values")
+                if len(value) > MAX_VALUES:
+                    raise InvalidInput(
+                        f"{op} for {key!r} has {len(value)} values, over the limit of "
+                        f"{MAX_VALUES} values"
+                    )
                 marks = ",".join("?" * len(value))
                 neg = "NOT " if op == "$nin" else ""
                 clauses.append(f"{expr} {neg}IN ({marks})")

@@ -84,7 +84,38 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX upgrades_by_collection ON upgrades(collection, started_at);
     """,
-    # 3: the lexical index (storage/lexical.py): FTS5 over chunk text, external content on chunks,
+    # access control (serving/auth.py): API keys (salted hashes only) and the audit log. A
+    # tenant's collections and aliases are stored under "<tenant>:<name>"; existing rows keep
+    # their plain names and belong to the tenant "default".
+    """
+    CREATE TABLE api_keys(
+        prefix TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        collections TEXT,
+        rate_rps REAL,
+        rate_texts REAL,
+        name TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        salt BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE INDEX api_keys_by_tenant ON api_keys(tenant, created_at);
+    CREATE TABLE audit(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        key_prefix TEXT,
+        tenant TEXT,
+        action TEXT NOT NULL,
+        collection TEXT,
+        status INTEGER,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_tenant ON audit(tenant, id);
+    """,
+    # 4: the lexical index (storage/lexical.py): FTS5 over chunk text, external content on chunks,
     # kept in step with every chunk insert and delete by triggers (so in the same transaction)
     """
     CREATE VIRTUAL TABLE chunks_fts USING fts5(

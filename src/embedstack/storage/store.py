@@ -15,11 +15,15 @@ import numpy as np
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.fsutil import storage_failure
 from embedstack.storage import lexical
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
+from embedstack.storage.keys import KeysMixin
 from embedstack.storage.migrations import MIGRATIONS, statements
 from embedstack.types import CollectionConfig
+
+_SQL_SLICE = 500  # ids per IN (...) list: far under SQLite's bound-variable limit
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class HitRow:
     metadata: dict[str, Any]
 
 
-class Store(CatalogMixin):
+class Store(CatalogMixin, KeysMixin):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,14 +109,23 @@ class Store(CatalogMixin):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A failed COMMIT is rolled back too (else the writer would stay
+        inside a transaction); a full disk is InsufficientStorage, the transaction not made."""
         with self._write_lock:
-            self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                full = storage_failure(exc, f"the store ({self.path})")
+                if full is None:
+                    raise
+                raise full from exc
 
     def _migrate(self) -> None:
         with self._tx() as c:
@@ -126,7 +139,8 @@ class Store(CatalogMixin):
                     c.execute("INSERT INTO schema_version(version) VALUES (?)", (number,))
 
     def close(self) -> None:
-        self._writer.close()
+        with self._write_lock:  # a transaction in flight on another thread ends first
+            self._writer.close()
 
     # -- collections ------------------------------------------------------------------------
     def create_collection(self, name: str, config: CollectionConfig, space_id: str) -> None:
@@ -264,7 +278,7 @@ class Store(CatalogMixin):
                     "INSERT INTO changes(collection, space_id, chunk_id, op) VALUES (?,?,?,-1)",
                     (collection, space, chunk_id),
                 )
-            return self._max_seq(c, collection)
+            return self._last_seq(c)
 
     def pending_documents(self, limit: int = 100_000) -> dict[str, list[str]]:
         """Documents stored but not (or no longer) indexed, by collection: for recovery."""
@@ -348,7 +362,7 @@ class Store(CatalogMixin):
                         " WHERE collection=? AND id=?",
                         (collection, d.document_id),
                     )
-            seq = self._max_seq(c, collection)
+            seq = self._last_seq(c)
         return WriteResult(added, removed, kept, stale, seq)
 
     @staticmethod
@@ -359,9 +373,22 @@ class Store(CatalogMixin):
         )
 
     @staticmethod
-    def _max_seq(c: sqlite3.Connection, collection: str) -> int:
-        row = c.execute("SELECT max(seq) FROM changes WHERE collection=?", (collection,)).fetchone()
+    def _last_seq(c: sqlite3.Connection) -> int:
+        """The newest change of any collection: an upper bound of each collection's own, read
+        from the primary key in O(1) (a per-collection max scanned the collection's whole log
+        in every write transaction). Readers cap it per space (IndexManager.caught_up)."""
+        row = c.execute("SELECT max(seq) FROM changes").fetchone()
         return int(row[0] or 0)
+
+    def truncate_changes(self, collection: str, space_id: str, upto: int) -> int:
+        """Forget a space's changes before `upto` (an index snapshot holds them; a rebuild reads
+        the chunks). The change at `upto` stays, so max_seq keeps its value. Returns the count."""
+        with self._tx() as c:
+            cur = c.execute(
+                "DELETE FROM changes WHERE collection=? AND space_id=? AND seq<?",
+                (collection, space_id, upto),
+            )
+            return int(cur.rowcount)
 
     def max_seq(self, collection: str, space_id: str) -> int:
         row = (
@@ -426,19 +453,45 @@ class Store(CatalogMixin):
         )
         return [r[0] for r in rows]
 
-    def hydrate(self, chunk_ids: Sequence[int]) -> dict[int, HitRow]:
+    def hydrate(
+        self, chunk_ids: Sequence[int], metadata: dict[tuple[str, str], Any] | None = None
+    ) -> dict[int, HitRow]:
+        """Text and document metadata of chunks that still exist (and whose document does).
+
+        Reads in slices under SQLite's variable limit, and parses each document's metadata once:
+        hits of one document share one dict. Pass the same `metadata` cache to several calls
+        (one query's fetch rounds) to parse it once per query."""
         out: dict[int, HitRow] = {}
-        if not chunk_ids:
-            return out
-        marks = ",".join("?" * len(chunk_ids))
-        rows = self._reader().execute(
-            "SELECT c.id, c.document_id, c.ordinal, c.text, d.metadata FROM chunks c"
-            " JOIN documents d ON d.collection=c.collection AND d.id=c.document_id"
-            f" WHERE c.id IN ({marks})",
-            [int(i) for i in chunk_ids],
-        )
-        for chunk_id, doc_id, ordinal, text, meta in rows:
-            out[chunk_id] = HitRow(chunk_id, doc_id, ordinal, text, orjson.loads(meta))
+        cache: dict[tuple[str, str], Any] = {} if metadata is None else metadata
+        ids = list(dict.fromkeys(int(i) for i in chunk_ids))
+        r = self._reader()
+        found: list[tuple[int, str, str, int, str]] = []
+        for start in range(0, len(ids), _SQL_SLICE):
+            part = ids[start : start + _SQL_SLICE]
+            marks = ",".join("?" * len(part))
+            found += r.execute(
+                "SELECT id, collection, document_id, ordinal, text FROM chunks"
+                f" WHERE id IN ({marks})",
+                part,
+            ).fetchall()
+        wanted: dict[str, list[str]] = {}
+        for _, coll, doc_id, _, _ in found:
+            if (coll, doc_id) not in cache:
+                wanted.setdefault(coll, []).append(doc_id)
+        for coll, doc_ids in wanted.items():
+            uniq = list(dict.fromkeys(doc_ids))
+            for start in range(0, len(uniq), _SQL_SLICE):
+                part_docs = uniq[start : start + _SQL_SLICE]
+                marks = ",".join("?" * len(part_docs))
+                for doc_id, meta in r.execute(
+                    f"SELECT id, metadata FROM documents WHERE collection=? AND id IN ({marks})",
+                    (coll, *part_docs),
+                ):
+                    cache[(coll, doc_id)] = orjson.loads(meta)
+        for chunk_id, coll, doc_id, ordinal, text in found:
+            meta = cache.get((coll, doc_id))
+            if meta is not None:  # None: the document was deleted meanwhile
+                out[chunk_id] = HitRow(chunk_id, doc_id, ordinal, text, meta)
         return out
 
     def chunk_owners(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, int]]:

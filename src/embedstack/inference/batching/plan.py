@@ -35,6 +35,8 @@ class Pending:
     remaining: int = field(init=False)  # texts whose vectors have not arrived
     closed: bool = False  # future resolved (result, error, cancelled); later results are dropped
     cancelled: bool = False
+    expired: bool = False  # dropped because its deadline passed
+    deadline: float | None = None  # time.monotonic() after which its texts are not worth running
 
     def __post_init__(self) -> None:
         self.remaining = len(self.texts)
@@ -56,21 +58,38 @@ Item = tuple[Pending, int]  # (request, text index)
 
 
 def plan(
-    queues: Mapping[Lane, Iterable[Pending]], max_size: int, max_tokens: int
+    queues: Mapping[Lane, Iterable[Pending]],
+    max_size: int,
+    max_tokens: int,
+    bulk_tokens: int | None = None,
+    bulk_turn: bool = False,
 ) -> tuple[list[Item], bool]:
-    """The next batch and whether it is full (size or padded-token budget reached)."""
-    if any(req.queued and not req.closed for req in queues["query"]):
-        return plan_in_order(queues, max_size, max_tokens)
-    return plan_by_length(queues["bulk"], max_size, max_tokens)
+    """The next batch and whether it is full (size or padded-token budget reached).
+
+    `bulk_tokens` caps the padded tokens of a batch that carries bulk texts (bulk texts riding
+    along queries, or a bulk batch while queries are about), so bulk work never holds the model
+    long when queries wait. `bulk_turn`: the bulk lane takes this batch although queries wait
+    (its minimum share); such a batch is cut at once."""
+    queries = any(req.queued and not req.closed for req in queues["query"])
+    cap = max_tokens if bulk_tokens is None else max(1, min(max_tokens, bulk_tokens))
+    if queries and not (bulk_turn and any(req.queued and not req.closed for req in queues["bulk"])):
+        return plan_in_order(queues, max_size, max_tokens, cap)
+    items, full = plan_by_length(queues["bulk"], max_size, cap)
+    return items, full or queries
 
 
 def plan_in_order(
-    queues: Mapping[Lane, Iterable[Pending]], max_size: int, max_tokens: int
+    queues: Mapping[Lane, Iterable[Pending]],
+    max_size: int,
+    max_tokens: int,
+    bulk_tokens: int | None = None,
 ) -> tuple[list[Item], bool]:
-    """Texts in lane priority and arrival order until the size or padded-token budget."""
+    """Texts in lane priority and arrival order until the size or padded-token budget; bulk
+    texts ride along only while the batch stays within `bulk_tokens` padded tokens."""
     items: list[Item] = []
     longest = 0
     for lane in LANES:
+        limit = max_tokens if lane == "query" or bulk_tokens is None else bulk_tokens
         for req in queues[lane]:
             if req.closed:
                 continue
@@ -78,6 +97,8 @@ def plan_in_order(
                 longest_with = max(longest, req.tokens[idx])
                 if items and (len(items) + 1) * longest_with > max_tokens:
                     return items, True
+                if items and (len(items) + 1) * longest_with > limit:
+                    return items, False
                 items.append((req, idx))
                 longest = longest_with
                 if len(items) >= max_size:

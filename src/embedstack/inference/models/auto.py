@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from embedstack.inference.models.catalog import Catalog
 
 log = logging.getLogger(__name__)
+GATE_THREAD_PREFIX = "embedstack-gate-"  # the background selection threads' names
 
 
 class AutoEmbedder:
@@ -36,6 +37,8 @@ class AutoEmbedder:
         self._model = model
         self._spec = catalog.spec(model)
         self._selected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._mode = "auto"
         if pinned is not None:
             # the operator's choice: gated now (cached after the first time), refused if it fails
@@ -55,13 +58,15 @@ class AutoEmbedder:
         self._current = catalog.build_as(model, reference)
         self._backend = reference
         self._thread = threading.Thread(
-            target=self._select, name=f"embedstack-gate-{model}", daemon=True
+            target=self._select, name=f"{GATE_THREAD_PREFIX}{model}", daemon=True
         )
         self._thread.start()
 
     def _select(self) -> None:
         try:
-            backend = self._catalog.choose(self._model)
+            backend = self._catalog.choose(self._model, stop=self._stop)
+            if self._stop.is_set():
+                return
             if backend != self._backend:
                 self._current = self._catalog.build_as(self._model, backend)
                 self._backend = backend
@@ -81,6 +86,13 @@ class AutoEmbedder:
     @property
     def backend(self) -> str:
         return f"{self._mode}:{self._backend}"
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop a background selection early (it finishes the step it is in: the race waits no
+        longer for an idle moment) and wait for it at most `timeout` seconds."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def wait_selected(self, timeout: float | None = None) -> bool:
         """True once the gated choice is made (at once when it came from the cache)."""

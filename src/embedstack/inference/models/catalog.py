@@ -42,12 +42,12 @@ from embedstack.inference.models.gate import (
     GateSample,
     compare,
     load_sample,
-    race,
     run_gate,
 )
 from embedstack.inference.models.gate import timed_embed as _timed
 from embedstack.inference.models.invariance import check_invariance
 from embedstack.inference.models.quantize import Int8Config
+from embedstack.inference.models.race import IDLE_WAIT_S, RaceLoad, race_repeated
 from embedstack.inference.models.variants import BundledVariants, Variant
 from embedstack.types import ModelSpec
 
@@ -95,6 +95,7 @@ class Catalog:
         candidates: Sequence[str] | None = None,
         race_texts: int = RACE_TEXTS,
         pins: Mapping[str, str] | None = None,
+        race_wait_s: float = IDLE_WAIT_S,
     ) -> None:
         self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
         self._onnx = onnx
@@ -104,6 +105,7 @@ class Catalog:
         self._background = background
         self._candidates = None if candidates is None else set(candidates)
         self._race_texts = race_texts
+        self._race_wait_s = race_wait_s
         self._pins = dict(pins or {})
         self._builders = BundledVariants(self.cache_dir, onnx, int8, ov, self.spec)
         self.gate_cache = GateCache(self.cache_dir / "gate.json")
@@ -254,11 +256,15 @@ class Catalog:
             return {}
         return self.gate_cache.get_speeds(self._race_key(self.spec(model), passing)) or {}
 
-    def choose(self, model: str) -> str:
+    def choose(
+        self, model: str, force_race: bool = False, stop: threading.Event | None = None
+    ) -> str:
         """The fastest backend that passes the gate on this machine (gating as needed).
 
         Speeds from gate runs at different moments are not comparable on a shared machine, so
-        the passing backends race on the same texts, interleaved, and the winner is cached.
+        the passing backends race on the same texts, interleaved, at an idle moment (waiting
+        at most `race_wait_s`), three times, keeping each one's median; the winner and the
+        load it was measured under are cached. `force_race` races again despite the cache.
         """
         # never a batch-dependent engine (the gate refuses one; checked again for old reports)
         reports = self.auto_reports(model)
@@ -267,16 +273,29 @@ class Catalog:
             best = passing[0] if passing else self.reference(model).backend
         else:
             key = self._race_key(self.spec(model), passing)
-            found = self.gate_cache.get_choice(key)
+            found = None if force_race else self.gate_cache.get_choice(key)
             if found is None:
                 texts = self.sample().texts[: self._race_texts]
-                speeds = race({b: self.variant(model, b).build() for b in passing}, texts)
+                engines = {b: self.variant(model, b).build() for b in passing}
+                speeds, load = race_repeated(engines, texts, max_wait_s=self._race_wait_s,
+                                             stop=stop)  # fmt: skip
                 found = max(speeds, key=lambda b: speeds[b])
-                log.info("model %s: speed race on %d texts: %s", model, len(texts), speeds)
-                self.gate_cache.put_choice(key, found, speeds)
+                log.info("model %s: speed race on %d texts at %s: %s", model, len(texts),
+                         load.describe(), speeds)  # fmt: skip
+                self.gate_cache.put_choice(key, found, speeds, load.as_dict())
             best = found
         log.info("model %s: auto-selected backend %s", model, best)
         return best
+
+    def race_load(self, model: str) -> RaceLoad | None:
+        """The load the cached speed race of `model` ran under (None before one ran)."""
+        passing = self._cached_passing(model)
+        if not passing or len(passing) < 2:
+            return None
+        raw = self.gate_cache.get_race_load(self._race_key(self.spec(model), passing))
+        if raw is None:
+            return None
+        return RaceLoad(raw["before"], raw["after"], int(raw["cpus"]), raw.get("waited_s", 0.0))
 
     def _race_key(self, spec: ModelSpec, backends: Sequence[str]) -> str:
         return self.gate_cache.key(spec.fingerprint, "race:" + ",".join(backends))

@@ -186,22 +186,6 @@ def timed_embed(
     return np.concatenate(parts), len(texts) / seconds
 
 
-def race(
-    embedders: Mapping[str, Embedder], texts: Sequence[str], rounds: int = 3
-) -> dict[str, float]:
-    """Median texts/s of each embedder on the same texts, run interleaved round by round."""
-    seconds: dict[str, list[float]] = {name: [] for name in embedders}
-    for e in embedders.values():
-        e.embed_batch(texts[:64])  # warm up
-    for _ in range(rounds):
-        for name, e in embedders.items():
-            started = time.perf_counter()
-            for i in range(0, len(texts), 64):
-                e.embed_batch(texts[i : i + 64])
-            seconds[name].append(time.perf_counter() - started)
-    return {name: len(texts) / max(float(np.median(s)), 1e-9) for name, s in seconds.items()}
-
-
 def run_gate(
     model: str,
     backend: str,
@@ -302,8 +286,23 @@ class GateCache:
             return {str(k): float(v) for k, v in speeds.items()}
         return None
 
-    def put_choice(self, key: str, backend: str, speeds: Mapping[str, float]) -> None:
-        self._write(key, {"choice": backend, "texts_per_s": dict(speeds)})
+    def put_choice(
+        self,
+        key: str,
+        backend: str,
+        speeds: Mapping[str, float],
+        load: Mapping[str, float] | None = None,
+    ) -> None:
+        entry: dict[str, object] = {"choice": backend, "texts_per_s": dict(speeds)}
+        if load is not None:
+            entry["load"] = dict(load)
+        self._write(key, entry)
+
+    def get_race_load(self, key: str) -> dict[str, float] | None:
+        """The load a cached speed race ran under (before, after, cpus, waited_s), if known."""
+        raw = self._read().get(key)
+        load = raw.get("load") if isinstance(raw, dict) else None
+        return {str(k): float(v) for k, v in load.items()} if isinstance(load, dict) else None
 
     def all(self) -> dict[str, GateReport]:
         out = {}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
+from embedstack.serving.auth import Access, principal_of, reading, scraping
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import HealthOut, ModelsOut, ReadyOut
 from embedstack.serving.routes.deps import get_services
@@ -20,26 +21,41 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=ReadyOut)
-async def readyz(services: Services = Depends(get_services)) -> Response:
+async def readyz(request: Request, services: Services = Depends(get_services)) -> Response:
     default = services.settings.default_model
+    who = principal_of(request)  # open route: a caller without a key sees no index names
     body = {
         "ready": services.ready,
         "models_loaded": sorted(services.batchers),
         # which engine serves each loaded model ("auto:openvino-bf16", "pinned:onnx-fp32", ...)
         "backends": {name: m.backend for name, m in sorted(services.models.loaded().items())},
-        "indexes": [f"{c}/{s}" for c, s in services.indexes.open_keys()],
+        "indexes": [
+            f"{who.display(c)}/{s}" for c, s in services.indexes.open_keys() if who and who.owns(c)
+        ],
+        "collections_failed": {
+            who.display(c): reason
+            for c, reason in services.collections.failed().items()
+            if who and who.owns(c)
+        },
     }
-    ok = services.ready and default in services.batchers
+    problems = services.problems() if services.ready else []
+    if problems:
+        body["problems"] = problems
+    ok = services.ready and default in services.batchers and not problems
     return JSON(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(services: Services = Depends(get_services)) -> Response:
+async def metrics(
+    services: Services = Depends(get_services), _: Access = Depends(scraping)
+) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelsOut)
-async def list_models(services: Services = Depends(get_services)) -> Response:
+async def list_models(
+    services: Services = Depends(get_services), _: Access = Depends(reading)
+) -> Response:
     data = []
     for name in services.models.names():
         entry: dict[str, object] = {"id": name, "object": "model", "owned_by": "embedstack"}

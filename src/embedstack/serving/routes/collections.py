@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
+from embedstack.registry.collections import NAME_RE
+from embedstack.serving.auth import Access, administering, reading
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import CollectionOut, CollectionsOut, DeletedOut
 from embedstack.serving.routes.deps import ready_services
@@ -19,13 +21,21 @@ router = APIRouter(prefix="/v1/collections")
 
 @router.post("", status_code=201, response_model=CollectionOut)
 async def create_collection(
-    body: CollectionCreate, services: Services = Depends(ready_services)
-) -> Response:
+    body: CollectionCreate, services: Services = Depends(ready_services),
+    access: Access = Depends(administering),
+) -> Response:  # fmt: skip
+    if not NAME_RE.match(body.name):
+        raise InvalidInput(
+            f"collection name {body.name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
+            "'.', starting with a letter or digit"
+        )
+    access.grant(body.name)
+    access.note(collection=body.name)
     if body.model is not None:
         await services.batcher(body.model)  # loads the model once, off the loop
     record = await asyncio.to_thread(
         services.collections.create,
-        body.name,
+        access.qualify(body.name),
         body.model,
         body.dim,
         body.metric,
@@ -34,45 +44,59 @@ async def create_collection(
         body.search.model_dump(exclude_none=True) if body.search else None,
     )
     described = await asyncio.to_thread(services.collections.describe, record)
-    return JSON(described, status_code=201)
+    return JSON({**described, "name": body.name}, status_code=201)
 
 
 @router.get("", response_model=CollectionsOut)
-async def list_collections(services: Services = Depends(ready_services)) -> Response:
+async def list_collections(
+    services: Services = Depends(ready_services), access: Access = Depends(reading)
+) -> Response:
     records = await asyncio.to_thread(services.store.list_collections)
+    records = [r for r in records if access.owns(r.name)]  # this key's tenant and grants
     out = [await asyncio.to_thread(services.collections.describe, r) for r in records]
-    return JSON({"collections": out})
+    return JSON({"collections": [{**d, "name": access.display(d["name"])} for d in out]})
 
 
 @router.get("/{name}", response_model=CollectionOut)
-async def get_collection(name: str, services: Services = Depends(ready_services)) -> Response:
-    record = await asyncio.to_thread(services.collections.resolve, name)
+async def get_collection(
+    name: str, services: Services = Depends(ready_services), access: Access = Depends(reading)
+) -> Response:
+    record = await access.resolve(name)
     described = await asyncio.to_thread(services.collections.describe, record)
-    return JSON({**described, "rebuilding": record.name in services.rebuilding})
+    shown = access.display(record.name)
+    return JSON({**described, "name": shown, "rebuilding": record.name in services.rebuilding})
 
 
 @router.delete("/{name}", response_model=DeletedOut)
-async def delete_collection(name: str, services: Services = Depends(ready_services)) -> Response:
-    await asyncio.to_thread(services.collections.delete, name)
+async def delete_collection(
+    name: str, services: Services = Depends(ready_services),
+    access: Access = Depends(administering),
+) -> Response:  # fmt: skip
+    access.grant(name)
+    await asyncio.to_thread(services.delete_collection, access.qualify(name))
     return JSON({"deleted": name})
 
 
 @router.patch("/{name}", status_code=202, response_model=CollectionOut)
 async def update_collection(
-    name: str, body: CollectionPatch, services: Services = Depends(ready_services)
-) -> Response:
+    name: str, body: CollectionPatch, services: Services = Depends(ready_services),
+    access: Access = Depends(administering),
+) -> Response:  # fmt: skip
     """Change index settings (the new index is built aside from the store and swapped in
     atomically, so queries keep being answered by the old one until then: 202) and/or the query
     defaults (`search`: applied at once: 200)."""
     if body.index is None and body.search is None:
         raise InvalidInput("send 'index' and/or 'search' to change")
-    record = await asyncio.to_thread(services.collections.resolve, name)
+    record = await access.resolve(name)
+    stored = record.name
     if body.search is not None:
         fields = body.search.model_dump(exclude_unset=True)
-        record = await asyncio.to_thread(services.collections.change_search, name, fields)
+        record = await asyncio.to_thread(services.collections.change_search, stored, fields)
     if body.index is not None:
-        record = await asyncio.to_thread(services.collections.change_index, name, body.index)
+        record = await asyncio.to_thread(services.collections.change_index, stored, body.index)
         services.start_rebuild(record)
     described = await asyncio.to_thread(services.collections.describe, record)
+    shown = access.display(record.name)
     rebuilding = body.index is not None or record.name in services.rebuilding
-    return JSON({**described, "rebuilding": rebuilding}, status_code=202 if body.index else 200)
+    return JSON({**described, "name": shown, "rebuilding": rebuilding},
+                status_code=202 if body.index is not None else 200)  # fmt: skip

@@ -7,13 +7,16 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMismatch
 from embedstack.index.common import unit_rows
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.submit import submit_documents
+from embedstack.serving.auth import Access, reading, writing
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
@@ -59,15 +62,49 @@ def checked_vector(
     return vec
 
 
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            stack += [(v, level) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def check_metadata(metadata: dict[str, Any], where: str, max_bytes: int, max_depth: int) -> None:
+    """Metadata is parsed on every query hit: bound its nesting and its size."""
+    depth = _depth(metadata)
+    if depth > max_depth:
+        raise InvalidInput(
+            f"{where}: metadata is nested {depth} levels deep, over the limit of {max_depth}: "
+            "flatten it"
+        )
+    try:
+        size = len(orjson.dumps(metadata))
+    except orjson.JSONEncodeError as exc:
+        raise InvalidInput(f"{where}: metadata is not storable as JSON: {exc}") from exc
+    if size > max_bytes:
+        raise InvalidInput(
+            f"{where}: metadata is {size} bytes as JSON, over the limit of {max_bytes} bytes: "
+            "keep large values in the text or elsewhere"
+        )
+
+
 def _document_row(
-    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, max_chars: int
+    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, settings: Settings
 ) -> DocumentRow:
     where = f"documents[{i}] (id {d.id!r})"
     text = d.text or ""
+    max_chars = settings.max_document_chars
     if len(text) > max_chars:
         raise PayloadTooLarge(
             f"{where} has {len(text)} characters, over the {max_chars} limit: split the document"
         )
+    check_metadata(d.metadata, where, settings.max_metadata_bytes, settings.max_metadata_depth)
     if space.model:
         if d.vector is not None:
             raise InvalidInput(
@@ -95,15 +132,17 @@ def _document_row(
 
 @router.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
 async def add_documents(
-    name: str, body: DocumentsIn, services: Services = Depends(ready_services)
-) -> Response:
-    record = await asyncio.to_thread(services.collections.resolve, name)
+    name: str, body: DocumentsIn, services: Services = Depends(ready_services),
+    access: Access = Depends(writing),
+) -> Response:  # fmt: skip
+    record = await access.resolve(name)
     name = record.name
     limit = services.settings.max_documents_per_request
     if not body.documents:
         raise InvalidInput("'documents' is empty: send at least one document")
     if len(body.documents) > limit:
         raise InvalidInput(f"{len(body.documents)} documents, over the {limit} limit: split them")
+    access.charge_texts(len(body.documents))
     space = services.collections.space(record)
     seen: set[str] = set()
     rows = []
@@ -111,9 +150,10 @@ async def add_documents(
         if d.id in seen:
             raise InvalidInput(f"document id {d.id!r} appears twice in one request")
         seen.add(d.id)
-        rows.append(_document_row(d, i, record, space, services.settings.max_document_chars))
+        rows.append(_document_row(d, i, record, space, services.settings))
     done = await asyncio.to_thread(submit_documents, services.store, services.queue, name, rows)
     services.notify_workers()
+    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
     return JSON(
         {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
         status_code=202,
@@ -121,11 +161,18 @@ async def add_documents(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, services: Services = Depends(ready_services)) -> Response:
-    job = await asyncio.to_thread(services.queue.get, job_id)
+async def get_job(
+    job_id: str, services: Services = Depends(ready_services), access: Access = Depends(reading)
+) -> Response:
+    try:
+        job = await asyncio.to_thread(services.queue.get, job_id)
+    except NotFound:
+        job = None
+    collection = str(job.payload.get("collection")) if job is not None else ""
+    if job is None or not access.owns(collection):  # another tenant's job does not exist here
+        raise NotFound(f"job {job_id!r} does not exist")
     status = JOB_STATUS.get(job.status, job.status)
     result: dict[str, Any] = dict(job.result or {})
-    collection = str(job.payload.get("collection"))
     # read-your-writes: "done" once the serving indexes hold what the job wrote
     seq = int(result.get("seq", 0))
     if status == "done" and seq > 0 and not services.indexes.caught_up(collection, seq):
@@ -134,7 +181,7 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
         {
             "id": job.id,
             "status": status,
-            "collection": collection,
+            "collection": access.display(collection),
             "documents": len(job.payload.get("documents", [])),
             "attempts": job.attempts,
             "result": result or None,
@@ -147,25 +194,28 @@ async def get_job(job_id: str, services: Services = Depends(ready_services)) -> 
 
 @router.get("/v1/collections/{name}/documents/{doc_id}", response_model=DocumentOut)
 async def get_document(
-    name: str, doc_id: str, services: Services = Depends(ready_services)
-) -> Response:
+    name: str, doc_id: str, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     """A stored document as it was last written (text and metadata)."""
-    name = (await asyncio.to_thread(services.collections.resolve, name)).name
+    name = (await access.resolve(name)).name
     rows = await asyncio.to_thread(services.store.get_documents, name, [doc_id])
     if not rows:
-        raise NotFound(f"collection {name!r} has no document {doc_id!r}")
+        raise NotFound(f"collection {access.display(name)!r} has no document {doc_id!r}")
     row = rows[0]
     return JSON(
-        {"id": row.id, "collection": name, "text": row.text, "metadata": row.metadata,
-         "indexed": row.indexed_hash == row.content_hash}
+        {"id": row.id, "collection": access.display(name), "text": row.text,
+         "metadata": row.metadata, "indexed": row.indexed_hash == row.content_hash}
     )  # fmt: skip
 
 
 @router.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
 async def delete_document(
-    name: str, doc_id: str, services: Services = Depends(ready_services)
-) -> Response:
-    name = (await asyncio.to_thread(services.collections.resolve, name)).name
+    name: str, doc_id: str, services: Services = Depends(ready_services),
+    access: Access = Depends(writing),
+) -> Response:  # fmt: skip
+    name = (await access.resolve(name)).name
     await asyncio.to_thread(services.store.delete_document, name, doc_id)
     await asyncio.to_thread(services.indexes.sync_collection, name)
-    return JSON({"deleted": doc_id, "collection": name})
+    access.note(documents=1)
+    return JSON({"deleted": doc_id, "collection": access.display(name)})

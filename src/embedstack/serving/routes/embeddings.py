@@ -10,9 +10,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
+from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
 from embedstack.serving.responses import EmbeddingsOut
 from embedstack.serving.routes.deps import ready_services
+from embedstack.serving.routes.query import arrival, requested_budget_ms
 from embedstack.serving.schemas import EmbeddingRequest
 from embedstack.serving.services import Services
 
@@ -35,10 +37,12 @@ def _validate_inputs(texts: list[str], services: Services) -> None:
 
 @router.post("/v1/embeddings", response_model=EmbeddingsOut)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services)
-) -> Response:
+    body: EmbeddingRequest, request: Request, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     texts = [body.input] if isinstance(body.input, str) else body.input
     _validate_inputs(texts, services)
+    access.charge_texts(len(texts))
     model = body.model or services.settings.default_model
     embedder = await asyncio.to_thread(services.models.get, model)
     if body.dimensions is not None and body.dimensions != embedder.spec.dim:
@@ -46,7 +50,15 @@ async def create_embeddings(
             f"model {model!r} makes {embedder.spec.dim}-dim vectors; omit 'dimensions' or set it "
             f"to {embedder.spec.dim}"
         )
-    vectors, tokens = await unless_disconnected(request, services.embed_counted(model, texts))
+    # a budget only when the caller sends one (X-Request-Budget-Ms): a large request cannot
+    # meet the query default, but it still counts in the queue that queries are admitted behind
+    requested = requested_budget_ms(request)
+    deadline = None
+    if requested is not None:
+        deadline = arrival(request) + services.budget_seconds(requested)
+    vectors, tokens = await unless_disconnected(
+        request, services.embed_counted(model, texts, deadline)
+    )
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     data: list[dict[str, object]] = []
     for i, v in enumerate(vectors):

@@ -1,4 +1,10 @@
-"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate."""
+"""POST /v1/collections/{name}/query: embed in the collection's space, search (dense, lexical
+or hybrid: registry/hybrid.py), filter, hydrate.
+
+Every query has a latency budget (body `budget_ms`, header X-Request-Budget-Ms, or the server's
+query_budget_ms); the batcher and the search gate refuse it with 429 + Retry-After when they
+estimate it would miss the budget, and drop it unrun if the deadline passes while it waits.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ from starlette.responses import Response
 from embedstack.errors import InvalidInput
 from embedstack.registry import hybrid
 from embedstack.registry.hybrid import Retrieval, collection_settings, resolve
+from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
+from embedstack.serving.limits import check_filter
 from embedstack.serving.responses import QueryOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.routes.documents import checked_vector
@@ -25,6 +33,30 @@ from embedstack.storage.store import CollectionRecord
 router = APIRouter()
 
 
+BUDGET_HEADER = "x-request-budget-ms"
+
+
+def requested_budget_ms(request: Request, body_ms: float | None = None) -> float | None:
+    """The latency budget a request asks for: the body's, else the header's, else None."""
+    if body_ms is not None:
+        return body_ms
+    raw = request.headers.get(BUDGET_HEADER)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"header X-Request-Budget-Ms is {raw[:20]!r}: send a number of milliseconds"
+        ) from None
+
+
+def arrival(request: Request) -> float:
+    """time.monotonic() when the request reached the server (its budget counts from there)."""
+    arrived = getattr(request.state, "arrived", None)
+    return arrived if isinstance(arrived, float) else time.monotonic()
+
+
 def _checked_text(text: str, services: Services) -> str:
     if not text.strip():
         raise InvalidInput("'text' is empty: send the words to search for")
@@ -34,18 +66,23 @@ def _checked_text(text: str, services: Services) -> str:
 
 
 async def _embedded(
-    text: str, record: CollectionRecord, space: SpaceInfo, request: Request, services: Services
-) -> np.ndarray:
+    text: str, record: CollectionRecord, space: SpaceInfo, request: Request, services: Services,
+    deadline: float,
+) -> np.ndarray:  # fmt: skip
     # enforces space parity (loading the model on first use, off the event loop)
     await asyncio.to_thread(services.collections.embedder_for, record, space)
     assert space.model is not None  # embedder_for refused a space without a model
-    vecs = await unless_disconnected(request, services.embed(space.model, [text], "query"))
+    services.query_models[record.name] = space.model
+    search_time = services.search_gate.estimate() or 0.0  # leave the search its share
+    vecs = await unless_disconnected(
+        request, services.embed(space.model, [text], "query", deadline - search_time)
+    )
     return np.asarray(vecs[0], dtype=np.float32)
 
 
 async def _query_inputs(
     body: QueryIn, how: Retrieval, record: CollectionRecord, space: SpaceInfo, request: Request,
-    services: Services,
+    services: Services, deadline: float,
 ) -> tuple[np.ndarray | None, str | None]:  # fmt: skip
     """The query vector (None in lexical mode) and text (None for a dense vector query)."""
     if how.mode == "dense":
@@ -56,7 +93,7 @@ async def _query_inputs(
             return checked_vector(body.vector, record, space, "the query vector", claimed), None
         assert body.text is not None
         text = _checked_text(body.text, services)
-        return await _embedded(text, record, space, request, services), text
+        return await _embedded(text, record, space, request, services, deadline), text
     if body.text is None:
         raise InvalidInput(f"mode {how.mode!r} searches words: send 'text'")
     text = _checked_text(body.text, services)
@@ -67,7 +104,7 @@ async def _query_inputs(
     if body.vector is not None:  # hybrid with the caller's own vector for the dense half
         claimed = body.space_id is not None
         return checked_vector(body.vector, record, space, "the query vector", claimed), text
-    return await _embedded(text, record, space, request, services), text
+    return await _embedded(text, record, space, request, services, deadline), text
 
 
 def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
@@ -82,39 +119,63 @@ def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
 
 @router.post("/v1/collections/{name}/query", response_model=QueryOut)
 async def query(
-    name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services)
-) -> Response:
+    name: str, body: QueryIn, request: Request, services: Services = Depends(ready_services),
+    access: Access = Depends(reading),
+) -> Response:  # fmt: skip
     started = time.perf_counter()
+    budget = services.budget_seconds(requested_budget_ms(request, body.budget_ms))
+    deadline = arrival(request) + budget
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
+    check_filter(body.filter, services.settings.max_filter_conditions)
+    _early_check(services, access.qualify(name), body, deadline)
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
-    record = await asyncio.to_thread(services.collections.resolve, name)
+    record = await access.resolve(name)
+    services.collections.require_open(record)
+    access.charge_texts(1)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     how = _retrieval(body, record)
-    loop = asyncio.get_running_loop()
     group = body.group_by is not None
     ahead = None  # hybrid: the lexical half runs while the query is embedded
     if how.mode == "hybrid" and body.text is not None and body.text.strip():
-        ahead = loop.run_in_executor(
-            services.search_pool, hybrid.lexical_candidates, services.store, record.name,
-            space.space_id, body.text, body.k, body.filter, group,
-        )  # fmt: skip
+        ahead = asyncio.ensure_future(services.search_gate.run(
+            hybrid.lexical_candidates, services.store, record.name, space.space_id, body.text,
+            body.k, body.filter, group, deadline=deadline,
+        ))  # fmt: skip
     try:
-        vec, text = await _query_inputs(body, how, record, space, request, services)
+        vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
     except BaseException:
         if ahead is not None:
             await asyncio.gather(ahead, return_exceptions=True)
         raise
     lexical_first = await ahead if ahead is not None else None
-    hits = await loop.run_in_executor(
-        services.search_pool, hybrid.search, services.store, services.indexes, record.name,
-        space.space_id, vec, text, body.k, body.filter, group, how, lexical_first,
+    knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
+    hits = await services.search_gate.run(
+        hybrid.search, services.store, services.indexes, record.name, space.space_id, vec, text,
+        body.k, body.filter, group, how, lexical_first, knobs, deadline=deadline,
     )  # fmt: skip
+    took = _ms(started)
+    services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
-        {"hits": hits, "collection": record.name, "space_id": space.space_id,
-         "mode": how.mode, "took_ms": _ms(started)}
+        {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
+         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3)}
     )  # fmt: skip
+
+
+_SHORT_QUERY = (8,)  # token counts of a short query
+
+
+def _early_check(services: Services, stored: str, body: QueryIn, deadline: float) -> None:
+    """Refuse, before any thread hop, a query that even a short text could not answer within
+    its deadline (the model this collection's text queries went to last, and the search
+    gate); the real checks follow with the real text."""
+    gate = services.search_gate
+    gate.check()
+    model = services.query_models.get(stored) if body.text is not None else None
+    batcher = services.batchers.get(model) if model is not None else None
+    if batcher is not None:
+        batcher.check_deadline(_SHORT_QUERY, deadline - (gate.estimate() or 0.0))
 
 
 def _ms(started: float) -> float:

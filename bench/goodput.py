@@ -1,0 +1,311 @@
+"""Goodput under overload: text queries against a latency budget, from 1x to 4x the peak.
+
+A real server (the bundled all-MiniLM-L6-v2, pinned to onnx-fp32 unless --backend says otherwise)
+serves a collection of the committed python-doc sections (tests/data/pydoc_sections.jsonl).
+Queries are 4-12-word snippets of those sections. The load generator is a small asyncio
+HTTP/1.1 client on keep-alive connections (far cheaper per request than httpx, so the client
+takes less of the machine from the server).
+
+1. Peak: closed-loop steps with --calibrate clients; the step with the most goodput (answers
+   within the budget per second) is the peak: its client count C and its goodput G.
+2. Closed loop at 1x, 2x, 3x, 4x C clients; open loop (Poisson arrivals) at 1x, 2x, 3x, 4x G
+   per second. Open-loop latency counts from the scheduled send time (no coordinated omission).
+3. Baseline, same run: closed loop at 4x C with a budget of --no-budget-ms on every request,
+   i.e. admission that never sheds (what the server did before), judged against the budget.
+
+Per step: admitted QPS, p50/p99 of admitted (200) answers, 429 share, goodput, and goodput
+against the peak. Target: p99 under the budget at every step; goodput at 4x >= 90% of peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from common import Server, load_note, post, pydoc_docs, say, server_env, table, wait_jobs
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--docs", type=int, default=213, help="pydoc sections to load (all: 213)")
+    p.add_argument("--step-s", type=float, default=10.0, help="seconds per load step (10)")
+    p.add_argument("--budget-ms", type=float, default=100.0, help="query budget (100, the SLO)")
+    p.add_argument("--calibrate", default="2,4,8,16", help="closed-loop client counts for the peak")
+    p.add_argument("--multiples", default="1,2,3,4", help="load steps as multiples of the peak")
+    p.add_argument("--no-budget-ms", type=float, default=60_000.0,
+                   help="budget of the baseline step (admission that never sheds)")  # fmt: skip
+    p.add_argument("--backend", default="onnx-fp32", help="backend pinned for the model")
+    p.add_argument("--skip-open", action="store_true", help="closed-loop steps only")
+    p.add_argument("--retry-pause-ms", type=float, default=10.0,
+                   help="closed-loop clients pause this long after a 429 (10)")  # fmt: skip
+    return p.parse_args()
+
+
+# -- a small HTTP/1.1 client -----------------------------------------------------------------
+class Conn:
+    """One keep-alive connection; request() sends a POST and returns (status, body)."""
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str]) -> None:
+        self.host, self.port = host, port
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        data = await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+@dataclass
+class Step:
+    name: str
+    offered: str
+    seconds: float
+    budget_s: float
+    lat: list[float] = field(default_factory=list)  # of 200 answers, seconds
+    took: list[float] = field(default_factory=list)  # server-reported ms of 200 answers
+    shed: int = 0  # 429
+    other: int = 0  # anything else (errors)
+    sample: str = ""  # the first refusal or error, for the log
+
+    def row(self, peak: float | None) -> list[object]:
+        n_ok = len(self.lat)
+        total = n_ok + self.shed + self.other
+        lat = np.asarray(self.lat) * 1000 if self.lat else np.asarray([np.nan])
+        good = sum(1 for x in self.lat if x <= self.budget_s) / self.seconds
+        return [
+            self.name, self.offered, total / self.seconds, n_ok / self.seconds,
+            float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+            float(np.percentile(self.took, 99)) if self.took else float("nan"),
+            100.0 * self.shed / max(1, total), self.other, good,
+            f"{100 * good / peak:.0f}%" if peak else "-",
+        ]  # fmt: skip
+
+    @property
+    def goodput(self) -> float:
+        return sum(1 for x in self.lat if x <= self.budget_s) / self.seconds
+
+    def record(self, status: int, body: bytes, seconds: float) -> None:
+        if status == 200:
+            self.lat.append(seconds)
+            self.took.append(float(orjson.loads(body)["took_ms"]))
+        elif status == 429:
+            self.shed += 1
+        else:
+            self.other += 1
+        if status != 200 and not self.sample:
+            self.sample = f"{status} {body[:200].decode(errors='replace')}"
+
+
+COLUMNS = ["step", "offered", "sent/s", "admitted QPS", "p50 ms", "p99 ms", "server p99 ms",
+           "429 %", "errors", "goodput/s", "vs peak"]  # fmt: skip
+
+
+async def closed_loop(
+    url: httpx.URL, path: str, bodies: list[bytes], clients: int, step: Step,
+    headers: dict[str, str], pause: float = 0.01,
+) -> None:  # fmt: skip
+    """`clients` connections, each sending its next query as soon as the last one answered;
+    after a 429 it pauses `pause` seconds (a client that honours Retry-After waits longer,
+    which only lowers the offered load)."""
+    end = time.perf_counter() + step.seconds
+    rng = random.Random(clients)
+
+    async def client() -> None:
+        conn = Conn(url.host, url.port or 80, path, headers)
+        try:
+            while time.perf_counter() < end:
+                body = bodies[rng.randrange(len(bodies))]
+                t = time.perf_counter()
+                status, data = await conn.request(body)
+                step.record(status, data, time.perf_counter() - t)
+                if status == 429:
+                    await asyncio.sleep(pause)
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def open_loop(
+    url: httpx.URL, path: str, bodies: list[bytes], rate: float, step: Step, max_conns: int = 512
+) -> None:
+    """Poisson arrivals at `rate`/s for step.seconds; latency from the scheduled send time."""
+    rng = random.Random(int(rate))
+    idle: list[Conn] = []
+    opened = 0
+    freed = asyncio.Condition()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(scheduled: float, body: bytes) -> None:
+        nonlocal opened
+        async with freed:
+            while not idle and opened >= max_conns:
+                await freed.wait()
+            if idle:
+                conn = idle.pop()
+            else:
+                opened += 1
+                conn = Conn(url.host, url.port or 80, path, {})
+        try:
+            status, data = await conn.request(body)
+        except (OSError, asyncio.IncompleteReadError):
+            conn.close()
+            status, data = 599, b""
+        step.record(status, data, time.perf_counter() - scheduled)
+        async with freed:
+            idle.append(conn)
+            freed.notify()
+
+    start = time.perf_counter()
+    t = start
+    while t < start + step.seconds:
+        t += rng.expovariate(rate)
+        delay = t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(t, bodies[rng.randrange(len(bodies))]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=60)
+    for conn in idle:
+        conn.close()
+
+
+# -- the run ---------------------------------------------------------------------------------
+def queries(docs: list[tuple[str, str]], n: int = 1000) -> list[str]:
+    rng = random.Random(0)
+    words = [w for _, t in docs for w in t.split() if w.isalpha()]
+    return [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(n)]
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    text = client.get("/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def main() -> None:
+    args = parse_args()
+    say(f"bench/goodput.py {' '.join(sys.argv[1:])}\n{load_note()}")
+    budget_s = args.budget_ms / 1000.0
+    pause = args.retry_pause_ms / 1000.0
+    env = server_env(
+        EMBEDSTACK_MODEL_BACKENDS=orjson.dumps({MODEL: args.backend}).decode(),
+        EMBEDSTACK_QUERY_BUDGET_MS=str(args.budget_ms),
+    )
+    docs = pydoc_docs(args.docs)
+    bodies = [orjson.dumps({"text": q, "k": 10}) for q in queries(docs)]
+    path = "/v1/collections/docs/query"
+    with tempfile.TemporaryDirectory(prefix="embedstack-goodput-") as tmp, Server(
+        Path(tmp), env
+    ) as server, server.client() as client:  # fmt: skip
+        post(client, "/v1/collections", {"name": "docs", "model": MODEL})
+        job = post(client, "/v1/collections/docs/documents",
+                   {"documents": [{"id": f"s{i}", "text": x, "metadata": {"title": t}}
+                                  for i, (t, x) in enumerate(docs)]})["job_id"]  # fmt: skip
+        wait_jobs(client, [job])
+        say(f"{len(docs)} docs indexed; warming up ... {load_note()}")
+        url = httpx.URL(server.url)
+        for b in bodies[:50]:
+            r = client.post(path, content=b, headers={"content-type": "application/json"})
+            if r.status_code != 200:
+                raise RuntimeError(f"warm-up query -> {r.status_code}: {r.text[:300]}")
+
+        def run(step: Step, coro_of: object) -> Step:
+            asyncio.run(coro_of)  # type: ignore[arg-type]
+            say(f"  {step.name} {step.offered}: goodput {step.goodput:.0f}/s, "
+                f"{len(step.lat)} ok, {step.shed} shed ... {load_note()}"
+                f"\n    {step.sample}")  # fmt: skip
+            return step
+
+        calib: list[Step] = []
+        for c in [int(x) for x in args.calibrate.split(",") if x]:
+            s = Step("peak search, closed", f"{c} clients", args.step_s, budget_s)
+            calib.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
+        best = max(calib, key=lambda s: s.goodput)
+        peak_clients = int(best.offered.split()[0])
+        peak = best.goodput
+        if peak <= 0:
+            raise SystemExit("no query was answered within the budget: nothing to measure")
+        say(f"peak: {peak:.0f} answers/s within {args.budget_ms:g} ms at {peak_clients} clients")
+        steps: list[Step] = []
+        multiples = [float(m) for m in args.multiples.split(",") if m]
+        for m in multiples:
+            c = max(1, round(m * peak_clients))
+            s = Step(f"closed {m:g}x", f"{c} clients", args.step_s, budget_s)
+            steps.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
+        if not args.skip_open:
+            for m in multiples:
+                s = Step(f"open {m:g}x", f"{m * peak:.0f}/s", args.step_s, budget_s)
+                steps.append(run(s, open_loop(url, path, bodies, m * peak, s)))
+        c = max(1, round(multiples[-1] * peak_clients))
+        base = Step(f"closed {multiples[-1]:g}x, never shed", f"{c} clients", args.step_s,
+                    budget_s)  # fmt: skip
+        headers = {"X-Request-Budget-Ms": f"{args.no_budget_ms:g}"}
+        steps.append(run(base, closed_loop(url, path, bodies, c, base, headers, pause)))
+        shed = metric(client, "embedstack_shed_total")
+        dropped = metric(client, "embedstack_deadline_dropped_total")
+        missed = metric(client, 'embedstack_query_budget_total{outcome="missed"}')
+    say(f"done. {load_note()}")
+    table(
+        f"Text queries ({MODEL}, {args.backend}), budget {args.budget_ms:g} ms, {len(docs)} "
+        f"docs, {args.step_s:g} s steps; peak {peak:.0f}/s at {peak_clients} clients",
+        COLUMNS,
+        [s.row(peak) for s in [*calib, *steps]],
+    )
+    say(f"server: {shed:.0f} refused at admission, {dropped:.0f} dropped past their deadline, "
+        f"{missed:.0f} answered past the budget (server-side)")  # fmt: skip
+    top = [s for s in steps if s.name.startswith(("closed", "open")) and "never" not in s.name]
+    at_max = [s for s in top if s.name.endswith(f"{multiples[-1]:g}x")]
+    for s in at_max:
+        say(f"[bold]RATIO goodput {s.name} / peak = {s.goodput / peak:.2f}[/]")
+    worst = max(float(np.percentile(s.lat, 99)) for s in top if s.lat) * 1000
+    say(f"[bold]worst admitted p99 over the load steps: {worst:.1f} ms "
+        f"(budget {args.budget_ms:g} ms)[/]")  # fmt: skip
+    say(f"[bold]RATIO goodput never-shed {base.offered} / peak = {base.goodput / peak:.2f}, "
+        f"its p99 {float(np.percentile(base.lat, 99)) * 1000:.0f} ms[/]")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
