@@ -118,17 +118,17 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: the lexical index (storage/lexical.py): FTS5 over chunk text, external content on chunks,
     # kept in step with every chunk insert and delete by triggers (so in the same transaction)
     """
-    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+    CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
         text, content='chunks', content_rowid='id',
         tokenize='porter unicode61 remove_diacritics 2'
     );
-    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+    CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
         INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
     END;
-    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+    CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
         INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
     END;
-    CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN
+    CREATE TRIGGER IF NOT EXISTS chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN
         INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
         INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
     END;
