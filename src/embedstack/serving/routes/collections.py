@@ -83,8 +83,8 @@ async def update_collection(
     access: Access = Depends(administering),
 ) -> Response:  # fmt: skip
     """Change index settings (the new index is built aside from the store and swapped in
-    atomically, so queries keep being answered by the old one until then: 202) and/or the query
-    defaults (`search`: applied at once: 200)."""
+    atomically, so queries keep being answered by the old one until then) and/or the query
+    defaults (`search`: applied at once). 202 either way."""
     if body.index is None and body.search is None:
         raise InvalidInput("send 'index' and/or 'search' to change")
     record = await access.resolve(name)
@@ -98,5 +98,4 @@ async def update_collection(
     described = await asyncio.to_thread(services.collections.describe, record)
     shown = access.display(record.name)
     rebuilding = body.index is not None or record.name in services.rebuilding
-    return JSON({**described, "name": shown, "rebuilding": rebuilding},
-                status_code=202 if body.index is not None else 200)  # fmt: skip
+    return JSON({**described, "name": shown, "rebuilding": rebuilding}, status_code=202)

@@ -137,23 +137,11 @@ async def query(
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     how = _retrieval(body, record)
     group = body.group_by is not None
-    ahead = None  # hybrid: the lexical half runs while the query is embedded
-    if how.mode == "hybrid" and body.text is not None and body.text.strip():
-        ahead = asyncio.ensure_future(services.search_gate.run(
-            hybrid.lexical_candidates, services.store, record.name, space.space_id, body.text,
-            body.k, body.filter, group, deadline=deadline,
-        ))  # fmt: skip
-    try:
-        vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
-    except BaseException:
-        if ahead is not None:
-            await asyncio.gather(ahead, return_exceptions=True)
-        raise
-    lexical_first = await ahead if ahead is not None else None
+    vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
     knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     hits = await services.search_gate.run(
         hybrid.search, services.store, services.indexes, record.name, space.space_id, vec, text,
-        body.k, body.filter, group, how, lexical_first, knobs, deadline=deadline,
+        body.k, body.filter, group, how, None, knobs, deadline=deadline,
     )  # fmt: skip
     took = _ms(started)
     services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
