@@ -83,6 +83,7 @@ class Result:
 
 
 Searcher = Callable[[str, Setting, int], list[str]]
+RETRIES = 10  # 429s (overload, latency budget) an evaluation query waits out
 
 
 def load_labels(path: Path) -> list[Label]:
@@ -162,7 +163,12 @@ def http_searcher(client: Any, collection: str) -> Searcher:
 
     def search(query: str, setting: Setting, k: int) -> list[str]:
         body = {"text": query, "k": k, "group_by": "document", **setting.body()}
-        r = client.post(f"/v1/collections/{collection}/query", json=body)
+        for attempt in range(RETRIES + 1):
+            r = client.post(f"/v1/collections/{collection}/query", json=body)
+            if r.status_code != 429 or attempt == RETRIES:
+                break
+            # an offline evaluation has no deadline: wait out the server's admission control
+            time.sleep(min(5.0, float(r.headers.get("retry-after") or 1)))
         if r.status_code != 200:
             raise RuntimeError(f"query failed: {r.status_code} {r.text[:300]}")
         return [hit["document_id"] for hit in r.json()["hits"]]
