@@ -52,6 +52,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, list[int]]]] = {
     "ivf_flat": ({}, {"nprobe": [16, 32, 128]}),
     "ivf_pq": ({}, {"nprobe": [16, 32, 128]}),
     "scann": ({}, {"leaves_to_search": [8, 16, 64]}),
+    "binary": ({}, {"rescore": [4, 20, 40]}),
 }
 
 

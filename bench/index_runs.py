@@ -114,7 +114,7 @@ def build_raw(
 ) -> Built | None:
     """The same faiss structure and knobs as ours, built and queried with the plain faiss API."""
     index_type = ours.row.extra["type"]
-    if index_type == "scann":
+    if index_type in ("scann", "binary"):  # no plain-faiss twin of the same search path
         return None
     trained = getattr(ours.index, "trained", True)  # untrained: ours serves from a Flat buffer
     key = structures.factory_key(index_type, ours.row.extra["shape"]) if trained else "Flat"

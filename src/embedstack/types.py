@@ -77,10 +77,16 @@ class CollectionConfig:
     model: str | None = None
     model_spec: ModelSpec | None = None
     chunking: ChunkingSpec | None = None
+    search: JSONDict = field(default_factory=dict)  # query defaults: mode, fusion, alpha, ...
 
     def with_index(self, index: IndexSpec) -> CollectionConfig:
         return CollectionConfig(
-            self.dim, self.metric, index, self.model, self.model_spec, self.chunking
+            self.dim, self.metric, index, self.model, self.model_spec, self.chunking, self.search
+        )
+
+    def with_search(self, search: JSONDict) -> CollectionConfig:
+        return CollectionConfig(
+            self.dim, self.metric, self.index, self.model, self.model_spec, self.chunking, search
         )
 
     def to_json(self) -> JSONDict:
@@ -93,6 +99,8 @@ class CollectionConfig:
         if self.chunking is not None:
             out["chunking"] = asdict(self.chunking)
         out["index"] = {"type": self.index.type, "params": dict(self.index.params)}
+        if self.search:
+            out["search"] = dict(self.search)
         return out
 
     @classmethod
@@ -107,6 +115,7 @@ class CollectionConfig:
             model=data.get("model"),
             model_spec=ModelSpec.from_json(spec) if spec else None,
             chunking=ChunkingSpec(**chunking) if chunking else None,
+            search=dict(data.get("search") or {}),
         )
 
 

@@ -51,9 +51,21 @@ BACKENDS: dict[str, tuple[str, dict[str, Any], float, float]] = {
         1.0,
     ),
     "scann": ("scann", {"train_min": 500}, 0.8, 0.05),
+    "binary": ("binary", {"train_min": 500}, 0.9, 0.01),
+    "binary_hnsw": ("binary", {"train_min": 500, "M": 16}, 0.85, 0.01),
 }
 NAMES = tuple(BACKENDS)
-TOMBSTONED = ("flat", "hnsw", "hnsw_sq8", "sq8", "ivf_flat", "ivf_pq", "ivf_pq_raw")
+TOMBSTONED = (
+    "flat",
+    "hnsw",
+    "hnsw_sq8",
+    "sq8",
+    "ivf_flat",
+    "ivf_pq",
+    "ivf_pq_raw",
+    "binary",
+    "binary_hnsw",
+)
 
 
 def backend_param(name: str) -> Any:

@@ -19,7 +19,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 COMMANDS = ("serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys", "backup", "restore", "doctor")  # fmt: skip
+            "tune", "plan", "keys", "backup", "restore", "doctor", "eval")  # fmt: skip
 
 
 def test_help_explains_every_command() -> None:

@@ -45,7 +45,7 @@ def test_client_ingests_and_queries_real_documents(real_server: Server) -> None:
         assert done.documents == len(docs) and len(done.submitted) == -(-len(docs) // 8)
         assert seen[-1].finished and seen[-1].jobs_done == len(done.submitted)
         hits = es.query("pydoc", "how do I catch an exception with try and except?", k=3,
-                        group_by="document").hits  # fmt: skip
+                        group_by="document", mode="dense").hits  # fmt: skip
         assert hits[0].metadata["file"] == "tutorial/errors.rst.txt"
         assert len({h.document_id for h in hits}) == 3
         only = es.query("pydoc", "exceptions", k=5,

@@ -48,7 +48,8 @@ class Prober(threading.Thread):
             while not self.stop.is_set():
                 doc = self.docs[i % len(self.docs)]
                 i += 1
-                r = c.post("/v1/collections/alias-kb/query", json={"text": doc["text"], "k": 3})
+                query = {"text": doc["text"], "k": 3, "mode": "dense"}  # scores are cosines
+                r = c.post("/v1/collections/alias-kb/query", json=query)
                 self.count += 1
                 if r.status_code != 200:
                     self.errors.append(f"{r.status_code} {r.text}")

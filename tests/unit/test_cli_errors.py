@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import click
 import pytest
@@ -19,15 +20,17 @@ from embedstack.errors import ConfigError, NotFound
 from embedstack.registry.upgrade import Gate
 from embedstack.testing import free_port
 
+LABELS = Path(__file__).resolve().parents[1] / "data" / "pydoc_title_labels.jsonl"
 COMMANDS = {"serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys", "backup", "restore", "doctor"}  # fmt: skip
-SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune"}
+            "tune", "plan", "keys", "backup", "restore", "doctor", "eval"}  # fmt: skip
+SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune", "eval"}
 # arguments that reach the server on a closed port (tune reads a store first: see its own test)
 REACHING = {
     "query": ["hello", "-c", "kb"],
     "upgrade": ["-c", "kb", "--model", "hashing-test-b"],
     "rollback": ["-c", "kb"],
     "retire": ["-c", "kb"],
+    "eval": ["-c", "kb", "--labels", str(LABELS)],
 }
 
 

@@ -136,6 +136,7 @@ def test_factory_validation() -> None:
         "sq8",
         "ivf_flat",
         "ivf_pq",
+        "binary",
         "scann",
     )
     assert validate_index_params("hnsw", {"M": 16}) == {

@@ -1,8 +1,8 @@
 """The embedstack command line: one click group; build_cli() attaches every command.
 
-One module per command family (serve, ingest, query, models, upgrade, tune, plan, backup);
-cli/common.py holds the shared options and the error policy, cli/http.py the client of the
-server-driving commands. Nothing registers itself on import: build_cli() is the one list of
+One module per command family (serve, ingest, query, models, upgrade, tune, plan, backup,
+eval); cli/common.py holds the shared options and the error policy, cli/http.py the client of
+the server-driving commands. Nothing registers itself on import: build_cli() is the one list of
 commands, and main() is the one place that sets process environment.
 """
 
@@ -29,6 +29,7 @@ EMBEDSTACK_* environment variables, an optional --config TOML file, and flags.
 def build_cli() -> click.Group:
     """The `embedstack` group with every command attached."""
     from embedstack.cli.backup import backup, doctor, restore
+    from embedstack.cli.eval import eval_command
     from embedstack.cli.ingest import ingest
     from embedstack.cli.keys import keys
     from embedstack.cli.models import models
@@ -40,7 +41,7 @@ def build_cli() -> click.Group:
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
     for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
-                    keys, backup, restore, doctor):  # fmt: skip
+                    keys, backup, restore, doctor, eval_command):  # fmt: skip
         cli.add_command(command)
     return cli
 

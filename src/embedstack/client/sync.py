@@ -326,13 +326,19 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         group_by: Literal["document"] | None = None,
         ef_search: int | None = None,
+        mode: Literal["dense", "lexical", "hybrid"] | None = None,
+        fusion: Literal["rrf", "blend"] | None = None,
+        alpha: float | None = None,
+        doc_scoring: Literal["max", "max_sum", "first_prior"] | None = None,
     ) -> QueryOut:
         """POST /v1/collections/{name}/query: `text` or `vector` (+ `space_id`); `filter` like
         `{"lang": "en", "year": {"$gte": 2020}}`; `group_by="document"` for one hit per
-        document."""
+        document; `mode` dense / lexical / hybrid (default: the collection's), `fusion`,
+        `alpha`, `doc_scoring` (README "Search modes")."""
         payload = {"text": text, "vector": list(vector) if vector is not None else None,
                    "space_id": space_id, "k": k, "filter": filter, "group_by": group_by,
-                   "ef_search": ef_search}  # fmt: skip
+                   "ef_search": ef_search, "mode": mode, "fusion": fusion, "alpha": alpha,
+                   "doc_scoring": doc_scoring}  # fmt: skip
         return self._run(call("POST", f"/v1/collections/{seg(collection)}/query", QueryOut,
                               payload))  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Create, validate and load index backends by type name.
 
-Types: exact (numpy), flat, hnsw, hnsw_sq8, sq8, ivf_flat, ivf_pq (faiss) and scann (optional
-extra: `pip install embedstack[scann]`). Parameters and defaults are listed in params.py.
+Types: exact (numpy), flat, hnsw, hnsw_sq8, sq8, ivf_flat, ivf_pq, binary (faiss) and scann
+(optional extra: `pip install embedstack[scann]`). Parameters and defaults are listed in params.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from embedstack.errors import InvalidInput
 from embedstack.index.base import MaintainedIndex
+from embedstack.index.binary import BinaryIndex
 from embedstack.index.common import read_meta
 from embedstack.index.exact import ExactIndex
 from embedstack.index.faiss_index import FAISS_TYPES, FaissIndex
@@ -36,6 +37,8 @@ def create_index(
     full = validate_index_params(index_type, params)
     if index_type == "exact":
         return ExactIndex(dim, metric)
+    if index_type == "binary":
+        return BinaryIndex(dim, metric, full)
     if index_type == "scann":
         from embedstack.index.scann_index import ScannIndex
 
@@ -49,6 +52,8 @@ def load_index(path: Path) -> MaintainedIndex:
     check_type(index_type)
     if index_type == "exact":
         return ExactIndex.load(path)
+    if index_type == "binary":
+        return BinaryIndex.load(path)
     if index_type == "scann":
         from embedstack.index.scann_index import ScannIndex
 

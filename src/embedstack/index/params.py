@@ -87,6 +87,19 @@ INDEX_PARAMS: MappingProxyType[str, MappingProxyType[str, Param]] = MappingProxy
                 ),
                 **_TRAINED,
             },
+            "binary": {
+                "M": Param(0, 0, 256, "HNSW degree over the bit codes (0 = flat Hamming scan)"),
+                "ef_construction": Param(200, 8, 8192, "HNSW candidate list while inserting"),
+                "ef_search": Param(64, 1, 32768, "HNSW candidate list (M > 0)", knob=True),
+                "rescore": Param(
+                    10,
+                    1,
+                    1024,
+                    "re-score k x this Hamming candidates exactly from the kept float16 copy",
+                    knob=True,
+                ),
+                **_TRAINED,
+            },
             "scann": {
                 "leaves": Param(0, 0, 1 << 16, "partitions (0 = auto: about sqrt(n))"),
                 "leaves_to_search": Param(
@@ -103,7 +116,9 @@ INDEX_PARAMS: MappingProxyType[str, MappingProxyType[str, Param]] = MappingProxy
     }
 )
 INDEX_TYPES: tuple[str, ...] = tuple(INDEX_PARAMS)
-TRAINED_TYPES: frozenset[str] = frozenset({"hnsw_sq8", "sq8", "ivf_flat", "ivf_pq", "scann"})
+TRAINED_TYPES: frozenset[str] = frozenset(
+    {"hnsw_sq8", "sq8", "ivf_flat", "ivf_pq", "scann", "binary"}
+)
 
 
 def check_type(index_type: str) -> None:

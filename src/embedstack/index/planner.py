@@ -166,6 +166,11 @@ def memory_components(
         if int(p["refine_factor"]) > 0:
             out.append(("float32 refine store", n * d * FLOAT))
         return out
+    if index_type == "binary":  # binary.py: bits + a float16 re-score copy
+        out = [("sign-bit codes", n * math.ceil(d / 8)), ("float16 re-score copy", n * d * 2), ids]
+        if int(p["M"]):
+            out.append(("graph links", round(n * _hnsw_links(int(p["M"])))))
+        return [*out, ("thresholds", d * FLOAT)]
     if index_type == "scann":
         rerank = 2 * d if metric == "l2" else d + 4  # bfloat16, or int8 + norm
         return [
@@ -190,6 +195,12 @@ def build_seconds(
         return n * work * depth * rates.hnsw_unit
     if index_type == "sq8":
         return n * d * rates.sq_per_float
+    if index_type == "binary":  # encode + copy like sq8; a Hamming graph (not calibrated)
+        seconds = n * d * rates.sq_per_float
+        if int(p["M"]):
+            work = (d / 32) * (int(p["M"]) * int(p["ef_construction"])) ** 0.7
+            seconds += n * work * math.log(max(n, 2)) / math.log(1e5) * rates.hnsw_unit
+        return seconds
     if index_type == "scann":  # partitions trained on up to SCANN_TRAIN_MAX vectors
         train = min(n, SCANN_TRAIN_MAX) * int(p["leaves"]) * d * rates.kmeans_unit
         return train + n * d * rates.scann_per_float

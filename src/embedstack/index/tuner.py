@@ -273,6 +273,8 @@ def _family_points(index_type: str, n: int, dim: int) -> list[dict[str, Any]]:
         if n <= 20_000:  # a float store makes it bigger than ivf_flat: a latency play only
             points.append({**pq, "refine_factor": 4, "nprobe": sweep[-1]})
         return points
+    if index_type == "binary":
+        return [{"M": 0, "rescore": r} for r in (4, 10)]
     if index_type == "scann":
         leaves = auto_leaves(n)
         return [{"leaves": 0, "leaves_to_search": max(1, leaves // f)} for f in (16, 4)]
@@ -325,7 +327,7 @@ def index_config(measurement: Measurement, recall_floor: float | None = None) ->
 def is_quantized(index_type: str) -> bool:
     """True for types that store compressed vectors (their recall is below exact search)."""
     return index_type not in EXACT_TYPES and (
-        "sq" in index_type or "pq" in index_type or index_type == "scann"
+        "sq" in index_type or "pq" in index_type or index_type in ("scann", "binary")
     )
 
 

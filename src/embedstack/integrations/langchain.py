@@ -196,14 +196,15 @@ class EmbedStackVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        """Best documents first with the server's score (cosine/ip: similarity, higher is
-        closer; l2: distance). `filter` is embedstack's: `{"lang": "en", "year": {"$gte":
-        2020}}` with `$in $nin $ne $gt $gte $lt $lte`."""
+        """Best documents first with the server's dense score (cosine/ip: similarity, higher
+        is closer; l2: distance): similarity search asks for mode "dense". `filter` is
+        embedstack's: `{"lang": "en", "year": {"$gte": 2020}}` with `$in $nin $ne $gt $gte $lt
+        $lte`."""
         if self._embedding is not None:
             vector = self._embedding.embed_query(query)
             return self.similarity_search_by_vector_with_score(vector, k, filter, **kwargs)
         return self._search(lambda: self.client.query(
-            self.collection, query, k=k, filter=filter, group_by=_group(kwargs),
+            self.collection, query, k=k, filter=filter, group_by=_group(kwargs), mode="dense",
         ))  # fmt: skip
 
     async def asimilarity_search_with_score(
@@ -217,7 +218,7 @@ class EmbedStackVectorStore(VectorStore):
                                          group_by=_group(kwargs))  # fmt: skip
                 else:
                     out = await ac.query(self.collection, query, k=k, filter=filter,
-                                         group_by=_group(kwargs))  # fmt: skip
+                                         group_by=_group(kwargs), mode="dense")  # fmt: skip
             except NotFoundError:
                 if vector is not None:  # its collection is made by the first add
                     return []

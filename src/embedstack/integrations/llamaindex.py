@@ -202,7 +202,7 @@ class EmbedStackVectorStore(BasePydanticVectorStore):
         except NotFoundError:
             return []
         ids: list[str] = []
-        probe: dict[str, Any] = {"text": "a"}
+        probe: dict[str, Any] = {"text": "a", "mode": "dense"}
         if not self.server_embeds:
             probe = {"vector": [1.0] + [0.0] * (described.dim - 1)}
         probe["space_id"] = None if self.server_embeds else described.space_id
@@ -226,7 +226,7 @@ class EmbedStackVectorStore(BasePydanticVectorStore):
         if query.doc_ids:
             flt.setdefault("ref_doc_id", {})["$in"] = list(query.doc_ids)
         args: dict[str, Any] = {"k": query.similarity_top_k, "filter": flt or None,
-                                "group_by": "document"}  # fmt: skip
+                                "group_by": "document", "mode": "dense"}  # fmt: skip
         if self.server_embeds and query.query_str is not None:
             args["text"] = query.query_str
         elif query.query_embedding is not None:

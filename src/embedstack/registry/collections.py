@@ -13,6 +13,7 @@ from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
+from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings
 from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.keys import TENANT_RE, TENANT_SEP
@@ -47,6 +48,7 @@ class CollectionService:
         metric: str | None = None,
         chunking: dict[str, Any] | None = None,
         index: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
     ) -> CollectionRecord:
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
@@ -63,6 +65,8 @@ class CollectionService:
         else:
             config = self._byo_config(dim, metric, chunking, index_spec)
             space_id = byo_space_id(config.dim, config.metric)
+        if search:
+            config = config.with_search(check_settings(search))
         _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
@@ -147,6 +151,15 @@ class CollectionService:
         if is_quantized(spec.type):
             self._check_floor(record, spec.type, spec.params)
         self._store.update_collection_config(record.name, record.config.with_index(spec))
+        return self._store.get_collection(record.name)
+
+    def change_search(self, name: str, search: dict[str, Any]) -> CollectionRecord:
+        """Store new query defaults (mode, fusion, alpha, doc_scoring): merged over the old ones,
+        a null value removing its key; they apply to the next query."""
+        record = self.resolve(name)
+        merged = {**record.config.search, **search}
+        merged = check_settings({k: v for k, v in merged.items() if v is not None})
+        self._store.update_collection_config(record.name, record.config.with_search(merged))
         return self._store.get_collection(record.name)
 
     def _check_floor(
@@ -274,6 +287,10 @@ class CollectionService:
             "metric": cfg.metric,
             "chunking": stored.get("chunking"),
             "index": stored["index"],
+            "search": {
+                **Retrieval().as_dict(),
+                **collection_settings(cfg.search, cfg.model is not None),
+            },
             "created_at": record.created_at,
             "state": "error" if record.name in self._open_errors else "ready",
             "error": self._open_errors.get(record.name),

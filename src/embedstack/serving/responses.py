@@ -90,6 +90,7 @@ class CollectionOut(BaseModel):
     metric: str
     chunking: dict[str, Any] | None
     index: dict[str, Any]
+    search: dict[str, Any] | None = Field(None, description="query defaults in effect")
     created_at: float
     documents: int
     documents_pending: int
@@ -155,6 +156,7 @@ class QueryOut(BaseModel):
     hits: list[HitOut]
     collection: str
     space_id: str
+    mode: str | None = Field(None, description="dense, lexical or hybrid: the mode that ran")
     took_ms: float
     budget_ms: float = Field(description="the latency budget the query was admitted under")
 

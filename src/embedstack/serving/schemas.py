@@ -97,6 +97,15 @@ class ChunkingBody(Strict):
     overlap: int | None = Field(None, description="tokens shared by neighbours; default: size/8")
 
 
+class SearchBody(Strict):
+    """Query defaults of a collection; a query's own fields override them."""
+
+    mode: Literal["dense", "lexical", "hybrid"] | None = None
+    fusion: Literal["rrf", "blend"] | None = None
+    alpha: float | None = Field(None, ge=0, le=1, description="dense weight in the fusion")
+    doc_scoring: Literal["max", "max_sum", "first_prior"] | None = None
+
+
 class CollectionCreate(Strict):
     name: Text = Field(description="1-64 letters, digits, '_', '-', '.'")
     model: Text | None = Field(None, description="embedding model; default: the bundled model")
@@ -106,11 +115,16 @@ class CollectionCreate(Strict):
     index: JSONObject | None = Field(
         None, description='e.g. {"type": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 64}'
     )
+    search: SearchBody | None = Field(None, description="query defaults (mode, fusion, ...)")
 
 
 class CollectionPatch(Strict):
-    index: JSONObject = Field(
-        description='new index settings, e.g. {"type": "hnsw", "M": 16}; built in the background'
+    index: JSONObject | None = Field(
+        None,
+        description='new index settings, e.g. {"type": "hnsw", "M": 16}; built in the background',
+    )
+    search: SearchBody | None = Field(
+        None, description='new query defaults, e.g. {"mode": "hybrid"}; null removes a key'
     )
 
 
@@ -141,6 +155,14 @@ class QueryIn(Strict):
         gt=0,
         description="latency budget in ms (default: the server's query_budget_ms, at most "
         "max_query_budget_ms); a query that would miss it is refused with 429 + Retry-After",
+    )
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None, description="default: the collection's search.mode, else hybrid for text queries"
+    )
+    fusion: Literal["rrf", "blend"] | None = Field(None, description="hybrid: how lists merge")
+    alpha: float | None = Field(None, ge=0, le=1, description="hybrid: weight of dense (0.5)")
+    doc_scoring: Literal["max", "max_sum", "first_prior"] | None = Field(
+        None, description="group_by document: how chunk scores make a document's score"
     )
 
 

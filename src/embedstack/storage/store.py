@@ -16,10 +16,11 @@ import orjson
 
 from embedstack.errors import Conflict, NotFound
 from embedstack.fsutil import storage_failure
+from embedstack.storage import lexical
 from embedstack.storage.catalog import CatalogMixin
 from embedstack.storage.filters import filter_sql
 from embedstack.storage.keys import KeysMixin
-from embedstack.storage.migrations import MIGRATIONS
+from embedstack.storage.migrations import MIGRATIONS, statements
 from embedstack.types import CollectionConfig
 
 _SQL_SLICE = 500  # ids per IN (...) list: far under SQLite's bound-variable limit
@@ -133,9 +134,8 @@ class Store(CatalogMixin, KeysMixin):
             current = row[0] or 0
             for number, sql in enumerate(MIGRATIONS, start=1):
                 if number > current:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            c.execute(statement)
+                    for statement in statements(sql):
+                        c.execute(statement)
                     c.execute("INSERT INTO schema_version(version) VALUES (?)", (number,))
 
     def close(self) -> None:
@@ -494,6 +494,20 @@ class Store(CatalogMixin, KeysMixin):
                 out[chunk_id] = HitRow(chunk_id, doc_id, ordinal, text, meta)
         return out
 
+    def chunk_owners(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """(document id, ordinal) of the chunks that exist among `chunk_ids`: what ranking by
+        document needs, without the text and metadata that `hydrate` reads."""
+        out: dict[int, tuple[str, int]] = {}
+        r = self._reader()
+        for start in range(0, len(chunk_ids), 900):
+            part = [int(i) for i in chunk_ids[start : start + 900]]
+            marks = ",".join("?" * len(part))
+            for chunk_id, doc_id, ordinal in r.execute(
+                f"SELECT id, document_id, ordinal FROM chunks WHERE id IN ({marks})", part
+            ):
+                out[chunk_id] = (doc_id, ordinal)
+        return out
+
     def filter_chunk_ids(self, collection: str, space_id: str, flt: dict[str, Any]) -> np.ndarray:
         where, params = filter_sql(flt)
         rows = self._reader().execute(
@@ -503,6 +517,18 @@ class Store(CatalogMixin, KeysMixin):
             (collection, space_id, *params),
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    # -- lexical (storage/lexical.py) ------------------------------------------------------
+    def lexical_search(
+        self, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None = None
+    ) -> tuple[list[int], list[float]]:
+        """bm25 over the space's chunk text: chunk ids and scores (higher is better)."""
+        return lexical.search(self._reader(), collection, space_id, text, k, flt)
+
+    def lexical_check(self) -> None:
+        """Raise sqlite3.DatabaseError if the lexical index disagrees with the chunks."""
+        with self._tx() as c:
+            lexical.integrity_check(c)
 
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:

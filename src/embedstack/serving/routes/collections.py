@@ -41,6 +41,7 @@ async def create_collection(
         body.metric,
         body.chunking.model_dump() if body.chunking else None,
         body.index,
+        body.search.model_dump(exclude_none=True) if body.search else None,
     )
     described = await asyncio.to_thread(services.collections.describe, record)
     return JSON({**described, "name": body.name}, status_code=201)
@@ -81,11 +82,20 @@ async def update_collection(
     name: str, body: CollectionPatch, services: Services = Depends(ready_services),
     access: Access = Depends(administering),
 ) -> Response:  # fmt: skip
-    """Change index settings: the new index is built aside from the store and swapped in
-    atomically, so queries keep being answered by the old one until then."""
-    stored = (await access.resolve(name)).name
-    record = await asyncio.to_thread(services.collections.change_index, stored, body.index)
-    services.start_rebuild(record)
+    """Change index settings (the new index is built aside from the store and swapped in
+    atomically, so queries keep being answered by the old one until then) and/or the query
+    defaults (`search`: applied at once). 202 either way."""
+    if body.index is None and body.search is None:
+        raise InvalidInput("send 'index' and/or 'search' to change")
+    record = await access.resolve(name)
+    stored = record.name
+    if body.search is not None:
+        fields = body.search.model_dump(exclude_unset=True)
+        record = await asyncio.to_thread(services.collections.change_search, stored, fields)
+    if body.index is not None:
+        record = await asyncio.to_thread(services.collections.change_index, stored, body.index)
+        services.start_rebuild(record)
     described = await asyncio.to_thread(services.collections.describe, record)
     shown = access.display(record.name)
-    return JSON({**described, "name": shown, "rebuilding": True}, status_code=202)
+    rebuilding = body.index is not None or record.name in services.rebuilding
+    return JSON({**described, "name": shown, "rebuilding": rebuilding}, status_code=202)

@@ -1,4 +1,5 @@
-"""POST /v1/collections/{name}/query: embed in the collection's space, search, filter, hydrate.
+"""POST /v1/collections/{name}/query: embed in the collection's space, search (dense, lexical
+or hybrid: registry/hybrid.py), filter, hydrate.
 
 Every query has a latency budget (body `budget_ms`, header X-Request-Budget-Ms, or the server's
 query_budget_ms); the batcher and the search gate refuse it with 429 + Retry-After when they
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
-from embedstack.registry.search import search_space
+from embedstack.registry import hybrid
+from embedstack.registry.hybrid import Retrieval, collection_settings, resolve
 from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
 from embedstack.serving.limits import check_filter
@@ -54,29 +57,64 @@ def arrival(request: Request) -> float:
     return arrived if isinstance(arrived, float) else time.monotonic()
 
 
-async def _query_vector(
-    body: QueryIn, record: CollectionRecord, space: SpaceInfo, request: Request,
-    services: Services, deadline: float,
-) -> np.ndarray:  # fmt: skip
-    if (body.text is None) == (body.vector is None):
-        raise InvalidInput("send exactly one of 'text' or 'vector'")
-    if body.vector is not None:
-        claimed = body.space_id is not None
-        return checked_vector(body.vector, record, space, "the query vector", claimed)
-    assert body.text is not None
-    if not body.text.strip():
+def _checked_text(text: str, services: Services) -> str:
+    if not text.strip():
         raise InvalidInput("'text' is empty: send the words to search for")
-    if len(body.text) > services.settings.max_document_chars:
+    if len(text) > services.settings.max_document_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
+    return text
+
+
+async def _embedded(
+    text: str, record: CollectionRecord, space: SpaceInfo, request: Request, services: Services,
+    deadline: float,
+) -> np.ndarray:  # fmt: skip
     # enforces space parity (loading the model on first use, off the event loop)
     await asyncio.to_thread(services.collections.embedder_for, record, space)
     assert space.model is not None  # embedder_for refused a space without a model
     services.query_models[record.name] = space.model
     search_time = services.search_gate.estimate() or 0.0  # leave the search its share
     vecs = await unless_disconnected(
-        request, services.embed(space.model, [body.text], "query", deadline - search_time)
+        request, services.embed(space.model, [text], "query", deadline - search_time)
     )
     return np.asarray(vecs[0], dtype=np.float32)
+
+
+async def _query_inputs(
+    body: QueryIn, how: Retrieval, record: CollectionRecord, space: SpaceInfo, request: Request,
+    services: Services, deadline: float,
+) -> tuple[np.ndarray | None, str | None]:  # fmt: skip
+    """The query vector (None in lexical mode) and text (None for a dense vector query)."""
+    if how.mode == "dense":
+        if (body.text is None) == (body.vector is None):
+            raise InvalidInput("send exactly one of 'text' or 'vector'")
+        if body.vector is not None:
+            claimed = body.space_id is not None
+            return checked_vector(body.vector, record, space, "the query vector", claimed), None
+        assert body.text is not None
+        text = _checked_text(body.text, services)
+        return await _embedded(text, record, space, request, services, deadline), text
+    if body.text is None:
+        raise InvalidInput(f"mode {how.mode!r} searches words: send 'text'")
+    text = _checked_text(body.text, services)
+    if how.mode == "lexical":
+        if body.vector is not None:
+            raise InvalidInput("mode 'lexical' searches 'text' only: drop 'vector'")
+        return None, text
+    if body.vector is not None:  # hybrid with the caller's own vector for the dense half
+        claimed = body.space_id is not None
+        return checked_vector(body.vector, record, space, "the query vector", claimed), text
+    return await _embedded(text, record, space, request, services, deadline), text
+
+
+def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
+    asked = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha,
+             "doc_scoring": body.doc_scoring}  # fmt: skip
+    cfg = record.config
+    how = resolve(asked, collection_settings(cfg.search, cfg.model is not None))
+    if body.mode is None and (body.vector is not None or body.text is None):
+        how = replace(how, mode="dense")  # a vector query is dense unless it asks otherwise
+    return how
 
 
 @router.post("/v1/collections/{name}/query", response_model=QueryOut)
@@ -97,17 +135,19 @@ async def query(
     services.collections.require_open(record)
     access.charge_texts(1)
     space = await asyncio.to_thread(services.collections.space, record, body.space_id)
-    vec = await _query_vector(body, record, space, request, services, deadline)
+    how = _retrieval(body, record)
+    group = body.group_by is not None
+    vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
     knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     hits = await services.search_gate.run(
-        search_space, services.store, services.indexes, record.name, space.space_id, vec,
-        body.k, body.filter, body.group_by is not None, knobs, deadline=deadline,
+        hybrid.search, services.store, services.indexes, record.name, space.space_id, vec, text,
+        body.k, body.filter, group, how, None, knobs, deadline=deadline,
     )  # fmt: skip
     took = _ms(started)
     services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
         {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
-         "took_ms": took, "budget_ms": round(budget * 1000, 3)}
+         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3)}
     )  # fmt: skip
 
 

@@ -1,0 +1,227 @@
+"""Query modes over one embedding space of a collection: dense (the vector index), lexical (FTS5
+bm25 over the same space's chunk text, storage/lexical.py) and hybrid (both, fused by rank or
+by normalized score: fusion.py), with document scoring for `group_by` (scoring.py).
+
+`Retrieval` is what a query asks for; `resolve` fills what it leaves out from the collection's
+`search` settings, then from the server defaults below, which are the measured best
+(bench/hybrid.py, README "Search modes"): over three known-item sets, hybrid / blend /
+first_prior had the highest mean recall@10 (0.971; dense 0.930, lexical 0.955) and MRR (0.829;
+dense 0.760), at 1.06-1.28x dense's p50.
+
+Synchronous, like search.py: the server runs it on its search pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from embedstack.errors import InvalidInput
+from embedstack.registry.fusion import FUSIONS, fuse
+from embedstack.registry.indexes import IndexManager
+from embedstack.registry.scoring import DOC_SCORINGS, ChunkScore, score_documents
+from embedstack.registry.search import search_space
+from embedstack.storage.store import HitRow, Store
+
+MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
+DEFAULT_MODE = "hybrid"
+DEFAULT_FUSION = "blend"
+DEFAULT_ALPHA = 0.5
+DEFAULT_DOC_SCORING = "first_prior"
+ROUNDS = 3
+MAX_DEPTH = 16_384  # candidates one list may contribute, whatever k and grouping ask
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    mode: str = DEFAULT_MODE
+    fusion: str = DEFAULT_FUSION
+    alpha: float = DEFAULT_ALPHA
+    doc_scoring: str = DEFAULT_DOC_SCORING
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SETTING_KEYS = ("mode", "fusion", "alpha", "doc_scoring")
+
+
+def check_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """A collection's `search` settings (any subset of mode, fusion, alpha, doc_scoring), checked;
+    InvalidInput names the fix."""
+    out = dict(settings or {})
+    unknown = sorted(set(out) - set(SETTING_KEYS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown search setting(s) {', '.join(unknown)}; valid: {', '.join(SETTING_KEYS)}"
+        )
+    for key, allowed in (("mode", MODES), ("fusion", FUSIONS), ("doc_scoring", DOC_SCORINGS)):
+        if key in out and out[key] not in allowed:
+            raise InvalidInput(f"search {key} {out[key]!r} is unknown; use one of {allowed}")
+    if "alpha" in out:
+        alpha = out["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+            raise InvalidInput(f"search alpha must be a number in [0, 1], got {alpha!r}")
+        out["alpha"] = float(alpha)
+    return out
+
+
+def collection_settings(search: dict[str, Any], has_model: bool) -> dict[str, Any]:
+    """A collection's settings as queries see them: a collection without a model (bring-your-own
+    vectors) defaults to dense, as it cannot embed query text."""
+    return dict(search) if has_model or "mode" in search else {**search, "mode": "dense"}
+
+
+def resolve(request: dict[str, Any], collection: dict[str, Any] | None) -> Retrieval:
+    """The query's own choices, else the collection's settings, else the server defaults."""
+    merged = {**check_settings(collection), **{k: v for k, v in request.items() if v is not None}}
+    return Retrieval(**check_settings(merged))
+
+
+def search(
+    store: Store,
+    indexes: IndexManager,
+    collection: str,
+    space_id: str,
+    vec: np.ndarray | None,
+    text: str | None,
+    k: int,
+    flt: dict[str, Any] | None,
+    group: bool,
+    how: Retrieval,
+    lexical_first: tuple[list[int], list[float]] | None = None,
+    knobs: dict[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Best-first hits in `how.mode`; with `group`, the top-k documents by `how.doc_scoring`.
+
+    `lexical_first`, when given, is `lexical_candidates(...)` already run (the server runs it
+    while the query is being embedded); `knobs` are the index's per-query search parameters."""
+    if how.mode == "dense" and (not group or how.doc_scoring == "max"):
+        assert vec is not None
+        return search_space(store, indexes, collection, space_id, vec, k, flt, group, knobs)
+    if how.mode != "dense" and not (text and text.strip()):
+        raise InvalidInput(f"mode {how.mode!r} needs 'text' to search for")
+    if how.mode != "lexical" and vec is None:
+        raise InvalidInput(f"mode {how.mode!r} needs a query vector or text to embed")
+    allow = None
+    if flt and how.mode != "lexical":
+        allow = store.filter_chunk_ids(collection, space_id, flt)
+        if allow.size == 0:
+            return []
+    l2 = indexes.get(collection, space_id).config.metric == "l2"
+    depth = candidate_depth(k, group)
+    hits: list[dict[str, Any]] = []
+    for round_ in range(ROUNDS):
+        dense: tuple[list[int], list[float]] = ([], [])
+        lexical: tuple[list[int], list[float]] = ([], [])
+        if how.mode != "lexical":
+            assert vec is not None
+            scores, ids = indexes.search(collection, space_id, vec[None, :], depth, allow, knobs)
+            keep = ids[0] >= 0
+            found = scores[0][keep]
+            dense = (ids[0][keep].tolist(), (-found if l2 else found).tolist())
+        if how.mode != "dense":
+            assert text is not None
+            if round_ == 0 and lexical_first is not None:
+                lexical = lexical_first
+            else:
+                lexical = store.lexical_search(collection, space_id, text, depth, flt)
+        if how.mode == "hybrid" and group:
+            owners = store.chunk_owners(list(dict.fromkeys([*dense[0], *lexical[0]])))
+            picks = _fused_documents(dense, lexical, owners, k, how)
+        else:
+            if how.mode == "dense":
+                fused = dict(zip(*dense, strict=True))
+            elif how.mode == "lexical":
+                fused = dict(zip(*lexical, strict=True))
+            else:
+                fused = fuse(how.fusion, dense, lexical, how.alpha)
+            ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
+            owners = store.chunk_owners([i for i, _ in ranked])
+            picks = _picks(ranked, owners, k, group, how.doc_scoring)
+        rows = store.hydrate([i for i, _ in picks])  # text and metadata of the k shown only
+        hits = [_hit(rows[i], score) for i, score in picks if i in rows]
+        if how.mode == "dense" and l2:
+            for hit in hits:
+                hit["score"] = -hit["score"]  # back to a distance, as dense l2 reports
+        full = len(dense[0]) >= depth or len(lexical[0]) >= depth
+        if len(hits) >= k or not full or depth >= MAX_DEPTH:
+            break
+        depth = min(depth * 4, MAX_DEPTH)
+    return hits
+
+
+def candidate_depth(k: int, group: bool) -> int:
+    """Candidates each list contributes (more when documents group several chunks)."""
+    return min(MAX_DEPTH, max(8 * k, 80) if group else max(4 * k, 40))
+
+
+def lexical_candidates(
+    store: Store, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None,
+    group: bool,
+) -> tuple[list[int], list[float]]:  # fmt: skip
+    """The lexical list `search` starts from, for running ahead of the query embedding."""
+    return store.lexical_search(collection, space_id, text, candidate_depth(k, group), flt)
+
+
+def _fused_documents(
+    dense: tuple[list[int], list[float]],
+    lexical: tuple[list[int], list[float]],
+    owners: dict[int, tuple[str, int]],
+    k: int,
+    how: Retrieval,
+) -> list[tuple[int, float]]:
+    """Hybrid with grouping fuses documents, not chunks: each list becomes a document ranking
+    by `how.doc_scoring`, and those are fused, so a document found by dense in one chunk and by
+    lexical in another gets credit from both."""
+    ranked: list[tuple[list[str], list[float], dict[str, ChunkScore]]] = []
+    for ids, scores in (dense, lexical):
+        chunks = [
+            ChunkScore(i, *owners[i], s) for i, s in zip(ids, scores, strict=True) if i in owners
+        ]
+        docs = score_documents(chunks, how.doc_scoring)
+        ranked.append(
+            (
+                [d.document_id for d in docs],
+                [d.score for d in docs],
+                {d.document_id: d.best for d in docs},
+            )
+        )
+    (d_ids, d_scores, d_best), (l_ids, l_scores, l_best) = ranked
+    fused = fuse(how.fusion, (d_ids, d_scores), (l_ids, l_scores), how.alpha)
+    d_rank = {doc: r for r, doc in enumerate(d_ids)}
+    l_rank = {doc: r for r, doc in enumerate(l_ids)}
+    out = []
+    for doc, score in sorted(fused.items(), key=lambda t: t[1], reverse=True)[:k]:
+        # show the chunk of the list that ranked the document higher
+        lexical_wins = doc not in d_best or l_rank.get(doc, 1 << 30) < d_rank[doc]
+        out.append(((l_best if lexical_wins else d_best)[doc].chunk_id, score))
+    return out
+
+
+def _hit(row: HitRow, score: float) -> dict[str, Any]:
+    return {
+        "document_id": row.document_id,
+        "chunk_id": f"{row.document_id}#{row.ordinal}",
+        "score": score,
+        "text": row.text,
+        "metadata": row.metadata,
+    }
+
+
+def _picks(
+    ranked: list[tuple[int, float]],
+    owners: dict[int, tuple[str, int]],
+    k: int,
+    group: bool,
+    scoring: str,
+) -> list[tuple[int, float]]:
+    """(chunk id, score) of the k hits: chunks, or each document's best chunk by `scoring`."""
+    chunks = [ChunkScore(i, *owners[i], s) for i, s in ranked if i in owners]
+    if group:
+        picked = [(d.best, d.score) for d in score_documents(chunks, scoring)[:k]]
+    else:
+        picked = [(c, c.score) for c in chunks[:k]]
+    return [(chunk.chunk_id, score) for chunk, score in picked]
