@@ -263,7 +263,8 @@ def main() -> None:
                 "query_p99_ms_by_window": [r.get("query_p99_ms") for r in rows],
                 "windows": rows, "load": load_note(),
             }  # fmt: skip
-            say(orjson.dumps({k: v for k, v in report.items() if k != "windows"}).decode())
+            # plain print: rich would read the JSON's [lists] as markup and drop them
+            print(orjson.dumps({k: v for k, v in report.items() if k != "windows"}).decode())
             if args.out:
                 args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         finally:
