@@ -51,9 +51,7 @@ def main(args: Sequence[str] | None = None, **extra: Any) -> Any:
     standalone_mode=False)."""
     # process environment belongs to the entry point: the bundled models need no hub access
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if extra.get("standalone_mode", True) is False:
-        return build_cli().main(args, prog_name="embedstack", **extra)
-    try:
+    try:  # (with standalone_mode=False click returns instead of raising SystemExit)
         return build_cli().main(args, prog_name="embedstack", **extra)
     except SystemExit as exc:
         _exit_past_gate_threads(exc.code)
