@@ -23,7 +23,14 @@ from embedstack.registry.evaluate import (
     reciprocal_rank,
 )
 from embedstack.registry.fusion import blend, min_max, rrf
-from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings, resolve
+from embedstack.registry.hybrid import (
+    Retrieval,
+    check_lexical_fields,
+    check_settings,
+    collection_settings,
+    require_lexical,
+    resolve,
+)
 from embedstack.registry.scoring import ChunkScore, score_documents
 from embedstack.storage.lexical import match_expression, title
 from embedstack.storage.migrations import MIGRATIONS
@@ -193,6 +200,16 @@ def test_settings_resolve_and_check() -> None:
     for bad in ({"mode": "x"}, {"alpha": 2}, {"alpha": True}, {"fusion": "sum"}, {"x": 1}):
         with pytest.raises(InvalidInput):
             check_settings(bad)
+    assert collection_settings({}, has_model=True, lexical=False) == {"mode": "dense"}
+    require_lexical("dense", False, "c")
+    require_lexical("hybrid", True, "c")
+    for mode in ("lexical", "hybrid"):
+        with pytest.raises(InvalidInput, match='"mode": "dense"'):
+            require_lexical(mode, False, "c")
+    assert check_lexical_fields(["title", "h", "title"]) == ("title", "h")
+    for bad_fields in ("title", [""], [1], ["x"] * 17):
+        with pytest.raises(InvalidInput, match="lexical"):
+            check_lexical_fields(bad_fields)
 
 
 def test_metrics() -> None:
