@@ -41,39 +41,13 @@ MAX_TITLE_CHARS = 2_000
 TITLE_WEIGHT = 4.0  # bm25 column weight of the title against 1.0 for the text
 # English words so common that matching them reads long position lists for little bm25 weight:
 # dropped from queries (bench/hybrid.py dev halves: title queries 2.5x faster at p50, same recall)
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "will",
-        "with",
-    ]
-)
+# fmt: off
+STOPWORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "in",
+    "into", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were",
+    "will", "with",
+))
+# fmt: on
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
