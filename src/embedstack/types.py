@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -63,6 +63,9 @@ class IndexSpec:
     params: JSONDict = field(default_factory=dict)
 
 
+DEFAULT_LEXICAL_FIELDS: tuple[str, ...] = ("title",)
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     """A collection's settings, parsed once where the store reads them.
@@ -78,16 +81,16 @@ class CollectionConfig:
     model_spec: ModelSpec | None = None
     chunking: ChunkingSpec | None = None
     search: JSONDict = field(default_factory=dict)  # query defaults: mode, fusion, alpha, ...
+    # the lexical index (storage/lexical.py): off, no FTS rows or trigger work for its chunks;
+    # `lexical_fields` are the metadata keys whose values form each chunk's weighted title column
+    lexical: bool = True
+    lexical_fields: tuple[str, ...] = DEFAULT_LEXICAL_FIELDS
 
     def with_index(self, index: IndexSpec) -> CollectionConfig:
-        return CollectionConfig(
-            self.dim, self.metric, index, self.model, self.model_spec, self.chunking, self.search
-        )
+        return replace(self, index=index)
 
     def with_search(self, search: JSONDict) -> CollectionConfig:
-        return CollectionConfig(
-            self.dim, self.metric, self.index, self.model, self.model_spec, self.chunking, search
-        )
+        return replace(self, search=search)
 
     def to_json(self) -> JSONDict:
         out: JSONDict = {
@@ -101,6 +104,10 @@ class CollectionConfig:
         out["index"] = {"type": self.index.type, "params": dict(self.index.params)}
         if self.search:
             out["search"] = dict(self.search)
+        if not self.lexical:
+            out["lexical"] = False
+        if self.lexical_fields != DEFAULT_LEXICAL_FIELDS:
+            out["lexical_fields"] = list(self.lexical_fields)
         return out
 
     @classmethod
@@ -116,6 +123,8 @@ class CollectionConfig:
             model_spec=ModelSpec.from_json(spec) if spec else None,
             chunking=ChunkingSpec(**chunking) if chunking else None,
             search=dict(data.get("search") or {}),
+            lexical=bool(data.get("lexical", True)),
+            lexical_fields=tuple(data.get("lexical_fields", DEFAULT_LEXICAL_FIELDS)),
         )
 
 

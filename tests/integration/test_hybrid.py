@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embedstack.storage.backup import backup, restore
 from embedstack.storage.store import Store
 from embedstack.testing import EMBEDSTACK
 from tests.conftest import Server, server_env, wait_job
@@ -41,6 +42,16 @@ def _query(c: httpx.Client, name: str, **body: object) -> httpx.Response:
 def _ids(r: httpx.Response) -> list[str]:
     assert r.status_code == 200, r.text
     return [h["document_id"] for h in r.json()["hits"]]
+
+
+def _upgrade(c: httpx.Client, name: str) -> None:
+    """Start an upgrade to the second hashing model and wait for its back-fill."""
+    r = c.post(f"/v1/collections/{name}/upgrade", json={"model": "hashing-test-b"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 120
+    while c.get(f"/v1/collections/{name}/upgrade").json()["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
 
 def _make(c: httpx.Client, name: str = "kb") -> list[dict[str, object]]:
@@ -203,12 +214,7 @@ def test_lexical_serves_across_a_model_cutover_and_retire(server: Server) -> Non
     c = server.client()
     _make(c)
     old = c.get("/v1/collections/kb").json()["space_id"]
-    r = c.post("/v1/collections/kb/upgrade", json={"model": "hashing-test-b"})
-    assert r.status_code == 202, r.text
-    deadline = time.monotonic() + 120
-    while c.get("/v1/collections/kb/upgrade").json()["state"] != "ready":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _upgrade(c, "kb")
     assert _ids(_query(c, "kb", text="zebra12", mode="lexical"))[0] == "d12"
     r = c.post("/v1/collections/kb/upgrade/cutover", json={"force": True})
     assert r.status_code == 200, r.text
@@ -259,3 +265,76 @@ def test_the_largest_k_in_every_mode(hashing_server: Server) -> None:
             assert ids and (not group or len(ids) == len(set(ids)))
             if mode != "lexical":  # every chunk (or document) comes back
                 assert len(ids) == (40 if group else chunks)
+
+
+def _fts_rows(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_lexical_off_collection_is_dense_only_through_restart_backup_and_upgrade(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    server = make_server(env)
+    c = server.client()
+    for body, status in [
+        ({"name": "x", "lexical": "no"}, 422),
+        ({"name": "x", "lexical": False, "search": {"mode": "hybrid"}}, 422),
+        ({"name": "x", "lexical": False, "lexical_fields": ["title"]}, 422),
+        ({"name": "x", "lexical_fields": "title"}, 422),
+    ]:
+        r = c.post("/v1/collections", json=body)
+        assert r.status_code == status and "lexical" in r.text, (body, r.text)
+    body = {"name": "fast", "lexical": False, "chunking": {"mode": "tokens", "size": 64}}
+    r = c.post("/v1/collections", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["lexical"] is False and r.json()["search"]["mode"] == "dense"
+    docs = _docs()
+    job = c.post("/v1/collections/fast/documents", json={"documents": docs}).json()
+    assert wait_job(c, job["job_id"])["status"] == "done"
+    _make(c)  # a lexical collection beside it: its FTS rows are the only ones
+    kb_chunks = c.get("/v1/collections/kb").json()["chunks"]
+    db = tmp_path / "data" / "store.db"
+
+    def check_fast() -> None:
+        r = _query(c, "fast", text="zebra17", k=3)  # text queries default to dense here
+        assert r.json()["mode"] == "dense" and _ids(r)
+        for mode in ("lexical", "hybrid"):
+            r = _query(c, "fast", text="zebra17", mode=mode)
+            assert r.status_code == 422, r.text
+            message = r.json()["error"]["message"]
+            assert '"lexical": false' in message and '"mode": "dense"' in message
+        assert _ids(_query(c, "kb", text="zebra17", mode="lexical"))[0] == "d17"
+
+    check_fast()
+    r = c.patch("/v1/collections/fast", json={"search": {"mode": "hybrid"}})
+    assert r.status_code == 422 and '"mode": "dense"' in r.json()["error"]["message"]
+    assert c.delete("/v1/collections/fast/documents/d3").status_code == 200
+    assert _fts_rows(db) == kb_chunks
+    server.stop()
+    store = Store(db)
+    store.lexical_check()
+    store.close()
+    backup(tmp_path / "data", tmp_path / "bk")
+    restore(tmp_path / "bk", tmp_path / "restored")
+    assert _fts_rows(tmp_path / "restored" / "store.db") == kb_chunks
+    server = make_server(env, data=tmp_path / "restored")  # the restored copy serves the same
+    c = server.client()
+    assert c.get("/v1/collections/fast").json()["lexical"] is False
+    check_fast()
+    _upgrade(c, "fast")
+    r = c.post("/v1/collections/fast/upgrade/cutover", json={"force": True})
+    assert r.status_code == 200, r.text
+    r = c.post("/v1/collections/fast/retire", json={})
+    assert r.status_code == 200, r.text
+    check_fast()  # the new space's chunks are dense-only too
+    assert c.delete("/v1/collections/fast").status_code == 200
+    server.stop()
+    assert _fts_rows(tmp_path / "restored" / "store.db") == kb_chunks
+    store = Store(tmp_path / "restored" / "store.db")
+    store.lexical_check()
+    store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,10 +23,17 @@ from embedstack.registry.evaluate import (
     reciprocal_rank,
 )
 from embedstack.registry.fusion import blend, min_max, rrf
-from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings, resolve
+from embedstack.registry.hybrid import (
+    Retrieval,
+    check_lexical_fields,
+    check_settings,
+    collection_settings,
+    require_lexical,
+    resolve,
+)
 from embedstack.registry.scoring import ChunkScore, score_documents
-from embedstack.storage.lexical import match_expression
-from embedstack.storage.migrations import MIGRATIONS, statements
+from embedstack.storage.lexical import match_expression, title
+from embedstack.storage.migrations import MIGRATIONS
 from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
 from embedstack.types import CollectionConfig, IndexSpec
 
@@ -43,23 +51,39 @@ def test_match_expression_is_always_valid_fts5(text: str) -> None:
 
 
 def test_match_expression_quotes_and_dedupes_words() -> None:
-    assert match_expression('str.split() "AND" and') == '"str" OR "split" OR "AND"'
+    got = match_expression('str.split() "AND" x')
+    assert got == '"str" OR "split" OR "x"'  # no stop words, so no phrase
+    assert match_expression("str.split() x") == '"str" OR "split" OR "x" OR "str split x"'
+    assert match_expression("the of") == '"the" OR "of" OR "the of"'  # stop words only: kept
     assert match_expression("*** --- ") is None
     assert match_expression("_") is None
-    assert match_expression("os_path x") == '"os_path" OR "x"'
+    assert match_expression("os_path") == '"os_path"'  # one word: no phrase
+    assert match_expression("os_path x") == '"os_path" OR "x" OR "os_path x"'
 
 
-def _store(tmp_path: Path) -> Store:
+def test_title_text_from_metadata() -> None:
+    meta = {"title": "Data Structures", "tags": ["a", 2, None, {"x": 1}], "flag": True}
+    assert title(meta, ("title", "tags", "flag", "missing")) == "Data Structures a 2"
+    assert title(meta, ()) == ""
+
+
+def _store(tmp_path: Path, **config: Any) -> Store:
     store = Store(tmp_path / "store.db")
-    store.create_collection("c", CollectionConfig(4, "cosine", IndexSpec("flat")), "sp1")
+    store.create_collection("c", CollectionConfig(4, "cosine", IndexSpec("flat"), **config), "sp1")
     return store
 
 
-def _write(store: Store, doc_id: str, texts: list[str], space: str = "sp1") -> None:
-    store.put_documents("c", [DocumentRow(doc_id, " ".join(texts), {"k": doc_id}, "h" + doc_id)])
+def _write(store: Store, doc_id: str, texts: list[str], space: str = "sp1", **meta: object) -> None:
+    doc = DocumentRow(doc_id, " ".join(texts), {"k": doc_id, **meta}, "h" + doc_id)
+    store.put_documents("c", [doc])
     vec = np.zeros(4, np.float32).tobytes()
     chunks = [ChunkRow(i, t, 0, len(t), 3, f"{doc_id}{i}{t}", vec) for i, t in enumerate(texts)]
     store.write_chunks("c", space, [DocumentChunks(doc_id, "h" + doc_id, chunks)])
+
+
+def _fts_rows(store: Store) -> int:
+    with store._tx() as c:
+        return int(c.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0])
 
 
 def test_lexical_index_follows_chunk_writes_and_deletes(tmp_path: Path) -> None:
@@ -83,18 +107,55 @@ def test_lexical_index_follows_chunk_writes_and_deletes(tmp_path: Path) -> None:
     store.close()
 
 
-def test_migration_backfills_the_lexical_index(tmp_path: Path) -> None:
-    """A store from before the lexical migration gets its existing chunks indexed by it."""
+def test_title_field_is_indexed_and_weighted(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    _write(store, "a", ["ancient words here"])
-    lexical_sql = next(sql for sql in MIGRATIONS if "chunks_fts" in sql)
+    _write(store, "body", ["ranking documents by vectors", "more ranking"])  # in the text
+    _write(store, "head", ["unrelated words", "other words"], title="Ranking")  # in the title
+    ids, _ = store.lexical_search("c", "sp1", "ranking", 10)
+    owners = [store.hydrate(ids)[i].document_id for i in ids]
+    assert owners[:2] == ["head", "head"] and set(owners) == {"head", "body"}
+    store.lexical_check()
+    store.close()
+
+
+def test_lexical_off_collection_writes_no_fts_rows(tmp_path: Path) -> None:
+    store = _store(tmp_path, lexical=False)
+    store.create_collection("on", CollectionConfig(4, "cosine", IndexSpec("flat")), "sp1")
+    _write(store, "a", ["the quick brown fox", "jumps over"], title="fox")
+    assert _fts_rows(store) == 0 and store.lexical_search("c", "sp1", "fox", 10) == ([], [])
     with store._tx() as c:
-        for trigger in ("insert", "delete", "update"):
-            c.execute(f"DROP TRIGGER chunks_fts_{trigger}")
-        c.execute("DROP TABLE chunks_fts")
-        for statement in statements(lexical_sql):  # what _migrate runs for it
-            c.execute(statement)
+        assert c.execute("SELECT lexical, title FROM chunks").fetchall() == [(0, "")] * 2
+    store.delete_document("c", "a")  # a delete must not touch FTS rows it never wrote
+    _write(store, "b", ["foxes again"])
+    store.lexical_check()
+    assert _fts_rows(store) == 0
+    assert CollectionConfig.from_json(store.get_collection("c").config.to_json()).lexical is False
+    store.delete_collection("c")
+    store.lexical_check()
+    store.close()
+
+
+def test_migration_backfills_the_lexical_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made before migration 5 (text-only FTS, no lexical/title columns) gets its chunks
+    indexed with their document titles by it."""
+    import embedstack.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:4])
+    store = _store(tmp_path)
+    store.put_documents("c", [DocumentRow("a", "x", {"title": "Old Title"}, "ha")])
+    with store._tx() as c:
+        c.execute(
+            "INSERT INTO chunks(collection, space_id, document_id, ordinal, text, start, end,"
+            " token_count, hash, vector) VALUES ('c', 'sp1', 'a', 0, 'ancient words', 0, 1, 1,"
+            " 'h', x'00')"
+        )
+    store.close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    store = Store(tmp_path / "store.db")
     assert len(store.lexical_search("c", "sp1", "ancient", 5)[0]) == 1
+    assert len(store.lexical_search("c", "sp1", "old title", 5)[0]) == 1  # backfilled title
     store.lexical_check()
     _write(store, "b", ["ancient again"])  # and the triggers are back
     assert len(store.lexical_search("c", "sp1", "ancient", 5)[0]) == 2
@@ -141,6 +202,16 @@ def test_settings_resolve_and_check() -> None:
     for bad in ({"mode": "x"}, {"alpha": 2}, {"alpha": True}, {"fusion": "sum"}, {"x": 1}):
         with pytest.raises(InvalidInput):
             check_settings(bad)
+    assert collection_settings({}, has_model=True, lexical=False) == {"mode": "dense"}
+    require_lexical("dense", False, "c")
+    require_lexical("hybrid", True, "c")
+    for mode in ("lexical", "hybrid"):
+        with pytest.raises(InvalidInput, match='"mode": "dense"'):
+            require_lexical(mode, False, "c")
+    assert check_lexical_fields(["title", "h", "title"]) == ("title", "h")
+    for bad_fields in ("title", [""], [1], ["x"] * 17):
+        with pytest.raises(InvalidInput, match="lexical"):
+            check_lexical_fields(bad_fields)
 
 
 def test_metrics() -> None:

@@ -169,11 +169,12 @@ class Client:
         metric: Literal["cosine", "ip", "l2"] | None = None,
         chunking: Mapping[str, Any] | None = None,
         index: Mapping[str, Any] | None = None,
+        lexical: bool | None = None,
     ) -> CollectionOut:
         """POST /v1/collections: `model` (default the server's), or `dim` + `metric` for
-        your own vectors."""
+        your own vectors; `lexical=False`: no lexical index (dense queries only)."""
         payload = {"name": name, "model": model, "dim": dim, "metric": metric,
-                   "chunking": chunking, "index": index}  # fmt: skip
+                   "chunking": chunking, "index": index, "lexical": lexical}  # fmt: skip
         return self._run(call("POST", "/v1/collections", CollectionOut, payload, retry=False))
 
     def list_collections(self) -> list[CollectionOut]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 from embedstack.errors import Conflict, InvalidInput, NotFound, SpaceMismatch, Unavailable
@@ -13,7 +14,13 @@ from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
-from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings
+from embedstack.registry.hybrid import (
+    Retrieval,
+    check_lexical_fields,
+    check_settings,
+    collection_settings,
+    require_lexical,
+)
 from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.keys import TENANT_RE, TENANT_SEP
@@ -49,6 +56,8 @@ class CollectionService:
         chunking: dict[str, Any] | None = None,
         index: dict[str, Any] | None = None,
         search: dict[str, Any] | None = None,
+        lexical: bool = True,
+        lexical_fields: list[str] | None = None,
     ) -> CollectionRecord:
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
@@ -67,6 +76,7 @@ class CollectionService:
             space_id = byo_space_id(config.dim, config.metric)
         if search:
             config = config.with_search(check_settings(search))
+        config = _with_lexical(config, lexical, lexical_fields)
         _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
@@ -159,6 +169,7 @@ class CollectionService:
         record = self.resolve(name)
         merged = {**record.config.search, **search}
         merged = check_settings({k: v for k, v in merged.items() if v is not None})
+        require_lexical(merged.get("mode", "dense"), record.config.lexical, record.name)
         self._store.update_collection_config(record.name, record.config.with_search(merged))
         return self._store.get_collection(record.name)
 
@@ -289,8 +300,10 @@ class CollectionService:
             "index": stored["index"],
             "search": {
                 **Retrieval().as_dict(),
-                **collection_settings(cfg.search, cfg.model is not None),
+                **collection_settings(cfg.search, cfg.model is not None, cfg.lexical),
             },
+            "lexical": cfg.lexical,
+            "lexical_fields": list(cfg.lexical_fields) if cfg.lexical else [],
             "created_at": record.created_at,
             "state": "error" if record.name in self._open_errors else "ready",
             "error": self._open_errors.get(record.name),
@@ -328,3 +341,22 @@ def _index_spec(index: dict[str, Any] | None, default_type: str) -> IndexSpec:
     params = dict(index or {})
     index_type = str(params.pop("type", default_type))
     return IndexSpec(index_type, validate_index_params(index_type, params))
+
+
+def _with_lexical(
+    config: CollectionConfig, lexical: bool, fields: list[str] | None
+) -> CollectionConfig:
+    """The lexical settings checked at creation (they never change after)."""
+    if not isinstance(lexical, bool):
+        raise InvalidInput(f"'lexical' must be true or false, got {lexical!r}")
+    if not lexical and fields:
+        raise InvalidInput("'lexical_fields' needs the lexical index: drop it or 'lexical': false")
+    mode = config.search.get("mode", "dense")
+    if not lexical and mode != "dense":
+        raise InvalidInput(
+            f'search mode {mode!r} needs the lexical index: drop "lexical": false, or make '
+            'the search mode "dense"'
+        )
+    if fields is None:
+        return replace(config, lexical=lexical)
+    return replace(config, lexical=lexical, lexical_fields=check_lexical_fields(fields))

@@ -4,9 +4,11 @@ by normalized score: fusion.py), with document scoring for `group_by` (scoring.p
 
 `Retrieval` is what a query asks for; `resolve` fills what it leaves out from the collection's
 `search` settings, then from the server defaults below, which are the measured best
-(bench/hybrid.py, README "Search modes"): over three known-item sets, hybrid / blend /
-first_prior had the highest mean recall@10 (0.971; dense 0.930, lexical 0.955) and MRR (0.829;
-dense 0.760), at 1.06-1.28x dense's p50.
+(bench/hybrid.py, README "Search modes"): hybrid / blend / 0.5 / first_prior was the one setting
+with recall@10 >= 0.99 on every dev half of the known-item sets; on the test halves it beat
+dense by +10.0 (titles), +8.0 (identifiers) and +0.6 (GCIDE, dense at 0.994) points at
+0.99-1.37x dense's p50. A collection's own `search` settings override it (the dev halves chose
+alpha 0.3 for the pydoc collection, rrf 0.7 for GCIDE: higher MRR at equal recall).
 
 Synchronous, like search.py: the server runs it on its search pool.
 """
@@ -32,6 +34,7 @@ DEFAULT_ALPHA = 0.5
 DEFAULT_DOC_SCORING = "first_prior"
 ROUNDS = 3
 MAX_DEPTH = 16_384  # candidates one list may contribute, whatever k and grouping ask
+MAX_LEXICAL_FIELDS = 16
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,37 @@ def check_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def collection_settings(search: dict[str, Any], has_model: bool) -> dict[str, Any]:
+def collection_settings(
+    search: dict[str, Any], has_model: bool, lexical: bool = True
+) -> dict[str, Any]:
     """A collection's settings as queries see them: a collection without a model (bring-your-own
-    vectors) defaults to dense, as it cannot embed query text."""
-    return dict(search) if has_model or "mode" in search else {**search, "mode": "dense"}
+    vectors) or without a lexical index defaults to dense (it cannot embed query text, or has
+    no words to search)."""
+    if (has_model and lexical) or "mode" in search:
+        return dict(search)
+    return {**search, "mode": "dense"}
+
+
+def require_lexical(mode: str, lexical: bool, collection: str) -> None:
+    """InvalidInput naming the fix when `mode` needs the lexical index a collection lacks."""
+    if mode != "dense" and not lexical:
+        raise InvalidInput(
+            f'collection {collection!r} was created with "lexical": false, so it has no '
+            f'lexical index for mode {mode!r}: query with "mode": "dense", or recreate the '
+            'collection without "lexical": false (the default is on) and ingest again'
+        )
+
+
+def check_lexical_fields(fields: Any) -> tuple[str, ...]:
+    """A collection's `lexical_fields` (metadata keys indexed as the title column), checked."""
+    if not isinstance(fields, list | tuple) or len(fields) > MAX_LEXICAL_FIELDS:
+        raise InvalidInput(
+            f"'lexical_fields' must be a list of at most {MAX_LEXICAL_FIELDS} metadata keys"
+        )
+    for key in fields:
+        if not isinstance(key, str) or not 1 <= len(key) <= 64:
+            raise InvalidInput(f"lexical field {key!r} must be a metadata key of 1-64 characters")
+    return tuple(dict.fromkeys(fields))
 
 
 def resolve(request: dict[str, Any], collection: dict[str, Any] | None) -> Retrieval:

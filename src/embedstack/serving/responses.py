@@ -91,6 +91,10 @@ class CollectionOut(BaseModel):
     chunking: dict[str, Any] | None
     index: dict[str, Any]
     search: dict[str, Any] | None = Field(None, description="query defaults in effect")
+    lexical: bool = Field(True, description="whether the collection has a lexical index")
+    lexical_fields: list[str] = Field(
+        default_factory=list, description="metadata keys indexed as the lexical title column"
+    )
     created_at: float
     documents: int
     documents_pending: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic_core import PydanticCustomError
 
 MAX_JSON_DEPTH = 64  # objects and lists inside one free-form field (metadata, filter, ...)
@@ -116,6 +116,14 @@ class CollectionCreate(Strict):
         None, description='e.g. {"type": "hnsw", "M": 32, "ef_construction": 200, "ef_search": 64}'
     )
     search: SearchBody | None = Field(None, description="query defaults (mode, fusion, ...)")
+    lexical: StrictBool = Field(
+        True,
+        description="keep a lexical (FTS5 bm25) index for modes lexical and hybrid; false: "
+        "dense only, a faster write path (fixed at creation)",
+    )
+    lexical_fields: list[Text] | None = Field(
+        None, description='metadata keys indexed as the weighted title column; default ["title"]'
+    )
 
 
 class CollectionPatch(Strict):

@@ -134,6 +134,40 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');
     """,
+    # 5: the lexical index per collection: `chunks.lexical` (0 for a collection created with
+    # lexical off: its chunks get no FTS rows and fire no FTS work) and a `title` column (the
+    # collection's lexical_fields from the document metadata, bm25-weighted); the FTS table
+    # reads its content from the view of the lexical chunks, so a rebuild skips the others
+    """
+    DROP TRIGGER IF EXISTS chunks_fts_insert;
+    DROP TRIGGER IF EXISTS chunks_fts_delete;
+    DROP TRIGGER IF EXISTS chunks_fts_update;
+    DROP TABLE IF EXISTS chunks_fts;
+    ALTER TABLE chunks ADD COLUMN lexical INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE chunks ADD COLUMN title TEXT NOT NULL DEFAULT '';
+    UPDATE chunks SET title = coalesce((
+        SELECT CAST(json_extract(d.metadata, '$.title') AS TEXT) FROM documents d
+        WHERE d.collection = chunks.collection AND d.id = chunks.document_id), '');
+    CREATE VIEW chunks_lexical AS SELECT id, text, title FROM chunks WHERE lexical;
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, title, content='chunks_lexical', content_rowid='id',
+        tokenize='porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks WHEN new.lexical BEGIN
+        INSERT INTO chunks_fts(rowid, text, title) VALUES (new.id, new.text, new.title);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks WHEN old.lexical BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text, title)
+            VALUES ('delete', old.id, old.text, old.title);
+    END;
+    CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text, title, lexical ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text, title)
+            SELECT 'delete', old.id, old.text, old.title WHERE old.lexical;
+        INSERT INTO chunks_fts(rowid, text, title)
+            SELECT new.id, new.text, new.title WHERE new.lexical;
+    END;
+    INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');
+    """,
 )
 
 

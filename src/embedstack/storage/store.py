@@ -324,14 +324,16 @@ class Store(CatalogMixin, KeysMixin):
         """
         added = removed = kept = stale = 0
         with self._tx() as c:
+            on, fields = _lexical_settings(c, collection)
             for d in docs:
                 row = c.execute(
-                    "SELECT content_hash FROM documents WHERE collection=? AND id=?",
+                    "SELECT content_hash, metadata FROM documents WHERE collection=? AND id=?",
                     (collection, d.document_id),
                 ).fetchone()
                 if row is None or row[0] != d.content_hash:
                     stale += 1
                     continue
+                title = lexical.title(orjson.loads(row[1]), fields) if on and fields else ""
                 old = {
                     (ordinal, h): chunk_id
                     for chunk_id, ordinal, h in c.execute(
@@ -346,9 +348,10 @@ class Store(CatalogMixin, KeysMixin):
                         continue
                     cur = c.execute(
                         "INSERT INTO chunks(collection, space_id, document_id, ordinal, text,"
-                        " start, end, token_count, hash, vector) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        " start, end, token_count, hash, vector, lexical, title)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                         (collection, space_id, d.document_id, ch.ordinal, ch.text, ch.start,
-                         ch.end, ch.token_count, ch.hash, ch.vector),
+                         ch.end, ch.token_count, ch.hash, ch.vector, on, title),
                     )  # fmt: skip
                     self._change(c, collection, space_id, int(cur.lastrowid or 0), 1)
                     added += 1
@@ -529,6 +532,15 @@ class Store(CatalogMixin, KeysMixin):
         """Raise sqlite3.DatabaseError if the lexical index disagrees with the chunks."""
         with self._tx() as c:
             lexical.integrity_check(c)
+
+
+def _lexical_settings(c: sqlite3.Connection, collection: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether a collection's chunks go into the lexical index, and its title fields."""
+    row = c.execute("SELECT config FROM collections WHERE name=?", (collection,)).fetchone()
+    if row is None:
+        return True, ()
+    config = CollectionConfig.from_json(orjson.loads(row[0]))
+    return config.lexical, config.lexical_fields
 
 
 def _collection(row: tuple[Any, ...]) -> CollectionRecord:

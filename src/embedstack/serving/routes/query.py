@@ -18,7 +18,12 @@ from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
 from embedstack.registry import hybrid
-from embedstack.registry.hybrid import Retrieval, collection_settings, resolve
+from embedstack.registry.hybrid import (
+    Retrieval,
+    collection_settings,
+    require_lexical,
+    resolve,
+)
 from embedstack.serving.auth import Access, reading
 from embedstack.serving.http import JSON, unless_disconnected
 from embedstack.serving.limits import check_filter
@@ -111,9 +116,10 @@ def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
     asked = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha,
              "doc_scoring": body.doc_scoring}  # fmt: skip
     cfg = record.config
-    how = resolve(asked, collection_settings(cfg.search, cfg.model is not None))
+    how = resolve(asked, collection_settings(cfg.search, cfg.model is not None, cfg.lexical))
     if body.mode is None and (body.vector is not None or body.text is None):
         how = replace(how, mode="dense")  # a vector query is dense unless it asks otherwise
+    require_lexical(how.mode, cfg.lexical, record.name)
     return how
 
 
