@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(2_000_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_documents_per_request: int = Field(1000, ge=1)
+    # POST /v1/collections/{name}/vectors (base64 bulk): vectors per request
+    max_vectors_per_request: int = Field(100_000, ge=1)
     # a document's metadata is parsed on every query hit: keep it small and shallow
     max_metadata_bytes: int = Field(64 * 1024, ge=16)
     max_metadata_depth: int = Field(16, ge=1, le=64)

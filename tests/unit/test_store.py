@@ -156,3 +156,40 @@ def test_catalog_cutover_rollback_retire_and_aliases(store: Store) -> None:
         store.create_collection("prod", CONFIG, "spx")
     store.delete_collection("c")
     assert store.aliases() == {} and store.upgrades() == []
+
+
+def test_chunk_ids_written_in_batches_never_reuse_a_deleted_id(store: Store) -> None:
+    store.put_documents("c", [DocumentRow(f"d{i}", f"t{i}", {}, f"v{i}") for i in range(3)])
+    docs = [DocumentChunks(f"d{i}", f"v{i}", [_chunk(0, f"a{i}", i), _chunk(1, f"b{i}", i)])
+            for i in range(3)]  # fmt: skip
+    first = store.write_chunks("c", "sp1", docs)
+    assert (first.added, first.removed) == (6, 0)
+    ids = store.all_chunk_ids("c", "sp1")
+    assert len(ids) == 6
+    store.delete_document("c", "d2")  # the highest ids go
+    store.put_documents("c", [DocumentRow("d2", "t2 again", {}, "v2b")])
+    again = store.write_chunks("c", "sp1", [DocumentChunks("d2", "v2b", [_chunk(0, "new", 9)])])
+    assert again.added == 1
+    (new,) = set(store.all_chunk_ids("c", "sp1")) - set(ids)
+    assert new > max(ids)  # AUTOINCREMENT's promise kept by the batched insert
+    seq = [row[1] for row in store.changes_since("c", "sp1", 0)]
+    assert seq.count(new) == 1 and len(seq) == 6 + 2 + 1  # adds, removals of d2, the new add
+
+
+def test_cached_catalog_reads_follow_every_catalog_write(store: Store) -> None:
+    assert store.resolve_collection("c").name == "c"
+    assert store.catalog_cached("c") is False  # spaces not read yet
+    assert [s.space_id for s in store.serving_spaces("c")] == ["sp1"]
+    assert store.catalog_cached("c")
+    store.create_collection("d", CONFIG, "sp1")
+    assert not store.catalog_cached("c")  # any catalog write expires every entry
+    store.set_alias("live", "c")
+    assert store.resolve_collection("live").name == "c"
+    store.set_alias("live", "d")
+    assert store.resolve_collection("live").name == "d"
+    store.delete_alias("live")
+    with pytest.raises(NotFound):
+        store.resolve_collection("live")
+    store.delete_collection("d")
+    with pytest.raises(NotFound):
+        store.resolve_collection("d")

@@ -29,6 +29,8 @@ from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import ChunkRow, CollectionRecord, DocumentChunks, DocumentRow, Store
 
 log = logging.getLogger(__name__)
+# documents per store transaction when the collection has no model (bring-your-own vectors)
+VECTOR_BATCH = 5000
 
 EmbedFn = Callable[[str, Sequence[str]], Awaitable[np.ndarray]]
 WrittenFn = Callable[[str], Awaitable[None]]
@@ -271,6 +273,8 @@ class IngestWorker:
             spaces = [s for s in spaces if s.space_id == backfill]
         ids = [str(i) for i in payload["documents"]]
         step = self._config.batch_documents
+        if not any(s.model for s in spaces):  # vectors given: no model work to interleave
+            step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
         for start in range(0, len(ids), step):
             docs = await asyncio.to_thread(
                 self._store.get_documents, name, ids[start : start + step]

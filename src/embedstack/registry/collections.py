@@ -250,8 +250,12 @@ class CollectionService:
             )
 
     def resolve(self, name: str) -> CollectionRecord:
-        """A collection by name or alias."""
-        return self._store.get_collection(self._store.resolve(name))
+        """A collection by name or alias (from memory until the catalog changes)."""
+        return self._store.resolve_collection(name)
+
+    def cached(self, name: str) -> bool:
+        """Whether resolve(name) and space() of its serving space need no I/O now."""
+        return self._store.catalog_cached(name)
 
     def delete(self, name: str) -> None:
         self._store.delete_collection(name)
@@ -265,10 +269,11 @@ class CollectionService:
     def space(self, record: CollectionRecord, space_id: str | None = None) -> SpaceInfo:
         """The serving space, or the named active space (shadow / previous) of a collection."""
         wanted = space_id or record.space_id
-        for space in self._store.spaces(record.name):
+        spaces = self._store.serving_spaces(record.name)
+        for space in spaces:
             if space.space_id == wanted:
                 return space
-        active = ", ".join(f"{s.space_id} ({s.state})" for s in self._store.spaces(record.name))
+        active = ", ".join(f"{s.space_id} ({s.state})" for s in spaces)
         raise SpaceMismatch(
             f"space {wanted} is not a space of collection {record.name!r}, whose spaces are "
             f"{active}: vectors from different models or settings cannot be mixed"

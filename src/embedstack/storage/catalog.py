@@ -71,6 +71,9 @@ class CatalogMixin:
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
+    def _catalog_tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
     def _reader(self) -> sqlite3.Connection:
         raise NotImplementedError
 
@@ -132,7 +135,7 @@ class CatalogMixin:
         total: int, options: dict[str, Any],
     ) -> UpgradeRecord:  # fmt: skip
         """Register a shadow space and its upgrade record in one transaction."""
-        with self._tx() as c:
+        with self._catalog_tx() as c:
             row = c.execute(
                 "SELECT space_id FROM collections WHERE name=?", (collection,)
             ).fetchone()
@@ -165,7 +168,7 @@ class CatalogMixin:
         The replaced space becomes 'previous' (kept for rollback, still written to); an older
         'previous' space is retired and its vectors deleted in the same transaction.
         """
-        with self._tx() as c:
+        with self._catalog_tx() as c:
             row = c.execute(
                 "SELECT space_id FROM collections WHERE name=?", (collection,)
             ).fetchone()
@@ -192,7 +195,7 @@ class CatalogMixin:
         return old
 
     def retire(self, collection: str, space_id: str) -> None:
-        with self._tx() as c:
+        with self._catalog_tx() as c:
             state = c.execute(
                 "SELECT state FROM spaces WHERE collection=? AND space_id=?", (collection, space_id)
             ).fetchone()
@@ -239,7 +242,7 @@ class CatalogMixin:
             )
 
     def set_alias(self, alias: str, collection: str) -> None:
-        with self._tx() as c:
+        with self._catalog_tx() as c:
             if c.execute("SELECT 1 FROM collections WHERE name=?", (alias,)).fetchone():
                 raise Conflict(f"{alias!r} is a collection name: an alias must not hide it")
             if not c.execute("SELECT 1 FROM collections WHERE name=?", (collection,)).fetchone():
@@ -252,7 +255,7 @@ class CatalogMixin:
             )
 
     def delete_alias(self, alias: str) -> None:
-        with self._tx() as c:
+        with self._catalog_tx() as c:
             if c.execute("DELETE FROM aliases WHERE alias=?", (alias,)).rowcount == 0:
                 raise NotFound(f"alias {alias!r} does not exist")
 

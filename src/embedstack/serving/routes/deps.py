@@ -1,4 +1,8 @@
-"""Route dependencies."""
+"""Route dependencies.
+
+Both are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+request for a few attribute reads.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from fastapi import Request
 from embedstack.serving.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def ready_services(request: Request) -> Services:
-    services = get_services(request)
+async def ready_services(request: Request) -> Services:
+    services = await get_services(request)
     services.require_ready()
     return services

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 from typing import Any
 
@@ -19,7 +21,7 @@ from embedstack.serving.auth import Access, reading, writing
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
-from embedstack.serving.schemas import DocumentIn, DocumentsIn
+from embedstack.serving.schemas import DocumentIn, DocumentsIn, VectorsIn
 from embedstack.serving.services import Services
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, DocumentRow
@@ -158,6 +160,95 @@ async def add_documents(
         {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
         status_code=202,
     )
+
+
+@router.post("/v1/collections/{name}/vectors", status_code=202, response_model=SubmittedOut)
+async def add_vectors(
+    name: str, body: VectorsIn, services: Services = Depends(ready_services),
+    access: Access = Depends(writing),
+) -> Response:  # fmt: skip
+    """Bring-your-own vectors in bulk (base64 float32): stored and acknowledged like POST
+    documents (one job), checked a whole array at a time."""
+    record = await access.resolve(name)
+    limit = services.settings.max_vectors_per_request
+    n = len(body.ids)
+    if n == 0:
+        raise InvalidInput("'ids' is empty: send at least one vector")
+    if n > limit:
+        raise InvalidInput(f"{n} vectors, over the {limit} limit: split them")
+    if len(set(body.ids)) != n:
+        raise InvalidInput("'ids' repeats an id: each vector needs its own id")
+    for field, values in (("texts", body.texts), ("metadata", body.metadata)):
+        if values is not None and len(values) != n:
+            raise InvalidInput(f"'{field}' has {len(values)} entries for {n} ids: send one per id")
+    access.charge_texts(n)
+    space = services.collections.space(record)
+    rows = await asyncio.to_thread(_vector_rows, body, record, space, services.settings)
+    done = await asyncio.to_thread(
+        submit_documents, services.store, services.queue, record.name, rows
+    )
+    services.notify_workers()
+    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
+    return JSON(
+        {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
+        status_code=202,
+    )
+
+
+def _vector_rows(
+    body: VectorsIn, record: CollectionRecord, space: SpaceInfo, settings: Settings
+) -> list[DocumentRow]:
+    """The rows of a bulk vector upload: the same checks and hashes as `_document_row`."""
+    if space.model:
+        raise InvalidInput(
+            f"collection {record.name!r} embeds text with its model; bulk vectors are for "
+            "collections without a model: POST documents with 'text'"
+        )
+    if body.space_id is not None and body.space_id != space.space_id:
+        raise SpaceMismatch(
+            f"the vectors are from space {body.space_id} but collection {record.name!r} is in "
+            f"space {space.space_id}: vectors from different spaces cannot be mixed"
+        )
+    vecs = _decoded(body.vectors, len(body.ids), record)
+    texts = body.texts or [""] * len(body.ids)
+    metas = body.metadata or [{} for _ in body.ids]
+    rows = []
+    for i, (doc_id, text, meta, vec) in enumerate(zip(body.ids, texts, metas, vecs, strict=True)):
+        where = f"vector {i} (id {doc_id!r})"
+        if len(text) > settings.max_document_chars:
+            raise PayloadTooLarge(f"{where}: its text is over {settings.max_document_chars} chars")
+        check_metadata(meta, where, settings.max_metadata_bytes, settings.max_metadata_depth)
+        blob = vec.tobytes()
+        digest = hashlib.sha256(content_hash(text, meta).encode() + blob).hexdigest()
+        rows.append(DocumentRow(doc_id, text, meta, digest, vector=blob))
+    return rows
+
+
+def _decoded(data: str, n: int, record: CollectionRecord) -> np.ndarray:
+    """(n, dim) float32 rows from base64, finite, unit for cosine; InvalidInput names the fix."""
+    dim, metric = record.config.dim, record.config.metric
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("'vectors' is not valid base64: encode the float32 bytes") from None
+    if len(raw) != n * dim * 4:
+        raise SpaceMismatch(
+            f"'vectors' holds {len(raw)} bytes; {n} ids of {dim}-dim float32 vectors need "
+            f"{n * dim * 4} (collection {record.name!r}, {metric})"
+        )
+    vecs = np.frombuffer(raw, dtype="<f4").reshape(n, dim).astype(np.float32)
+    finite = np.isfinite(vecs).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InvalidInput(f"vector {bad} contains NaN or infinity: every component must be finite")
+    if metric == "cosine":
+        zero = ~np.any(vecs, axis=1)
+        if zero.any():
+            raise InvalidInput(
+                f"vector {int(np.argmax(zero))} is all zeros: a cosine vector needs a direction"
+            )
+        unit_rows(vecs, out=vecs)
+    return vecs
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)

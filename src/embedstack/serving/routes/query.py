@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -31,6 +32,7 @@ from embedstack.serving.responses import QueryOut
 from embedstack.serving.routes.deps import ready_services
 from embedstack.serving.routes.documents import checked_vector
 from embedstack.serving.schemas import QueryIn
+from embedstack.serving.search_gate import SearchGate
 from embedstack.serving.services import Services
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
@@ -134,21 +136,29 @@ async def query(
     if body.k > services.settings.max_k:
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
     check_filter(body.filter, services.settings.max_filter_conditions)
-    _early_check(services, access.qualify(name), body, deadline)
+    stored = access.qualify(name)
+    _early_check(services, stored, body, deadline)
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
-    record = await access.resolve(name)
-    services.collections.require_open(record)
+    if services.collections.cached(stored):  # in memory: no thread hop for a dict lookup
+        record = access.resolve_sync(name)
+        services.collections.require_open(record)
+        space = services.collections.space(record, body.space_id)
+    else:
+        record = await access.resolve(name)
+        services.collections.require_open(record)
+        space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     access.charge_texts(1)
-    space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     how = _retrieval(body, record)
     group = body.group_by is not None
     vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
     knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
-    hits = await services.search_gate.run(
-        hybrid.search, services.store, services.indexes, record.name, space.space_id, vec, text,
-        body.k, body.filter, group, how, None, knobs, deadline=deadline,
-    )  # fmt: skip
+    args = (services.store, services.indexes, record.name, space.space_id, vec, text, body.k,
+            body.filter, group, how, None, knobs)  # fmt: skip
+    if how.mode == "dense" and not body.filter and _inline(services.search_gate):
+        hits = _search_inline(services.search_gate, args, deadline)
+    else:
+        hits = await services.search_gate.run(hybrid.search, *args, deadline=deadline)
     took = _ms(started)
     services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
@@ -158,6 +168,24 @@ async def query(
 
 
 _SHORT_QUERY = (8,)  # token counts of a short query
+# a search measured (EWMA) at most this long runs on the event loop when no other search is
+# running or queued: a hop to the search pool and back costs more than the search itself
+INLINE_SEARCH_S = 0.002
+
+
+def _inline(gate: SearchGate) -> bool:
+    estimate = gate.estimate()
+    return gate.inflight == 0 and estimate is not None and estimate <= INLINE_SEARCH_S
+
+
+def _search_inline(gate: SearchGate, args: tuple[Any, ...], deadline: float) -> list[Any]:
+    """hybrid.search(*args) right here, admitted and timed by the gate like a pooled search (an
+    idle gate admits any search whose deadline has not passed)."""
+    gate.check(deadline if time.monotonic() >= deadline else None)
+    started = time.perf_counter()
+    hits = hybrid.search(*args)
+    gate.observe(time.perf_counter() - started)
+    return hits
 
 
 def _early_check(services: Services, stored: str, body: QueryIn, deadline: float) -> None:
