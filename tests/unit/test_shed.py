@@ -21,6 +21,7 @@ from embedstack.serving.shed import (
     EMBEDDINGS_ROUTE,
     QUERY_ROUTE,
     Ask,
+    Overhead,
     ask_of,
     refusal,
     route_of,
@@ -156,3 +157,18 @@ def test_a_stale_search_estimate_cannot_refuse_text_queries_forever(
         assert gate.estimate() == pytest.approx(0.002)
         gate.observe(0.004)
         assert gate.estimate() == pytest.approx(0.0022)  # fresh: averaged (EWMA)
+
+
+def test_overhead_learns_what_the_estimates_miss_and_forgets_it_when_stale() -> None:
+    o = Overhead(alpha=0.5, stale_s=1.0)
+    assert o.seconds(0.0) == 0.0  # nothing measured
+    o.observe(0.040, now=10.0)  # an answer took 40 ms more than predicted: taken as is
+    assert o.seconds(10.5) == pytest.approx(0.040)
+    o.observe(0.020, now=10.6)  # then averaged
+    assert o.seconds(10.6) == pytest.approx(0.030)
+    o.observe(-0.010, now=10.7)  # faster than predicted counts as no overhead
+    assert o.seconds(10.7) == pytest.approx(0.015)
+    # nothing answered for a second (everything refused?): not counted, so queries get through
+    assert o.seconds(11.8) == 0.0
+    o.observe(0.002, now=12.0)  # and the next answer replaces the old value
+    assert o.seconds(12.0) == pytest.approx(0.002)

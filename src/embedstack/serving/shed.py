@@ -13,6 +13,11 @@ orjson -- the budget may be in it -- and asks the same admission the route would
   search its share (the model of the collection's last text query; of the request for
   /v1/embeddings, which has a deadline only when it sends X-Request-Budget-Ms).
 
+The deadline it checks against is shortened by the measured `Overhead`: the part of admitted
+queries' server latency that the model and search estimates do not predict (thread hops, the
+event loop's backlog, a process starved of CPU on a loaded machine), so that what it admits still
+fits once those are paid.
+
 Refused: a 429 + Retry-After answered straight to ASGI, in the error shape and status of the one
 ERROR_STATUS table (handed in by create_app). Anything it cannot judge cheaply -- a body that is
 not small JSON, an out-of-range budget, a server not ready -- passes through to the route, which
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -80,6 +85,39 @@ def refusal(gate: SearchGate, batchers: Mapping[str, Batcher], ask: Ask) -> Over
     except Overloaded as exc:
         return exc
     return None
+
+
+def predicted_wait(gate: SearchGate, batchers: Mapping[str, Batcher], ask: Ask) -> float:
+    """Seconds admission expects a short query of `ask` to wait: the model's queue (and its own
+    batch) and the search."""
+    batcher = batchers.get(ask.model) if ask.model is not None else None
+    model = (batcher.estimate_wait(SHORT_QUERY) or 0.0) if batcher is not None else 0.0
+    return model + (gate.estimate() or 0.0)
+
+
+class Overhead:
+    """What the estimates leave out: the time an admitted query spends outside the model's queue
+    and the search (thread hops, the event loop's backlog, a process starved of CPU), as an EWMA
+    of (server latency - predicted wait) over answered queries. The middleware takes it off the
+    deadline before it asks admission. Not refreshed for `stale_s` (nothing was admitted), it
+    counts as 0: an inflated value cannot refuse every query forever."""
+
+    def __init__(self, alpha: float = 0.1, stale_s: float = 1.0) -> None:
+        self._alpha = alpha
+        self._stale_s = stale_s
+        self._seconds = 0.0
+        self._measured = -stale_s
+
+    def seconds(self, now: float) -> float:
+        return self._seconds if now - self._measured <= self._stale_s else 0.0
+
+    def observe(self, residual: float, now: float) -> None:
+        residual = max(0.0, residual)
+        fresh = now - self._measured > self._stale_s
+        self._seconds = (
+            residual if fresh else self._seconds + self._alpha * (residual - self._seconds)
+        )
+        self._measured = now
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -165,6 +203,7 @@ class QueryShedder:
         self.services = services
         self.status = status
         self.body_of = body_of
+        self.overhead = Overhead()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)
@@ -174,16 +213,20 @@ class QueryShedder:
             return
         messages, body = await _read_small_body(scope, receive)
         ask = None
+        arrived = scope.get("state", {}).get("arrived") or time.monotonic()
         if body is not None:
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
                 parsed = None
             if isinstance(parsed, dict):
-                arrived = scope.get("state", {}).get("arrived")
-                arrived = arrived or time.monotonic()
                 ask = ask_of(services.settings, services.query_models, scope, parsed, arrived)
-        refused = refusal(services.search_gate, services.batchers, ask) if ask else None
+        if ask is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        gate, batchers = services.search_gate, services.batchers
+        reserve = self.overhead.seconds(time.monotonic())
+        refused = refusal(gate, batchers, replace(ask, deadline=ask.deadline - reserve))
         if refused is not None:
             scope["route"] = route  # labels the request's latency metric
             services.metrics.shed_early.labels(route.path).inc()
@@ -191,7 +234,18 @@ class QueryShedder:
             message = principal.scrub(refused.message) if principal is not None else refused.message
             await self._refuse(send, message, refused.retry_after)
             return
+        if route is QUERY_ROUTE:  # learn the overhead from this query's answer
+            send = self._timed(send, arrived, predicted_wait(gate, batchers, ask))
         await self.app(scope, _replay(messages, receive), send)
+
+    def _timed(self, send: Send, arrived: float, predicted: float) -> Send:
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                now = time.monotonic()
+                self.overhead.observe(now - arrived - predicted, now)
+            await send(message)
+
+        return timed
 
     async def _refuse(self, send: Send, message: str, retry_after: float) -> None:
         body = orjson.dumps(self.body_of(Overloaded.__name__, message))
