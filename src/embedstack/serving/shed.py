@@ -16,7 +16,8 @@ orjson -- the budget may be in it -- and asks the same admission the route would
 The deadline it checks against is shortened by the measured `Overhead`: the part of admitted
 queries' server latency that the model and search estimates do not predict (thread hops, the
 event loop's backlog, a process starved of CPU on a loaded machine), so that what it admits still
-fits once those are paid.
+fits once those are paid -- while anything is queued or running: on an idle server a refusal
+would spare no one, so the plain deadline (and the idle rules of the gate and the batcher) hold.
 
 Refused: a 429 + Retry-After answered straight to ASGI, in the error shape and status of the one
 ERROR_STATUS table (handed in by create_app). Anything it cannot judge cheaply -- a body that is
@@ -93,6 +94,14 @@ def predicted_wait(gate: SearchGate, batchers: Mapping[str, Batcher], ask: Ask) 
     batcher = batchers.get(ask.model) if ask.model is not None else None
     model = (batcher.estimate_wait(SHORT_QUERY) or 0.0) if batcher is not None else 0.0
     return model + (gate.estimate() or 0.0)
+
+
+def _busy(gate: SearchGate, batchers: Mapping[str, Batcher], ask: Ask) -> bool:
+    """Whether anything this request would wait behind is queued or running."""
+    if gate.inflight:
+        return True
+    batcher = batchers.get(ask.model) if ask.model is not None else None
+    return batcher is not None and any(batcher.pending().values())
 
 
 class Overhead:
@@ -225,7 +234,7 @@ class QueryShedder:
             await self.app(scope, _replay(messages, receive), send)
             return
         gate, batchers = services.search_gate, services.batchers
-        reserve = self.overhead.seconds(time.monotonic())
+        reserve = self.overhead.seconds(time.monotonic()) if _busy(gate, batchers, ask) else 0.0
         refused = refusal(gate, batchers, replace(ask, deadline=ask.deadline - reserve))
         if refused is not None:
             scope["route"] = route  # labels the request's latency metric
