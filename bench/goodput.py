@@ -124,7 +124,8 @@ class Step:
     took: list[float] = field(default_factory=list)  # server-reported ms of 200 answers
     shed: int = 0  # 429
     other: int = 0  # anything else (errors)
-    sample: str = ""  # the first refusal or error, for the log
+    sample: str = ""  # the first refusal, for the log
+    error: str = ""  # the first answer neither 200 nor 429
     server_cores: float = float("nan")  # server CPU seconds per second of the step
     client_cores: float = float("nan")  # this process's (the load generator's)
     load: float = float("nan")  # 1-minute load average at the end of the step
@@ -155,8 +156,10 @@ class Step:
             self.shed += 1
         else:
             self.other += 1
-        if status != 200 and not self.sample:
+        if status == 429 and not self.sample:
             self.sample = f"{status} {body[:200].decode(errors='replace')}"
+        if status not in (200, 429) and not self.error:
+            self.error = f"{status} {body[:200].decode(errors='replace')}"
 
 
 COLUMNS = ["step", "offered", "sent/s", "admitted QPS", "p50 ms", "p99 ms", "server p99 ms",
@@ -303,7 +306,7 @@ def main() -> None:
             step.load = os.getloadavg()[0]
             say(f"  {step.name} {step.offered}: goodput {step.goodput:.0f}/s, "
                 f"{len(step.lat)} ok, {step.shed} shed ... {load_note()}"
-                f"\n    {step.sample}")  # fmt: skip
+                f"\n    {step.sample}\n    {step.error}")  # fmt: skip
             return step
 
         calib: list[Step] = []
@@ -334,6 +337,7 @@ def main() -> None:
         again = Step("peak again (drift)", f"{peak_clients} clients", args.step_s, budget_s)
         steps.append(run(again, closed_loop(url, path, bodies, peak_clients, again, {}, pause)))
         shed = metric(client, "embedstack_shed_total")
+        early = metric(client, "embedstack_shed_early_total")
         dropped = metric(client, "embedstack_deadline_dropped_total")
         missed = metric(client, 'embedstack_query_budget_total{outcome="missed"}')
     say(f"done. {load_note()}")
@@ -343,7 +347,8 @@ def main() -> None:
         COLUMNS,
         [s.row(peak) for s in [*calib, *steps]],
     )
-    say(f"server: {shed:.0f} refused at admission, {dropped:.0f} dropped past their deadline, "
+    say(f"server: {shed:.0f} refused at admission ({early:.0f} of them before the body was "
+        f"parsed), {dropped:.0f} dropped past their deadline, "
         f"{missed:.0f} answered past the budget (server-side)")  # fmt: skip
     top = [s for s in steps if s.name.startswith(("closed", "open")) and "never" not in s.name]
     at_max = [s for s in top if s.name.endswith(f"{multiples[-1]:g}x")]
