@@ -9,18 +9,29 @@ takes less of the machine from the server).
 1. Peak: closed-loop steps with --calibrate clients; the step with the most goodput (answers
    within the budget per second) is the peak: its client count C and its goodput G.
 2. Closed loop at 1x, 2x, 3x, 4x C clients; open loop (Poisson arrivals) at 1x, 2x, 3x, 4x G
-   per second. Open-loop latency counts from the scheduled send time (no coordinated omission).
+   per second.
 3. Baseline, same run: closed loop at 4x C with a budget of --no-budget-ms on every request,
    i.e. admission that never sheds (what the server did before), judged against the budget.
+4. The peak step again: how far the machine's own load drifted during the run.
 
-Per step: admitted QPS, p50/p99 of admitted (200) answers, 429 share, goodput, and goodput
-against the peak. Target: p99 under the budget at every step; goodput at 4x >= 90% of peak.
+Client policies. Closed loop: each client sends its next query when the last one is answered;
+after a 429 it waits the answer's Retry-After seconds, as embedstack's own client does
+(--retry-policy pause: a fixed --retry-pause-ms instead, a client that ignores the header).
+Open loop: Poisson arrivals that never wait for answers and never retry; latency counts from the
+scheduled send time (no coordinated omission). The client runs on uvloop in this process; its CPU
+and the server's are printed per step (they share the machine's cores).
+
+Per step: sent/s, admitted QPS, p50/p99 of admitted (200) answers (client-side; the server's own
+took_ms p99 too), 429 share, goodput, goodput against the peak, server and client CPU (cores)
+and the 1-minute load average. Target: p99 under the budget at every step; goodput at 4x >= 90%
+of peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -31,6 +42,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import uvloop
 
 from common import Server, load_note, post, pydoc_docs, say, server_env, table, wait_jobs
 
@@ -50,8 +62,10 @@ def parse_args() -> argparse.Namespace:
                    help="budget of the baseline step (admission that never sheds)")  # fmt: skip
     p.add_argument("--backend", default="onnx-fp32", help="backend pinned for the model")
     p.add_argument("--skip-open", action="store_true", help="closed-loop steps only")
+    p.add_argument("--retry-policy", choices=["retry-after", "pause"], default="retry-after",
+                   help="closed loop after a 429: wait Retry-After (default) or pause")  # fmt: skip
     p.add_argument("--retry-pause-ms", type=float, default=10.0,
-                   help="closed-loop clients pause this long after a 429 (10)")  # fmt: skip
+                   help="the fixed pause of --retry-policy pause (10)")  # fmt: skip
     return p.parse_args()
 
 
@@ -68,7 +82,8 @@ class Conn:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, body: bytes) -> tuple[int, bytes]:
+    async def request(self, body: bytes) -> tuple[int, bytes, float]:
+        """(status, body, Retry-After seconds or 0)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -78,6 +93,7 @@ class Conn:
         status = int(lines[0].split()[1])
         length = 0
         close = False
+        retry = 0.0
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -85,10 +101,12 @@ class Conn:
                 length = int(value)
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
+            elif name == b"retry-after":
+                retry = float(value)
         data = await self.reader.readexactly(length)
         if close:
             self.close()
-        return status, data
+        return status, data, retry
 
     def close(self) -> None:
         if self.writer is not None:
@@ -106,7 +124,11 @@ class Step:
     took: list[float] = field(default_factory=list)  # server-reported ms of 200 answers
     shed: int = 0  # 429
     other: int = 0  # anything else (errors)
-    sample: str = ""  # the first refusal or error, for the log
+    sample: str = ""  # the first refusal, for the log
+    error: str = ""  # the first answer neither 200 nor 429
+    server_cores: float = float("nan")  # server CPU seconds per second of the step
+    client_cores: float = float("nan")  # this process's (the load generator's)
+    load: float = float("nan")  # 1-minute load average at the end of the step
 
     def row(self, peak: float | None) -> list[object]:
         n_ok = len(self.lat)
@@ -119,6 +141,7 @@ class Step:
             float(np.percentile(self.took, 99)) if self.took else float("nan"),
             100.0 * self.shed / max(1, total), self.other, good,
             f"{100 * good / peak:.0f}%" if peak else "-",
+            self.server_cores, self.client_cores, self.load,
         ]  # fmt: skip
 
     @property
@@ -133,21 +156,24 @@ class Step:
             self.shed += 1
         else:
             self.other += 1
-        if status != 200 and not self.sample:
+        if status == 429 and not self.sample:
             self.sample = f"{status} {body[:200].decode(errors='replace')}"
+        if status not in (200, 429) and not self.error:
+            self.error = f"{status} {body[:200].decode(errors='replace')}"
 
 
 COLUMNS = ["step", "offered", "sent/s", "admitted QPS", "p50 ms", "p99 ms", "server p99 ms",
-           "429 %", "errors", "goodput/s", "vs peak"]  # fmt: skip
+           "429 %", "errors", "goodput/s", "vs peak", "server cores", "client cores",
+           "load 1m"]  # fmt: skip
 
 
 async def closed_loop(
     url: httpx.URL, path: str, bodies: list[bytes], clients: int, step: Step,
-    headers: dict[str, str], pause: float = 0.01,
+    headers: dict[str, str], pause: float | None = None,
 ) -> None:  # fmt: skip
     """`clients` connections, each sending its next query as soon as the last one answered;
-    after a 429 it pauses `pause` seconds (a client that honours Retry-After waits longer,
-    which only lowers the offered load)."""
+    after a 429 it waits the answer's Retry-After seconds (`pause` seconds if given), never
+    past the end of the step."""
     end = time.perf_counter() + step.seconds
     rng = random.Random(clients)
 
@@ -157,10 +183,11 @@ async def closed_loop(
             while time.perf_counter() < end:
                 body = bodies[rng.randrange(len(bodies))]
                 t = time.perf_counter()
-                status, data = await conn.request(body)
+                status, data, retry = await conn.request(body)
                 step.record(status, data, time.perf_counter() - t)
                 if status == 429:
-                    await asyncio.sleep(pause)
+                    wait = retry if pause is None else pause
+                    await asyncio.sleep(min(wait, max(0.0, end - time.perf_counter())))
         finally:
             conn.close()
 
@@ -188,7 +215,7 @@ async def open_loop(
                 opened += 1
                 conn = Conn(url.host, url.port or 80, path, {})
         try:
-            status, data = await conn.request(body)
+            status, data, _ = await conn.request(body)
         except (OSError, asyncio.IncompleteReadError):
             conn.close()
             status, data = 599, b""
@@ -220,6 +247,13 @@ def queries(docs: list[tuple[str, str]], n: int = 1000) -> list[str]:
     return [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(n)]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metric(client: httpx.Client, name: str) -> float:
     text = client.get("/metrics").text
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
@@ -229,7 +263,13 @@ def main() -> None:
     args = parse_args()
     say(f"bench/goodput.py {' '.join(sys.argv[1:])}\n{load_note()}")
     budget_s = args.budget_ms / 1000.0
-    pause = args.retry_pause_ms / 1000.0
+    pause = args.retry_pause_ms / 1000.0 if args.retry_policy == "pause" else None
+    policy = (
+        "closed loop: after a 429 a client waits its Retry-After"
+        if pause is None
+        else f"closed loop: after a 429 a client pauses {args.retry_pause_ms:g} ms (ignores "
+        "Retry-After)"
+    ) + "; open loop: Poisson arrivals, no retries, latency from the scheduled send time"
     env = server_env(
         EMBEDSTACK_MODEL_BACKENDS=orjson.dumps({MODEL: args.backend}).decode(),
         EMBEDSTACK_QUERY_BUDGET_MS=str(args.budget_ms),
@@ -248,15 +288,25 @@ def main() -> None:
         say(f"{len(docs)} docs indexed; warming up ... {load_note()}")
         url = httpx.URL(server.url)
         for b in bodies[:50]:
-            r = client.post(path, content=b, headers={"content-type": "application/json"})
+            warm = {"content-type": "application/json", "X-Request-Budget-Ms": "60000"}
+            r = client.post(path, content=b, headers=warm)  # not measured: a roomy budget
             if r.status_code != 200:
                 raise RuntimeError(f"warm-up query -> {r.status_code}: {r.text[:300]}")
 
+        assert server.proc is not None
+        pid = server.proc.pid
+
         def run(step: Step, coro_of: object) -> Step:
-            asyncio.run(coro_of)  # type: ignore[arg-type]
+            server_cpu, client_cpu, started = cpu_seconds(pid), time.process_time(), time.time()
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(coro_of)  # type: ignore[arg-type]
+            wall = time.time() - started
+            step.server_cores = (cpu_seconds(pid) - server_cpu) / wall
+            step.client_cores = (time.process_time() - client_cpu) / wall
+            step.load = os.getloadavg()[0]
             say(f"  {step.name} {step.offered}: goodput {step.goodput:.0f}/s, "
                 f"{len(step.lat)} ok, {step.shed} shed ... {load_note()}"
-                f"\n    {step.sample}")  # fmt: skip
+                f"\n    {step.sample}\n    {step.error}")  # fmt: skip
             return step
 
         calib: list[Step] = []
@@ -284,17 +334,21 @@ def main() -> None:
                     budget_s)  # fmt: skip
         headers = {"X-Request-Budget-Ms": f"{args.no_budget_ms:g}"}
         steps.append(run(base, closed_loop(url, path, bodies, c, base, headers, pause)))
+        again = Step("peak again (drift)", f"{peak_clients} clients", args.step_s, budget_s)
+        steps.append(run(again, closed_loop(url, path, bodies, peak_clients, again, {}, pause)))
         shed = metric(client, "embedstack_shed_total")
+        early = metric(client, "embedstack_shed_early_total")
         dropped = metric(client, "embedstack_deadline_dropped_total")
         missed = metric(client, 'embedstack_query_budget_total{outcome="missed"}')
     say(f"done. {load_note()}")
     table(
         f"Text queries ({MODEL}, {args.backend}), budget {args.budget_ms:g} ms, {len(docs)} "
-        f"docs, {args.step_s:g} s steps; peak {peak:.0f}/s at {peak_clients} clients",
+        f"docs, {args.step_s:g} s steps; peak {peak:.0f}/s at {peak_clients} clients\n{policy}",
         COLUMNS,
         [s.row(peak) for s in [*calib, *steps]],
     )
-    say(f"server: {shed:.0f} refused at admission, {dropped:.0f} dropped past their deadline, "
+    say(f"server: {shed:.0f} refused at admission ({early:.0f} of them before the body was "
+        f"parsed), {dropped:.0f} dropped past their deadline, "
         f"{missed:.0f} answered past the budget (server-side)")  # fmt: skip
     top = [s for s in steps if s.name.startswith(("closed", "open")) and "never" not in s.name]
     at_max = [s for s in top if s.name.endswith(f"{multiples[-1]:g}x")]

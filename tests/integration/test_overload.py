@@ -77,6 +77,7 @@ def test_disconnected_client_texts_are_dropped(tight_server: Server) -> None:
 
 
 BUDGET_MS = 150.0
+QUERY_ROUTE = "/v1/collections/{name}/query"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,12 @@ def test_burst_far_above_capacity_gets_fast_429s_and_admitted_queries_keep_their
     assert codes.count(429) >= 25 and codes.count(200) >= 10, (codes.count(200), codes.count(429))
     shed = next(r for r in answers if r.status_code == 429)
     assert int(shed.headers["retry-after"]) >= 1
+    assert shed.json()["error"]["type"] == "Overloaded" and set(shed.json()) == {"error"}
     assert "budget" in shed.json()["error"]["message"]
+    assert all("retry-after" in r.headers for r in answers if r.status_code == 429)
+    # refused before FastAPI parsed the body (the cheap path), most of them
+    early = _metric(slow_server, f'embedstack_shed_early_total{{route="{QUERY_ROUTE}"}}')
+    assert early >= 1, codes.count(429)
     took = sorted(r.json()["took_ms"] for r in answers if r.status_code == 200)
     assert all(r.json()["budget_ms"] == BUDGET_MS for r in answers if r.status_code == 200)
     # server-side latency of admitted queries: within the budget, bar scheduling noise on a
@@ -151,3 +157,12 @@ def test_budget_override_by_header_and_its_bounds(slow_server: Server) -> None:
     assert httpx.post(emb, json={"input": ["a"] * 40}, timeout=60).status_code == 200
     tiny = httpx.post(emb, json={"input": ["a"] * 40}, headers={"X-Request-Budget-Ms": "0.001"})
     assert tiny.status_code == 429 and int(tiny.headers["retry-after"]) >= 1
+    # a vector query (no model) is bounded by the search gate, before its body is validated
+    route = f'embedstack_shed_early_total{{route="{QUERY_ROUTE}"}}'
+    before = _metric(slow_server, route)
+    spent = {**vec, "budget_ms": 0.001}
+    r = httpx.post(url, json=spent, timeout=60)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+    assert r.json()["error"]["type"] == "Overloaded" and "budget" in r.json()["error"]["message"]
+    assert _metric(slow_server, route) == before + 1
+    assert _metric(slow_server, 'embedstack_shed_total{reason="budget",stage="search"}') >= 1

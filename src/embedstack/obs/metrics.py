@@ -63,6 +63,12 @@ class Metrics:
             "latency budget) or full (in-flight bound).",
             ["stage", "reason"], registry=r,
         )  # fmt: skip
+        self.shed_early = Counter(
+            "embedstack_shed_early_total",
+            "Of embedstack_shed_total: refused by the shedding middleware before the request "
+            "body was validated or routed, by route.",
+            ["route"], registry=r,
+        )  # fmt: skip
         self.deadline_dropped = Counter(
             "embedstack_deadline_dropped_total",
             "Admitted work dropped unrun because its deadline passed while it waited (texts for "

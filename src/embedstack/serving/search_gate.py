@@ -6,6 +6,12 @@ in-flight bound or one whose estimated finish (searches ahead / threads, plus it
 its deadline. A search whose deadline passes while it waits in the pool's queue is dropped
 before it costs search time. An idle pool takes any search still within its deadline (as an
 idle model takes any text): shedding protects the requests behind, and there are none.
+
+The estimate is only as fresh as the last search measured. A text query is refused when the
+model's wait plus the search estimate is past its deadline, so an estimate inflated by a stall
+(a loaded machine, a long GC) could refuse every text query, and with no search admitted nothing
+would ever correct it. So an estimate not refreshed for `STALE_S` is unknown (not counted) while
+the pool is idle, and the first measurement after such a gap replaces it instead of averaging in.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ T = TypeVar("T")
 _SAFETY = 1.2  # estimated waits are stretched by this before comparing to deadlines
 _EWMA = 0.1
 _MIN_RETRY_AFTER = 0.1
+STALE_S = 1.0  # an estimate older than this is not trusted while the pool is idle
 
 
 class _Expired:
@@ -48,14 +55,16 @@ class SearchGate:
         self._metrics = metrics
         self._inflight = 0
         self._seconds: float | None = None  # EWMA of one search's run time
+        self._measured = -STALE_S  # time.monotonic() of the last measured search
 
     @property
     def inflight(self) -> int:
         return self._inflight
 
     def estimate(self) -> float | None:
-        """Estimated seconds until a search submitted now is done; None before any search."""
-        if self._seconds is None:
+        """Estimated seconds until a search submitted now is done; None before any search, or
+        while the pool is idle and no search was measured for STALE_S."""
+        if self._seconds is None or (self._inflight == 0 and self._stale()):
             return None
         rounds = self._inflight // self._threads + 1
         return rounds * self._seconds
@@ -63,14 +72,17 @@ class SearchGate:
     def observe(self, seconds: float) -> None:
         if seconds > 0:
             s = self._seconds
-            self._seconds = seconds if s is None else s + _EWMA * (seconds - s)
+            fresh = s is None or self._stale()
+            self._seconds = seconds if fresh or s is None else s + _EWMA * (seconds - s)
+            self._measured = time.monotonic()
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._measured > STALE_S
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
         """fn(*args) in the pool, if admitted; Overloaded when refused or expired. With nothing
         running or queued, a search whose deadline has not passed runs whatever the estimate:
         refusing it would spare no one else."""
-        if self._inflight == 0 and deadline is not None and deadline > time.monotonic():
-            deadline = None
         self.check(deadline)
         self._set_inflight(1)
         try:
@@ -90,7 +102,10 @@ class SearchGate:
         return result
 
     def check(self, deadline: float | None = None) -> None:
-        """Overloaded if a search submitted now would be refused."""
+        """Overloaded if a search submitted now would be refused (an idle gate takes any search
+        whose deadline has not passed)."""
+        if self._inflight == 0 and deadline is not None and deadline > time.monotonic():
+            deadline = None
         if self._inflight >= self._max:
             self._shed("full")
             raise Overloaded(
