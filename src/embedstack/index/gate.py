@@ -103,11 +103,23 @@ def tune(
     rows = np.random.default_rng(seed).choice(n, min(GATE_QUERIES, n), replace=False)
     truth = _truth(vectors, ids, rows, metric)
     queries, query_ids = vectors[rows], ids[rows]
-    target = min(1.0, floor + MARGIN)
 
     def measure(setting: dict[str, int]) -> float:
         return leave_one_out_recall(search, setting, queries, query_ids, truth)
 
+    return raise_knobs(measure, knobs, caps, floor, min(1.0, floor + MARGIN))
+
+
+def raise_knobs(
+    measure: Callable[[dict[str, int]], float],
+    knobs: dict[str, int],
+    caps: dict[str, int],
+    floor: float,
+    target: float,
+) -> GateResult:
+    """The gate's search: double the knobs in turn until `measure` reaches `target`; passed
+    when the kept setting reaches `floor`. Shared by the training gate (leave-one-out samples)
+    and the online re-tune (sampled live queries, registry/quality.py)."""
     current = dict(knobs)
     recall = measure(current)
     tried = [(dict(current), recall)]

@@ -143,11 +143,15 @@ async def query(
         hybrid.search, services.store, services.indexes, record.name, space.space_id, vec, text,
         body.k, body.filter, group, how, None, knobs, deadline=deadline,
     )  # fmt: skip
+    query_id = services.quality.observe(
+        record.name, space.space_id, vec, hits, body.filter is not None or group
+    )  # off-hot-path quality signals (registry/quality.py)
     took = _ms(started)
     services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
         {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
-         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3)}
+         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3),
+         "query_id": query_id}
     )  # fmt: skip
 
 
