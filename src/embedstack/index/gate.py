@@ -22,6 +22,8 @@ GATE_K = 10
 MARGIN = 0.02  # aim a little above the floor: the self-test sample is small and in-distribution
 MAX_STEPS = 16
 PLATEAU = 0.003  # a doubling that gains less than this marks its knob saturated
+# neighbour_mixes: how far towards a neighbour a held-out-like query moves
+MIX_LOW, MIX_HIGH = 0.3, 0.5
 
 SearchFn = Callable[[np.ndarray, int, dict[str, int]], np.ndarray]
 
@@ -73,6 +75,44 @@ def leave_one_out_recall(
         mine = [i for i in got[row].tolist() if i != own and i >= 0][:GATE_K]
         hits += len(set(mine) & set(truth[row].tolist()))
     return hits / max(1, truth.size)
+
+
+def plain_recall(
+    search: SearchFn, knobs: dict[str, int], queries: np.ndarray, truth: np.ndarray
+) -> float:
+    """Recall@GATE_K of queries that are not in the index (their own id is no answer to drop)."""
+    got = search(queries, GATE_K, knobs)
+    return recall_at_k(got, truth, GATE_K)
+
+
+def _unit_if(x: np.ndarray, metric: str) -> np.ndarray:
+    if metric != "cosine":
+        return x
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def neighbour_mixes(
+    vectors: np.ndarray, rows: np.ndarray, neighbour_rows: np.ndarray, metric: str, seed: int = 0
+) -> np.ndarray:
+    """Held-out-like queries: each sampled vector moved MIX_LOW..MIX_HIGH of the way towards
+    one of its own nearest neighbours (a random one of them); new points between real ones,
+    where a new paragraph lands, rather than on an indexed point."""
+    rng = np.random.default_rng(seed)
+    pick = neighbour_rows[np.arange(len(rows)), rng.integers(0, neighbour_rows.shape[1], len(rows))]
+    t = rng.uniform(MIX_LOW, MIX_HIGH, (len(rows), 1)).astype(np.float32)
+    mixed = (1 - t) * vectors[rows] + t * vectors[pick]
+    return np.ascontiguousarray(_unit_if(mixed, metric), dtype=np.float32)
+
+
+def noisy_copies(
+    vectors: np.ndarray, rows: np.ndarray, scale: float, metric: str, seed: int = 0
+) -> np.ndarray:
+    """Sampled vectors plus an isotropic random offset of length `scale` (bench/gate_margin.py
+    compares this with neighbour_mixes against real held-out queries)."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((len(rows), vectors.shape[1])).astype(np.float32)
+    g *= scale / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(_unit_if(vectors[rows] + g, metric), dtype=np.float32)
 
 
 def _truth(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:

@@ -49,6 +49,7 @@ Key = tuple[str, str]  # (collection, space id)
 DEFAULT_FLOOR = 0.9  # the trained types' default recall_floor (index/params.py)
 EXACT_REFRESH_S = 10.0  # the exact copy of a space is re-read at most this often
 SAMPLES_KEPT = 200  # sampled live queries (with their truth) kept per index for a re-tune
+CAPPED_COOLDOWN_S = 300.0  # after a re-tune that could not reach the floor, wait this long
 
 
 @dataclass(frozen=True)
@@ -311,8 +312,11 @@ class QualityObserver:
             m.online_recall.labels(*key).set(estimate.recall)
             m.online_recall_low.labels(*key).set(estimate.low)
             m.online_recall_high.labels(*key).set(estimate.high)
+            capped = bool(space.retunes) and not space.retunes[-1]["passed"]
+            cooling = capped and time.monotonic() - space.last_retune_at < CAPPED_COOLDOWN_S
             if (
                 self.config.retune
+                and not cooling
                 and estimate.queries >= self.config.recall_min_queries
                 and estimate.recall < floor
             ):
