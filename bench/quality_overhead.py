@@ -39,6 +39,10 @@ from common import (
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.quality import QualityConfig, QualityObserver
 
+PINNED = {
+    "EMBEDSTACK_MODEL_BACKENDS": '{"all-MiniLM-L6-v2": "onnx-fp32"}',  # no backend race
+    "EMBEDSTACK_QUERY_BUDGET_MS": "10000",  # a loaded machine must not shed the measured queries
+}
 OFF = {"EMBEDSTACK_QUALITY_DRIFT": "0", "EMBEDSTACK_RECALL_SAMPLE_FRACTION": "0",
        "EMBEDSTACK_QUALITY_FEEDBACK": "0"}  # fmt: skip
 
@@ -51,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=100, help="queries per side per round")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="the collection's model")
     p.add_argument("--mode", default="dense", choices=("dense", "hybrid"), help="query mode")
+    p.add_argument("--docs", type=int, default=80, help="pydoc sections indexed (default 80)")
     return p.parse_args()
 
 
@@ -123,9 +128,10 @@ def main() -> None:
         on_dir, off_dir = Path(tmp) / "on", Path(tmp) / "off"
         on_dir.mkdir()
         off_dir.mkdir()
-        with Server(on_dir, server_env()) as on, Server(off_dir, server_env(**OFF)) as off:
+        on_env, off_env = server_env(**PINNED), server_env(**PINNED, **OFF)
+        with Server(on_dir, on_env) as on, Server(off_dir, off_env) as off:
             for server in (on, off):
-                prepare(server, args.model, docs)
+                prepare(server, args.model, docs[: args.docs])
                 run_round(server, texts[:20], args.mode)  # warm-up
             rng = random.Random(1)
             for _ in range(args.rounds):

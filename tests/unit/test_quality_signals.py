@@ -107,3 +107,34 @@ def test_system_collector_without_a_gpu_exports_no_gpu_series() -> None:
     text = generate_latest(registry).decode()
     assert "embedstack_process_resident_memory_bytes" in text
     assert "embedstack_gpu_" not in text
+
+
+class _StubNvml:
+    """Answers like pynvml on a one-GPU machine (this machine has none: the real NVML path is
+    not exercised here)."""
+
+    class _Rates:
+        gpu = 40
+
+    class _Memory:
+        used, total = 2 << 30, 8 << 30
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> object:
+        return self._Rates()
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> object:
+        return self._Memory()
+
+
+def test_system_collector_reads_each_gpu_through_nvml() -> None:
+    registry = CollectorRegistry()
+    registry.register(SystemCollector(_StubNvml()))
+    text = generate_latest(registry).decode()
+    assert 'embedstack_gpu_utilization_ratio{gpu="0"} 0.4' in text
+    assert 'embedstack_gpu_memory_used_bytes{gpu="0"} 2.147483648e+09' in text
