@@ -225,6 +225,7 @@ def test_online_recall_drops_under_the_floor_and_is_retuned(make_server: Any) ->
                              result="raised") or 0) >= 1  # fmt: skip
         send(queries[200:])
         after = wait_for(lambda: (e := recall()["estimate"]) and e["queries"] >= 40 and e)
+        print(f"re-tune: {event}; estimate after: {after}")  # shown with pytest -s
         assert after["recall"] >= 0.85, after
         assert after["low"] <= after["recall"] <= after["high"]
         assert metric_value(c.get("/metrics").text, "embedstack_online_recall_low",
