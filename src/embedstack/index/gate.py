@@ -19,7 +19,13 @@ from embedstack.index.common import brute_force
 
 GATE_QUERIES = 200
 GATE_K = 10
-MARGIN = 0.02  # aim a little above the floor: the self-test sample is small and in-distribution
+# Aim above the floor by the gap measured between the self-test and queries that are not in the
+# index: leave-one-out samples sit on indexed points and helped train the quantizer, so they score
+# higher than real queries. Measured gaps (recall@10, ivf_flat): a user's 6,000 paragraphs with
+# 200 held out, 0.883 held-out where the self-test passed at >= 0.92 (gap >= 0.037); GCIDE 2,100
+# entries + 200 held out (bench/gate_margin.py), up to 0.035 at low nprobe. The online recall
+# check (registry/quality.py) re-tunes on live queries when even this is not enough.
+MARGIN = 0.04
 MAX_STEPS = 16
 PLATEAU = 0.003  # a doubling that gains less than this marks its knob saturated
 # neighbour_mixes: how far towards a neighbour a held-out-like query moves
