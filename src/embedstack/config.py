@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     # their leases back), snapshot, then let in-flight requests finish for up to this long
     shutdown_timeout_s: float = Field(20.0, gt=0)
     log_level: str = "info"
+    # quality signals (registry/quality.py), each off the hot path and each with an off switch:
+    # drift of the query distribution per space against a baseline of its first queries
+    quality_drift: bool = True
+    drift_baseline_queries: int = Field(500, ge=20)
+    drift_window_queries: int = Field(500, ge=20)
+    drift_psi_alert: float = Field(0.25, gt=0)
+    # online recall@10: this share of dense unfiltered queries re-run exactly (0 = off), at most
+    # this many per second; an estimate under the index's floor re-tunes its knobs (off: False)
+    recall_sample_fraction: float = Field(0.05, ge=0, le=1)
+    recall_max_per_s: float = Field(5.0, gt=0)
+    recall_min_queries: int = Field(30, ge=5, description="checked queries before acting")
+    recall_retune: bool = True
+    # click / relevance feedback on query_ids: the last this many queries, in memory
+    quality_feedback: bool = True
+    feedback_max_queries: int = Field(100_000, ge=100)
     # access control (serving/auth.py). Auth is on unless this is set, which serve allows only
     # on a loopback address
     insecure_no_auth: bool = False

@@ -136,3 +136,94 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def ensure_debian_binaries(package: str, binaries: Sequence[str], timeout: float = 600.0) -> None:
+    """Install Debian `package` with apt-get when any of `binaries` is missing from PATH (a fresh
+    CI machine); RuntimeError naming the fix when that cannot be done (not root, no apt)."""
+    import os
+    import shutil
+
+    if all(shutil.which(b) for b in binaries):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise RuntimeError(f"{', '.join(binaries)} missing and no apt-get: install {package}")
+    sudo: list[str] = []
+    if os.geteuid() != 0:
+        found = shutil.which("sudo")
+        if found is None:
+            raise RuntimeError(f"{', '.join(binaries)} missing: run `apt-get install {package}`")
+        sudo = [found, "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends",
+                                        package]):  # fmt: skip
+        done = subprocess.run([*sudo, *cmd], env=env, capture_output=True, timeout=timeout)
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace")[-500:]
+            raise RuntimeError(f"`{' '.join(cmd)}` failed ({done.returncode}): {tail}")
+    missing = [b for b in binaries if not shutil.which(b)]
+    if missing:
+        raise RuntimeError(f"{package} installed but {', '.join(missing)} still not on PATH")
+
+
+def ensure_prometheus() -> None:
+    """prometheus and promtool on PATH (Debian's `prometheus` package)."""
+    ensure_debian_binaries("prometheus", ("prometheus", "promtool"))
+
+
+class PrometheusProcess:
+    """A real Prometheus on a free loopback port scraping `targets` (host:port) every second,
+    with `rule_files` loaded; its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, targets: Sequence[str], rule_files: Sequence[Path] = ()):
+        self.data_dir = data_dir
+        self.targets = list(targets)
+        self.rule_files = list(rule_files)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> PrometheusProcess:
+        import json
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in self.rule_files],
+            "scrape_configs": [
+                {"job_name": "embedstack", "static_configs": [{"targets": self.targets}]}
+            ],
+        }
+        path = self.data_dir / "prometheus.yml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        self.port = free_port()
+        log = self.data_dir / "prometheus.log"
+        tsdb = self.data_dir / "tsdb"
+        cmd = ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tsdb}",
+               f"--web.listen-address=127.0.0.1:{self.port}"]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        try:
+            wait_until(self.proc, self._ready, timeout, log, "prometheus")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+
+    def query(self, expr: str) -> list[dict[str, object]]:
+        """The instant-query result vector of `expr`."""
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        r.raise_for_status()
+        result: list[dict[str, object]] = r.json()["data"]["result"]
+        return result
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=10.0)
+            self.proc = None

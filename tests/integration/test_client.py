@@ -63,6 +63,9 @@ ROUTES = {
     ("post", "/v1/keys/{prefix}/rotate"): "rotate_key",
     ("delete", "/v1/keys/{prefix}"): "revoke_key",
     ("get", "/v1/audit"): "audit",
+    ("post", "/v1/feedback"): "feedback",
+    ("get", "/v1/collections/{name}/stats"): "collection_stats",
+    ("post", "/v1/collections/{name}/drift/baseline"): "reset_drift_baseline",
 }
 
 MAX_DOCS, MAX_BODY = 5, 4096  # the server's limits in this module

@@ -25,11 +25,13 @@ from embedstack.serving.responses import (
     AliasOut,
     AuditEntryOut,
     AuditOut,
+    BaselineOut,
     CollectionOut,
     CollectionsOut,
     DeletedOut,
     DocumentOut,
     EmbeddingsOut,
+    FeedbackOut,
     HealthOut,
     JobOut,
     KeyCreatedOut,
@@ -40,6 +42,7 @@ from embedstack.serving.responses import (
     ReadyOut,
     RetireOut,
     RollbackOut,
+    StatsOut,
     UpgradeOut,
 )
 
@@ -342,6 +345,25 @@ class Client:
                    "doc_scoring": doc_scoring}  # fmt: skip
         return self._run(call("POST", f"/v1/collections/{seg(collection)}/query", QueryOut,
                               payload))  # fmt: skip
+
+    # -- quality --------------------------------------------------------------------------------
+    def feedback(
+        self, query_id: str, document_id: str, *, kind: Literal["click", "grade"] = "click",
+        grade: int | None = None,
+    ) -> FeedbackOut:  # fmt: skip
+        """POST /v1/feedback: a click (or, with kind="grade", a relevance grade 0-3) on the hit
+        `document_id` of the query answered with `query_id`."""
+        payload = {"query_id": query_id, "document_id": document_id, "kind": kind, "grade": grade}
+        return self._run(call("POST", "/v1/feedback", FeedbackOut, payload))
+
+    def collection_stats(self, collection: str) -> StatsOut:
+        """GET /v1/collections/{name}/stats: per space, drift, online recall, feedback."""
+        return self._run(call("GET", f"/v1/collections/{seg(collection)}/stats", StatsOut))
+
+    def reset_drift_baseline(self, collection: str) -> BaselineOut:
+        """POST /v1/collections/{name}/drift/baseline: the next queries form a new baseline."""
+        path = f"/v1/collections/{seg(collection)}/drift/baseline"
+        return self._run(call("POST", path, BaselineOut))
 
     # -- upgrades -------------------------------------------------------------------------------
     def start_upgrade(

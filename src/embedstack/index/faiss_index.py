@@ -194,9 +194,20 @@ class FaissIndex:
         self._trained = True
         self._state.trained_on(n, shape, self._default_knobs())
         self._cache.clear()
-        caps = {**KNOB_CAPS, "nprobe": shape.get("nlist", 1)}
-        self._state.run_gate(self._gate_search, vectors, ids, self._metric, caps)
+        self._state.run_gate(self._gate_search, vectors, ids, self._metric, self.knob_caps())
         self._cache.clear()
+
+    def knob_caps(self) -> dict[str, int]:
+        """How far the recall gates may raise each knob."""
+        return {**KNOB_CAPS, "nprobe": self._state.shape.get("nlist", 1)}
+
+    def use_knobs(self, knobs: dict[str, int]) -> None:
+        """Serve with these search knobs from now on (the online recall check re-tunes them);
+        they are saved with the next snapshot, and a retrain runs its own gate again."""
+        given = check_knobs(self._type, knobs)
+        with self._lock.write():
+            self._state.knobs = {**self._state.knobs, **given}
+            self._cache.clear()
 
     def _gate_search(self, queries: np.ndarray, k: int, knobs: dict[str, int]) -> np.ndarray:
         return self._search_unlocked(queries, k, knobs)[1]

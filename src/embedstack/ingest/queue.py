@@ -436,6 +436,20 @@ class SqliteQueue:
             counts[status] = n
         return counts
 
+    def oldest_ages(self) -> dict[str, float]:
+        """Seconds since the oldest queued job was created and the oldest leased job was last
+        updated (leased or extended); 0 when there is none."""
+        now = self._clock()
+        out = {}
+        for status, column in (("queued", "created_at"), ("leased", "updated_at")):
+            row = (
+                self._conn()
+                .execute(f"SELECT MIN({column}) FROM jobs WHERE status = ?", (status,))
+                .fetchone()
+            )
+            out[status] = max(0.0, now - row[0]) if row and row[0] is not None else 0.0
+        return out
+
     def dead_letters(self, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently dead-lettered first."""
         if limit < 0:

@@ -13,6 +13,11 @@ LATENCY_BUCKETS = (
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 INGEST_OUTCOMES = ("embedded", "reused", "kept", "removed")
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# stages of embedstack_stage_seconds: admission_wait (search pool queue), tokenize, batch_wait
+# (admitted text until its batch starts), forward (model), search (index), hydrate (store rows)
+STAGES = ("admission_wait", "tokenize", "batch_wait", "forward", "search", "hydrate")
+DRIFT_SIGNALS = ("top1_score", "centroid_cosine", "norm")
 
 
 class Metrics:
@@ -27,6 +32,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # one histogram for every stage of every route (STAGES); route is the HTTP route
+        # ("query") for index stages and the batcher lane ("query", "bulk") for model stages
+        self.stage_seconds = Histogram(
+            "embedstack_stage_seconds", "Time spent per pipeline stage, by stage and route.",
+            ["stage", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         # inference
         self.batch_size = Histogram(
             "embedstack_batch_size", "Texts per model batch.", ["model"],
@@ -35,6 +46,26 @@ class Metrics:
         self.batch_tokens = Histogram(
             "embedstack_batch_tokens", "Padded tokens per model batch.", ["model"],
             buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_padding = Histogram(
+            "embedstack_batch_padding_ratio",
+            "Share of a batch's padded tokens that are padding (1 - real / padded).",
+            ["model"], buckets=RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_fill = Histogram(
+            "embedstack_batch_token_fill_ratio",
+            "Padded tokens of a batch over the batch token budget (max_batch_tokens).",
+            ["model"], buckets=RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batcher_oldest = Gauge(
+            "embedstack_batcher_oldest_wait_seconds",
+            "Age of the oldest text waiting for the model, per lane (0 when none waits).",
+            ["model", "lane"], registry=r,
+        )  # fmt: skip
+        self.model_engine = Gauge(
+            "embedstack_model_engine_info",
+            "The engine serving each loaded model (value 1; the backend is a label).",
+            ["model", "backend"], registry=r,
         )  # fmt: skip
         self.inference_latency = Histogram(
             "embedstack_inference_duration_seconds", "Model forward time per batch.", ["model"],
@@ -120,6 +151,15 @@ class Metrics:
         self.queue_depth = Gauge(
             "embedstack_queue_jobs", "Jobs in the ingest queue by status.", ["status"], registry=r
         )
+        self.queue_oldest = Gauge(
+            "embedstack_queue_oldest_job_age_seconds",
+            "Age of the oldest job per ingest queue and status (queued, leased); 0 when none.",
+            ["queue", "status"], registry=r,
+        )  # fmt: skip
+        self.dead_letters = Gauge(
+            "embedstack_queue_dead_letters", "Dead-lettered jobs per ingest queue.", ["queue"],
+            registry=r,
+        )  # fmt: skip
         self.ingest_chunks = Counter(
             "embedstack_ingest_chunks_total",
             "Chunks processed by ingest workers, by outcome (embedded, skipped, removed).",
@@ -139,15 +179,89 @@ class Metrics:
             "embedstack_ingest_jobs_total", "Ingest jobs finished by outcome.", ["outcome"],
             registry=r,
         )  # fmt: skip
+        # quality (obs/drift.py, obs/recall.py, obs/feedback.py; computed off the hot path)
+        space = ["collection", "space"]
+        self.drift_psi = Gauge(
+            "embedstack_drift_psi",
+            "Population stability index of a query signal: rolling window vs baseline.",
+            [*space, "signal"], registry=r,
+        )  # fmt: skip
+        self.drift_ks = Gauge(
+            "embedstack_drift_ks", "Two-sample KS statistic of a query signal: window vs baseline.",
+            [*space, "signal"], registry=r,
+        )  # fmt: skip
+        self.drift_alert = Gauge(
+            "embedstack_drift_alert", "1 while the query distribution of a space has drifted.",
+            space, registry=r,
+        )  # fmt: skip
+        self.online_recall = Gauge(
+            "embedstack_online_recall",
+            "Recall@k of the live index on sampled live queries, against exact search.",
+            space, registry=r,
+        )  # fmt: skip
+        self.online_recall_low = Gauge(
+            "embedstack_online_recall_low", "Lower bound (95% bootstrap) of the online recall.",
+            space, registry=r,
+        )  # fmt: skip
+        self.online_recall_high = Gauge(
+            "embedstack_online_recall_high", "Upper bound (95% bootstrap) of the online recall.",
+            space, registry=r,
+        )  # fmt: skip
+        self.recall_floor = Gauge(
+            "embedstack_recall_floor", "The recall floor of a space's index.", space, registry=r
+        )
+        self.recall_samples = Counter(
+            "embedstack_online_recall_samples_total",
+            "Live queries re-run with exact search, by outcome: checked, dropped (queue full or "
+            "over the rate).",
+            [*space, "outcome"], registry=r,
+        )  # fmt: skip
+        self.retunes = Counter(
+            "embedstack_recall_retunes_total",
+            "Times the online recall fell under the floor and the index knobs were re-tuned on "
+            "sampled live queries, by result (raised, capped).",
+            [*space, "result"], registry=r,
+        )  # fmt: skip
+        self.click_through = Gauge(
+            "embedstack_click_through",
+            "Share of recent answered queries with a click (or a positive grade) in the top k.",
+            space, registry=r,
+        )  # fmt: skip
+        self.clicked_mrr = Gauge(
+            "embedstack_clicked_mrr",
+            "Mean reciprocal rank of the first clicked hit, over recent queries with a click.",
+            space, registry=r,
+        )  # fmt: skip
+        self.feedback = Counter(
+            "embedstack_feedback_total", "Feedback events recorded, by kind (click, grade).",
+            [*space, "kind"], registry=r,
+        )  # fmt: skip
 
     def forget_space(self, collection: str, space: str) -> None:
         """Drop the per-index label sets of a space whose index was dropped (retired)."""
-        for metric in (self.vectors, self.index_memory, self.tombstones):
+        for metric in (self.vectors, self.index_memory, self.tombstones, *self._quality()):
             with contextlib.suppress(KeyError):
                 metric.remove(collection, space)
+        self._forget_labelled(collection, space)
+
+    def _quality(self) -> tuple[Gauge, ...]:
+        return (self.drift_alert, self.online_recall, self.online_recall_low,
+                self.online_recall_high, self.recall_floor, self.click_through,
+                self.clicked_mrr)  # fmt: skip
+
+    def _forget_labelled(self, collection: str, space: str) -> None:
+        """Drop the series of a space that carry a third label (signal, outcome, result, kind)."""
+        for metric in (self.drift_psi, self.drift_ks, self.recall_samples, self.retunes,
+                       self.feedback):  # fmt: skip
+            for labels in list(metric._metrics):
+                if labels[:2] == (collection, space):
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
 
     def forget_collection(self, collection: str, spaces: list[str]) -> None:
         """Drop every label set of a deleted collection, so its series stop being exported."""
+        for space in spaces:
+            self.forget_space(collection, space)
         labelled: list[tuple[Any, list[tuple[str, ...]]]] = [
             (self.vectors, [(collection, s) for s in spaces]),
             (self.index_memory, [(collection, s) for s in spaces]),

@@ -15,6 +15,7 @@ Synchronous, like search.py: the server runs it on its search pool.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -171,7 +172,9 @@ def search(
             ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
             owners = store.chunk_owners([i for i, _ in ranked])
             picks = _picks(ranked, owners, k, group, how.doc_scoring)
+        hydrating = time.perf_counter()
         rows = store.hydrate([i for i, _ in picks])  # text and metadata of the k shown only
+        indexes.observe_stage("hydrate", time.perf_counter() - hydrating)
         hits = [_hit(rows[i], score) for i, score in picks if i in rows]
         if how.mode == "dense" and l2:
             for hit in hits:

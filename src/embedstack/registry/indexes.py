@@ -275,5 +275,11 @@ class IndexManager:
             out = live.index.search(queries, k, allow, **given)
         else:
             out = live.index.search(queries, k, allow)
-        self._metrics.search_latency.labels(collection).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._metrics.search_latency.labels(collection).observe(seconds)
+        self.observe_stage("search", seconds)
         return out
+
+    def observe_stage(self, stage: str, seconds: float, route: str = "query") -> None:
+        """One observation of embedstack_stage_seconds (search, hydrate: registry/search.py)."""
+        self._metrics.stage_seconds.labels(stage, route).observe(seconds)

@@ -5,6 +5,7 @@ Synchronous (FAISS and SQLite release the GIL): the server runs it on its search
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,9 @@ def search_space(
         scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow, knobs)
         keep = ids[0] >= 0
         found_scores, found_ids = scores[0][keep], ids[0][keep]
+        hydrating = time.perf_counter()
         rows.update(store.hydrate([i for i in found_ids.tolist() if i not in rows], metadata))
+        indexes.observe_stage("hydrate", time.perf_counter() - hydrating)
         hits = _hits(found_scores, found_ids, rows, k, group)
         if len(hits) >= k or len(found_ids) < fetch or fetch >= cap:
             break

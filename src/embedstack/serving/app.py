@@ -40,8 +40,10 @@ from embedstack.serving.routes import (
     collections,
     documents,
     embeddings,
+    feedback,
     keys,
     query,
+    stats,
     upgrades,
 )
 from embedstack.serving.services import Services
@@ -238,8 +240,19 @@ def _each_index(services: Services, what: str) -> None:
 
 
 async def _export_queue_depth(services: Services) -> None:
-    for status, n in (await asyncio.to_thread(services.queue.counts)).items():
-        services.metrics.queue_depth.labels(status).set(n)
+    m, q = services.metrics, services.queue
+    counts = await asyncio.to_thread(q.counts)
+    for status, n in counts.items():
+        m.queue_depth.labels(status).set(n)
+    name = type(q).__name__
+    m.dead_letters.labels(name).set(counts.get("dead", 0))
+    ages = getattr(q, "oldest_ages", None)  # brokers without it export no age series
+    if ages is not None:
+        for status, age in (await asyncio.to_thread(ages)).items():
+            m.queue_oldest.labels(name, status).set(age)
+    for model, batcher in services.batchers.items():
+        for lane, age in batcher.oldest_waits().items():
+            m.batcher_oldest.labels(model, lane).set(age)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -253,6 +266,7 @@ def create_app(services: Services) -> FastAPI:
         recovered = await asyncio.to_thread(services.recover_pending)
         if recovered:
             log.info("re-enqueued %d recovery jobs for documents not yet indexed", recovered)
+        services.quality.start()
         tasks = [asyncio.create_task(_maintenance(services, stop))]
         services.tasks["maintenance"] = tasks[0]
         for i in range(services.settings.workers):
@@ -313,7 +327,9 @@ def create_app(services: Services) -> FastAPI:
         status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
         for kind, status in ERROR_STATUS
     }
-    for module in (admin, embeddings, collections, documents, query, upgrades, aliases, keys):
+    routers = (admin, embeddings, collections, documents, query, upgrades, aliases, keys, stats,
+               feedback)  # fmt: skip
+    for module in routers:
         app.include_router(module.router, responses=errors)
     # innermost of ours: refuses a query that would miss its budget before FastAPI reads it
     overloaded = status_of(Overloaded("", retry_after=1.0))

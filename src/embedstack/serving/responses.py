@@ -163,6 +163,47 @@ class QueryOut(BaseModel):
     mode: str | None = Field(None, description="dense, lexical or hybrid: the mode that ran")
     took_ms: float
     budget_ms: float = Field(description="the latency budget the query was admitted under")
+    query_id: str = Field(description="send it to POST /v1/feedback with a click or a grade")
+
+
+# -- quality --------------------------------------------------------------------------------------
+class FeedbackOut(BaseModel):
+    query_id: str
+    document_id: str
+    rank: int = Field(
+        description="1-based rank of the document among the query's distinct hit documents"
+    )
+    recorded: Literal["click", "grade"]
+
+
+class SpaceStatsOut(BaseModel):
+    space_id: str
+    active: bool = Field(description="whether the collection serves queries from this space")
+    vectors: int
+    index_bytes: int
+    index_type: str
+    drift: dict[str, Any] | None = Field(
+        description="state (collecting baseline, collecting window, ok, drift), alert, PSI and "
+        "KS per signal (top1_score, centroid_cosine, norm), sample sizes; null when off"
+    )
+    recall: dict[str, Any] = Field(
+        description="online recall@k estimate with its 95% interval, the floor, knobs in "
+        "effect and the re-tunes done when it fell under the floor"
+    )
+    feedback: dict[str, Any] | None = Field(
+        description="remembered queries, clicked, click_through@k, clicked_mrr; null when off"
+    )
+
+
+class StatsOut(BaseModel):
+    collection: str
+    spaces: list[SpaceStatsOut]
+
+
+class BaselineOut(BaseModel):
+    collection: str
+    space_id: str
+    baseline_queries: int = Field(description="the next this many queries form the baseline")
 
 
 # -- upgrades and aliases -------------------------------------------------------------------------

@@ -163,6 +163,14 @@ class VectorsIn(Strict):
     space_id: Text | None = None
 
 
+# -- feedback -------------------------------------------------------------------------------------
+class FeedbackIn(Strict):
+    query_id: Text = Field(description="the query_id of a query response")
+    document_id: Text = Field(description="the document_id of one of that query's hits")
+    kind: Literal["click", "grade"] = "click"
+    grade: int | None = Field(None, ge=0, le=3, description="relevance, 0 (none) .. 3, for grade")
+
+
 # -- query --------------------------------------------------------------------------------------
 class QueryIn(Strict):
     text: Text | None = None

@@ -85,11 +85,15 @@ class SearchGate:
         refusing it would spare no one else."""
         self.check(deadline)
         self._set_inflight(1)
+        submitted = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
             result, seconds = await loop.run_in_executor(self._pool, _timed, fn, args, deadline)
         finally:
             self._set_inflight(-1)
+        if self._metrics is not None:  # waiting for a pool thread, and the hops there and back
+            waited = max(0.0, time.perf_counter() - submitted - seconds)
+            self._metrics.stage_seconds.labels("admission_wait", "query").observe(waited)
         if isinstance(result, _Expired):
             if self._metrics is not None:
                 self._metrics.deadline_dropped.labels(stage="search").inc()

@@ -23,8 +23,10 @@ from embedstack.inference.engines.slow import SlowEmbedder
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue, SqliteQueue
 from embedstack.obs.metrics import Metrics
+from embedstack.obs.system import SystemCollector, load_nvml
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
+from embedstack.registry.quality import QualityConfig, QualityObserver
 from embedstack.registry.upgrade import UpgradeService
 from embedstack.serving.search_gate import SearchGate
 from embedstack.storage.store import CollectionRecord, Store
@@ -84,6 +86,18 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
     return models
 
 
+def quality_config(settings: Settings) -> QualityConfig:
+    s = settings
+    return QualityConfig(
+        drift=s.quality_drift, recall_fraction=s.recall_sample_fraction,
+        recall_max_per_s=s.recall_max_per_s, recall_min_queries=s.recall_min_queries,
+        retune=s.recall_retune, feedback=s.quality_feedback,
+        feedback_max_queries=s.feedback_max_queries, drift_baseline=s.drift_baseline_queries,
+        drift_window=s.drift_window_queries, drift_min_window=min(100, s.drift_window_queries),
+        psi_alert=s.drift_psi_alert,
+    )  # fmt: skip
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -96,6 +110,7 @@ class Services:
     search_pool: ThreadPoolExecutor
     search_gate: SearchGate
     upgrades: UpgradeService
+    quality: QualityObserver
     batchers: dict[str, Batcher] = field(default_factory=dict)
     query_models: dict[str, str] = field(default_factory=dict)  # collection -> last query model
     workers: list[IngestWorker] = field(default_factory=list)
@@ -114,6 +129,7 @@ class Services:
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         metrics = Metrics()
+        metrics.registry.register(SystemCollector(load_nvml()))
         store = Store(data / "store.db")
         queue = SqliteQueue(data / "queue.db", max_attempts=settings.max_attempts)
         models = build_models(settings, os.environ)
@@ -126,9 +142,11 @@ class Services:
             store, queue, models, indexes, collections,
             lambda model, texts: services.embed_bulk(model, texts), metrics,
         )  # fmt: skip
+        quality = QualityObserver(store, indexes, metrics, quality_config(settings))
         services = cls(
-            settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades
-        )
+            settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades,
+            quality,
+        )  # fmt: skip
         return services
 
     async def batcher(self, model: str) -> Batcher:
@@ -156,6 +174,9 @@ class Services:
                 b = Batcher(embedder, config, self.metrics)
                 await b.start()
                 self.batchers[model] = b
+                loaded = self.models.loaded().get(model)
+                if loaded is not None:
+                    self.metrics.model_engine.labels(model, loaded.backend).set(1)
             return self.batchers[model]
 
     async def embed(
@@ -227,6 +248,7 @@ class Services:
         """Delete a collection, its indexes and its metric series."""
         spaces = [s.space_id for s in self.store.spaces(name)]
         self.collections.delete(name)
+        self.quality.forget(name)
         self.metrics.forget_collection(name, spaces)
 
     def notify_workers(self) -> None:
@@ -274,6 +296,7 @@ class Services:
             raise Unavailable("the server is starting: retry in a few seconds (see GET /readyz)")
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.quality.stop)
         for b in self.batchers.values():
             await b.stop()
         await asyncio.to_thread(self.models.close)

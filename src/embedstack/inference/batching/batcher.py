@@ -180,10 +180,14 @@ class Batcher:
         self._admit(n, lane)
         self._adjust(lane, n)  # reserve room before tokenizing, so admission stays exact
         try:
+            tokenizing = time.perf_counter()
             if n > _OFF_LOOP_TOKENIZE:
                 encoded = await asyncio.to_thread(self._encode, texts)
             else:
                 encoded = self._encode(texts)
+            if self._metrics is not None:
+                stage = self._metrics.stage_seconds.labels("tokenize", lane)
+                stage.observe(time.perf_counter() - tokenizing)
             self._check_running()
             tokens = np.clip(encoded.lengths, 1, self._max_tokens).tolist()
             if deadline is not None:
@@ -231,6 +235,15 @@ class Batcher:
     def pending(self) -> dict[str, int]:
         """Admitted-but-unfinished texts per lane."""
         return {lane: self._pending[lane] for lane in LANES}
+
+    def oldest_waits(self) -> dict[str, float]:
+        """Seconds the oldest text still queued in each lane has waited (0 when none)."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        out: dict[str, float] = {}
+        for lane, q in self._queues.items():
+            waiting = [req.arrival for req in q if not req.closed and req.queued]
+            out[lane] = max(0.0, now - min(waiting)) if waiting else 0.0
+        return out
 
     def estimate_wait(self, tokens: Sequence[int], lane: Lane = "query") -> float | None:
         """Estimated seconds from now until texts of these token counts, queued now, are
@@ -528,14 +541,37 @@ class Batcher:
                 self._service.observe(len(live) * longest, seconds)
             if self._metrics is not None:
                 m, model = self._metrics, self._model
+                padded = len(live) * longest
+                real = sum(batch.items[pos][0].tokens[batch.items[pos][1]] for pos in live)
                 m.batch_size.labels(model=model).observe(len(live))
-                m.batch_tokens.labels(model=model).observe(len(live) * longest)
+                m.batch_tokens.labels(model=model).observe(padded)
+                m.batch_padding.labels(model=model).observe(1 - real / max(1, padded))
+                m.batch_fill.labels(model=model).observe(padded / self._config.max_batch_tokens)
                 m.inference_latency.labels(model=model).observe(seconds)
+                self._observe_stages(batch, live, seconds)
                 for lane in LANES:
                     if embedded[lane]:
                         m.embedded_texts.labels(model=model, lane=lane).inc(embedded[lane])
         if self._wake is not None:
             self._wake.set()
+
+    def _observe_stages(self, batch: _Batch, live: list[int], seconds: float) -> None:
+        """batch_wait (admitted until its batch started, per request) and forward (per batch),
+        by lane."""
+        assert self._metrics is not None and self._loop is not None
+        stage = self._metrics.stage_seconds
+        started = batch.started if batch.started is not None else time.monotonic()
+        lanes: set[str] = set()
+        seen: set[int] = set()
+        for pos in live:
+            req = batch.items[pos][0]
+            lanes.add(req.lane)
+            if id(req) not in seen:
+                seen.add(id(req))
+                # arrival is loop.time(), which is time.monotonic() on the default loop
+                stage.labels("batch_wait", req.lane).observe(max(0.0, started - req.arrival))
+        for lane in lanes:
+            stage.labels("forward", lane).observe(seconds)
 
     # the runner thread
 

@@ -159,11 +159,15 @@ async def query(
         hits = _search_inline(services.search_gate, args, deadline)
     else:
         hits = await services.search_gate.run(hybrid.search, *args, deadline=deadline)
+    query_id = services.quality.observe(
+        record.name, space.space_id, vec, hits, body.filter is not None or group
+    )  # off-hot-path quality signals (registry/quality.py)
     took = _ms(started)
     services.metrics.budget.labels("met" if took <= budget * 1000 else "missed").inc()
     return JSON(
         {"hits": hits, "collection": access.display(record.name), "space_id": space.space_id,
-         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3)}
+         "mode": how.mode, "took_ms": took, "budget_ms": round(budget * 1000, 3),
+         "query_id": query_id}
     )  # fmt: skip
 
 
