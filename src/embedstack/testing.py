@@ -141,3 +141,52 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- binaries a test needs (a fresh CI machine has only Python + pip + apt) ---------------------
+APT_TIMEOUT_S = 900.0
+
+
+def ensure_binary(names: Sequence[str], package: str) -> str:
+    """The path of the first of `names` on PATH; when none is there, `apt-get install -y
+    package` (as root, after `apt-get update`) and look again. RuntimeError naming the fix when
+    it cannot be had."""
+    import os
+    import shutil
+
+    def found() -> str | None:
+        return next((p for p in map(shutil.which, names) if p), None)
+
+    path = found()
+    if path is not None:
+        return path
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError(f"{names[0]} is not installed: run `apt-get install -y {package}`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=APT_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.decode()[-2000:]}")
+    path = found()
+    if path is None:
+        raise RuntimeError(f"apt-get installed {package} but none of {list(names)} is on PATH")
+    return path
+
+
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+
+
+def screenshot(url: str, out: Path, size: tuple[int, int] = (1400, 1100),
+               wait_ms: int = 4000, timeout: float = 120.0) -> Path:  # fmt: skip
+    """A PNG of `url` rendered by headless Chromium (installed from apt when missing), after
+    `wait_ms` of virtual time for the page's scripts."""
+    browser = ensure_binary(CHROMIUM, "chromium")
+    profile = out.parent / f"{out.stem}-profile"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+           f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    if not out.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot (rc {done.returncode}): "
+                           f"{done.stderr.decode()[-2000:]}")  # fmt: skip
+    return out

@@ -30,6 +30,7 @@ from embedstack.errors import (
     Unauthorized,
     Unavailable,
 )
+from embedstack.obs.history import History
 from embedstack.serving.auth import AccessGate, scrub
 from embedstack.serving.http import JSON, ClientGone
 from embedstack.serving.limits import RateLimiter
@@ -38,6 +39,7 @@ from embedstack.serving.routes import (
     admin,
     aliases,
     collections,
+    dashboard,
     documents,
     embeddings,
     keys,
@@ -214,6 +216,17 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
         services.maintenance_beat = time.monotonic()
 
 
+async def _sample_history(history: History, stop: asyncio.Event) -> None:
+    """One sample of the metrics every history interval until stop (GET /v1/metrics/history)."""
+    while not stop.is_set():
+        try:
+            history.sample()
+        except Exception:  # the dashboard's memory never takes the server down
+            log.exception("metrics history sample failed; the next interval retries")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=history.interval_s)
+
+
 async def _step(services: Services, name: str, work: Awaitable[object]) -> None:
     try:
         await work
@@ -254,6 +267,7 @@ def create_app(services: Services) -> FastAPI:
             log.info("re-enqueued %d recovery jobs for documents not yet indexed", recovered)
         tasks = [asyncio.create_task(_maintenance(services, stop))]
         services.tasks["maintenance"] = tasks[0]
+        tasks.append(asyncio.create_task(_sample_history(app.state.history, stop)))
         for i in range(services.settings.workers):
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
@@ -303,6 +317,7 @@ def create_app(services: Services) -> FastAPI:
     s = services.settings
     limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
     app.state.limiter = limiter
+    app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
     app.add_exception_handler(EmbedStackError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -312,7 +327,8 @@ def create_app(services: Services) -> FastAPI:
         status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
         for kind, status in ERROR_STATUS
     }
-    for module in (admin, embeddings, collections, documents, query, upgrades, aliases, keys):
+    routers = (admin, embeddings, collections, documents, query, upgrades, aliases, keys, dashboard)
+    for module in routers:
         app.include_router(module.router, responses=errors)
     app.add_middleware(MetricsAndLimits, services=services)
     # outermost: Host check and authentication come before anything reads the request
