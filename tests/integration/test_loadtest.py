@@ -159,3 +159,35 @@ def test_open_loop_latency_counts_from_the_scheduled_time(serial_server: str) ->
     assert d["latency"]["max_ms"] >= 0.6 * 40 * service_ms - 1000.0  # queued behind the rest
     assert d["latency"]["p50_ms"] > 3 * service_ms
     assert d["achieved_qps"] < 30  # the server's pace, not the offered 40/s
+
+
+class _Closing(BaseHTTPRequestHandler):
+    """HTTP/1.1 answers that do not say `Connection: close`, on a connection then closed: what
+    a keep-alive connection looks like once the server has timed it out."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_keep_alive_connection_the_server_closed_is_not_an_error() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Closing)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        spec = LoadSpec(url, 20.0, 0.5, Mix.parse("embed=1"), "x", {}, timeout_s=20)
+        d = asyncio.run(run_load(spec, ["t"], ["q"])).to_dict()
+        assert d["ok"] == 10 and d["errors"] == 0, d["error_kinds"]
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)

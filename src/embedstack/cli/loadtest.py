@@ -35,6 +35,9 @@ def _common(f: Any) -> Any:
                      help="Hits per query."),
         click.option("--timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
                      help="Seconds before a request counts as an error."),
+        click.option("--budget-ms", type=click.FloatRange(0.1), default=None,
+                     help="Latency budget sent with each query (budget_ms): the server refuses "
+                     "with 429 a query it predicts would miss it. Default: the server's own."),
         click.option("--max-inflight", type=click.IntRange(1), default=1024, show_default=True,
                      help="The generator's own bound on open requests (beyond it a due request "
                      "is counted as not sent, a failure)."),
@@ -138,8 +141,8 @@ def _mix(text: str) -> Mix:
 )
 def loadtest(
     url: str, api_key: str | None, collection: str, corpus: Path | None, corpus_limit: int,
-    k: int, timeout: float, max_inflight: int, qps: float | None, duration: float,
-    mix_text: str, at: str | None, peak_qps: float | None, characterized: Path,
+    k: int, timeout: float, budget_ms: float | None, max_inflight: int, qps: float | None,
+    duration: float, mix_text: str, at: str | None, peak_qps: float | None, characterized: Path,
     sla_p99_ms: float, max_failed: float, png: Path, json_out: Path | None,
 ) -> None:  # fmt: skip
     """Open-loop load against a running server, with HDR latency percentiles.
@@ -178,7 +181,8 @@ def loadtest(
     if qps is None:
         raise click.UsageError("give the rate with --qps (or --at 2x-peak for a verdict)")
     headers, texts, queries, _, _ = _workload(url, api_key, collection, corpus, corpus_limit)
-    spec = LoadSpec(url, qps, duration, mix, collection, headers, k, timeout, max_inflight)
+    spec = LoadSpec(url, qps, duration, mix, collection, headers, k, timeout, max_inflight,
+                    budget_ms=budget_ms)  # fmt: skip
     result = asyncio.run(run_load(spec, texts, queries))
     console = Console()
     console.print(report.table(result))
@@ -272,7 +276,8 @@ def loadtest(
 )
 def characterize(
     url: str, api_key: str | None, collection: str, corpus: Path | None, corpus_limit: int,
-    k: int, timeout: float, max_inflight: int, mix_text: str, sla_p99_ms: float,
+    k: int, timeout: float, budget_ms: float | None, max_inflight: int, mix_text: str,
+    sla_p99_ms: float,
     start_qps: float, factor: float, step_s: float, max_steps: int, refine: int,
     max_failed: float, search_threads: int, out: Path,
 ) -> None:  # fmt: skip
@@ -296,7 +301,8 @@ def characterize(
                                                       corpus_limit)  # fmt: skip
     stepping = Stepping(sla_p99_ms, start_qps, factor, step_s, max_steps, refine, max_failed,
                         search_threads)  # fmt: skip
-    base = LoadSpec(url, start_qps, step_s, mix, collection, headers, k, timeout, max_inflight)
+    base = LoadSpec(url, start_qps, step_s, mix, collection, headers, k, timeout, max_inflight,
+                    budget_ms=budget_ms)  # fmt: skip
     with server(url, api_key) as client:
         found = run_characterize(client, base, texts, queries, stepping,
                                  say=lambda line: click.echo(line, err=True))  # fmt: skip

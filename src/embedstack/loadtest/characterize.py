@@ -86,7 +86,7 @@ def characterize(
     def run(qps: float) -> dict[str, Any]:
         b = base
         spec = LoadSpec(b.url, qps, stepping.step_s, b.mix, b.collection, b.headers, b.k,
-                        b.timeout_s, b.max_inflight, b.seed + len(steps))  # fmt: skip
+                        b.timeout_s, b.max_inflight, b.seed + len(steps), b.budget_ms)  # fmt: skip
         row = step(client, spec, texts, queries, stepping)
         steps.append(row)
         p99 = row["p99_ms"]

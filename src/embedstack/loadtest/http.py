@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from urllib.parse import urlsplit
 
 
 class ExchangeError(Exception):
-    """The connection broke or the answer could not be read."""
+    """The connection broke or the answer could not be read; `unanswered`: it closed before
+    any byte of an answer came back."""
+
+    def __init__(self, message: str, unanswered: bool = False) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 class Endpoint:
@@ -42,6 +48,7 @@ class Connection:
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         e = self.endpoint
+        head: bytes | None = None
         try:
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection(e.host, e.port, ssl=e.ssl)
@@ -56,7 +63,11 @@ class Connection:
             data = await self.reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.close()
-            raise ExchangeError(f"{type(exc).__name__}: {exc}") from exc
+            unanswered = head is None and (
+                isinstance(exc, ConnectionError)
+                or (isinstance(exc, asyncio.IncompleteReadError) and not exc.partial)
+            )
+            raise ExchangeError(f"{type(exc).__name__}: {exc}", unanswered) from exc
         if close:
             self.close()
         return status, data
@@ -87,24 +98,45 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
 
 
 class Pool:
-    """Idle connections to reuse; a request takes one (or opens one) and gives it back."""
+    """Idle connections to reuse; a request takes one (or opens one) and gives it back.
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    A server closes keep-alive connections that sat idle (uvicorn after 5 s), so connections
+    idle longer than `max_idle_s` are dropped rather than reused, and a request whose reused
+    connection turns out closed before any byte of an answer is sent once more on a new one
+    (the server never read it)."""
+
+    def __init__(self, endpoint: Endpoint, max_idle_s: float = 2.0) -> None:
         self.endpoint = endpoint
-        self.idle: list[Connection] = []
+        self.max_idle_s = max_idle_s
+        self.idle: list[tuple[float, Connection]] = []
+
+    def _take(self) -> tuple[Connection, bool]:
+        now = time.monotonic()
+        while self.idle:
+            since, conn = self.idle.pop()
+            if now - since <= self.max_idle_s:
+                return conn, True
+            conn.close()
+        return Connection(self.endpoint), False
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        conn = self.idle.pop() if self.idle else Connection(self.endpoint)
+        conn, reused = self._take()
         try:
-            status, data = await conn.request(method, path, body)
+            try:
+                status, data = await conn.request(method, path, body)
+            except ExchangeError as exc:
+                if not (reused and exc.unanswered):
+                    raise
+                conn = Connection(self.endpoint)
+                status, data = await conn.request(method, path, body)
         except BaseException:  # a cancelled (timed out) exchange leaves the stream mid-answer
             conn.close()
             raise
         if conn.writer is not None:
-            self.idle.append(conn)
+            self.idle.append((time.monotonic(), conn))
         return status, data
 
     def close(self) -> None:
-        for conn in self.idle:
+        for _, conn in self.idle:
             conn.close()
         self.idle.clear()

@@ -21,7 +21,7 @@ def _ms(row: dict[str, float], key: str) -> str:
 def table(result: LoadResult) -> Table:
     d = result.to_dict()
     t = Table(
-        title=f"{d['mix']} at {d['offered_qps']:g} req/s for {d['duration_s']:g} s -> "
+        title=f"{d['mix']} at {d['offered_qps']:.1f} req/s for {d['duration_s']:g} s -> "
         f"{d['url']} ({d['collection']})"
     )
     t.add_column("operation")

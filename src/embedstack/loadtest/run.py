@@ -56,6 +56,7 @@ class LoadSpec:
     timeout_s: float = 30.0
     max_inflight: int = 1024
     seed: int = 1
+    budget_ms: float | None = None  # sent with each query (the server's admission budget)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class LoadResult:
             "mix": str(s.mix),
             "offered_qps": s.qps,
             "duration_s": s.duration_s,
+            "query_budget_ms": s.budget_ms,
             "scheduled": self.scheduled,
             "ok": self.ok,
             "rejected_429": self.rejected,
@@ -111,8 +113,9 @@ class Requests:
     """The request of each operation, as (method, path, body) bytes ready to send."""
 
     def __init__(self, collection: str, texts: Sequence[str], queries: Sequence[str], k: int,
-                 run_id: str) -> None:  # fmt: skip
+                 run_id: str, budget_ms: float | None = None) -> None:  # fmt: skip
         self.texts, self.queries, self.k, self.run_id = texts, queries, k, run_id
+        self.budget_ms = budget_ms
         c = quote(collection, safe="")
         self.paths = {
             "query": f"/v1/collections/{c}/query",
@@ -123,6 +126,8 @@ class Requests:
     def build(self, op: str, i: int) -> tuple[str, str, bytes]:
         if op == "query":
             body = {"text": self.queries[i % len(self.queries)], "k": self.k}
+            if self.budget_ms is not None:
+                body["budget_ms"] = self.budget_ms
         elif op == "ingest":
             doc = {"id": f"lt-{self.run_id}-{i}", "text": self.texts[i % len(self.texts)]}
             body = {"documents": [doc]}
@@ -138,7 +143,8 @@ async def run_load(spec: LoadSpec, texts: Sequence[str], queries: Sequence[str])
     ops = spec.mix.schedule(n, spec.seed)
     result.scheduled = n
     result.latency = {op: histogram() for op, _ in spec.mix.shares}
-    requests = Requests(spec.collection, texts, queries, spec.k, uuid.uuid4().hex[:8])
+    requests = Requests(spec.collection, texts, queries, spec.k, uuid.uuid4().hex[:8],
+                        spec.budget_ms)  # fmt: skip
     pool = Pool(Endpoint(spec.url, spec.headers))
     loop = asyncio.get_running_loop()
     inflight: set[asyncio.Task[None]] = set()
