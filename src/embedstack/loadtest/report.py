@@ -36,7 +36,7 @@ def table(result: LoadResult) -> Table:
         cells = [_ms(row, f"{name}_ms") for name, _ in PERCENTILES]
         t.add_row(op, str(int(row["count"])), *cells, _ms(row, "max_ms"))
     t.caption = (
-        f"offered {d['offered_qps']:g}/s, achieved {d['achieved_qps']:.1f}/s "
+        f"offered {d['offered_qps']:.1f}/s, achieved {d['achieved_qps']:.1f}/s "
         f"({100 * d['achieved_over_offered']:.0f}%); scheduled {d['scheduled']}, ok {d['ok']}, "
         f"429 {d['rejected_429']}, errors {d['errors']}"
         + (f" {d['error_kinds']}" if d["errors"] else "")
@@ -83,7 +83,7 @@ def write_png(result: LoadResult, path: Path) -> str:
     right.grid(alpha=0.3)
     d = result.to_dict()
     fig.suptitle(
-        f"{d['mix']} offered {d['offered_qps']:g}/s, achieved {d['achieved_qps']:.1f}/s; "
+        f"{d['mix']} offered {d['offered_qps']:.1f}/s, achieved {d['achieved_qps']:.1f}/s; "
         f"429 {d['rejected_429']}, errors {d['errors']}"
     )
     fig.tight_layout()
