@@ -32,6 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 }
 WAIT_LAYERS = frozenset({"admission/queue wait"})
 SATURATED = 0.5  # a layer busier than this fraction of its capacity is a candidate constraint
+CPU_SATURATED = 90.0  # machine CPU busy %, when the server runs on this machine
 
 
 def parse(text: str) -> Snapshot:
@@ -130,10 +131,12 @@ def breakdown(d: Snapshot, wall_s: float, search_threads: int) -> dict[str, Any]
     if stages:
         source = STAGE
         for stage, (secs, n) in stages.items():
-            if n <= 0 or e2e_n <= 0:
+            if n <= 0:
                 continue
+            # the mean per observation: what one query spends there (a forward pass is
+            # observed once per batch, and each query of the batch waits all of it)
             row = layers.setdefault(_layer_of(stage), {"mean_ms": 0.0, "stages": []})
-            row["mean_ms"] += 1000.0 * secs / e2e_n  # per answered query
+            row["mean_ms"] += 1000.0 * secs / n
             row["stages"].append(stage)
         for layer, row in layers.items():
             if layer not in utilization and layer not in WAIT_LAYERS:
@@ -185,7 +188,14 @@ def constrained(rows: Iterable[dict[str, Any]], cpu_pct: float | None) -> tuple[
             f"{top['layer']} is {100 * top['utilization']:.0f}% utilized ({top['capacity']}) and "
             f"takes {100 * (top['share'] or 0):.0f}% of the query latency{cpu}"
         )
-    largest = max(rows, key=lambda r: r["share"] or 0.0)
+    if cpu_pct is not None and cpu_pct >= CPU_SATURATED:
+        return "machine CPU", (
+            f"no layer is over {100 * SATURATED:.0f}% utilized, but the machine's CPUs are "
+            f"{cpu_pct:.0f}% busy (server, load generator and anything else running): time goes "
+            "to waiting for a core (the residual and the waits), not to one layer's capacity"
+        )
+    working = [r for r in rows if r["layer"] not in WAIT_LAYERS] or rows
+    largest = max(working, key=lambda r: r["share"] or 0.0)
     return largest["layer"], (
         f"no layer is over {100 * SATURATED:.0f}% utilized; {largest['layer']} takes the largest "
         f"share of the query latency ({100 * (largest['share'] or 0):.0f}%){cpu}"
