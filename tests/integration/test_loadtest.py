@@ -21,7 +21,7 @@ from embedstack.cli import build_cli
 from embedstack.loadtest.report import PNG_MISSING
 from embedstack.loadtest.run import LoadSpec, run_load
 from embedstack.loadtest.workload import Mix
-from tests.conftest import DATA, Server
+from tests.conftest import DATA, Server, server_env
 
 CORPUS = DATA / "pydoc_sections.jsonl"
 CORPUS_DOCS = 213
@@ -191,3 +191,37 @@ def test_a_keep_alive_connection_the_server_closed_is_not_an_error() -> None:
     finally:
         httpd.shutdown()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The bundled all-MiniLM-L6-v2 (pinned onnx-fp32: gated at startup, no background race)."""
+    env = server_env(EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}',
+                     EMBEDSTACK_HISTORY_INTERVAL_S="0.5")  # fmt: skip
+    server = Server(tmp_path_factory.mktemp("lt-real") / "data", env).start(timeout=300)
+    yield server
+    server.stop()
+
+
+def test_characterize_and_verdict_on_the_real_model(real_server: Server, tmp_path: Path) -> None:
+    saved = tmp_path / "ch.json"
+    r = _cli("characterize", "--url", real_server.url, "--corpus", str(CORPUS),
+             "--corpus-limit", "40", "-c", "real", "--start-qps", "2", "--factor", "2",
+             "--step-s", "2", "--max-steps", "2", "--refine", "0", "--sla-p99-ms", "30000",
+             "--out", str(saved))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    found: dict[str, Any] = orjson.loads(saved.read_bytes())
+    assert found["documents"] == 40 and found["peak"]["qps"] == 4
+    rows = {row["layer"]: row for row in found["bottleneck"]["layers"]}
+    assert rows["inference"]["mean_ms"] > 0 and rows["index search"]["mean_ms"] > 0
+    v = _cli("loadtest", "--url", real_server.url, "-c", "real", "--at", "2x-peak",
+             "--characterized", str(saved), "--duration", "2", "--sla-p99-ms", "30000",
+             "--mix", "query=0.75,ingest=0.25", "--png", str(tmp_path / "v.png"),
+             "--json", str(tmp_path / "v.json"))  # fmt: skip
+    assert v.exit_code == 0 and ": PASS" in v.output, v.output
+    d = orjson.loads((tmp_path / "v.json").read_bytes())["run"]
+    assert d["scheduled"] == 16 and d["ok"] == 16
+    # the dashboard's history saw the load
+    history = real_server.client().get("/v1/metrics/history").json()["samples"]
+    assert any(s["values"].get("qps|ok", 0) > 0 for s in history)
+    assert any(s["values"].get("batch|texts per batch", 0) >= 1 for s in history)
