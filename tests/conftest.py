@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from embedstack.config import Settings
+from embedstack.infra.local import LocalProcess, start_kafka, start_redis
 from embedstack.testing import ServerProcess
 from embedstack.vectors import unit_rows
 
@@ -127,3 +128,17 @@ def in_process_settings(tmp_path: Path, **extra: Any) -> Settings:
         allowed_hosts=["testserver"],
         **extra,
     )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    """A real Kafka-protocol broker (tansu, from the `brokers` extra) on loopback for the session."""
+    with start_kafka(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def redis_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    """A real redis-server (from the `brokers` extra) on loopback for the session, fsync per write."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

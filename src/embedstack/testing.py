@@ -6,7 +6,6 @@ server itself; it imports no other embedstack module.
 from __future__ import annotations
 
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from embedstack.infra.local import free_port
+
 EMBEDSTACK = [sys.executable, "-m", "embedstack"]
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["EMBEDSTACK", "free_port"]
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 30.0, kill: bool = False) -> None:

@@ -1,0 +1,1 @@
+"""Local infrastructure processes (brokers) for development, tests and `cluster up`."""
