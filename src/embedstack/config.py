@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1)
     # index upkeep
     snapshot_interval_s: float = Field(30.0, gt=0)
+    # the dashboard's history (obs/history.py): one sample of the metrics every interval, kept
+    # for the window (GET /v1/metrics/history, GET /dashboard)
+    history_interval_s: float = Field(5.0, gt=0, le=3600)
+    history_window_s: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
     sync_interval_s: float = Field(0.2, gt=0)
     compaction_ratio: float = Field(0.2, gt=0, lt=1)
     search_threads: int = Field(2, ge=1)

@@ -138,38 +138,47 @@ class ServerProcess:
         self.stop()
 
 
-def ensure_debian_binaries(package: str, binaries: Sequence[str], timeout: float = 600.0) -> None:
-    """Install Debian `package` with apt-get when any of `binaries` is missing from PATH (a fresh
-    CI machine); RuntimeError naming the fix when that cannot be done (not root, no apt)."""
+# -- binaries a test needs (a fresh CI machine has only Python + pip + apt) ---------------------
+APT_TIMEOUT_S = 900.0
+
+
+def ensure_binary(names: Sequence[str], package: str) -> str:
+    """The path of the first of `names` on PATH; when none is there, install Debian `package` with
+    apt-get (after `apt-get update`; through `sudo -n` when not root) and look again.
+    RuntimeError naming the fix when it cannot be had."""
     import os
     import shutil
 
-    if all(shutil.which(b) for b in binaries):
-        return
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise RuntimeError(f"{', '.join(binaries)} missing and no apt-get: install {package}")
+    def found() -> str | None:
+        return next((p for p in map(shutil.which, names) if p), None)
+
+    path = found()
+    if path is not None:
+        return path
+    fix = f"{names[0]} is not installed: run `apt-get install -y {package}`"
+    if shutil.which("apt-get") is None:
+        raise RuntimeError(fix)
     sudo: list[str] = []
     if os.geteuid() != 0:
-        found = shutil.which("sudo")
-        if found is None:
-            raise RuntimeError(f"{', '.join(binaries)} missing: run `apt-get install {package}`")
-        sudo = [found, "-n"]
+        found_sudo = shutil.which("sudo")
+        if found_sudo is None:
+            raise RuntimeError(fix)
+        sudo = [found_sudo, "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends",
-                                        package]):  # fmt: skip
-        done = subprocess.run([*sudo, *cmd], env=env, capture_output=True, timeout=timeout)
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        done = subprocess.run([*sudo, *cmd], env=env, capture_output=True, timeout=APT_TIMEOUT_S)
         if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace")[-500:]
-            raise RuntimeError(f"`{' '.join(cmd)}` failed ({done.returncode}): {tail}")
-    missing = [b for b in binaries if not shutil.which(b)]
-    if missing:
-        raise RuntimeError(f"{package} installed but {', '.join(missing)} still not on PATH")
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.decode()[-2000:]}")
+    path = found()
+    if path is None:
+        raise RuntimeError(f"apt-get installed {package} but none of {list(names)} is on PATH")
+    return path
 
 
 def ensure_prometheus() -> None:
     """prometheus and promtool on PATH (Debian's `prometheus` package)."""
-    ensure_debian_binaries("prometheus", ("prometheus", "promtool"))
+    ensure_binary(("prometheus",), "prometheus")
+    ensure_binary(("promtool",), "prometheus")
 
 
 class PrometheusProcess:
@@ -227,3 +236,22 @@ class PrometheusProcess:
         if self.proc is not None:
             stop_process(self.proc, grace=10.0)
             self.proc = None
+
+
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+
+
+def screenshot(url: str, out: Path, size: tuple[int, int] = (1400, 1100),
+               wait_ms: int = 4000, timeout: float = 120.0) -> Path:  # fmt: skip
+    """A PNG of `url` rendered by headless Chromium (installed from apt when missing), after
+    `wait_ms` of virtual time for the page's scripts."""
+    browser = ensure_binary(CHROMIUM, "chromium")
+    profile = out.parent / f"{out.stem}-profile"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+           f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    if not out.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot (rc {done.returncode}): "
+                           f"{done.stderr.decode()[-2000:]}")  # fmt: skip
+    return out

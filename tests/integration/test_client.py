@@ -38,6 +38,7 @@ ROUTES = {
     ("get", "/healthz"): "health",
     ("get", "/readyz"): "ready",
     ("get", "/metrics"): "metrics",
+    ("get", "/v1/metrics/history"): "metrics_history",
     ("get", "/v1/models"): "models",
     ("post", "/v1/embeddings"): "embeddings",
     ("post", "/v1/collections"): "create_collection",

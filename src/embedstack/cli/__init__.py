@@ -1,9 +1,9 @@
 """The embedstack command line: one click group; build_cli() attaches every command.
 
 One module per command family (serve, ingest, query, models, upgrade, tune, plan, backup,
-eval); cli/common.py holds the shared options and the error policy, cli/http.py the client of
-the server-driving commands. Nothing registers itself on import: build_cli() is the one list of
-commands, and main() is the one place that sets process environment.
+eval, loadtest); cli/common.py holds the shared options and the error policy, cli/http.py the
+client of the server-driving commands. Nothing registers itself on import: build_cli() is the
+one list of commands, and main() is the one place that sets process environment.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def build_cli() -> click.Group:
     from embedstack.cli.eval import eval_command
     from embedstack.cli.ingest import ingest
     from embedstack.cli.keys import keys
+    from embedstack.cli.loadtest import characterize, loadtest
     from embedstack.cli.models import models
     from embedstack.cli.plan import plan
     from embedstack.cli.query import query
@@ -41,7 +42,8 @@ def build_cli() -> click.Group:
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
     for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
-                    keys, backup, restore, doctor, eval_command):  # fmt: skip
+                    keys, backup, restore, doctor, eval_command, loadtest,
+                    characterize):  # fmt: skip
         cli.add_command(command)
     return cli
 

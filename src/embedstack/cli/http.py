@@ -14,10 +14,11 @@ TIMEOUT_S = 600.0  # upgrades and cutovers can take minutes on a big collection
 
 
 @contextmanager
-def server(url: str) -> Iterator[Client]:
-    """The typed client of the server at `url` for one command."""
+def server(url: str, api_key: str | None = None) -> Iterator[Client]:
+    """The typed client of the server at `url` for one command (the key: `api_key`, else
+    $EMBEDSTACK_API_KEY)."""
     try:
-        with Client(url, timeout=TIMEOUT_S) as client:
+        with Client(url, api_key=api_key, timeout=TIMEOUT_S) as client:
             yield client
     except RequestTimeout as exc:
         raise click.ClickException(

@@ -34,6 +34,7 @@ from embedstack.serving.responses import (
     EmbeddingsOut,
     FeedbackOut,
     HealthOut,
+    HistoryOut,
     JobOut,
     KeyCreatedOut,
     KeyOut,
@@ -147,6 +148,12 @@ class AsyncClient:
     async def stats(self) -> dict[str, float]:
         """The server's metrics as `{"name{label=...}": value}` (parsed from /metrics)."""
         return core.stats_of(await self.metrics())
+
+    async def metrics_history(self, since: float | None = None) -> HistoryOut:
+        """GET /v1/metrics/history: the dashboard's samples of the last hour (after `since`,
+        a unix time, when given)."""
+        path = "/v1/metrics/history" + (f"?since={since!r}" if since is not None else "")
+        return await self._run(call("GET", path, HistoryOut))
 
     async def models(self) -> ModelsOut:
         """GET /v1/models."""

@@ -30,6 +30,7 @@ from embedstack.errors import (
     Unauthorized,
     Unavailable,
 )
+from embedstack.obs.history import History
 from embedstack.serving.auth import AccessGate, scrub
 from embedstack.serving.http import JSON, ClientGone
 from embedstack.serving.limits import RateLimiter
@@ -38,6 +39,7 @@ from embedstack.serving.routes import (
     admin,
     aliases,
     collections,
+    dashboard,
     documents,
     embeddings,
     feedback,
@@ -217,6 +219,17 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
         services.maintenance_beat = time.monotonic()
 
 
+async def _sample_history(history: History, stop: asyncio.Event) -> None:
+    """One sample of the metrics every history interval until stop (GET /v1/metrics/history)."""
+    while not stop.is_set():
+        try:
+            history.sample()
+        except Exception:  # the dashboard's memory never takes the server down
+            log.exception("metrics history sample failed; the next interval retries")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=history.interval_s)
+
+
 async def _step(services: Services, name: str, work: Awaitable[object]) -> None:
     try:
         await work
@@ -269,6 +282,7 @@ def create_app(services: Services) -> FastAPI:
         services.quality.start()
         tasks = [asyncio.create_task(_maintenance(services, stop))]
         services.tasks["maintenance"] = tasks[0]
+        tasks.append(asyncio.create_task(_sample_history(app.state.history, stop)))
         for i in range(services.settings.workers):
             worker = services.make_worker(f"serve-{i}")
             services.workers.append(worker)
@@ -318,6 +332,7 @@ def create_app(services: Services) -> FastAPI:
     s = services.settings
     limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
     app.state.limiter = limiter
+    app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
     app.add_exception_handler(EmbedStackError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -328,7 +343,7 @@ def create_app(services: Services) -> FastAPI:
         for kind, status in ERROR_STATUS
     }
     routers = (admin, embeddings, collections, documents, query, upgrades, aliases, keys, stats,
-               feedback)  # fmt: skip
+               feedback, dashboard)  # fmt: skip
     for module in routers:
         app.include_router(module.router, responses=errors)
     # innermost of ours: refuses a query that would miss its budget before FastAPI reads it

@@ -15,7 +15,8 @@
   `display`, and error messages are scrubbed of the caller's own prefix.
 
 Open without a key: /healthz, /readyz (which lists only the caller's indexes, none without a
-key), /docs and /openapi.json. /metrics carries every tenant's collection names in its labels,
+key), /docs, /openapi.json and /dashboard (a static page; its data, /v1/metrics/history, needs
+the `metrics` scope). /metrics carries every tenant's collection names in its labels,
 so it needs a key of the default tenant with the `metrics` (or `admin`) scope.
 """
 
@@ -45,7 +46,9 @@ from embedstack.storage.store import CollectionRecord
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/dashboard"}
+)
 HOST_EXEMPT = frozenset({"/healthz"})  # liveness probes come with whatever Host they like
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})

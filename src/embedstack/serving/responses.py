@@ -280,3 +280,18 @@ class AuditEntryOut(BaseModel):
 
 class AuditOut(BaseModel):
     entries: list[AuditEntryOut]
+
+
+# -- metrics history (serving/routes/dashboard.py) ------------------------------------------------
+class HistorySampleOut(BaseModel):
+    t: float = Field(description="unix time of the sample")
+    values: dict[str, float] = Field(
+        description='"panel|series" -> value, e.g. "latency_ms|p99", "qps|429", '
+        '"drift_psi|docs/<space>/top1"; a series the server does not export has no key'
+    )
+
+
+class HistoryOut(BaseModel):
+    interval_s: float = Field(description="seconds between samples")
+    window_s: float = Field(description="how far back samples are kept")
+    samples: list[HistorySampleOut] = Field(description="oldest first")
