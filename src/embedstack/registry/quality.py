@@ -85,7 +85,6 @@ class _Space:
     drift: DriftMonitor
     recall: RecallWindow
     samples: deque[tuple[np.ndarray, np.ndarray]]  # (query vector, exact top-k ids)
-    centroid_tried: bool = False
     retunes: list[dict[str, Any]] = field(default_factory=list)
     last_retune_at: float = 0.0
 
@@ -150,8 +149,11 @@ class QualityObserver:
 
     # -- requests from routes ---------------------------------------------------------------
     def reset_baseline(self, collection: str, space_id: str) -> None:
-        """The next `drift_baseline` queries of the space become its new drift baseline."""
-        self._space((collection, space_id)).drift.reset()
+        """The next `drift_baseline` queries of the space become its new drift baseline (and the
+        corpus centroid is read again: the change may have been the corpus)."""
+        space = self._space((collection, space_id))
+        space.drift.reset()
+        space.drift.centroid = None
 
     def forget(self, collection: str) -> None:
         with self._guard:
@@ -163,6 +165,8 @@ class QualityObserver:
         """Drift, online recall (with floor and re-tunes) and feedback of one space."""
         key = (collection, space_id)
         space = self._space(key)
+        if self.config.drift:
+            self._ensure_centroid(key, space)
         estimate = space.recall.estimate()
         return {
             "drift": space.drift.evaluate().as_dict() if self.config.drift else None,
@@ -297,9 +301,7 @@ class QualityObserver:
     def _export(self, key: Key) -> None:
         m, space = self._metrics, self._space(key)
         if self.config.drift:
-            if space.drift.centroid is None and not space.centroid_tried:
-                space.centroid_tried = True
-                space.drift.centroid = self._centroid(key)
+            self._ensure_centroid(key, space)
             report = space.drift.evaluate()
             for signal, value in report.psi.items():
                 m.drift_psi.labels(*key, signal).set(value)
@@ -327,9 +329,17 @@ class QualityObserver:
             if stats.clicked_mrr is not None:
                 m.clicked_mrr.labels(*key).set(stats.clicked_mrr)
 
+    def _ensure_centroid(self, key: Key, space: _Space) -> None:
+        """Read the corpus centroid until the space holds vectors (then once per baseline)."""
+        if space.drift.centroid is None:
+            with contextlib.suppress(NotFound):
+                space.drift.centroid = self._centroid(key)
+
     def _centroid(self, key: Key) -> np.ndarray | None:
         """The unit mean of (up to 20,000 of) the space's stored vectors."""
         live = self._indexes.get(*key)
+        if live.index.count() == 0:
+            return None
         first = next(iter(self._store.iter_vectors(*key, live.config.dim)), None)
         if first is None or len(first[0]) == 0:
             return None
