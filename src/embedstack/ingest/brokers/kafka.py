@@ -32,10 +32,11 @@ crashes, not a restart of the broker itself.
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
@@ -51,6 +52,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from embedstack.errors import InvalidInput, NotFound, Unavailable
 from embedstack.ingest.queue import Job, SqliteQueue, dumps_object, job_id_for
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("done", "dead")
 TIMEOUT_S = 10.0
@@ -84,9 +87,11 @@ class KafkaQueue:
         self._read: dict[int, list[tuple[int, str]]] = {}  # partition -> [(offset, job id)]
         self._committed: dict[int, int] = {}
         self._closed = False
-        common: dict[str, str | int | float | bool] = {
+        self._check_reachable()
+        common: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "socket.timeout.ms": int(TIMEOUT_S * 1000),
+            "logger": log,  # librdkafka's own lines go to logging, not straight to stderr
         }
         count = self._ensure_topic(AdminClient(common), partitions)
         self._producer = Producer({**common, "acks": "all", "linger.ms": 0})
@@ -99,6 +104,19 @@ class KafkaQueue:
             }
         )
         self._consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in range(count)])
+
+    def _check_reachable(self) -> None:
+        """Fail at once, in one line, when no bootstrap server accepts a connection (librdkafka
+        would otherwise retry quietly until its timeouts)."""
+        errors = []
+        for server in self.bootstrap.split(","):
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=TIMEOUT_S / 2):
+                    return
+            except (OSError, ValueError) as exc:
+                errors.append(f"{server}: {exc}")
+        raise Unavailable(f"{self._where} is unreachable ({'; '.join(errors)}); is the broker up?")
 
     def _ensure_topic(self, admin: AdminClient, partitions: int) -> int:
         """Create the topic if it is missing; return its partition count."""
@@ -113,9 +131,9 @@ class KafkaQueue:
             if meta.error is not None:
                 raise KafkaException(meta.error)
             return len(meta.partitions)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             raise Unavailable(
-                f"{self._where}: cannot create or describe the topic: {exc}; is the broker up?"
+                f"{self._where}: cannot create or describe the topic: {exc!r}; is the broker up?"
             ) from exc
 
     # -- the log ---------------------------------------------------------------------------
@@ -193,7 +211,9 @@ class KafkaQueue:
                 raise Unavailable(f"{self._where}: committing offsets failed: {exc}") from exc
 
     def committed(self) -> dict[int, int]:
-        """The group's committed offset per partition (-1001: none yet), from the broker."""
+        """Read what the log has delivered, commit what is finished, and return the group's
+        committed offset per partition (-1001: none yet) as the broker has it."""
+        self._materialize()
         with self._lock:
             self._commit_finished(force=True)
             parts = self._consumer.assignment()
@@ -274,8 +294,3 @@ class KafkaQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def state_path(data_dir: Path, topic: str) -> Path:
-    """Where a node keeps the state table of `topic`."""
-    return data_dir / f"kafka-{topic}.db"
