@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from embedstack.infra.local import LocalProcess
 from embedstack.ingest.brokers.kafka import KafkaQueue
 from embedstack.ingest.brokers.redis_streams import GROUP, RedisStreamsQueue
 from embedstack.ingest.queue import Job, Queue, SqliteQueue
+from tests.conftest import Server, server_env, wait_job
 
 
 def _name() -> str:
@@ -182,3 +183,38 @@ def test_redis_entry_from_another_producer_is_leased_and_a_duplicate_skipped(
     assert rq.lease("w", 30.0) is None  # the finished job is not run twice
     assert rq.get("foreign").result == {"ok": 1} and _pending(r, rq) == {}
     assert rq.counts() == {"queued": 0, "leased": 0, "done": 1, "dead": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["redis", "kafka"])
+def test_serve_with_queue_flag_ingests_and_answers_on_the_real_model(
+    backend: str, request: pytest.FixtureRequest, make_server: Callable[..., Server]
+) -> None:
+    """`embedstack serve --queue URL` with the bundled all-MiniLM-L6-v2: the job goes through
+    the broker, GET /v1/jobs/{id} follows it to done, and a query finds each document."""
+    broker: LocalProcess = request.getfixturevalue(f"{backend}_broker")
+    name = _name()
+    url = (
+        f"kafka://{broker.address}?topic={name}&group={name}&partitions=2"
+        if backend == "kafka"
+        else f"redis://{broker.address}?name={name}"
+    )
+    env = server_env(EMBEDSTACK_MODEL_BACKENDS='{"all-MiniLM-L6-v2": "onnx-fp32"}')
+    server = make_server(env, ["--queue", url])
+    docs = [
+        {"id": "tea", "text": "Green tea is brewed from the leaves of Camellia sinensis."},
+        {"id": "rust", "text": "The borrow checker enforces ownership rules in Rust programs."},
+        {"id": "alps", "text": "The Matterhorn is a mountain of the Alps on the Swiss border."},
+    ]
+    with server.client() as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        r = c.post("/v1/collections/kb/documents", json={"documents": docs})
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["job_id"], timeout=300)["status"] == "done"
+        for question, want in [
+            ("how is tea made", "tea"),
+            ("memory safety in a systems language", "rust"),
+            ("a peak in Switzerland", "alps"),
+        ]:
+            hits = c.post("/v1/collections/kb/query", json={"text": question, "k": 1}).json()
+            assert hits["hits"][0]["document_id"] == want, (question, hits)
