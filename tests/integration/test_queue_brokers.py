@@ -5,7 +5,8 @@ process, or of its state table) redelivers every unfinished job from the log; a 
 that is already finished is skipped by id; a message some other producer appended is leased.
 Redis Streams: the consumer group's pending-entries list holds exactly the unfinished jobs,
 claimed by the worker that leases them; entries appended by another producer are leased, and a
-duplicate entry of a finished job is skipped by id.
+duplicate entry of a finished job is skipped by id; a kill -9 of redis-server loses nothing
+(appendfsync always). And `serve --queue` on each broker with the real bundled model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from embedstack.infra.local import LocalProcess
+from embedstack.infra.local import LocalProcess, start_redis
 from embedstack.ingest.brokers.kafka import KafkaQueue
 from embedstack.ingest.brokers.redis_streams import GROUP, RedisStreamsQueue
 from embedstack.ingest.queue import Job, Queue, SqliteQueue
@@ -218,3 +219,27 @@ def test_serve_with_queue_flag_ingests_and_answers_on_the_real_model(
         ]:
             hits = c.post("/v1/collections/kb/query", json={"text": question, "k": 1}).json()
             assert hits["hits"][0]["document_id"] == want, (question, hits)
+
+
+def test_redis_queue_survives_a_kill_9_of_redis_server(tmp_path: Path) -> None:
+    """appendfsync always: every acknowledged enqueue, lease and ack is on disk, so a killed
+    redis-server restarted on its folder has the same jobs in the same states."""
+    server = start_redis(tmp_path / "redis")
+    port, name = server.port, _name()
+    try:
+        with RedisStreamsQueue.connect(f"redis://{server.address}", name, 3) as q:
+            for i in range(3):
+                q.enqueue({"i": i}, job_id=f"j{i}")
+            done = _lease(q)
+            assert done.lease_id is not None and q.ack(done.id, done.lease_id, {"ok": 1})
+            held = _lease(q)
+        server.kill()
+        server.stop()
+        server = start_redis(tmp_path / "redis", port=port)
+        with RedisStreamsQueue.connect(f"redis://{server.address}", name, 3) as q:
+            assert q.counts() == {"queued": 1, "leased": 1, "done": 1, "dead": 0}
+            assert q.get("j0").result == {"ok": 1}
+            assert q.get(held.id).lease_id == held.lease_id
+            assert _lease(q).id == "j2"
+    finally:
+        server.stop()
