@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_query_budget_ms: float = Field(60_000.0, gt=0)
     max_search_inflight: int = Field(64, ge=1, description="searches running or queued")
     # ingest
+    # the job queue: "sqlite" (embedded, DATA_DIR/queue.db), kafka://HOST:PORT[?topic=&group=
+    # &partitions=] or redis://HOST:PORT[/DB][?name=]; see ingest/brokers/url.py
+    queue: str = Field("sqlite", min_length=1)
     visibility_timeout_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(5, ge=1)
     job_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="done jobs kept this long")

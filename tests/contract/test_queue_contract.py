@@ -3,7 +3,10 @@
 Every test that takes the `queue` fixture runs against each implementation in `_BACKENDS`; it
 uses only the protocol, plus the `advance` fixture to move time forward (a fake clock where the
 implementation accepts one, a real sleep otherwise; keep advances <= 0.3 s). Each queue is built
-with max_attempts=3. Tests named `test_sqlite_*` are specific to `SqliteQueue`.
+with max_attempts=3. Tests named `test_sqlite_*` are specific to `SqliteQueue`. The broker
+backends run on the real brokers of the `kafka_broker` and `redis_broker` fixtures, each test on
+its own topic and group (Kafka) or key prefix (Redis); their own differences are tested in
+tests/integration/test_queue_brokers.py.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +28,13 @@ from typing import Any
 import pytest
 
 from embedstack.errors import Conflict, InvalidInput, NotFound, Unavailable
+from embedstack.infra.local import LocalProcess
+from embedstack.ingest.brokers.kafka import KafkaQueue
+from embedstack.ingest.brokers.redis_streams import RedisStreamsQueue
 from embedstack.ingest.queue import Job, Queue, SqliteQueue
 
 MAX_ATTEMPTS = 3
-_BACKENDS = ["sqlite"]
+_BACKENDS = ["sqlite", "redis", "kafka"]
 
 
 class FakeClock:
@@ -69,6 +76,20 @@ def harness(request: pytest.FixtureRequest, fast_dir: Path) -> Iterator[Harness]
         q = SqliteQueue(fast_dir / "queue.db", max_attempts=MAX_ATTEMPTS, clock=clock)
         yield Harness(q, clock.advance)
         q.close()
+    elif request.param == "redis":
+        clock = FakeClock()
+        server: LocalProcess = request.getfixturevalue("redis_broker")
+        name = f"contract-{uuid.uuid4().hex[:12]}"
+        url = f"redis://{server.address}"
+        with RedisStreamsQueue.connect(url, name, max_attempts=MAX_ATTEMPTS, clock=clock) as rq:
+            yield Harness(rq, clock.advance)
+    elif request.param == "kafka":
+        clock = FakeClock()
+        broker: LocalProcess = request.getfixturevalue("kafka_broker")
+        state = SqliteQueue(fast_dir / "state.db", max_attempts=MAX_ATTEMPTS, clock=clock)
+        name = f"contract-{uuid.uuid4().hex[:12]}"
+        with KafkaQueue(broker.address, state, topic=name, group=name, partitions=2) as kq:
+            yield Harness(kq, clock.advance)
     else:  # pragma: no cover - a new backend must be wired in here
         raise AssertionError(f"unknown queue backend {request.param!r}")
 

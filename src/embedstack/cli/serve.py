@@ -32,6 +32,10 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
 @click.option("--workers", type=int, default=None,
               help=f"In-process ingest workers (default: {ENV_PREFIX}WORKERS, else "
               f"{setting_default('workers')}).")  # fmt: skip
+@click.option("--queue", "queue", default=None, metavar="URL",
+              help="Job queue: sqlite (embedded, the default), kafka://HOST:PORT or "
+              "redis://HOST:PORT (forms listed above; default: "
+              f"{ENV_PREFIX}QUEUE, else {setting_default('queue')}).")  # fmt: skip
 @click.option("--insecure-no-auth", is_flag=True, default=None,
               help="Serve without API keys (every caller is an admin of the default tenant). "
               "Allowed only on a loopback address; for trying things out.")  # fmt: skip
@@ -42,7 +46,7 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
-    insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
+    queue: str | None, insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
     config: Path | None,
 ) -> None:  # fmt: skip
     """Run the HTTP server with in-process ingest workers.
@@ -53,6 +57,15 @@ def serve(
 
     Every request needs an API key (`embedstack keys create`) unless --insecure-no-auth is
     given, which only a loopback address allows.
+
+    \b
+    --queue URL picks where ingest jobs wait:
+      sqlite                     embedded, DATA_DIR/queue.db (default)
+      kafka://HOST:PORT[,...][?topic=embedstack-jobs&group=embedstack&partitions=4]
+                                 a Kafka-protocol broker (job state: DATA_DIR/kafka-TOPIC.db)
+      redis://HOST:PORT[/DB][?name=embedstack]
+                                 Redis Streams (rediss:// for TLS)
+    Worker processes (`embedstack worker`) must use the same URL and data dir.
     """
     from embedstack.serving.app import create_app
     from embedstack.serving.auth import check_bind, is_loopback
@@ -60,7 +73,7 @@ def serve(
     from embedstack.serving.services import Services
 
     settings = load_settings(
-        config, host=host, port=port, data_dir=data_dir, workers=workers,
+        config, host=host, port=port, data_dir=data_dir, workers=workers, queue=queue,
         insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
     )  # fmt: skip
     check_bind(settings)
@@ -100,10 +113,14 @@ def ignore_file_size_signal() -> None:
 
 @click.command(cls=Command)
 @data_dir_option
+@click.option("--queue", "queue", default=None, metavar="URL",
+              help="Job queue: sqlite (embedded, the default), kafka://HOST:PORT or "
+              "redis://HOST:PORT (the server's, see `embedstack serve --help`; default: "
+              f"{ENV_PREFIX}QUEUE, else {setting_default('queue')}).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1), default=WORKER_CONCURRENCY,
               show_default=True, help="Jobs processed at once.")  # fmt: skip
 @config_option
-def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None:
+def worker(data_dir: Path | None, queue: str | None, concurrency: int, config: Path | None) -> None:
     """Run ingest workers as a separate process on a data dir a server also uses.
 
     Jobs are leased from the durable queue; a killed worker's jobs become visible again after
@@ -111,7 +128,7 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
     """
     from embedstack.serving.services import Services
 
-    settings = load_settings(config, data_dir=data_dir)
+    settings = load_settings(config, data_dir=data_dir, queue=queue)
     ignore_file_size_signal()
     services = Services.build(settings)
 
@@ -121,7 +138,10 @@ def worker(data_dir: Path | None, concurrency: int, config: Path | None) -> None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         workers = [services.make_worker(f"proc{os.getpid()}-{i}") for i in range(concurrency)]
-        click.echo(f"embedstack worker: {concurrency} worker(s) on {settings.data_dir}", err=True)
+        click.echo(
+            f"embedstack worker: {concurrency} worker(s) on {settings.data_dir}, queue "
+            f"{settings.queue}", err=True,
+        )  # fmt: skip
         tasks = [asyncio.create_task(w.run(stop)) for w in workers]
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -106,6 +106,35 @@ class Queue(Protocol):
         ...
 
 
+def dumps_object(value: dict[str, Any], what: str) -> str:
+    """`value` as compact JSON; InvalidInput unless it is a JSON-serializable dict."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object (dict), got {type(value).__name__}")
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from exc
+
+
+def job_id_for(job_id: str | None, priority: int) -> str:
+    """The id of a job being enqueued (a new one for None); InvalidInput for a bad id or a
+    priority that is not an integer."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+    if job_id is None:
+        return uuid.uuid4().hex
+    if not isinstance(job_id, str) or not job_id:
+        raise InvalidInput(f"job_id must be a non-empty string, got {job_id!r}")
+    return job_id
+
+
+def check_timeout(name: str, seconds: float, allow_zero: bool) -> None:
+    """InvalidInput unless `seconds` is > 0 (or == 0 where `allow_zero`)."""
+    if not (seconds > 0 or (allow_zero and seconds == 0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidInput(f"{name} must be {bound} seconds, got {seconds!r}")
+
+
 # Numbered schema migrations: index i holds migration i + 1. Never edit one that has shipped;
 # append a new one instead.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -269,15 +298,6 @@ class SqliteQueue:
     # -- helpers -----------------------------------------------------------------------------
 
     @staticmethod
-    def _dumps(value: dict[str, Any], what: str) -> str:
-        if not isinstance(value, dict):
-            raise InvalidInput(f"{what} must be a JSON object (dict), got {type(value).__name__}")
-        try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"{what} must be JSON-serializable: {exc}") from exc
-
-    @staticmethod
     def _job(row: tuple[Any, ...]) -> Job:
         return Job(
             id=row[0],
@@ -292,23 +312,12 @@ class SqliteQueue:
             updated_at=row[9],
         )
 
-    @staticmethod
-    def _check_timeout(name: str, seconds: float, allow_zero: bool) -> None:
-        if not (seconds > 0 or (allow_zero and seconds == 0)):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise InvalidInput(f"{name} must be {bound} seconds, got {seconds!r}")
-
     # -- Queue -------------------------------------------------------------------------------
 
     def enqueue(self, payload: dict[str, Any], job_id: str | None = None, priority: int = 0) -> str:
         """Add a job and return its id; an existing `job_id` is returned unchanged."""
-        if job_id is None:
-            job_id = uuid.uuid4().hex
-        elif not isinstance(job_id, str) or not job_id:
-            raise InvalidInput(f"job_id must be a non-empty string, got {job_id!r}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidInput(f"priority must be an integer, got {priority!r}")
-        body = self._dumps(payload, "payload")
+        job_id = job_id_for(job_id, priority)
+        body = dumps_object(payload, "payload")
         now = self._clock()
         # One autocommit statement: atomic, and fsynced (synchronous=FULL) before it returns.
         with self._storage_errors():
@@ -322,7 +331,7 @@ class SqliteQueue:
 
     def lease(self, worker: str, visibility_timeout: float) -> Job | None:
         """Take the best available job for `visibility_timeout` seconds, or None."""
-        self._check_timeout("visibility_timeout", visibility_timeout, allow_zero=False)
+        check_timeout("visibility_timeout", visibility_timeout, allow_zero=False)
         with self._immediate() as conn:
             now = self._clock()
             while True:
@@ -365,7 +374,7 @@ class SqliteQueue:
 
     def extend(self, job_id: str, lease_id: str, visibility_timeout: float) -> bool:
         """Heartbeat: push the lease's expiry to now + timeout. False if the lease is not ours."""
-        self._check_timeout("visibility_timeout", visibility_timeout, allow_zero=False)
+        check_timeout("visibility_timeout", visibility_timeout, allow_zero=False)
         now = self._clock()
         cur = self._conn().execute(
             "UPDATE jobs SET available_at = ?, updated_at = ?"
@@ -376,7 +385,7 @@ class SqliteQueue:
 
     def ack(self, job_id: str, lease_id: str, result: dict[str, Any]) -> bool:
         """Mark the job done with `result`. False (and no change) if the lease is not ours."""
-        body = self._dumps(result, "result")
+        body = dumps_object(result, "result")
         with self._immediate() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'done', result = ?, lease_id = NULL, updated_at = ?"
@@ -387,7 +396,7 @@ class SqliteQueue:
 
     def fail(self, job_id: str, lease_id: str, error: str, retry_delay: float = 0.0) -> str:
         """Record a failure; return the new status "queued" or "dead", or "stale"."""
-        self._check_timeout("retry_delay", retry_delay, allow_zero=True)
+        check_timeout("retry_delay", retry_delay, allow_zero=True)
         with self._immediate() as conn:
             row = conn.execute(
                 "SELECT seq, attempts, max_attempts FROM jobs"
@@ -464,7 +473,7 @@ class SqliteQueue:
     def purge(self, older_than: float, limit: int = 10_000) -> int:
         """Delete up to `limit` done jobs last updated over `older_than` seconds ago; returns
         how many. Dead jobs stay for inspection and retry."""
-        self._check_timeout("older_than", older_than, allow_zero=True)
+        check_timeout("older_than", older_than, allow_zero=True)
         cutoff = self._clock() - older_than
         with self._immediate() as conn:
             cur = conn.execute(

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from embedstack.inference.backend import ModelRegistry
+from embedstack.ingest.brokers.url import KAFKA_STATE_GLOB
 from embedstack.ingest.queue import SqliteQueue
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.indexes import IndexConfig, IndexManager
@@ -56,7 +57,13 @@ class Diagnosis:
 def diagnose(data: Path) -> Diagnosis:
     data = Path(data)
     out = Diagnosis()
-    for name in (STORE, QUEUE):
+    # the queue file exists only with the embedded queue; with --queue kafka:// the node keeps
+    # its job state table(s) instead, and with redis:// nothing here
+    queue_files = [QUEUE] if (data / QUEUE).exists() else []
+    queue_files += sorted(p.name for p in data.glob(KAFKA_STATE_GLOB))
+    if not queue_files:
+        out.add("ok", "queue", f"no {QUEUE}: the queue is on a broker (--queue) or never opened")
+    for name in (STORE, *queue_files):
         problems = integrity_check(data / name)
         if problems:
             out.add("fail", f"{name} integrity", "; ".join(problems))

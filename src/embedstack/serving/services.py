@@ -20,8 +20,9 @@ from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.inference.engines.remote import RemoteConfig
 from embedstack.inference.engines.slow import SlowEmbedder
+from embedstack.ingest.brokers.url import open_queue
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
-from embedstack.ingest.queue import Queue, SqliteQueue
+from embedstack.ingest.queue import Queue
 from embedstack.obs.metrics import Metrics
 from embedstack.obs.system import SystemCollector, load_nvml
 from embedstack.registry.collections import CollectionService
@@ -131,7 +132,7 @@ class Services:
         metrics = Metrics()
         metrics.registry.register(SystemCollector(load_nvml()))
         store = Store(data / "store.db")
-        queue = SqliteQueue(data / "queue.db", max_attempts=settings.max_attempts)
+        queue = open_queue(settings.queue, data, settings.max_attempts)
         models = build_models(settings, os.environ)
         indexes = IndexManager(store, data / "indexes", metrics, settings.compaction_ratio)
         collections = CollectionService(store, models, indexes, settings.default_model)
