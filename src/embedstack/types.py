@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -64,6 +64,35 @@ class IndexSpec:
 
 
 @dataclass(frozen=True)
+class RecordTemplate:
+    """How a structured record (a CSV row, a JSON object, a Parquet row, a stream message)
+    becomes a document: `id` names the field that is the document id, `text` the fields
+    joined (with `separator`) into its text, `metadata` the fields kept as its metadata."""
+
+    id: str
+    text: tuple[str, ...]
+    metadata: tuple[str, ...] = ()
+    separator: str = "\n"
+
+    def to_json(self) -> JSONDict:
+        return {
+            "id": self.id,
+            "text": list(self.text),
+            "metadata": list(self.metadata),
+            "separator": self.separator,
+        }
+
+    @classmethod
+    def from_json(cls, data: JSONDict) -> RecordTemplate:
+        return cls(
+            str(data["id"]),
+            tuple(data["text"]),
+            tuple(data.get("metadata") or ()),
+            str(data.get("separator", "\n")),
+        )
+
+
+@dataclass(frozen=True)
 class CollectionConfig:
     """A collection's settings, parsed once where the store reads them.
 
@@ -78,16 +107,16 @@ class CollectionConfig:
     model_spec: ModelSpec | None = None
     chunking: ChunkingSpec | None = None
     search: JSONDict = field(default_factory=dict)  # query defaults: mode, fusion, alpha, ...
+    record: RecordTemplate | None = None  # how structured records become documents
 
     def with_index(self, index: IndexSpec) -> CollectionConfig:
-        return CollectionConfig(
-            self.dim, self.metric, index, self.model, self.model_spec, self.chunking, self.search
-        )
+        return replace(self, index=index)
 
     def with_search(self, search: JSONDict) -> CollectionConfig:
-        return CollectionConfig(
-            self.dim, self.metric, self.index, self.model, self.model_spec, self.chunking, search
-        )
+        return replace(self, search=search)
+
+    def with_record(self, record: RecordTemplate | None) -> CollectionConfig:
+        return replace(self, record=record)
 
     def to_json(self) -> JSONDict:
         out: JSONDict = {
@@ -101,6 +130,8 @@ class CollectionConfig:
         out["index"] = {"type": self.index.type, "params": dict(self.index.params)}
         if self.search:
             out["search"] = dict(self.search)
+        if self.record is not None:
+            out["record"] = self.record.to_json()
         return out
 
     @classmethod
@@ -108,6 +139,7 @@ class CollectionConfig:
         spec = data.get("model_spec")
         chunking = data.get("chunking")
         index = data.get("index") or {}
+        record = data.get("record")
         return cls(
             dim=int(data["dim"]),
             metric=data["metric"],
@@ -116,6 +148,7 @@ class CollectionConfig:
             model_spec=ModelSpec.from_json(spec) if spec else None,
             chunking=ChunkingSpec(**chunking) if chunking else None,
             search=dict(data.get("search") or {}),
+            record=RecordTemplate.from_json(record) if record else None,
         )
 
 

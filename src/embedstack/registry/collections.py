@@ -13,6 +13,7 @@ from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
+from embedstack.ingest.records import parse_template
 from embedstack.registry.hybrid import Retrieval, check_settings, collection_settings
 from embedstack.registry.indexes import IndexConfig, IndexManager, LiveIndex
 from embedstack.storage.catalog import SpaceInfo
@@ -49,6 +50,7 @@ class CollectionService:
         chunking: dict[str, Any] | None = None,
         index: dict[str, Any] | None = None,
         search: dict[str, Any] | None = None,
+        template: dict[str, Any] | None = None,
     ) -> CollectionRecord:
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
@@ -67,6 +69,13 @@ class CollectionService:
             space_id = byo_space_id(config.dim, config.metric)
         if search:
             config = config.with_search(check_settings(search))
+        if template is not None:
+            if model is None:
+                raise InvalidInput(
+                    "a record template needs a collection with a model (records become text); "
+                    "drop 'record' or give a model"
+                )
+            config = config.with_record(parse_template(template))
         _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
@@ -287,6 +296,7 @@ class CollectionService:
             "metric": cfg.metric,
             "chunking": stored.get("chunking"),
             "index": stored["index"],
+            "record": stored.get("record"),
             "search": {
                 **Retrieval().as_dict(),
                 **collection_settings(cfg.search, cfg.model is not None),

@@ -91,6 +91,7 @@ class CollectionOut(BaseModel):
     chunking: dict[str, Any] | None
     index: dict[str, Any]
     search: dict[str, Any] | None = Field(None, description="query defaults in effect")
+    record: dict[str, Any] | None = Field(None, description="the record template, if any")
     created_at: float
     documents: int
     documents_pending: int

@@ -42,6 +42,7 @@ async def create_collection(
         body.chunking.model_dump() if body.chunking else None,
         body.index,
         body.search.model_dump(exclude_none=True) if body.search else None,
+        body.record.model_dump() if body.record else None,
     )
     described = await asyncio.to_thread(services.collections.describe, record)
     return JSON({**described, "name": body.name}, status_code=201)
