@@ -107,10 +107,15 @@ def open_source(url: str, group: str, **extra: Any) -> StreamSource:
 
 
 class KafkaSource:
-    """A topic read in a consumer group; offsets committed (synchronously) only by commit()."""
+    """Every partition of a topic, from the group's committed offsets (the start where none);
+    offsets committed (synchronously) only by commit().
+
+    The partitions are assigned, not subscribed: there is no group join (which took ~24 s on
+    tansu) and one consumer per group reads them all, which is what one `embedstack ingest`
+    process is. Partitions added while it runs are read by the next run."""
 
     def __init__(self, bootstrap: str, topic: str, group: str) -> None:
-        from confluent_kafka import Consumer
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
         self.name = f"kafka:{topic}"
         self._topic = topic
@@ -122,7 +127,27 @@ class KafkaSource:
                 "auto.offset.reset": "earliest",
             }
         )
-        self._consumer.subscribe([topic])
+        try:
+            meta = self._consumer.list_topics(topic, timeout=10)
+            found = meta.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise InvalidInput(f"kafka topic {topic!r} does not exist at {bootstrap}")
+            parts = [TopicPartition(topic, p) for p in sorted(found.partitions)]
+            committed = self._consumer.committed(parts, timeout=10)
+        except KafkaException as exc:
+            self._consumer.close()
+            raise Unavailable(f"kafka at {bootstrap} did not answer ({exc})") from exc
+        except InvalidInput:
+            self._consumer.close()
+            raise
+        self._consumer.assign(
+            [
+                TopicPartition(
+                    topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                )
+                for tp in committed
+            ]
+        )
         self._next: dict[int, int] = {}  # partition -> offset after the last record handed out
 
     def poll(self, limit: int, timeout: float) -> Batch:
