@@ -176,11 +176,11 @@ def csv_records(file: Path) -> Iterator[tuple[str, Mapping[str, Any] | Rejected]
         return
     i = 1
     while i < len(lines):
-        start, end, buf = i, i + 1, lines[i]
-        while buf.count('"') % 2 == 1 and end < len(lines):  # a quoted field spans lines
-            buf += lines[end]
+        start, end, quotes = i, i + 1, lines[i].count('"')
+        while quotes % 2 == 1 and end < len(lines):  # a quoted field spans lines
+            quotes += lines[end].count('"')
             end += 1
-        row = _csv_row(header, buf)
+        row = _csv_row(header, "".join(lines[start:end]))
         if isinstance(row, Rejected) and end - start > 1:
             end, row = start + 1, _csv_row(header, lines[start])  # the quote was broken
         i = end
