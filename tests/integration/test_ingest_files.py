@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from embedstack.storage.store import Store
 from embedstack.testing import EMBEDSTACK
 from tests.conftest import Server, server_env
 from tests.sample_files import HTML, MARKDOWN, RST, make_pdf
@@ -40,6 +41,17 @@ def sample_folder(root: Path) -> Path:
         ",Spoon,A spoon without its id.,1\n"
     )
     return folder
+
+
+def stored(data: Path, collection: str, indexed: bool = True) -> dict[str, str]:
+    store = Store(data / "store.db")
+    try:
+        ids = store.document_ids(collection)
+        rows = store.get_documents(collection, ids)
+        assert not indexed or all(r.indexed_hash == r.content_hash for r in rows)  # --wait did
+        return {r.id: r.text for r in rows}
+    finally:
+        store.close()
 
 
 def hits(server: Server, text: str, **extra: object) -> list[dict[str, object]]:
@@ -82,6 +94,15 @@ def test_rich_files_and_records_into_a_searchable_collection(
         assert c.get("/v1/collections/kb").json()["record"] == {
             "id": "sku", "text": ["title", "body"], "metadata": ["price"], "separator": "\n",
         }  # fmt: skip
+    # an edited file: its sections are replaced, and the one that is gone is deleted
+    (tmp_path / "docs" / "sail.md").write_text(
+        "# Sailing\n\n## Knots\n\nA reef knot ties two ends.\n"
+    )
+    edited = ingest(str(tmp_path / "docs" / "sail.md"), "-c", "kb", "--data-dir", str(data),
+                    "--no-wait")  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    assert "removed 3 sections no longer in their files" in edited.stdout, edited.stdout
+    assert [i for i in stored(data, "kb", indexed=False) if "sail.md" in i] == ["sail.md"]
     # the template belongs to the collection: a different one is refused, naming the fix
     again = ingest(str(tmp_path / "docs" / "products.csv"), "-c", "kb", "--data-dir", str(data),
                    "--record-id", "title", "--record-text", "body", "--no-wait")  # fmt: skip

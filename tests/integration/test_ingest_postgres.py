@@ -10,8 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.test_ingest_files import ingest
-from tests.integration.test_ingest_streams import stored
+from tests.integration.test_ingest_files import ingest, stored
 
 
 @pytest.fixture(scope="module")

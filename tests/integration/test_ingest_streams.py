@@ -17,10 +17,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from embedstack.infra.local import LocalProcess
 from embedstack.ingest.records import Rejected
 from embedstack.ingest.streams import StreamSource, consume, open_source
-from embedstack.storage.store import Store
 from embedstack.types import Document, RecordTemplate
 from tests.conftest import Server
-from tests.integration.test_ingest_files import HASHING, hits, ingest
+from tests.integration.test_ingest_files import HASHING, hits, ingest, stored
 
 TEMPLATE = RecordTemplate("id", ("title", "body"), ("lang",))
 RECORDS = [
@@ -48,17 +47,6 @@ def new_topic(broker: LocalProcess) -> str:
     admin = AdminClient({"bootstrap.servers": broker.address})
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(10)
     return topic
-
-
-def stored(data: Path, collection: str) -> dict[str, str]:
-    store = Store(data / "store.db")
-    try:
-        ids = store.document_ids(collection)
-        rows = store.get_documents(collection, ids)
-        assert all(r.indexed_hash == r.content_hash for r in rows)  # --wait indexed them
-        return {r.id: r.text for r in rows}
-    finally:
-        store.close()
 
 
 def template_args() -> tuple[str, ...]:

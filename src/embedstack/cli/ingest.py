@@ -189,14 +189,20 @@ async def _ingest(
         _consume(services, record, stream, submit, rejected)
     else:
         assert path is not None
+        made: dict[str, set[str]] = {}  # file -> the ids of the documents it made this time
         for item in read_documents(path, record.config.record):
             if isinstance(item, Rejected):
                 _report(item, rejected)
-            else:
-                submit.add(item)
+                continue
+            submit.add(item)
+            source = item.metadata.get("source")
+            if isinstance(source, str):
+                made.setdefault(source, set()).add(item.id)
     submit.flush()
+    gone = _drop_stale(services, record.name, made) if stream is None else 0
     print(
         f"queued {submit.total} documents in {len(jobs)} jobs for collection {record.name!r}"
+        + (f"; removed {gone} sections no longer in their files" if gone else "")
         + (f"; {len(rejected)} inputs rejected" if rejected else "")
     )
     if wait and jobs:
@@ -219,6 +225,19 @@ def _check_template(record: CollectionRecord, template: dict[str, Any] | None) -
             f"collection {record.name!r} exists with record template {have}: drop the "
             "--record-* options, or ingest into a new collection"
         )
+
+
+def _drop_stale(services: Services, collection: str, made: dict[str, set[str]]) -> int:
+    """Delete the documents an earlier ingest made from a file that this one read again but
+    that it no longer makes (a section or page that is gone). Files not read are left alone."""
+    gone = 0
+    for source, ids in made.items():
+        for doc_id in services.store.document_ids(collection, source):
+            if doc_id not in ids:
+                with contextlib.suppress(NotFound):
+                    services.store.delete_document(collection, doc_id)
+                    gone += 1
+    return gone
 
 
 def _report(item: Rejected, rejected: list[Rejected]) -> None:
