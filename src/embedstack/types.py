@@ -67,6 +67,35 @@ DEFAULT_LEXICAL_FIELDS: tuple[str, ...] = ("title",)
 
 
 @dataclass(frozen=True)
+class RecordTemplate:
+    """How a structured record (a CSV row, a JSON object, a Parquet row, a stream message)
+    becomes a document: `id` names the field that is the document id, `text` the fields
+    joined (with `separator`) into its text, `metadata` the fields kept as its metadata."""
+
+    id: str
+    text: tuple[str, ...]
+    metadata: tuple[str, ...] = ()
+    separator: str = "\n"
+
+    def to_json(self) -> JSONDict:
+        return {
+            "id": self.id,
+            "text": list(self.text),
+            "metadata": list(self.metadata),
+            "separator": self.separator,
+        }
+
+    @classmethod
+    def from_json(cls, data: JSONDict) -> RecordTemplate:
+        return cls(
+            str(data["id"]),
+            tuple(data["text"]),
+            tuple(data.get("metadata") or ()),
+            str(data.get("separator", "\n")),
+        )
+
+
+@dataclass(frozen=True)
 class CollectionConfig:
     """A collection's settings, parsed once where the store reads them.
 
@@ -85,12 +114,16 @@ class CollectionConfig:
     # `lexical_fields` are the metadata keys whose values form each chunk's weighted title column
     lexical: bool = True
     lexical_fields: tuple[str, ...] = DEFAULT_LEXICAL_FIELDS
+    record: RecordTemplate | None = None  # how structured records become documents
 
     def with_index(self, index: IndexSpec) -> CollectionConfig:
         return replace(self, index=index)
 
     def with_search(self, search: JSONDict) -> CollectionConfig:
         return replace(self, search=search)
+
+    def with_record(self, record: RecordTemplate | None) -> CollectionConfig:
+        return replace(self, record=record)
 
     def to_json(self) -> JSONDict:
         out: JSONDict = {
@@ -108,6 +141,8 @@ class CollectionConfig:
             out["lexical"] = False
         if self.lexical_fields != DEFAULT_LEXICAL_FIELDS:
             out["lexical_fields"] = list(self.lexical_fields)
+        if self.record is not None:
+            out["record"] = self.record.to_json()
         return out
 
     @classmethod
@@ -115,6 +150,7 @@ class CollectionConfig:
         spec = data.get("model_spec")
         chunking = data.get("chunking")
         index = data.get("index") or {}
+        record = data.get("record")
         return cls(
             dim=int(data["dim"]),
             metric=data["metric"],
@@ -125,6 +161,7 @@ class CollectionConfig:
             search=dict(data.get("search") or {}),
             lexical=bool(data.get("lexical", True)),
             lexical_fields=tuple(data.get("lexical_fields", DEFAULT_LEXICAL_FIELDS)),
+            record=RecordTemplate.from_json(record) if record else None,
         )
 
 

@@ -14,6 +14,7 @@ from embedstack.index.tuner import check_recall_floor, is_quantized
 from embedstack.inference.backend import Embedder, ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.chunking import chunking_for_model, validate_chunking
+from embedstack.ingest.records import parse_template
 from embedstack.registry.hybrid import (
     Retrieval,
     check_lexical_fields,
@@ -58,6 +59,7 @@ class CollectionService:
         search: dict[str, Any] | None = None,
         lexical: bool = True,
         lexical_fields: list[str] | None = None,
+        template: dict[str, Any] | None = None,
     ) -> CollectionRecord:
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
@@ -77,6 +79,13 @@ class CollectionService:
         if search:
             config = config.with_search(check_settings(search))
         config = _with_lexical(config, lexical, lexical_fields)
+        if template is not None:
+            if model is None:
+                raise InvalidInput(
+                    "a record template needs a collection with a model (records become text); "
+                    "drop 'record' or give a model"
+                )
+            config = config.with_record(parse_template(template))
         _check_buildable(index_spec, config.dim, config.metric)
         self._store.create_collection(name, config, space_id)
         record = self._store.get_collection(name)
@@ -303,6 +312,7 @@ class CollectionService:
             "metric": cfg.metric,
             "chunking": stored.get("chunking"),
             "index": stored["index"],
+            "record": stored.get("record"),
             "search": {
                 **Retrieval().as_dict(),
                 **collection_settings(cfg.search, cfg.model is not None, cfg.lexical),

@@ -95,6 +95,7 @@ class CollectionOut(BaseModel):
     lexical_fields: list[str] = Field(
         default_factory=list, description="metadata keys indexed as the lexical title column"
     )
+    record: dict[str, Any] | None = Field(None, description="the record template, if any")
     created_at: float
     documents: int
     documents_pending: int

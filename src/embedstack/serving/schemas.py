@@ -106,6 +106,15 @@ class SearchBody(Strict):
     doc_scoring: Literal["max", "max_sum", "first_prior"] | None = None
 
 
+class RecordBody(Strict):
+    """How structured records (CSV, JSONL, Parquet rows, stream messages) become documents."""
+
+    id: Text = Field(description="the field that is the document id")
+    text: list[Text] = Field(description="the fields joined into the document text")
+    metadata: list[Text] = Field(default_factory=list, description="fields kept as metadata")
+    separator: str = Field("\n", description="what joins the text fields")
+
+
 class CollectionCreate(Strict):
     name: Text = Field(description="1-64 letters, digits, '_', '-', '.'")
     model: Text | None = Field(None, description="embedding model; default: the bundled model")
@@ -123,6 +132,9 @@ class CollectionCreate(Strict):
     )
     lexical_fields: list[Text] | None = Field(
         None, description='metadata keys indexed as the weighted title column; default ["title"]'
+    )
+    record: RecordBody | None = Field(
+        None, description='record template, e.g. {"id": "sku", "text": ["title", "body"]}'
     )
 
 

@@ -317,6 +317,16 @@ class Store(CatalogMixin, KeysMixin):
             ]
         return out
 
+    def document_ids(self, collection: str, source: str | None = None) -> list[str]:
+        """Ids of a collection's documents; with `source`, those whose metadata "source" is it
+        (what an ingest source compares with its own ids to find deletions)."""
+        sql = "SELECT id FROM documents WHERE collection=?"
+        args: tuple[str, ...] = (collection,)
+        if source is not None:
+            sql += " AND json_extract(metadata, '$.source') = ?"
+            args += (source,)
+        return [row[0] for row in self._reader().execute(sql, args)]
+
     def delete_document(self, collection: str, doc_id: str) -> int:
         """Delete a document and its chunks. Returns the change seq (0 if nothing changed)."""
         with self._tx() as c:

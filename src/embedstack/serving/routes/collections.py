@@ -44,6 +44,7 @@ async def create_collection(
         body.search.model_dump(exclude_none=True) if body.search else None,
         body.lexical,
         body.lexical_fields,
+        body.record.model_dump() if body.record else None,
     )
     described = await asyncio.to_thread(services.collections.describe, record)
     return JSON({**described, "name": body.name}, status_code=201)
