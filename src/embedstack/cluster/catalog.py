@@ -4,6 +4,7 @@ append-only file, see infra/local.py); no API node holds catalog state of its ow
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +97,16 @@ class RedisCatalog:
             raise Conflict(f"{alias!r} is a collection: pick another alias name")
         self._r.hset(self._aliases, alias, target)
 
-    def put_job(self, job_id: str, collection: str, topic: str, offsets: dict[int, int]) -> None:
-        value = {"collection": collection, "topic": topic, "offsets": offsets}
+    def put_job(
+        self, job_id: str, collection: str, topic: str, offsets: dict[int, int], documents: int
+    ) -> None:
+        value = {
+            "collection": collection,
+            "topic": topic,
+            "offsets": offsets,
+            "documents": documents,
+            "created_at": time.time(),
+        }
         self._r.set(self._jobs + job_id, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
         self._r.expire(self._jobs + job_id, JOB_TTL_S)
 

@@ -121,7 +121,7 @@ class ClusterRouter:
         ]
         offsets = self.log.append(coll.topic, records)
         job_id = uuid.uuid4().hex
-        self.catalog.put_job(job_id, coll.name, coll.topic, offsets)
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, len(rows))
         return job_id
 
     def delete_document(self, name: str, document_id: str) -> str:
@@ -130,7 +130,7 @@ class ClusterRouter:
         record = LogRecord("delete", document_id=document_id).encode()
         offsets = self.log.append(coll.topic, [(shard, document_id, record)])
         job_id = uuid.uuid4().hex
-        self.catalog.put_job(job_id, coll.name, coll.topic, offsets)
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, 1)
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -149,7 +149,14 @@ class ClusterRouter:
         done = bool(shards) and all(
             s["replicas"] and len(s["applied"]) == len(s["replicas"]) for s in shards.values()
         )
-        return {"id": job_id, "status": "done" if done else "running", "shards": shards}
+        return {
+            "id": job_id,
+            "status": "done" if done else "running",
+            "collection": coll.name,
+            "documents": job["documents"],
+            "created_at": job["created_at"],
+            "shards": shards,
+        }
 
     # -- reads ---------------------------------------------------------------------------------
     def embed_query(self, coll: ClusterCollection, text: str) -> np.ndarray:

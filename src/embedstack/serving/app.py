@@ -241,6 +241,19 @@ async def _export_queue_depth(services: Services) -> None:
         services.metrics.queue_depth.labels(status).set(n)
 
 
+def install_error_handlers(app: FastAPI) -> dict[int | str, dict[str, Any]]:
+    """Map every error through ERROR_STATUS; returns the documented error responses."""
+    app.add_exception_handler(EmbedStackError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)
+    return {
+        status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
+        for kind, status in ERROR_STATUS
+    }
+
+
 def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -303,15 +316,7 @@ def create_app(services: Services) -> FastAPI:
     s = services.settings
     limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
     app.state.limiter = limiter
-    app.add_exception_handler(EmbedStackError, _domain_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientGone, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
-        for kind, status in ERROR_STATUS
-    }
+    errors = install_error_handlers(app)
     for module in (admin, embeddings, collections, documents, query, upgrades, aliases, keys):
         app.include_router(module.router, responses=errors)
     app.add_middleware(MetricsAndLimits, services=services)
