@@ -8,6 +8,7 @@ a node."""
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -29,12 +30,13 @@ from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
 from embedstack.serving.services import build_models
 from embedstack.storage.store import DocumentRow
-from tests.conftest import DATA, Server, load_jsonl, wait_job
+from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 SHARDS, REPLICAS = 4, 2
+PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # the same backend on both sides, gated once
 CORPUS = [r for r in load_jsonl(DATA / "pydoc_sections.jsonl")][:400]
 QUERIES = [
     "how do I open a file for reading",
@@ -75,7 +77,12 @@ def local_cluster(
     root = tmp_path_factory.mktemp("cluster")
     head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
-    settings = Settings(enable_test_models=True, default_model="hashing-test", data_dir=root)
+    settings = Settings(
+        enable_test_models=True,
+        default_model="hashing-test",
+        data_dir=root,
+        model_backends=json.loads(PINNED),
+    )
     factory = functools.partial(build_models, settings, {})
     catalog = RedisCatalog.from_url(f"redis://{redis_broker.address}/1")
     router = ClusterRouter(
@@ -109,6 +116,11 @@ def rows(items: list[dict[str, Any]]) -> list[DocumentRow]:
         )  # type: ignore[arg-type]
         for r in items
     ]
+
+
+def placed_on(router: ClusterRouter, name: str, nodes: list[str]) -> dict[int, tuple[str, ...]]:
+    coll = router.catalog.get(name)
+    return place(coll.shards, nodes, coll.replicas, coll.topic)
 
 
 def wait_cluster_job(router: ClusterRouter, job_id: str, timeout: float = 120.0) -> None:
@@ -151,8 +163,6 @@ def test_ingest_and_query_equal_single_node(local_cluster: LocalCluster, tmp_pat
         assert n == expected[shard]
 
     # the same corpus on a real single-node server (hashing model, exact index)
-    from tests.conftest import server_env
-
     server = Server(
         tmp_path / "single", server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
     ).start()
@@ -190,6 +200,36 @@ def _ties(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     """Equal up to the order of equal scores."""
     key = lambda hs: sorted((round(h["score"], 5), h["chunk_id"]) for h in hs)  # noqa: E731
     return key(a) == key(b)
+
+
+def test_real_model_hits_equal_single_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    """The bundled all-MiniLM-L6-v2 on both sides: replicas embed with it, the router embeds
+    queries with it; a flat index gives the same hits as a single-node server."""
+    router = local_cluster.router
+    corpus = CORPUS[:60]
+    router.create_collection(
+        "real", shards=SHARDS, replicas=REPLICAS, model="all-MiniLM-L6-v2", index={"type": "exact"}
+    )
+    wait_cluster_job(router, router.put_documents("real", rows(corpus)), timeout=600)
+    env = server_env(EMBEDSTACK_MODEL_BACKENDS=PINNED)
+    server = Server(tmp_path / "single-real", env).start(timeout=300)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            body = {"name": "real", "model": "all-MiniLM-L6-v2", "index": {"type": "exact"}}
+            c.post("/v1/collections", json=body).raise_for_status()
+            docs = [{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in corpus]
+            resp = c.post("/v1/collections/real/documents", json={"documents": docs})
+            assert wait_job(c, resp.json()["job_id"], timeout=600)["status"] == "done"
+            for q in QUERIES[:4]:
+                single = c.post(
+                    "/v1/collections/real/query", json={"text": q, "k": 10, "mode": "dense"}
+                ).json()["hits"]
+                hits = router.query("real", text=q, k=10)
+                assert [h["chunk_id"] for h in hits] == [h["chunk_id"] for h in single], q
+                for a, b in zip(hits, single, strict=True):
+                    assert abs(a["score"] - b["score"]) < 1e-4
+    finally:
+        server.stop()
 
 
 def test_filter_is_pushed_down(local_cluster: LocalCluster) -> None:
@@ -252,7 +292,7 @@ def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> N
     held = shard_documents(router, "docs")
     assert {s for _, s in held} == set(range(SHARDS))
     for shard in range(SHARDS):
-        placed = place(SHARDS, router.refresh().live, REPLICAS)[shard]
+        placed = placed_on(router, "docs", router.refresh().live)[shard]
         assert all(held.get((n, shard)) == expected[shard] for n in placed), (shard, held)
 
     # the node comes back: Ray restarts its actor, which reopens its replicas from their
@@ -261,11 +301,8 @@ def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> N
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         held = shard_documents(router, "docs")
-        back = {
-            s: held.get(("n2", s))
-            for s in range(SHARDS)
-            if "n2" in place(SHARDS, ["n0", "n1", "n2"], REPLICAS)[s]
-        }
+        home = placed_on(router, "docs", ["n0", "n1", "n2"])
+        back = {s: held.get(("n2", s)) for s in range(SHARDS) if "n2" in home[s]}
         if back and all(back[s] == expected[s] for s in back):
             break
         time.sleep(0.5)
@@ -275,8 +312,16 @@ def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> N
 def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) -> None:
     router = local_cluster.router
     router.wait_for_nodes(3)
-    before = place(SHARDS, ["n0", "n1", "n2"], REPLICAS)
-    after = place(SHARDS, ["n0", "n1", "n2", "n3"], REPLICAS)
+    before = placed_on(router, "docs", ["n0", "n1", "n2"])
+    after = placed_on(router, "docs", ["n0", "n1", "n2", "n3"])
+    # what adding n3 must build, over every collection: only their reassigned shard replicas
+    expected_moves = sum(
+        moves(
+            place(c.shards, ["n0", "n1", "n2"], c.replicas, c.topic),
+            place(c.shards, ["n0", "n1", "n2", "n3"], c.replicas, c.topic),
+        )
+        for c in router.catalog.list()
+    )
     failures: list[str] = []
     stop = threading.Event()
 
@@ -305,6 +350,6 @@ def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) ->
         reader.join(timeout=60)
     assert held == {(n, s) for s, ns in after.items() for n in ns}
     # only the reassigned shard replicas were built (on the new node), and nothing else moved
-    assert router.moves - moves_before == moves(before, after)
+    assert router.moves - moves_before == expected_moves
     assert {n for s in after for n in set(after[s]) - set(before[s])} <= {"n3"}
     assert not failures, failures[:3]

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ class View:
     live: list[str]
     replicas: dict[tuple[str, int], list[ReplicaState]]  # (topic, shard) -> replicas
     at: float
+    handles: dict[str, Any] = field(default_factory=dict)  # node -> actor handle
 
 
 class ClusterRouter:
@@ -139,7 +140,7 @@ class ClusterRouter:
         job = self.catalog.get_job(job_id)
         coll = self.catalog.get(job["collection"])
         view = self._view
-        placement = place(coll.shards, view.live, coll.replicas) if view.live else {}
+        placement = place(coll.shards, view.live, coll.replicas, coll.topic) if view.live else {}
         shards = {}
         for shard, offset in job["offsets"].items():
             states = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
@@ -207,7 +208,7 @@ class ClusterRouter:
     ) -> list[list[dict[str, Any]]]:
         import ray
 
-        handles = self._nodes.handles()
+        handles = self._view.handles  # queries never wait on the GCS for actor lookups
         candidates = {
             s: [n for n in self._candidates(coll, s) if n in handles] for s in range(coll.shards)
         }
@@ -277,7 +278,7 @@ class ClusterRouter:
             for r in status["replicas"]:
                 state = ReplicaState(refs[ref], r["shard"], r["topic"], r["position"], r["error"])
                 replicas.setdefault((r["topic"], r["shard"]), []).append(state)
-        self._view = View(sorted(live), replicas, time.monotonic())
+        self._view = View(sorted(live), replicas, time.monotonic(), handles)
         return self._view
 
     def wait_for_nodes(self, count: int, timeout: float = 120.0) -> View:
@@ -295,7 +296,7 @@ class ClusterRouter:
             time.sleep(0.2)
 
     def placement(self, coll: ClusterCollection) -> Placement:
-        return place(coll.shards, self._view.live, coll.replicas)
+        return place(coll.shards, self._view.live, coll.replicas, coll.topic)
 
     def reconcile(self) -> int:
         """Bring replicas in line with the placement over live nodes; returns replicas assigned."""
@@ -308,7 +309,7 @@ class ClusterRouter:
         assigned = 0
         ends: dict[str, dict[int, int]] = {}
         for coll in self.catalog.list():
-            placement = place(coll.shards, view.live, coll.replicas)
+            placement = place(coll.shards, view.live, coll.replicas, coll.topic)
             for shard, wanted in placement.items():
                 have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
                 for node in wanted:

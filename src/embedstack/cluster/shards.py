@@ -36,14 +36,15 @@ def check_layout(shards: int, replicas: int) -> None:
         raise InvalidInput(f"'replicas' must be at least 1, not {replicas}")
 
 
-def place(shards: int, nodes: Iterable[str], replicas: int) -> Placement:
-    """Each shard's `replicas` nodes by rendezvous hashing (fewer when there are fewer nodes)."""
+def place(shards: int, nodes: Iterable[str], replicas: int, salt: str = "") -> Placement:
+    """Each shard's `replicas` nodes by rendezvous hashing (fewer when there are fewer nodes);
+    `salt` (a collection's log topic) spreads different collections' shards differently."""
     live = sorted(set(nodes))
     if not live:
         raise Unavailable("no live cluster node to place shards on: start a node")
     out: Placement = {}
     for shard in range(shards):
-        ranked = sorted(live, key=lambda n: _h64("place", str(shard), n), reverse=True)
+        ranked = sorted(live, key=lambda n: _h64("place", salt, str(shard), n), reverse=True)
         out[shard] = tuple(ranked[:replicas])
     return out
 
