@@ -53,6 +53,11 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 hits = c.post("/v1/collections/docs/query", json={"text": "open a file", "k": 5})
                 assert hits.status_code == 200, hits.text
                 assert len(hits.json()["hits"]) == 5
+                # an alias resolves in the shared catalog, for queries as for writes
+                alias = {"alias": "latest", "collection": "docs"}
+                assert c.post("/v1/aliases", json=alias).status_code == 200
+                via = c.post("/v1/collections/latest/query", json={"text": "open a file", "k": 5})
+                assert via.json()["hits"] == hits.json()["hits"]
                 # bad input is a 4xx naming the fix, as on a single node
                 bad = c.post("/v1/collections/docs/query", json={"text": "x", "mode": "hybrid"})
                 assert bad.status_code == 422 and "dense" in bad.json()["error"]["message"]

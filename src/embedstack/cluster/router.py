@@ -264,6 +264,8 @@ class ClusterRouter:
         """Ask every node actor for its status (bounded wait); the ones that answer are live."""
         import ray
 
+        if not ray.is_initialized():  # never start a Ray of our own from the reconcile loop
+            raise Unavailable("not connected to a Ray cluster")
         handles = self._nodes.handles()
         refs = {handle.status.remote(): node for node, handle in handles.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self._status_timeout)

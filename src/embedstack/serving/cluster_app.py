@@ -3,7 +3,8 @@
 The same request bodies, response models and error table as single node for the routes cluster
 mode serves: create / list / get a collection, add documents (202 once the log has them), job
 status, delete a document, dense query (with filter and group_by). Stateless: the catalog is in
-Redis, the data in the shard replicas, so any number of API nodes can run side by side."""
+Redis, the data in the shard replicas, so any number of API nodes can run side by side.
+Aliases can be set (a query or write through the alias resolves in the shared catalog)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from embedstack.cluster.catalog import ClusterCollection
 from embedstack.cluster.router import ClusterRouter
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput
+from embedstack.registry.collections import NAME_RE
 from embedstack.serving.app import install_error_handlers
 from embedstack.serving.http import JSON
-from embedstack.serving.responses import JobOut, QueryOut, SubmittedOut
+from embedstack.serving.responses import AliasOut, JobOut, QueryOut, SubmittedOut
 from embedstack.serving.routes.documents import _document_row, checked_vector
-from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn
+from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
 
@@ -109,6 +111,16 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
     @api.get("/v1/collections/{name}", response_model=ClusterCollectionOut)
     async def get_collection(name: str) -> Response:
         return JSON(_out(await asyncio.to_thread(router.catalog.resolve, name)))
+
+    @api.post("/v1/aliases", response_model=AliasOut)
+    async def set_alias(body: AliasIn) -> Response:
+        """Point an alias at a collection (atomically, for every API node)."""
+        if not NAME_RE.match(body.alias):
+            raise InvalidInput(
+                f"alias {body.alias!r} is not valid: use the rules of collection names"
+            )
+        await asyncio.to_thread(router.catalog.set_alias, body.alias, body.collection)
+        return JSON({"alias": body.alias, "collection": body.collection})
 
     @api.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
     async def add_documents(name: str, body: DocumentsIn) -> Response:
