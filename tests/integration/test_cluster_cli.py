@@ -63,6 +63,10 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 assert bad.status_code == 422 and "dense" in bad.json()["error"]["message"]
                 missing = c.post("/v1/collections/nope/query", json={"text": "x"})
                 assert missing.status_code == 404
+                assert c.delete("/v1/collections/docs").json() == {"deleted": "docs"}
+                gone = c.post("/v1/collections/docs/query", json={"text": "x"})
+                assert gone.status_code == 404
+                assert c.get("/v1/collections").json() == {"collections": []}
         finally:
             server.stop()
     finally:

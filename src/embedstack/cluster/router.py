@@ -37,6 +37,7 @@ from embedstack.storage.store import DocumentRow
 log = logging.getLogger(__name__)
 
 RECORD_DOCUMENTS = 64  # documents per log record
+ASSIGN_TIMEOUT_S = 120.0  # opening a replica loads its store and index
 
 
 @dataclass(frozen=True)
@@ -300,10 +301,17 @@ class ClusterRouter:
     def placement(self, coll: ClusterCollection) -> Placement:
         return place(coll.shards, self._view.live, coll.replicas, coll.topic)
 
+    def _call(self, method: Any, *args: Any) -> Any:
+        """One node call of the reconcile loop, bounded: a node that died since the status round
+        is skipped (False) and retried on the next round."""
+        try:
+            return _get(method.remote(*args), ASSIGN_TIMEOUT_S)
+        except Exception:
+            log.warning("cluster node call failed; retried next round", exc_info=True)
+            return False
+
     def reconcile(self) -> int:
         """Bring replicas in line with the placement over live nodes; returns replicas assigned."""
-        import ray
-
         view = self.refresh()
         if not view.live:
             return 0
@@ -316,8 +324,7 @@ class ClusterRouter:
                 have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
                 for node in wanted:
                     if node not in have:
-                        new = ray.get(handles[node].assign.remote(coll.to_json(), shard))
-                        assigned += int(new)
+                        assigned += int(self._call(handles[node].assign, coll.to_json(), shard))
                 surplus = [n for n in have if n not in wanted]
                 if not surplus:
                     continue
@@ -327,7 +334,7 @@ class ClusterRouter:
                     n in have and have[n].position >= ends[coll.topic][shard] for n in wanted
                 )
                 for node in surplus if caught_up else []:
-                    ray.get(handles[node].drop.remote(coll.name, shard))
+                    self._call(handles[node].drop, coll.name, shard)
         if assigned:
             self.refresh()
         return assigned

@@ -23,7 +23,7 @@ from embedstack.errors import InvalidInput
 from embedstack.registry.collections import NAME_RE
 from embedstack.serving.app import install_error_handlers
 from embedstack.serving.http import JSON
-from embedstack.serving.responses import AliasOut, JobOut, QueryOut, SubmittedOut
+from embedstack.serving.responses import AliasOut, DeletedOut, JobOut, QueryOut, SubmittedOut
 from embedstack.serving.routes.documents import _document_row, checked_vector
 from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
@@ -111,6 +111,12 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
     @api.get("/v1/collections/{name}", response_model=ClusterCollectionOut)
     async def get_collection(name: str) -> Response:
         return JSON(_out(await asyncio.to_thread(router.catalog.resolve, name)))
+
+    @api.delete("/v1/collections/{name}", response_model=DeletedOut)
+    async def delete_collection(name: str) -> Response:
+        """Remove the collection from the catalog, its replicas from the nodes, its log topic."""
+        await asyncio.to_thread(router.delete_collection, name)
+        return JSON({"deleted": name})
 
     @api.post("/v1/aliases", response_model=AliasOut)
     async def set_alias(body: AliasIn) -> Response:
