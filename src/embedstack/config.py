@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     query_budget_ms: float = Field(100.0, gt=0)
     max_query_budget_ms: float = Field(60_000.0, gt=0)
     max_search_inflight: int = Field(64, ge=1, description="searches running or queued")
+    # cluster mode (serve --cluster): a new collection's layout, and how long a query waits on
+    # one shard replica before it asks another
+    cluster_shards: int = Field(8, ge=1, le=1024, description="virtual shards per collection")
+    cluster_replicas: int = Field(2, ge=1, le=16, description="replicas of each shard")
+    cluster_replica_timeout_s: float = Field(1.0, gt=0, description="per replica, per query")
     # ingest
     # the job queue: "sqlite" (embedded, DATA_DIR/queue.db), kafka://HOST:PORT[?topic=&group=
     # &partitions=] or redis://HOST:PORT[/DB][?name=]; see ingest/brokers/url.py

@@ -22,7 +22,7 @@ from embedstack.testing import free_port
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "pydoc_title_labels.jsonl"
 COMMANDS = {"serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys", "backup", "restore", "doctor", "eval"}  # fmt: skip
+            "tune", "plan", "keys", "backup", "restore", "doctor", "eval", "cluster"}  # fmt: skip
 SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune", "eval"}
 # arguments that reach the server on a closed port (tune reads a store first: see its own test)
 REACHING = {

@@ -29,6 +29,7 @@ EMBEDSTACK_* environment variables, an optional --config TOML file, and flags.
 def build_cli() -> click.Group:
     """The `embedstack` group with every command attached."""
     from embedstack.cli.backup import backup, doctor, restore
+    from embedstack.cli.cluster import cluster
     from embedstack.cli.eval import eval_command
     from embedstack.cli.ingest import ingest
     from embedstack.cli.keys import keys
@@ -42,8 +43,8 @@ def build_cli() -> click.Group:
 
     cli = Group("embedstack", help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
     for command in (serve, worker, ingest, query, models, upgrade, rollback, retire, tune, plan,
-                    keys, backup, restore, doctor, eval_command, loadtest,
-                    characterize):  # fmt: skip
+                    keys, backup, restore, doctor, eval_command, loadtest, characterize,
+                    cluster):  # fmt: skip
         cli.add_command(command)
     return cli
 

@@ -74,10 +74,18 @@ def _plan_table(plans: list[Plan], detail: bool) -> Any:
               help="Distance the index serves.")  # fmt: skip
 @click.option("--dtype-bytes", type=click.IntRange(1, 8), default=RAW_DTYPE_BYTES,
               show_default=True, help="Bytes per component of the raw vectors.")  # fmt: skip
+@click.option("--qps", type=float, default=None,
+              help="Size a cluster for this query rate: virtual shards x replicas x nodes "
+              "(hnsw, flat or exact; with the arithmetic printed).")  # fmt: skip
+@click.option("--recall", type=float, default=0.95, show_default=True,
+              help="With --qps: recall@10 target (hnsw picks its efSearch by it).")  # fmt: skip
+@click.option("--node-cores", type=click.IntRange(1), default=16, show_default=True,
+              help="With --qps: CPU cores per node.")  # fmt: skip
 def plan(
     vectors: str, dim: int, index_type: str | None, m: int | None, nlist: int | None,
     nbits: int | None, hnsw_m: int | None, refine_factor: int | None, extra: tuple[str, ...],
     replicas: int, node_ram: str, headroom: float, metric: str, dtype_bytes: int,
+    qps: float | None, recall: float, node_cores: int,
 ) -> None:  # fmt: skip
     """Capacity plan: raw size, index memory per family, shards and nodes, build time.
 
@@ -110,3 +118,17 @@ def plan(
     for p in plans:
         for note in p.notes:
             click.echo(f"note ({p.index_type}): {note}")
+    if qps is not None:
+        from embedstack.index.cluster_sizing import size_cluster
+
+        sized = size_cluster(plans[0] if index_type else _hnsw(plans), qps, recall, node_cores)
+        click.echo(f"\ncluster for {qps:,.0f} QPS at recall@10 >= {recall:g}, "
+                   f"{node_cores}-core nodes:")  # fmt: skip
+        for line in sized.lines:
+            click.echo(f"  {line}")
+        click.echo(f"=> {sized.virtual_shards} virtual shards x {sized.replicas} replicas on "
+                   f"{sized.nodes} nodes")  # fmt: skip
+
+
+def _hnsw(plans: list[Plan]) -> Plan:
+    return next(p for p in plans if p.index_type == "hnsw")

@@ -35,7 +35,8 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
 @click.option("--queue", "queue", default=None, metavar="URL",
               help="Job queue: sqlite (embedded, the default), kafka://HOST:PORT or "
               "redis://HOST:PORT (forms listed above; default: "
-              f"{ENV_PREFIX}QUEUE, else {setting_default('queue')}).")  # fmt: skip
+              f"{ENV_PREFIX}QUEUE, else {setting_default('queue')}). With --cluster: the shard "
+              "write log, kafka://HOST:PORT.")  # fmt: skip
 @click.option("--insecure-no-auth", is_flag=True, default=None,
               help="Serve without API keys (every caller is an admin of the default tenant). "
               "Allowed only on a loopback address; for trying things out.")  # fmt: skip
@@ -43,10 +44,17 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
               help="PEM certificate (chain) file: serve HTTPS (with --tls-key).")  # fmt: skip
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PEM private key file of --tls-cert.")  # fmt: skip
+@click.option("--cluster", "cluster_address", default=None, metavar="ADDRESS",
+              help="Serve as an API node of a cluster: the Ray address (ray://HOST:PORT for "
+              "Ray Client, HOST:PORT for the GCS address); needs --queue and --catalog. "
+              "`embedstack cluster up` starts a local one.")  # fmt: skip
+@click.option("--catalog", "catalog_url", default=None, metavar="URL",
+              help="With --cluster: the shared catalog, redis://HOST:PORT/DB.")  # fmt: skip
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
     queue: str | None, insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
+    cluster_address: str | None, catalog_url: str | None,
     config: Path | None,
 ) -> None:  # fmt: skip
     """Run the HTTP server with in-process ingest workers.
@@ -76,6 +84,10 @@ def serve(
         config, host=host, port=port, data_dir=data_dir, workers=workers, queue=queue,
         insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
     )  # fmt: skip
+    if cluster_address is not None:
+        from embedstack.cli.cluster import serve_cluster
+
+        return serve_cluster(settings, cluster_address, queue, catalog_url)
     check_bind(settings)
     ignore_file_size_signal()
     services = Services.build(settings)

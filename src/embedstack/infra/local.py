@@ -20,12 +20,18 @@ from typing import IO
 
 from embedstack.errors import ConfigError, Unavailable
 
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's worker ports: keep our servers out of them
+
 
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that was free on 127.0.0.1 a moment ago, outside Ray's worker port range."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in RAY_WORKER_PORTS:
+            return port
+    raise Unavailable("no free loopback port outside Ray's worker range 10002-19999")
 
 
 def _package_file(package: str, *parts: str, extra: str = "brokers") -> Path:

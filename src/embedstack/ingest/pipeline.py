@@ -72,7 +72,154 @@ class WorkerConfig:
     unhealthy_after: float = 30.0
 
 
-class IngestWorker:
+class DocumentIndexer:
+    """The indexing half of the worker, without a queue: chunk, skip unchanged, embed, store
+    chunks + vectors, then `on_written`. A cluster shard replica drives it from its log."""
+
+    def __init__(
+        self,
+        store: Store,
+        models: ModelRegistry,
+        embed: EmbedFn,
+        metrics: Metrics,
+        config: WorkerConfig,
+        on_written: WrittenFn | None = None,
+        name: str = "indexer",
+    ) -> None:
+        self.name = name
+        self._store = store
+        self._models = models
+        self._embed = embed
+        self._metrics = metrics
+        self._config = config
+        self._on_written = on_written
+
+    async def process(self, payload: dict[str, Any]) -> JobTotals:
+        """Index the job's documents into every active space of the collection.
+
+        A back-fill job (payload "space") writes only that shadow space and leaves the
+        documents' indexed mark alone; a normal job writes all active spaces (serving, shadow,
+        previous) so a shadow is complete when its back-fill ends and a rollback loses nothing.
+        """
+        totals = JobTotals()
+        name = str(payload["collection"])
+        try:
+            coll = await asyncio.to_thread(self._store.get_collection, name)
+        except NotFound:
+            totals.errors.append(f"collection {name!r} was deleted before indexing")
+            return totals
+        spaces = await asyncio.to_thread(self._store.spaces, name)
+        backfill = payload.get("space")
+        if backfill is not None:
+            spaces = [s for s in spaces if s.space_id == backfill]
+        ids = [str(i) for i in payload["documents"]]
+        step = self._config.batch_documents
+        if not any(s.model for s in spaces):  # vectors given: no model work to interleave
+            step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
+        for start in range(0, len(ids), step):
+            docs = await asyncio.to_thread(
+                self._store.get_documents, name, ids[start : start + step]
+            )
+            totals.documents += len(docs)
+            todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
+            for n, space in enumerate(spaces):
+                if todo:
+                    last = n == len(spaces) - 1 and backfill is None
+                    await self._index_documents(coll, space, todo, totals, mark_indexed=last)
+        if self._on_written is not None:
+            await self._on_written(name)
+        return totals
+
+    async def _index_documents(
+        self,
+        coll: CollectionRecord,
+        space: SpaceInfo,
+        docs: list[DocumentRow],
+        totals: JobTotals,
+        mark_indexed: bool,
+    ) -> None:
+        if space.model:
+            prepared = await self._embed_documents(coll, space, docs, totals)
+        else:
+            prepared = [_vector_document(d) for d in docs]
+        result = await asyncio.to_thread(
+            self._store.write_chunks, coll.name, space.space_id, prepared, mark_indexed
+        )
+        totals.chunks_kept += result.kept
+        totals.chunks_removed += result.removed
+        totals.stale_documents += result.stale_documents
+        totals.seq = max(totals.seq, result.max_seq)
+        m = self._metrics.ingest_chunks
+        m.labels(coll.name, "removed").inc(result.removed)
+        m.labels(coll.name, "kept").inc(result.kept)
+
+    async def _embed_documents(
+        self, coll: CollectionRecord, space: SpaceInfo, docs: list[DocumentRow], totals: JobTotals
+    ) -> list[DocumentChunks]:
+        assert space.model is not None
+        embedder = await asyncio.to_thread(self._models.get, space.model)
+        check_parity(embedder.spec, coll.name, space.space_id)
+        spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
+        tok = embedder.tokenizer
+        chunked = await asyncio.to_thread(
+            lambda: [chunk_text(d.id, d.text, tok, spec) for d in docs]
+        )
+        hashes = [c.hash for chunks in chunked for c in chunks]
+        known = await asyncio.to_thread(
+            self._store.vectors_by_hash, coll.name, space.space_id, hashes
+        )
+        missing: dict[str, str] = {}
+        for chunks in chunked:
+            for c in chunks:
+                if c.hash not in known:
+                    missing.setdefault(c.hash, c.text)
+        if missing:
+            texts = list(missing.values())
+            step = max(1, self._config.embed_batch)
+            gate = asyncio.Semaphore(max(1, self._config.embed_concurrency))
+            model = space.model
+
+            async def piece(start: int) -> np.ndarray:
+                async with gate:
+                    return await self._embed_waiting(model, texts[start : start + step])
+
+            starts = range(0, len(texts), step)
+            parts = await asyncio.gather(*(piece(start) for start in starts))
+            for h, v in zip(missing, np.concatenate(parts), strict=True):
+                known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
+        totals.chunks_embedded += len(missing)
+        totals.chunks_reused += len(hashes) - len(missing)
+        self._metrics.ingest_chunks.labels(coll.name, "embedded").inc(len(missing))
+        self._metrics.ingest_chunks.labels(coll.name, "reused").inc(len(hashes) - len(missing))
+        return [
+            DocumentChunks(
+                d.id,
+                d.content_hash,
+                [
+                    ChunkRow(
+                        c.ordinal, c.text, c.start, c.end, c.token_count, c.hash, known[c.hash]
+                    )
+                    for c in chunks
+                ],
+            )
+            for d, chunks in zip(docs, chunked, strict=True)
+        ]
+
+    async def _embed_waiting(self, model: str, texts: list[str]) -> np.ndarray:
+        """Embed one admissible slice, waiting out Overloaded for as long as it lasts."""
+        wait = self._config.overload_wait_min
+        while True:
+            try:
+                return await self._embed(model, texts)
+            except Overloaded as exc:
+                self._metrics.ingest_overload_waits.inc()
+                pause = min(max(exc.retry_after, wait), self._config.overload_wait_max)
+                log.debug("model %s overloaded; %s waits %.2fs", model, self.name, pause)
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                wait = min(wait * 2, self._config.overload_wait_max)
+
+
+class IngestWorker(DocumentIndexer):
     def __init__(
         self,
         store: Store,
@@ -84,14 +231,9 @@ class IngestWorker:
         on_written: WrittenFn | None = None,
         name: str | None = None,
     ) -> None:
-        self._store = store
+        name = name or f"worker-{uuid.uuid4().hex[:8]}"
+        super().__init__(store, models, embed, metrics, config, on_written, name)
         self._queue = queue
-        self._models = models
-        self._embed = embed
-        self._metrics = metrics
-        self._config = config
-        self._on_written = on_written
-        self.name = name or f"worker-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._failing_since: float | None = None
         self._last_error: str | None = None
@@ -252,130 +394,6 @@ class IngestWorker:
                 work.cancel()
                 return
             expires = time.monotonic() + timeout
-
-    async def process(self, payload: dict[str, Any]) -> JobTotals:
-        """Index the job's documents into every active space of the collection.
-
-        A back-fill job (payload "space") writes only that shadow space and leaves the
-        documents' indexed mark alone; a normal job writes all active spaces (serving, shadow,
-        previous) so a shadow is complete when its back-fill ends and a rollback loses nothing.
-        """
-        totals = JobTotals()
-        name = str(payload["collection"])
-        try:
-            coll = await asyncio.to_thread(self._store.get_collection, name)
-        except NotFound:
-            totals.errors.append(f"collection {name!r} was deleted before indexing")
-            return totals
-        spaces = await asyncio.to_thread(self._store.spaces, name)
-        backfill = payload.get("space")
-        if backfill is not None:
-            spaces = [s for s in spaces if s.space_id == backfill]
-        ids = [str(i) for i in payload["documents"]]
-        step = self._config.batch_documents
-        if not any(s.model for s in spaces):  # vectors given: no model work to interleave
-            step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
-        for start in range(0, len(ids), step):
-            docs = await asyncio.to_thread(
-                self._store.get_documents, name, ids[start : start + step]
-            )
-            totals.documents += len(docs)
-            todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
-            for n, space in enumerate(spaces):
-                if todo:
-                    last = n == len(spaces) - 1 and backfill is None
-                    await self._index_documents(coll, space, todo, totals, mark_indexed=last)
-        if self._on_written is not None:
-            await self._on_written(name)
-        return totals
-
-    async def _index_documents(
-        self,
-        coll: CollectionRecord,
-        space: SpaceInfo,
-        docs: list[DocumentRow],
-        totals: JobTotals,
-        mark_indexed: bool,
-    ) -> None:
-        if space.model:
-            prepared = await self._embed_documents(coll, space, docs, totals)
-        else:
-            prepared = [_vector_document(d) for d in docs]
-        result = await asyncio.to_thread(
-            self._store.write_chunks, coll.name, space.space_id, prepared, mark_indexed
-        )
-        totals.chunks_kept += result.kept
-        totals.chunks_removed += result.removed
-        totals.stale_documents += result.stale_documents
-        totals.seq = max(totals.seq, result.max_seq)
-        m = self._metrics.ingest_chunks
-        m.labels(coll.name, "removed").inc(result.removed)
-        m.labels(coll.name, "kept").inc(result.kept)
-
-    async def _embed_documents(
-        self, coll: CollectionRecord, space: SpaceInfo, docs: list[DocumentRow], totals: JobTotals
-    ) -> list[DocumentChunks]:
-        assert space.model is not None
-        embedder = await asyncio.to_thread(self._models.get, space.model)
-        check_parity(embedder.spec, coll.name, space.space_id)
-        spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
-        tok = embedder.tokenizer
-        chunked = await asyncio.to_thread(
-            lambda: [chunk_text(d.id, d.text, tok, spec) for d in docs]
-        )
-        hashes = [c.hash for chunks in chunked for c in chunks]
-        known = await asyncio.to_thread(
-            self._store.vectors_by_hash, coll.name, space.space_id, hashes
-        )
-        missing: dict[str, str] = {}
-        for chunks in chunked:
-            for c in chunks:
-                if c.hash not in known:
-                    missing.setdefault(c.hash, c.text)
-        if missing:
-            texts = list(missing.values())
-            step = max(1, self._config.embed_batch)
-            gate = asyncio.Semaphore(max(1, self._config.embed_concurrency))
-            model = space.model
-
-            async def piece(start: int) -> np.ndarray:
-                async with gate:
-                    return await self._embed_waiting(model, texts[start : start + step])
-
-            starts = range(0, len(texts), step)
-            parts = await asyncio.gather(*(piece(start) for start in starts))
-            for h, v in zip(missing, np.concatenate(parts), strict=True):
-                known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
-        totals.chunks_embedded += len(missing)
-        totals.chunks_reused += len(hashes) - len(missing)
-        self._metrics.ingest_chunks.labels(coll.name, "embedded").inc(len(missing))
-        self._metrics.ingest_chunks.labels(coll.name, "reused").inc(len(hashes) - len(missing))
-        return [
-            DocumentChunks(
-                d.id,
-                d.content_hash,
-                [
-                    ChunkRow(
-                        c.ordinal, c.text, c.start, c.end, c.token_count, c.hash, known[c.hash]
-                    )
-                    for c in chunks
-                ],
-            )
-            for d, chunks in zip(docs, chunked, strict=True)
-        ]
-
-    async def _embed_waiting(self, model: str, texts: list[str]) -> np.ndarray:
-        """Embed one admissible slice, waiting out Overloaded for as long as it lasts."""
-        wait = self._config.overload_wait_min
-        while True:
-            try:
-                return await self._embed(model, texts)
-            except Overloaded as exc:
-                self._metrics.ingest_overload_waits.inc()
-                pause = min(max(exc.retry_after, wait), self._config.overload_wait_max)
-                log.debug("model %s overloaded; %s waits %.2fs", model, self.name, pause)
-                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
-                wait = min(wait * 2, self._config.overload_wait_max)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

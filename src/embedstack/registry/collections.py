@@ -35,20 +35,15 @@ MAX_DIM = 8192
 DEFAULT_RECALL_FLOOR = 0.9
 
 
-class CollectionService:
-    def __init__(
-        self, store: Store, models: ModelRegistry, indexes: IndexManager, default_model: str
-    ) -> None:
-        self._store = store
-        self._models = models
-        self._indexes = indexes
-        self._default_model = default_model
-        # collections whose indexes did not open (start, or a failed rebuild while none served),
-        # and the last failed rebuild of each: reported by describe and /readyz, never fatal
-        self._open_errors: dict[str, str] = {}
-        self._rebuild_errors: dict[str, str] = {}
+class CollectionConfigs:
+    """Checks a new collection's settings against the models: the configuration and space id
+    a collection would get (nothing stored). Shared by single node and the cluster router."""
 
-    def create(
+    def __init__(self, models: ModelRegistry, default_model: str) -> None:
+        self._models = models
+        self._default_model = default_model
+
+    def config_for(
         self,
         name: str,
         model: str | None = None,
@@ -60,7 +55,8 @@ class CollectionService:
         lexical: bool = True,
         lexical_fields: list[str] | None = None,
         template: dict[str, Any] | None = None,
-    ) -> CollectionRecord:
+    ) -> tuple[CollectionConfig, str]:
+        """A new collection's checked configuration and embedding space id (nothing stored)."""
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
             raise InvalidInput(
@@ -87,16 +83,7 @@ class CollectionService:
                 )
             config = config.with_record(parse_template(template))
         _check_buildable(index_spec, config.dim, config.metric)
-        self._store.create_collection(name, config, space_id)
-        record = self._store.get_collection(name)
-        self._indexes.drop(name)  # anything left under this name is an earlier collection's
-        try:
-            self.open(record)
-        except BaseException:
-            # nothing half-made stays behind: a collection that cannot open is not created
-            self.delete(name)
-            raise
-        return record
+        return config, space_id
 
     def _model_config(
         self,
@@ -147,6 +134,46 @@ class CollectionService:
             raise InvalidInput("'chunking' applies only to collections with a model; drop it")
         checked: Metric = metric  # type: ignore[assignment]
         return CollectionConfig(dim, checked, index)
+
+
+class CollectionService(CollectionConfigs):
+    def __init__(
+        self, store: Store, models: ModelRegistry, indexes: IndexManager, default_model: str
+    ) -> None:
+        super().__init__(models, default_model)
+        self._store = store
+        self._indexes = indexes
+        # collections whose indexes did not open (start, or a failed rebuild while none served),
+        # and the last failed rebuild of each: reported by describe and /readyz, never fatal
+        self._open_errors: dict[str, str] = {}
+        self._rebuild_errors: dict[str, str] = {}
+
+    def create(
+        self,
+        name: str,
+        model: str | None = None,
+        dim: int | None = None,
+        metric: str | None = None,
+        chunking: dict[str, Any] | None = None,
+        index: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        lexical: bool = True,
+        lexical_fields: list[str] | None = None,
+        template: dict[str, Any] | None = None,
+    ) -> CollectionRecord:
+        config, space_id = self.config_for(
+            name, model, dim, metric, chunking, index, search, lexical, lexical_fields, template
+        )
+        self._store.create_collection(name, config, space_id)
+        record = self._store.get_collection(name)
+        self._indexes.drop(name)  # anything left under this name is an earlier collection's
+        try:
+            self.open(record)
+        except BaseException:
+            # nothing half-made stays behind: a collection that cannot open is not created
+            self.delete(name)
+            raise
+        return record
 
     def index_config(self, record: CollectionRecord, space: SpaceInfo) -> IndexConfig:
         cfg = record.config

@@ -268,6 +268,19 @@ async def _export_queue_depth(services: Services) -> None:
             m.batcher_oldest.labels(model, lane).set(age)
 
 
+def install_error_handlers(app: FastAPI) -> dict[int | str, dict[str, Any]]:
+    """Map every error through ERROR_STATUS; returns the documented error responses."""
+    app.add_exception_handler(EmbedStackError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)
+    return {
+        status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
+        for kind, status in ERROR_STATUS
+    }
+
+
 def create_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -333,15 +346,7 @@ def create_app(services: Services) -> FastAPI:
     limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
     app.state.limiter = limiter
     app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
-    app.add_exception_handler(EmbedStackError, _domain_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(ClientGone, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorOut, "description": kind.__doc__ or kind.__name__}
-        for kind, status in ERROR_STATUS
-    }
+    errors = install_error_handlers(app)
     routers = (admin, embeddings, collections, documents, query, upgrades, aliases, keys, stats,
                feedback, dashboard)  # fmt: skip
     for module in routers:

@@ -1,0 +1,143 @@
+"""`embedstack cluster up`: a local development cluster on loopback (Ray head + nodes, a
+Kafka-protocol log broker, a Redis catalog); and the cluster side of `embedstack serve`."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from embedstack.cli.common import Command, Group, config_option, data_dir_option, load_settings
+from embedstack.config import Settings
+from embedstack.errors import ConfigError
+
+
+def _ray_init(address: str) -> None:
+    """Connect to a Ray cluster: ray://HOST:PORT (Ray Client) or HOST:PORT (the GCS address,
+    from a machine of the cluster), or "auto"."""
+    import ray
+
+    from embedstack.cluster.ray.node import NAMESPACE
+
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+
+
+def models_factory(settings: Settings) -> Any:
+    """What a shard node builds its model registry with (pickled to the node actors)."""
+    from embedstack.serving.services import build_models
+
+    return functools.partial(build_models, settings, {})
+
+
+def build_router(settings: Settings, queue: str, catalog: str) -> Any:
+    from embedstack.cluster.catalog import RedisCatalog
+    from embedstack.cluster.log import ShardLog, kafka_bootstrap
+    from embedstack.cluster.ray.nodes import RayNodes
+    from embedstack.cluster.router import ClusterRouter
+
+    if not catalog.startswith("redis://"):
+        raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
+    return ClusterRouter(
+        RedisCatalog.from_url(catalog),
+        ShardLog(kafka_bootstrap(queue)),
+        RayNodes(),
+        models_factory(settings)(),
+        settings.default_model,
+        replica_timeout=settings.cluster_replica_timeout_s,
+    )
+
+
+def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: str | None) -> None:
+    """Run an API node of a cluster until a signal stops it."""
+    import uvicorn
+
+    from embedstack.serving.auth import is_loopback
+    from embedstack.serving.cluster_app import create_cluster_app
+
+    if queue is None or catalog is None:
+        raise ConfigError(
+            "serve --cluster needs --queue kafka://HOST:PORT (the shard log) and --catalog "
+            "redis://HOST:PORT/DB (the shared catalog); `embedstack cluster up` prints both"
+        )
+    if not is_loopback(settings.host):
+        raise ConfigError(
+            f"cluster mode has no API keys yet: serve it on a loopback address, not "
+            f"{settings.host}, behind an authenticating proxy"
+        )
+    _ray_init(address)
+    router = build_router(settings, queue, catalog)
+    router.wait_for_nodes(1, timeout=120)
+    router.start()
+    try:
+        app = create_cluster_app(router, settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    finally:
+        router.stop()
+
+
+@click.group(cls=Group)
+def cluster() -> None:
+    """Cluster mode on one machine, for development and trying it out.
+
+    `cluster up` starts Ray nodes, a Kafka-protocol log broker and a Redis catalog on loopback
+    and prints the `embedstack serve --cluster ...` command of an API node. Collections are
+    split into virtual shards (cluster_shards, default 8) with cluster_replicas (default 2)
+    replicas each, placed on nodes by rendezvous hashing.
+    """
+
+
+@cluster.command("up", cls=Command)
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Simulated Ray nodes, each hosting its placed shard replicas.")  # fmt: skip
+@data_dir_option
+@config_option
+def up(nodes: int, data_dir: Path | None, config: Path | None) -> None:
+    """Start a cluster on this machine, on loopback, until Ctrl-C: a Ray head plus NODES-1
+    simulated nodes (ray.cluster_utils), a Kafka-protocol broker (tansu) as the shard write log,
+    a Redis server as the catalog, and a shard node actor on every node. Prints the
+    `embedstack serve --cluster ...` command that starts an API node against it.
+
+    For trying cluster mode on one machine; production points `serve --cluster` at an existing
+    Ray cluster, Kafka and Redis instead.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from embedstack.cluster.ray.node import node_resource
+    from embedstack.cluster.ray.nodes import start_node_actor
+    from embedstack.infra.local import start_kafka, start_redis
+
+    settings = load_settings(config, data_dir=data_dir)
+    root = settings.data_dir / "cluster"
+    kafka = start_kafka(root / "kafka")
+    redis = start_redis(root / "redis")
+    head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}
+    local = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for i in range(1, nodes):
+            local.add_node(num_cpus=1, resources={node_resource(f"n{i}"): 1})
+        _ray_init(local.address)
+        for i in range(nodes):
+            start_node_actor(f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings))
+        router = build_router(settings, f"kafka://{kafka.address}", f"redis://{redis.address}/0")
+        router.wait_for_nodes(nodes, timeout=300)
+        queue, catalog = f"kafka://{kafka.address}", f"redis://{redis.address}/0"
+        click.echo(f"ray: {local.address}\nqueue: {queue}\ncatalog: {catalog}")
+        click.echo(
+            f"embedstack serve --cluster {local.address} --queue {queue} --catalog {catalog}",
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo(f"cluster up: {nodes} nodes; Ctrl-C stops it", err=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        ray.shutdown()
+        local.shutdown()
+        kafka.stop()
+        redis.stop()

@@ -1,0 +1,1 @@
+"""The Ray side of cluster mode: shard node actors and the local development cluster."""

@@ -1,0 +1,175 @@
+"""A cluster node's actor: hosts the shard replicas placed on its node and feeds each from its
+log partition in a background thread.
+
+One actor per node, pinned by the node's custom resource `es_node_<name>`, restarted by Ray
+(`max_restarts=-1`) when its process dies. Its assignments are kept on the node's disk, so a
+restarted actor reopens every replica from its own snapshot and position without waiting for
+the router."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from embedstack.cluster.catalog import ClusterCollection
+from embedstack.cluster.log import PartitionReader
+from embedstack.cluster.replica import ShardReplica
+from embedstack.fsutil import atomic_write
+from embedstack.inference.backend import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "embedstack"
+READ_BATCH = 256
+
+
+def actor_name(node: str) -> str:
+    return f"embedstack-node-{node}"
+
+
+def node_resource(node: str) -> str:
+    return f"es_node_{node}"
+
+
+class _Feed:
+    """A replica and the thread that applies its partition to it."""
+
+    def __init__(self, replica: ShardReplica, reopen: Callable[[], PartitionReader]) -> None:
+        self.replica = replica
+        self._reopen = reopen
+        self.reader = reopen()
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self.stop.is_set():
+            try:
+                records = self.reader.read(READ_BATCH, 0.2)
+                if records:
+                    position = self.replica.apply(records)
+                    self.reader.commit(position)
+                self.error = None
+                backoff = 0.1
+            except Exception as exc:  # the broker or the store failing: retry, keep serving
+                log.exception("replica %s/%s", self.replica.coll.name, self.replica.shard)
+                self.error = repr(exc)
+                # re-read from the stored position: nothing after it was applied
+                self.reader.close()
+                self.reader = self._reopen()
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+class ShardNode:
+    def __init__(
+        self,
+        name: str,
+        data_root: str,
+        bootstrap: str,
+        models_factory: Callable[[], ModelRegistry],
+    ) -> None:
+        self.name = name
+        self._root = Path(data_root) / name
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._bootstrap = bootstrap
+        self._models = models_factory()
+        self._feeds: dict[tuple[str, int], _Feed] = {}
+        self._lock = threading.Lock()
+        self._assigned_file = self._root / "assigned.json"
+        self.started = time.time()
+        if self._assigned_file.exists():
+            for item in orjson.loads(self._assigned_file.read_bytes()):
+                self._open(ClusterCollection.from_json(item["collection"]), int(item["shard"]))
+
+    def _dir(self, coll: ClusterCollection, shard: int) -> Path:
+        return self._root / coll.topic / f"shard-{shard}"
+
+    def _open(self, coll: ClusterCollection, shard: int) -> None:
+        replica = ShardReplica(self._dir(coll, shard), coll, shard, self._models)
+        group = f"{coll.topic}.shard-{shard}.{self.name}"
+
+        def reader() -> PartitionReader:
+            return PartitionReader(self._bootstrap, coll.topic, shard, replica.position, group)
+
+        self._feeds[(coll.name, shard)] = _Feed(replica, reader)
+
+    def _save(self) -> None:
+        items = [
+            {"collection": f.replica.coll.to_json(), "shard": f.replica.shard}
+            for f in self._feeds.values()
+        ]
+        atomic_write(self._assigned_file, orjson.dumps(items))
+
+    def assign(self, coll_json: dict[str, Any], shard: int) -> bool:
+        """Host a replica of `shard` (idempotent); True when it was new here."""
+        coll = ClusterCollection.from_json(coll_json)
+        with self._lock:
+            feed = self._feeds.get((coll.name, shard))
+            if feed is not None and feed.replica.coll.topic == coll.topic:
+                return False
+            if feed is not None:  # an earlier collection of the same name
+                self._close(coll.name, shard)
+            self._open(coll, shard)
+            self._save()
+            return True
+
+    def _close(self, name: str, shard: int) -> None:
+        feed = self._feeds.pop((name, shard))
+        feed.stop.set()
+        feed.thread.join(timeout=30)
+        feed.reader.close()
+        feed.replica.close()
+
+    def drop(self, name: str, shard: int) -> bool:
+        """Stop hosting a replica (its files stay until the collection is deleted)."""
+        with self._lock:
+            if (name, shard) not in self._feeds:
+                return False
+            self._close(name, shard)
+            self._save()
+            return True
+
+    def search(
+        self,
+        name: str,
+        shard: int,
+        vec: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None,
+        group: bool,
+    ) -> list[dict[str, Any]]:
+        feed = self._feeds.get((name, shard))
+        if feed is None:
+            from embedstack.errors import Unavailable
+
+            raise Unavailable(f"node {self.name} holds no replica of {name} shard {shard}")
+        return feed.replica.search(vec, k, flt, group)
+
+    def status(self) -> dict[str, Any]:
+        """{"node", "started", "replicas": [{collection, topic, shard, position, documents,
+        error}]}: what the router reconciles against."""
+        return {
+            "node": self.name,
+            "started": self.started,
+            "replicas": [
+                {
+                    "collection": name,
+                    "topic": f.replica.coll.topic,
+                    "shard": shard,
+                    "position": f.replica.position,
+                    "documents": f.replica.documents(),
+                    "error": f.error,
+                }
+                for (name, shard), f in list(self._feeds.items())
+            ],
+        }

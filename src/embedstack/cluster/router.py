@@ -1,0 +1,374 @@
+"""The cluster router: what an API node does in cluster mode.
+
+Writes: check documents, hash each to its virtual shard, append them to the shard partitions of
+the collection's log topic (acks=all) and only then return the job id (202). Reads: embed the
+query once, scatter to one live replica per shard (caught-up and least loaded first), retry on
+another replica when one fails or does not answer within `replica_timeout`, merge top-k.
+
+A background loop reconciles placement with the live nodes (rendezvous hashing over the nodes
+that answered the last status round): it assigns missing replicas (they catch up from the
+log) and drops surplus ones once every placed replica has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
+from embedstack.cluster.log import LogRecord, ShardLog
+from embedstack.cluster.ray.nodes import RayNodes
+from embedstack.cluster.shards import Placement, check_layout, place, shard_of
+from embedstack.errors import EmbedStackError, InvalidInput, Unavailable
+from embedstack.inference.backend import ModelRegistry
+from embedstack.registry.collections import CollectionConfigs
+from embedstack.storage.store import DocumentRow
+
+log = logging.getLogger(__name__)
+
+RECORD_DOCUMENTS = 64  # documents per log record
+ASSIGN_TIMEOUT_S = 120.0  # opening a replica loads its store and index
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    node: str
+    shard: int
+    topic: str
+    position: int
+    error: str | None
+
+
+@dataclass
+class View:
+    """What the last status round saw: live nodes and the replicas they host."""
+
+    live: list[str]
+    replicas: dict[tuple[str, int], list[ReplicaState]]  # (topic, shard) -> replicas
+    at: float
+    handles: dict[str, Any] = field(default_factory=dict)  # node -> actor handle
+
+
+class ClusterRouter:
+    def __init__(
+        self,
+        catalog: RedisCatalog,
+        log: ShardLog,
+        nodes: RayNodes,
+        models: ModelRegistry,
+        default_model: str,
+        replica_timeout: float = 1.0,
+        status_timeout: float = 1.0,
+    ) -> None:
+        self.catalog = catalog
+        self.log = log
+        self._nodes = nodes
+        self._models = models
+        self._configs = CollectionConfigs(models, default_model)
+        self.replica_timeout = replica_timeout
+        self._status_timeout = status_timeout
+        self._view = View([], {}, 0.0)
+        self._inflight: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        self.moves = 0  # replicas assigned to a node after the collection was first placed
+
+    # -- collections ---------------------------------------------------------------------------
+    def create_collection(
+        self, name: str, shards: int = 8, replicas: int = 2, **settings: Any
+    ) -> ClusterCollection:
+        check_layout(shards, replicas)
+        config, space_id = self._configs.config_for(name, **settings)
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+        topic = f"embedstack.{safe}.{uuid.uuid4().hex[:8]}"
+        self.log.create_topic(topic, shards)
+        coll = ClusterCollection(name, config, space_id, time.time(), topic, shards, replicas)
+        self.catalog.create(coll)
+        self.reconcile()
+        return coll
+
+    def delete_collection(self, name: str) -> None:
+        coll = self.catalog.get(name)
+        self.catalog.delete(name)
+        for node, handle in self._nodes.handles().items():
+            for shard in range(coll.shards):
+                with contextlib.suppress(Exception):
+                    _get(handle.drop.remote(name, shard), self._status_timeout * 5)
+                    log.debug("dropped %s/%s on %s", name, shard, node)
+        with contextlib.suppress(Unavailable):
+            self.log.delete_topic(coll.topic)
+
+    # -- writes --------------------------------------------------------------------------------
+    def put_documents(self, name: str, rows: Sequence[DocumentRow]) -> str:
+        """Append to the log; returns the job id once the broker acknowledged every record."""
+        coll = self.catalog.resolve(name)
+        by_shard: dict[int, list[DocumentRow]] = {}
+        for row in rows:
+            by_shard.setdefault(shard_of(row.id, coll.shards), []).append(row)
+        records = [
+            (shard, docs[i].id, LogRecord("put", tuple(docs[i : i + RECORD_DOCUMENTS])).encode())
+            for shard, docs in by_shard.items()
+            for i in range(0, len(docs), RECORD_DOCUMENTS)
+        ]
+        offsets = self.log.append(coll.topic, records)
+        job_id = uuid.uuid4().hex
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, len(rows))
+        return job_id
+
+    def delete_document(self, name: str, document_id: str) -> str:
+        coll = self.catalog.resolve(name)
+        shard = shard_of(document_id, coll.shards)
+        record = LogRecord("delete", document_id=document_id).encode()
+        offsets = self.log.append(coll.topic, [(shard, document_id, record)])
+        job_id = uuid.uuid4().hex
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, 1)
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """`done` once every placed live replica of each shard the job wrote has applied it
+        (so a read on any replica sees it), else `running`; with per-shard detail."""
+        job = self.catalog.get_job(job_id)
+        coll = self.catalog.get(job["collection"])
+        view = self._view
+        placement = place(coll.shards, view.live, coll.replicas, coll.topic) if view.live else {}
+        shards = {}
+        for shard, offset in job["offsets"].items():
+            states = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
+            wanted = placement.get(shard, ())
+            applied = [n for n in wanted if n in states and states[n].position > offset]
+            shards[shard] = {"replicas": list(wanted), "applied": applied}
+        done = bool(shards) and all(
+            s["replicas"] and len(s["applied"]) == len(s["replicas"]) for s in shards.values()
+        )
+        return {
+            "id": job_id,
+            "status": "done" if done else "running",
+            "collection": coll.name,
+            "documents": job["documents"],
+            "created_at": job["created_at"],
+            "shards": shards,
+        }
+
+    # -- reads ---------------------------------------------------------------------------------
+    def embed_query(self, coll: ClusterCollection, text: str) -> np.ndarray:
+        if not coll.config.model:
+            raise InvalidInput(
+                f"collection {coll.name!r} has no model (bring-your-own vectors): "
+                "send 'vector' instead of 'text'"
+            )
+        return np.asarray(self._models.get(coll.config.model).embed_batch([text])[0], np.float32)
+
+    def query(
+        self,
+        name: str,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
+        flt: dict[str, Any] | None = None,
+        group: bool = False,
+    ) -> list[dict[str, Any]]:
+        coll = self.catalog.resolve(name)
+        if vector is None and text is None:
+            raise InvalidInput("a query needs 'text' or 'vector'")
+        vec = vector if vector is not None else self.embed_query(coll, str(text))
+        parts = self._scatter(coll, vec, k, flt, group)
+        hits = [h for part in parts for h in part]
+        hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
+        return hits[:k]
+
+    def _candidates(self, coll: ClusterCollection, shard: int) -> list[str]:
+        states = [
+            r for r in self._view.replicas.get((coll.topic, shard), []) if r.node in self._view.live
+        ]
+        if not states:
+            return []
+        newest = max(r.position for r in states)
+        states.sort(
+            key=lambda r: (r.error is not None, r.position < newest, self._inflight[r.node])
+        )
+        return [r.node for r in states]
+
+    def _scatter(
+        self,
+        coll: ClusterCollection,
+        vec: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None,
+        group: bool,
+    ) -> list[list[dict[str, Any]]]:
+        import ray
+
+        handles = self._view.handles  # queries never wait on the GCS for actor lookups
+        candidates = {
+            s: [n for n in self._candidates(coll, s) if n in handles] for s in range(coll.shards)
+        }
+        pending: dict[Any, tuple[int, int, float]] = {}
+        results: dict[int, list[dict[str, Any]]] = {}
+        failures: dict[int, list[str]] = {}
+
+        def launch(shard: int, attempt: int, why: str | None) -> None:
+            if why is not None:
+                failures.setdefault(shard, []).append(why)
+            if attempt >= len(candidates[shard]):
+                tried = "; ".join(failures.get(shard, [])) or "no live replica"
+                raise Unavailable(
+                    f"shard {shard} of collection {coll.name!r} has no replica that answered "
+                    f"within {self.replica_timeout:g} s ({tried}): retry shortly"
+                )
+            node = candidates[shard][attempt]
+            with self._lock:
+                self._inflight[node] += 1
+            ref = handles[node].search.remote(coll.name, shard, vec, k, flt, group)
+            pending[ref] = (shard, attempt, time.monotonic())
+
+        def settle(ref: Any) -> tuple[int, int, float]:
+            shard, attempt, started = pending.pop(ref)
+            with self._lock:
+                self._inflight[candidates[shard][attempt]] -= 1
+            return shard, attempt, started
+
+        for shard in range(coll.shards):
+            launch(shard, 0, None)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.02)
+            for ref in ready:
+                shard, attempt, _ = settle(ref)
+                try:
+                    results[shard] = ray.get(ref)
+                except EmbedStackError as exc:
+                    if not isinstance(exc, Unavailable):
+                        raise _plain(exc) from None  # the query's own fault, not the replica's
+                    launch(shard, attempt + 1, exc.message)
+                except Exception as exc:  # the replica died or its node went away
+                    launch(shard, attempt + 1, type(exc).__name__)
+            now = time.monotonic()
+            for ref, (shard, attempt, started) in list(pending.items()):
+                if now - started > self.replica_timeout:
+                    settle(ref)
+                    node = candidates[shard][attempt]
+                    launch(shard, attempt + 1, f"{node} timed out")
+        return [results[s] for s in range(coll.shards)]
+
+    # -- placement -----------------------------------------------------------------------------
+    def refresh(self) -> View:
+        """Ask every node actor for its status (bounded wait); the ones that answer are live."""
+        import ray
+
+        if not ray.is_initialized():  # never start a Ray of our own from the reconcile loop
+            raise Unavailable("not connected to a Ray cluster")
+        handles = self._nodes.handles()
+        refs = {handle.status.remote(): node for node, handle in handles.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self._status_timeout)
+        live: list[str] = []
+        replicas: dict[tuple[str, int], list[ReplicaState]] = {}
+        for ref in ready:
+            try:
+                status = ray.get(ref)
+            except Exception:
+                continue
+            live.append(refs[ref])
+            for r in status["replicas"]:
+                state = ReplicaState(refs[ref], r["shard"], r["topic"], r["position"], r["error"])
+                replicas.setdefault((r["topic"], r["shard"]), []).append(state)
+        self._view = View(sorted(live), replicas, time.monotonic(), handles)
+        return self._view
+
+    def wait_for_nodes(self, count: int, timeout: float = 120.0) -> View:
+        """Refresh until `count` nodes answer (a starting node imports and opens its replicas
+        first); Unavailable after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.refresh()
+            if len(view.live) >= count:
+                return view
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"{len(view.live)} of {count} cluster nodes answered in {timeout:.0f} s"
+                )
+            time.sleep(0.2)
+
+    def placement(self, coll: ClusterCollection) -> Placement:
+        return place(coll.shards, self._view.live, coll.replicas, coll.topic)
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        """One node call of the reconcile loop, bounded: a node that died since the status round
+        is skipped (False) and retried on the next round."""
+        try:
+            return _get(method.remote(*args), ASSIGN_TIMEOUT_S)
+        except Exception:
+            log.warning("cluster node call failed; retried next round", exc_info=True)
+            return False
+
+    def reconcile(self) -> int:
+        """Bring replicas in line with the placement over live nodes; returns replicas assigned."""
+        view = self.refresh()
+        if not view.live:
+            return 0
+        handles = self._nodes.handles()
+        assigned = 0
+        ends: dict[str, dict[int, int]] = {}
+        for coll in self.catalog.list():
+            placement = place(coll.shards, view.live, coll.replicas, coll.topic)
+            for shard, wanted in placement.items():
+                have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
+                for node in wanted:
+                    if node not in have:
+                        assigned += int(self._call(handles[node].assign, coll.to_json(), shard))
+                surplus = [n for n in have if n not in wanted]
+                if not surplus:
+                    continue
+                if coll.topic not in ends:
+                    ends[coll.topic] = self.log.end_offsets(coll.topic, coll.shards)
+                caught_up = all(
+                    n in have and have[n].position >= ends[coll.topic][shard] for n in wanted
+                )
+                for node in surplus if caught_up else []:
+                    self._call(handles[node].drop, coll.name, shard)
+        if assigned:
+            self.refresh()
+        return assigned
+
+    def start(self, period: float = 0.5) -> None:
+        """Reconcile in the background every `period` seconds until stop()."""
+
+        def run() -> None:
+            while not self._stop.wait(period):
+                try:
+                    self.moves += self.reconcile()
+                except Exception:
+                    log.exception("cluster reconcile failed; retrying")
+
+        self._loop = threading.Thread(target=run, name="cluster-reconcile", daemon=True)
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join(timeout=30)
+
+    async def aquery(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.query, name, **kwargs)
+
+
+def _get(ref: Any, timeout: float) -> Any:
+    import ray
+
+    return ray.get(ref, timeout=timeout)
+
+
+def _plain(exc: EmbedStackError) -> EmbedStackError:
+    """The domain error a replica raised, without Ray's wrapper (RayTaskError keeps it as
+    `cause`)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, EmbedStackError) else exc

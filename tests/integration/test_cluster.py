@@ -1,0 +1,355 @@
+"""Cluster mode on a real local Ray cluster (3 simulated nodes on loopback), a real Kafka-protocol
+log (tansu) and a real Redis catalog: 4 virtual shards x replication factor 2.
+
+One cluster for the module (Ray takes 10-40 s to start on a loaded 2-core box); the tests run in
+order: ingest and compare with a real single-node server, then kill a node under load, then add
+a node."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from embedstack.cluster.catalog import RedisCatalog
+from embedstack.cluster.log import ShardLog
+from embedstack.cluster.ray.node import node_resource
+from embedstack.cluster.ray.nodes import RayNodes, start_node_actor
+from embedstack.cluster.router import ClusterRouter
+from embedstack.cluster.shards import moves, place, shard_of
+from embedstack.config import Settings
+from embedstack.infra.local import LocalProcess
+from embedstack.ingest.chunking import content_hash
+from embedstack.serving.services import build_models
+from embedstack.storage.store import DocumentRow
+from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SHARDS, REPLICAS = 4, 2
+PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # the same backend on both sides, gated once
+CORPUS = [r for r in load_jsonl(DATA / "pydoc_sections.jsonl")][:400]
+QUERIES = [
+    "how do I open a file for reading",
+    "sort a list in place",
+    "regular expression groups",
+    "create a thread and wait for it",
+    "dictionary comprehension",
+    "exceptions and tracebacks",
+    "socket server example",
+    "format a date as a string",
+]
+
+
+@dataclass
+class LocalCluster:
+    cluster: Any
+    router: ClusterRouter
+    nodes: dict[str, Any]  # name -> ray node
+    root: Path
+    bootstrap: str
+    factory: Any
+
+    def add(self, name: str) -> None:
+        self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={node_resource(name): 1})
+
+    def start_actor(self, name: str) -> None:
+        start_node_actor(name, str(self.root), self.bootstrap, self.factory)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka_broker: LocalProcess,
+    redis_broker: LocalProcess,
+) -> Iterator[LocalCluster]:
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    settings = Settings(
+        enable_test_models=True,
+        default_model="hashing-test",
+        data_dir=root,
+        model_backends=json.loads(PINNED),
+    )
+    factory = functools.partial(build_models, settings, {})
+    catalog = RedisCatalog.from_url(f"redis://{redis_broker.address}/1")
+    router = ClusterRouter(
+        catalog, ShardLog(kafka_broker.address), RayNodes(), factory(), "hashing-test"
+    )
+    local = LocalCluster(
+        cluster, router, {"n0": cluster.head_node}, root, kafka_broker.address, factory
+    )
+    try:
+        local.add("n1")
+        local.add("n2")
+        ray.init(address=cluster.address, namespace="embedstack-tests")
+        for name in ("n0", "n1", "n2"):
+            local.start_actor(name)
+        router.wait_for_nodes(3)
+        router.start(period=0.3)
+        yield local
+    finally:
+        router.stop()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def rows(items: list[dict[str, Any]]) -> list[DocumentRow]:
+    return [
+        DocumentRow(
+            str(r["id"]),
+            str(r["text"]),
+            dict(r["metadata"]),
+            content_hash(str(r["text"]), dict(r["metadata"])),
+        )  # type: ignore[arg-type]
+        for r in items
+    ]
+
+
+def placed_on(router: ClusterRouter, name: str, nodes: list[str]) -> dict[int, tuple[str, ...]]:
+    coll = router.catalog.get(name)
+    return place(coll.shards, nodes, coll.replicas, coll.topic)
+
+
+def wait_cluster_job(router: ClusterRouter, job_id: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if router.job(job_id)["status"] == "done":
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"cluster job {job_id}: {router.job(job_id)}")
+
+
+def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], int]:
+    """(node, shard) -> documents in that replica, from every live node's own status."""
+    import ray as r
+
+    topic = router.catalog.get(name).topic
+    out = {}
+    for node, handle in router._nodes.handles().items():
+        try:
+            status = r.get(handle.status.remote(), timeout=3)
+        except Exception:
+            continue
+        for rep in status["replicas"]:
+            if rep["topic"] == topic:
+                out[(node, rep["shard"])] = rep["documents"]
+    return out
+
+
+def test_ingest_and_query_equal_single_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    router = local_cluster.router
+    router.create_collection("docs", shards=SHARDS, replicas=REPLICAS, index={"type": "exact"})
+    wait_cluster_job(router, router.put_documents("docs", rows(CORPUS)))
+    # every shard's replicas hold exactly the documents that hash to it
+    expected = {s: 0 for s in range(SHARDS)}
+    for r in CORPUS:
+        expected[shard_of(str(r["id"]), SHARDS)] += 1
+    held = shard_documents(router, "docs")
+    assert len(held) == SHARDS * REPLICAS
+    for (_, shard), n in held.items():
+        assert n == expected[shard]
+
+    # the same corpus on a real single-node server (hashing model, exact index)
+    server = Server(
+        tmp_path / "single", server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    ).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            c.post(
+                "/v1/collections", json={"name": "docs", "index": {"type": "exact"}}
+            ).raise_for_status()
+            body = {
+                "documents": [
+                    {"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in CORPUS
+                ]
+            }
+            resp = c.post("/v1/collections/docs/documents", json=body)
+            assert resp.status_code == 202, resp.text
+            assert wait_job(c, resp.json()["job_id"])["status"] == "done"
+            for q in QUERIES:
+                for extra in ({}, {"group_by": "document", "doc_scoring": "max"}):
+                    single = c.post(
+                        "/v1/collections/docs/query",
+                        json={"text": q, "k": 10, "mode": "dense", **extra},
+                    ).json()["hits"]
+                    hits = router.query("docs", text=q, k=10, group=bool(extra))
+                    assert [h["chunk_id"] for h in hits] == [
+                        h["chunk_id"] for h in single
+                    ] or _ties(hits, single), q
+                    assert [round(h["score"], 5) for h in hits] == [
+                        round(h["score"], 5) for h in single
+                    ]
+    finally:
+        server.stop()
+
+
+def _ties(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Equal up to the order of equal scores."""
+    key = lambda hs: sorted((round(h["score"], 5), h["chunk_id"]) for h in hs)  # noqa: E731
+    return key(a) == key(b)
+
+
+def test_real_model_hits_equal_single_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    """The bundled all-MiniLM-L6-v2 on both sides: replicas embed with it, the router embeds
+    queries with it; a flat index gives the same hits as a single-node server."""
+    router = local_cluster.router
+    corpus = CORPUS[:60]
+    router.create_collection(
+        "real", shards=SHARDS, replicas=REPLICAS, model="all-MiniLM-L6-v2", index={"type": "exact"}
+    )
+    wait_cluster_job(router, router.put_documents("real", rows(corpus)), timeout=600)
+    env = server_env(EMBEDSTACK_MODEL_BACKENDS=PINNED)
+    server = Server(tmp_path / "single-real", env).start(timeout=300)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            body = {"name": "real", "model": "all-MiniLM-L6-v2", "index": {"type": "exact"}}
+            c.post("/v1/collections", json=body).raise_for_status()
+            docs = [{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in corpus]
+            resp = c.post("/v1/collections/real/documents", json={"documents": docs})
+            assert wait_job(c, resp.json()["job_id"], timeout=600)["status"] == "done"
+            for q in QUERIES[:4]:
+                single = c.post(
+                    "/v1/collections/real/query", json={"text": q, "k": 10, "mode": "dense"}
+                ).json()["hits"]
+                hits = router.query("real", text=q, k=10)
+                assert [h["chunk_id"] for h in hits] == [h["chunk_id"] for h in single], q
+                for a, b in zip(hits, single, strict=True):
+                    assert abs(a["score"] - b["score"]) < 1e-4
+    finally:
+        server.stop()
+
+
+def test_filter_is_pushed_down(local_cluster: LocalCluster) -> None:
+    router = local_cluster.router
+    meta = [r for r in CORPUS if r["metadata"]]
+    assert meta, "the corpus has metadata to filter on"
+    field, value = next(iter(meta[0]["metadata"].items()))
+    hits = router.query("docs", text=QUERIES[0], k=10, flt={field: value})
+    assert hits and all(h["metadata"][field] == value for h in hits)
+
+
+def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:
+    router = local_cluster.router
+    failures: list[str] = []
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def query_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                router.query("docs", text=QUERIES[i % len(QUERIES)], k=5)
+            except Exception as exc:
+                failures.append(repr(exc))
+            latencies.append(time.monotonic() - started)
+            i += 1
+
+    extra = [
+        {"id": f"new-{i}", "text": f"freshly added note number {i} about files", "metadata": {}}
+        for i in range(120)
+    ]
+    jobs = []
+    reader = threading.Thread(target=query_loop)
+    reader.start()
+    try:
+        jobs.append(router.put_documents("docs", rows(extra[:40])))
+        time.sleep(1.0)
+        local_cluster.cluster.remove_node(local_cluster.nodes.pop("n2"), allow_graceful=False)
+        for start in (40, 80):  # ingest continues while n2 is dead
+            jobs.append(router.put_documents("docs", rows(extra[start : start + 40])))
+            time.sleep(1.0)
+        for job in jobs:
+            wait_cluster_job(router, job)  # done = every live placed replica applied it
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    print(f"queries {len(latencies)}, failed {len(failures)}, max latency {max(latencies):.2f} s")
+    assert not failures, failures[:3]
+    assert len(latencies) > 20
+    # a query never waits on a dead replica longer than the replica timeout (plus slack for a
+    # loaded box): the worst query saw at most one timeout per shard in parallel
+    assert max(latencies) < router.replica_timeout * 2 + 5.0
+    # no acknowledged document lost: every shard's live replicas hold all of its documents
+    everything = CORPUS + extra
+    expected = {s: 0 for s in range(SHARDS)}
+    for r in everything:
+        expected[shard_of(str(r["id"]), SHARDS)] += 1
+    held = shard_documents(router, "docs")
+    assert {s for _, s in held} == set(range(SHARDS))
+    for shard in range(SHARDS):
+        placed = placed_on(router, "docs", router.refresh().live)[shard]
+        assert all(held.get((n, shard)) == expected[shard] for n in placed), (shard, held)
+
+    # the node comes back: Ray restarts its actor, which reopens its replicas from their
+    # snapshot + position; they catch up from the log and take their shards back
+    local_cluster.add("n2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        held = shard_documents(router, "docs")
+        home = placed_on(router, "docs", ["n0", "n1", "n2"])
+        back = {s: held.get(("n2", s)) for s in range(SHARDS) if "n2" in home[s]}
+        if back and all(back[s] == expected[s] for s in back):
+            break
+        time.sleep(0.5)
+    assert back and all(back[s] == expected[s] for s in back), back
+
+
+def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) -> None:
+    router = local_cluster.router
+    router.wait_for_nodes(3)
+    before = placed_on(router, "docs", ["n0", "n1", "n2"])
+    after = placed_on(router, "docs", ["n0", "n1", "n2", "n3"])
+    # what adding n3 must build, over every collection: only their reassigned shard replicas
+    expected_moves = sum(
+        moves(
+            place(c.shards, ["n0", "n1", "n2"], c.replicas, c.topic),
+            place(c.shards, ["n0", "n1", "n2", "n3"], c.replicas, c.topic),
+        )
+        for c in router.catalog.list()
+    )
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def query_loop() -> None:
+        while not stop.is_set():
+            try:
+                router.query("docs", text=QUERIES[1], k=5)
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    reader = threading.Thread(target=query_loop)
+    reader.start()
+    try:
+        moves_before = router.moves
+        local_cluster.add("n3")
+        local_cluster.start_actor("n3")
+        router.wait_for_nodes(4)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            held = {k for k in shard_documents(router, "docs")}
+            if held == {(n, s) for s, ns in after.items() for n in ns}:
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    assert held == {(n, s) for s, ns in after.items() for n in ns}
+    # only the reassigned shard replicas were built (on the new node), and nothing else moved
+    assert router.moves - moves_before == expected_moves
+    assert {n for s in after for n in set(after[s]) - set(before[s])} <= {"n3"}
+    assert not failures, failures[:3]

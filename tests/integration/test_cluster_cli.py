@@ -1,0 +1,78 @@
+"""`embedstack cluster up --nodes 3` and `embedstack serve --cluster`: the same HTTP API on a
+local cluster, started by the CLI as a user would (real processes, loopback)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from embedstack.testing import EMBEDSTACK
+from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+def _serve_line(proc: subprocess.Popen[bytes], out: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in out.read_text(errors="replace").splitlines():
+            if line.startswith("embedstack serve --cluster"):
+                return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"cluster up printed no serve command: {out.read_text()[-2000:]}")
+
+
+def test_cluster_up_and_serve(tmp_path: Path) -> None:
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    out = tmp_path / "up.log"
+    up = subprocess.Popen(
+        [*EMBEDSTACK, "cluster", "up", "--nodes", "3", "--data-dir", str(tmp_path / "c")],
+        env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        args = _serve_line(up, out, 300).split()[2:]  # --cluster ADDR --queue URL --catalog URL
+        server = Server(tmp_path / "api", env, args).start(timeout=300)
+        try:
+            with server.client() as c:
+                assert c.get("/healthz").json()["nodes"] == ["n0", "n1", "n2"]
+                made = c.post("/v1/collections", json={"name": "docs", "index": {"type": "exact"}})
+                assert made.status_code == 201, made.text
+                assert made.json()["shards"] == 8 and made.json()["replicas"] == 2
+                corpus = load_jsonl(DATA / "pydoc_sections.jsonl")[:100]
+                body = {"documents": [{"id": r["id"], "text": r["text"]} for r in corpus]}
+                resp = c.post("/v1/collections/docs/documents", json=body)
+                assert resp.status_code == 202, resp.text
+                assert wait_job(c, resp.json()["job_id"], timeout=120)["status"] == "done"
+                hits = c.post("/v1/collections/docs/query", json={"text": "open a file", "k": 5})
+                assert hits.status_code == 200, hits.text
+                assert len(hits.json()["hits"]) == 5
+                # an alias resolves in the shared catalog, for queries as for writes
+                alias = {"alias": "latest", "collection": "docs"}
+                assert c.post("/v1/aliases", json=alias).status_code == 200
+                via = c.post("/v1/collections/latest/query", json={"text": "open a file", "k": 5})
+                assert via.json()["hits"] == hits.json()["hits"]
+                # bad input is a 4xx naming the fix, as on a single node
+                bad = c.post("/v1/collections/docs/query", json={"text": "x", "mode": "hybrid"})
+                assert bad.status_code == 422 and "dense" in bad.json()["error"]["message"]
+                missing = c.post("/v1/collections/nope/query", json={"text": "x"})
+                assert missing.status_code == 404
+                assert c.delete("/v1/collections/docs").json() == {"deleted": "docs"}
+                gone = c.post("/v1/collections/docs/query", json={"text": "x"})
+                assert gone.status_code == 404
+                assert c.get("/v1/collections").json() == {"collections": []}
+        finally:
+            server.stop()
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(timeout=10)
