@@ -10,6 +10,7 @@ import orjson
 
 from embedstack.testing import EMBEDSTACK, free_port
 from tests.conftest import DATA, Server, load_jsonl, server_env
+from tests.unit.test_cli_errors import COMMANDS as CLI_COMMANDS
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -18,8 +19,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-COMMANDS = ("serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys", "backup", "restore", "doctor", "eval")  # fmt: skip
+COMMANDS = sorted(CLI_COMMANDS)  # one list of the commands: tests/unit/test_cli_errors.py
 
 
 def test_help_explains_every_command() -> None:

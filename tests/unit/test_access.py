@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from embedstack.cli import build_cli
 from embedstack.config import Settings
 from embedstack.errors import ConfigError, InvalidInput, NotFound, Overloaded
+from embedstack.obs.metrics import Metrics
 from embedstack.serving.app import create_app
 from embedstack.serving.auth import (
     OPEN_PATHS,
@@ -86,7 +87,7 @@ def test_a_tenant_resolves_names_only_in_its_namespace() -> None:
 
 
 def test_every_route_declares_one_scope_or_is_open() -> None:
-    services = SimpleNamespace(settings=Settings())
+    services = SimpleNamespace(settings=Settings(), metrics=Metrics())
     app = create_app(services)  # type: ignore[arg-type]
     missing = []
     for route in app.routes:

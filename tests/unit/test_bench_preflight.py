@@ -28,6 +28,7 @@ def common() -> Iterator[Any]:
 
 def test_missing_module_names_the_extra(common: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # even when imported before
     with pytest.raises(SystemExit) as err:
         common.preflight(imports=("matplotlib.pyplot",))
     message = str(err.value)

@@ -22,8 +22,10 @@ from embedstack.testing import free_port
 
 LABELS = Path(__file__).resolve().parents[1] / "data" / "pydoc_title_labels.jsonl"
 COMMANDS = {"serve", "worker", "ingest", "query", "models", "upgrade", "rollback", "retire",
-            "tune", "plan", "keys", "backup", "restore", "doctor", "eval", "cluster"}  # fmt: skip
-SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune", "eval"}
+            "tune", "plan", "keys", "backup", "restore", "doctor", "eval", "cluster", "loadtest",
+            "characterize"}  # fmt: skip
+SERVER_TALKING = {"query", "upgrade", "rollback", "retire", "tune", "eval", "loadtest",
+                  "characterize"}  # fmt: skip
 # arguments that reach the server on a closed port (tune reads a store first: see its own test)
 REACHING = {
     "query": ["hello", "-c", "kb"],
