@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from embedstack.client import (
@@ -257,6 +258,8 @@ def test_records_and_vectors_through_the_client(es: Client) -> None:
     assert put.documents == 2 and put.jobs[0].status == "done"
     hit = es.query("byo", vector=[0.0, 2.0, 0.1], k=1, mode="dense").hits[0]
     assert (hit.document_id, hit.metadata) == ("y", {"k": 1})
+    es.add_vectors("byo", ["z"], np.array([[0.0, 0.0, 3.0]]))  # float64 array: sent as float32
+    assert es.query("byo", vector=[0.1, 0.0, 1.0], k=1).hits[0].document_id == "z"
 
 
 def test_async_client_round_trip(server: Server) -> None:
