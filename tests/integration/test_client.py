@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from embedstack.client import (
@@ -47,6 +48,8 @@ ROUTES = {
     ("delete", "/v1/collections/{name}"): "delete_collection",
     ("patch", "/v1/collections/{name}"): "update_index",
     ("post", "/v1/collections/{name}/documents"): "add_documents",
+    ("post", "/v1/collections/{name}/records"): "add_records",
+    ("post", "/v1/collections/{name}/vectors"): "add_vectors",
     ("get", "/v1/jobs/{job_id}"): "get_job",
     ("get", "/v1/collections/{name}/documents/{doc_id}"): "get_document",
     ("delete", "/v1/collections/{name}/documents/{doc_id}"): "delete_document",
@@ -236,6 +239,27 @@ def test_uploads_split_by_count_and_by_bytes(es: Client, server: Server) -> None
         assert learned.documents == 12 and len(learned.submitted) == 3
         assert unaware.settings.max_documents == MAX_DOCS
     assert es.get_collection("big").documents == 26
+
+
+def test_records_and_vectors_through_the_client(es: Client) -> None:
+    template = {"id": "sku", "text": ["title"], "metadata": ["n"]}
+    made = es.create_collection("rec", record=template, lexical_fields=["n"])
+    assert made.record and made.record["id"] == "sku" and made.lexical_fields == ["n"]
+    records = [{"sku": f"s{i}", "title": f"item number {i}", "n": i} for i in range(7)]
+    records += [{"title": "no id"}, {"sku": "s9"}]
+    with Client(es.base_url, max_documents=100) as unaware:  # learns the count limit
+        out = unaware.add_records("rec", records)
+    assert (out.documents, out.rejected, len(out.submitted)) == (7, 2, 2)
+    assert sorted(r.where for r in out.rejections) == ["records[2]", "records[3] (sku 's9')"]
+    assert es.get_collection("rec").documents == 7
+    es.create_collection("byo", dim=3, metric="ip")
+    vecs = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    put = es.add_vectors("byo", ["x", "y"], vecs, texts=["ex", "why"], metadata=[{}, {"k": 1}])
+    assert put.documents == 2 and put.jobs[0].status == "done"
+    hit = es.query("byo", vector=[0.0, 2.0, 0.1], k=1, mode="dense").hits[0]
+    assert (hit.document_id, hit.metadata) == ("y", {"k": 1})
+    es.add_vectors("byo", ["z"], np.array([[0.0, 0.0, 3.0]]))  # float64 array: sent as float32
+    assert es.query("byo", vector=[0.1, 0.0, 1.0], k=1).hits[0].document_id == "z"
 
 
 def test_async_client_round_trip(server: Server) -> None:

@@ -63,6 +63,21 @@ def test_client_ingests_and_queries_real_documents(real_server: Server) -> None:
     asyncio.run(aio())
 
 
+def test_records_route_on_the_real_model(real_server: Server) -> None:
+    """Records posted through the route are found by meaning; a bad one is listed by the job."""
+    template = {"id": "key", "text": ["body"], "metadata": ["topic"]}
+    records = [{"key": i, "body": t, "topic": c} for i, t, c in SNIPPETS]
+    records.append({"body": "A record without its key.", "topic": "none"})
+    with Client(real_server.url, timeout=120) as es:
+        es.create_collection("rec-real", record=template)
+        out = es.add_records("rec-real", records, timeout=600)
+        assert (out.documents, out.rejected) == (len(SNIPPETS), 1)
+        assert out.rejections[0].where == f"records[{len(SNIPPETS)}]"
+        assert "no value for 'key'" in out.rejections[0].reason
+        hits = es.query("rec-real", "a kitten resting in the sunshine", k=1, mode="dense").hits
+        assert hits[0].document_id == "cat" and hits[0].metadata == {"topic": "pets"}
+
+
 def test_langchain_retriever_on_the_real_model(real_server: Server) -> None:
     pytest.importorskip("langchain_core")
     from embedstack.integrations.langchain import EmbedStackEmbeddings, EmbedStackVectorStore

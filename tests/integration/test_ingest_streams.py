@@ -77,6 +77,10 @@ def test_kafka_topic_into_a_searchable_collection(
     assert "consumed 1 records" in second.stdout and "queued 1 documents" in second.stdout
     assert stored(data, "kb")["r5"] == "T\nFive"
     server = make_server(HASHING, data=data)
+    job_id = first.stdout.split("the rejections are listed by job ")[1].split()[0]
+    with server.client() as c:  # the rejections are kept with the job, not only printed
+        job = c.get(f"/v1/jobs/{job_id}").json()
+    assert [r["where"] for r in job["rejected"]] == [f"kafka:{topic}[0]@2", f"kafka:{topic}[0]@3"]
     top = hits(server, "Redis\nAn in-memory data store with streams.")[0]
     assert top["document_id"] == "r2" and top["metadata"] == {
         "lang": "en",

@@ -107,9 +107,10 @@ def ingest(
     their documents are stored and queued.
 
     An input that cannot be read (a corrupt PDF, a broken CSV row, a record without its id)
-    is reported with where it was and why; the rest is ingested and the command then exits
-    with status 1. Unchanged documents cost no model time. A running server on the same
-    --data-dir serves the new vectors within a moment.
+    is reported with where it was and why, and kept with the job of the inputs around it
+    (GET /v1/jobs/ID lists it); the rest is ingested and the command then exits with
+    status 1. Unchanged documents cost no model time. A running server on the same --data-dir
+    serves the new vectors within a moment.
     """
     if (path is None) == (source is None):
         raise click.UsageError("give either PATH or --from URL")
@@ -192,7 +193,7 @@ async def _ingest(
         made: dict[str, set[str]] = {}  # file -> the ids of the documents it made this time
         for item in read_documents(path, record.config.record):
             if isinstance(item, Rejected):
-                _report(item, rejected)
+                _report(item, rejected, submit)
                 continue
             submit.add(item)
             source = item.metadata.get("source")
@@ -205,6 +206,9 @@ async def _ingest(
         + (f"; removed {gone} sections no longer in their files" if gone else "")
         + (f"; {len(rejected)} inputs rejected" if rejected else "")
     )
+    if submit.rejected_jobs:
+        print(f"the rejections are listed by job {', '.join(submit.rejected_jobs)} "
+              "(GET /v1/jobs/ID)")  # fmt: skip
     if wait and jobs:
         await _drain(services, jobs, submit.total)
     if rejected:
@@ -240,13 +244,17 @@ def _drop_stale(services: Services, collection: str, made: dict[str, set[str]]) 
     return gone
 
 
-def _report(item: Rejected, rejected: list[Rejected]) -> None:
+def _report(item: Rejected, rejected: list[Rejected], submit: _Submitter) -> None:
+    """Print a rejection and keep it with the next job, so the job lists it too."""
     rejected.append(item)
+    submit.reject(item)
     click.echo(f"rejected {item}", err=True)
 
 
 class _Submitter:
-    """Documents -> store + queue in jobs of `job_size`; add/flush return once durable."""
+    """Documents -> store + queue in jobs of `job_size` inputs; add/flush return once durable.
+    Rejected inputs travel with the job of the documents read around them (a job of
+    rejections only if none follow), so each is listed by GET /v1/jobs/{id}."""
 
     def __init__(
         self, services: Services, collection: str, job_size: int, jobs: list[tuple[str, int]]
@@ -256,7 +264,9 @@ class _Submitter:
         self.job_size = job_size
         self._jobs = jobs
         self._batch: list[DocumentRow] = []
+        self._rejected: list[Rejected] = []
         self.total = 0
+        self.rejected_jobs: list[str] = []  # the jobs that list rejections
 
     def add(self, doc: Document) -> None:
         from embedstack.ingest.chunking import content_hash
@@ -264,14 +274,24 @@ class _Submitter:
 
         meta = doc.metadata
         self._batch.append(DocumentRow(doc.id, doc.text, meta, content_hash(doc.text, meta)))
-        if len(self._batch) >= self.job_size:
+        self._full()
+
+    def reject(self, item: Rejected) -> None:
+        self._rejected.append(item)
+        self._full()
+
+    def _full(self) -> None:
+        if len(self._batch) + len(self._rejected) >= self.job_size:
             self.flush()
 
     def flush(self) -> None:
-        if self._batch:
-            self._jobs.append(_submit(self._services, self._collection, self._batch))
-            self.total += len(self._batch)
-            self._batch = []
+        if self._batch or self._rejected:
+            rows, rejected = self._batch, self._rejected
+            self._jobs.append(_submit(self._services, self._collection, rows, rejected))
+            if rejected:
+                self.rejected_jobs.append(self._jobs[-1][0])
+            self.total += len(rows)
+            self._batch, self._rejected = [], []
 
 
 def _consume(
@@ -304,7 +324,7 @@ def _consume(
 
     try:
         done = consume(
-            source, template, accept, delete, lambda r: _report(r, rejected),
+            source, template, accept, delete, lambda r: _report(r, rejected, submit),
             stream.max_records, stream.idle_timeout, submit.job_size,
         )  # fmt: skip
     finally:
@@ -317,10 +337,13 @@ def _slug(collection: str, url: str) -> str:
     return f"{collection.replace(':', '_')}-{digest}"
 
 
-def _submit(services: Services, collection: str, rows: list[DocumentRow]) -> tuple[str, int]:
+def _submit(
+    services: Services, collection: str, rows: list[DocumentRow], rejected: list[Rejected]
+) -> tuple[str, int]:
     from embedstack.ingest.submit import submit_documents
 
-    return submit_documents(services.store, services.queue, collection, rows).job_id, len(rows)
+    done = submit_documents(services.store, services.queue, collection, rows, rejected)
+    return done.job_id, len(rows)
 
 
 async def _drain(services: Services, jobs: list[tuple[str, int]], total: int) -> None:

@@ -7,7 +7,7 @@ import os
 import random
 import re
 import struct
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel
 
 from embedstack.client.errors import error_from_response, retry_after
-from embedstack.serving.responses import EmbeddingsOut, JobOut, SubmittedOut
+from embedstack.serving.responses import EmbeddingsOut, JobOut, RejectedOut, SubmittedOut
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -148,12 +148,15 @@ def document_dict(doc: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
 
 
 def split_documents(
-    docs: Iterable[Mapping[str, Any] | BaseModel], max_documents: int, max_body_bytes: int
+    docs: Iterable[Mapping[str, Any] | BaseModel],
+    max_documents: int,
+    max_body_bytes: int,
+    kind: str = "documents",
 ) -> list[tuple[int, bytes]]:
-    """Request bodies `{"documents": [...]}` holding at most `max_documents` documents and at
-    most `max_body_bytes` bytes each, in order: (documents in it, body). A single document over
-    the byte limit goes alone (the server answers 413 for it, naming it)."""
-    head, tail = b'{"documents":[', b"]}"
+    """Request bodies `{"documents": [...]}` (or `kind`: "records") holding at most
+    `max_documents` items and at most `max_body_bytes` bytes each, in order: (items in it,
+    body). A single item over the byte limit goes alone (the server answers 413 for it)."""
+    head, tail = b'{"' + kind.encode() + b'":[', b"]}"
     out: list[tuple[int, bytes]] = []
     parts: list[bytes] = []
     size = len(head) + len(tail)
@@ -260,12 +263,56 @@ class IngestResult:
         return sum(s.unchanged for s in self.submitted)
 
     @property
+    def rejected(self) -> int:
+        """Records that did not become documents (`add_records`); `rejections` says why."""
+        return sum(s.rejected for s in self.submitted)
+
+    @property
+    def rejections(self) -> list[RejectedOut]:
+        """Each rejected record's position in its request and reason, from the jobs (`wait`)."""
+        return [r for j in self.jobs for r in j.rejected]
+
+    @property
     def failed(self) -> list[JobOut]:
         return [j for j in self.jobs if j.status == "failed"]
 
 
-def documents_call(collection: str, body: bytes) -> Call[SubmittedOut]:
-    path = f"/v1/collections/{seg(collection)}/documents"
+def note_submitted(
+    result: IngestResult,
+    state: Progress,
+    submitted: SubmittedOut,
+    progress: Callable[[Progress], None] | None,
+) -> None:
+    result.submitted.append(submitted)
+    state.submitted += submitted.documents + submitted.rejected
+    state.unchanged += submitted.unchanged
+    state.jobs += 1
+    if progress:
+        progress(state)
+
+
+def vectors_body(
+    ids: Sequence[str],
+    vectors: Any,
+    texts: Sequence[str] | None,
+    metadata: Sequence[Mapping[str, Any]] | None,
+    space_id: str | None,
+) -> bytes:
+    """The body of POST vectors: the vectors as base64 of little-endian float32, row by row."""
+    if hasattr(vectors, "astype"):  # a numpy array
+        raw = vectors.astype("<f4").tobytes()
+    else:
+        floats = [float(x) for row in vectors for x in row]
+        raw = struct.pack(f"<{len(floats)}f", *floats)
+    metas = [dict(m) for m in metadata] if metadata is not None else None
+    payload = {"ids": list(ids), "vectors": b64encode(raw).decode(), "space_id": space_id,
+               "texts": list(texts) if texts is not None else None, "metadata": metas}  # fmt: skip
+    return json_body(payload)
+
+
+def documents_call(collection: str, body: bytes, kind: str = "documents") -> Call[SubmittedOut]:
+    """POST documents (or `kind` "records", "vectors") of one body."""
+    path = f"/v1/collections/{seg(collection)}/{kind}"
     return Call("POST", path, model_of(SubmittedOut), body, (202,))
 
 
@@ -296,14 +343,16 @@ def stats_of(text: str) -> dict[str, float]:
     return out
 
 
-def documents_of(body: bytes) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = orjson.loads(body)["documents"]
-    return docs
+def documents_of(body: bytes) -> tuple[str, list[dict[str, Any]]]:
+    """A split body's kind ("documents" or "records") and its items."""
+    parsed: dict[str, list[dict[str, Any]]] = orjson.loads(body)
+    ((kind, items),) = parsed.items()
+    return kind, items
 
 
 # the server's answer to a request over EMBEDSTACK_MAX_DOCUMENTS_PER_REQUEST
 # (serving/routes/documents.py; tests/integration/test_client.py holds the two together)
-_OVER_COUNT = re.compile(r"^\d+ documents, over the (\d+) limit")
+_OVER_COUNT = re.compile(r"^\d+ (?:documents|records), over the (\d+) limit")
 
 
 def documents_limit(message: str) -> int | None:
@@ -313,7 +362,7 @@ def documents_limit(message: str) -> int | None:
 
 
 def halves(body: bytes) -> list[tuple[int, bytes]]:
-    """A documents body cut in two bodies of half the documents each."""
-    docs = documents_of(body)
+    """A documents (or records) body cut in two bodies of half the items each."""
+    kind, docs = documents_of(body)
     half = len(docs) // 2
-    return [(len(p), orjson.dumps({"documents": p})) for p in (docs[:half], docs[half:])]
+    return [(len(p), orjson.dumps({kind: p})) for p in (docs[:half], docs[half:])]

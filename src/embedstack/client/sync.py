@@ -180,11 +180,17 @@ class Client:
         chunking: Mapping[str, Any] | None = None,
         index: Mapping[str, Any] | None = None,
         lexical: bool | None = None,
+        lexical_fields: Sequence[str] | None = None,
+        record: Mapping[str, Any] | None = None,
     ) -> CollectionOut:
         """POST /v1/collections: `model` (default the server's), or `dim` + `metric` for
-        your own vectors; `lexical=False`: no lexical index (dense queries only)."""
+        your own vectors; `lexical=False`: no lexical index (dense queries only);
+        `lexical_fields`: metadata keys indexed as the weighted title column; `record`: the
+        record template of `add_records`, e.g. `{"id": "sku", "text": ["title", "body"],
+        "metadata": ["price"]}` (fixed at creation)."""
         payload = {"name": name, "model": model, "dim": dim, "metric": metric,
-                   "chunking": chunking, "index": index, "lexical": lexical}  # fmt: skip
+                   "chunking": chunking, "index": index, "lexical": lexical,
+                   "lexical_fields": lexical_fields, "record": record}  # fmt: skip
         return self._run(call("POST", "/v1/collections", CollectionOut, payload, retry=False))
 
     def list_collections(self) -> list[CollectionOut]:
@@ -219,18 +225,67 @@ class Client:
         request). With `wait`, returns once every job is `done` (the index serves it) or
         `failed` (JobFailedError unless `raise_on_failure=False`); `progress` is called after
         each request and each finished job."""
+        return self._add(
+            collection, "documents", documents, wait, timeout, progress, raise_on_failure
+        )
+
+    def add_records(
+        self,
+        collection: str,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> IngestResult:
+        """POST /v1/collections/{name}/records: JSON objects made documents by the collection's
+        record template, split and waited for like `add_documents`. A record that does not fit
+        is rejected on its own, never failing the rest: `result.rejected` counts them and, with
+        `wait`, `result.rejections` says where (records[i] of its request) and why."""
+        return self._add(collection, "records", records, wait, timeout, progress, raise_on_failure)
+
+    def _add(
+        self, collection: str, kind: str, items: Iterable[Doc], wait: bool,
+        timeout: float | None, progress: Callable[[Progress], None] | None,
+        raise_on_failure: bool,
+    ) -> IngestResult:  # fmt: skip
         s = self.settings
-        bodies = core.split_documents(documents, s.max_documents, s.max_body_bytes)
+        bodies = core.split_documents(items, s.max_documents, s.max_body_bytes, kind)
         state = Progress(documents=sum(n for n, _ in bodies))
         result = IngestResult()
         for n, body in bodies:
             for submitted in self._submit(collection, n, body):
-                result.submitted.append(submitted)
-                state.submitted += submitted.documents
-                state.unchanged += submitted.unchanged
-                state.jobs += 1
-                if progress:
-                    progress(state)
+                core.note_submitted(result, state, submitted, progress)
+        return self._finish(result, state, wait, timeout, progress, raise_on_failure)
+
+    def add_vectors(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: Any,
+        *,
+        texts: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        space_id: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+    ) -> IngestResult:
+        """POST /v1/collections/{name}/vectors: your own vectors in bulk (an (n, dim) array
+        or n lists of floats, sent as base64 float32) for a collection without a model, one
+        request and one job (the server's limit: EMBEDSTACK_MAX_VECTORS_PER_REQUEST)."""
+        body = core.vectors_body(ids, vectors, texts, metadata, space_id)
+        state = Progress(documents=len(ids))
+        result = IngestResult()
+        submitted = self._run(core.documents_call(collection, body, "vectors"))
+        core.note_submitted(result, state, submitted, None)
+        return self._finish(result, state, wait, timeout, None, raise_on_failure)
+
+    def _finish(
+        self, result: IngestResult, state: Progress, wait: bool, timeout: float | None,
+        progress: Callable[[Progress], None] | None, raise_on_failure: bool,
+    ) -> IngestResult:  # fmt: skip
         if wait:
             result.jobs = self.wait_jobs(result.job_ids, timeout=timeout, progress=progress,
                                          state=state)  # fmt: skip
@@ -244,8 +299,9 @@ class Client:
         return result
 
     def _submit(self, collection: str, n: int, body: bytes) -> list[Any]:
+        kind, items = core.documents_of(body)
         try:
-            return [self._run(core.documents_call(collection, body))]
+            return [self._run(core.documents_call(collection, body, kind))]
         except PayloadTooLargeError:
             if n < 2:
                 raise
@@ -255,9 +311,7 @@ class Client:
             if limit is None or n <= limit:
                 raise
             self.settings.max_documents = limit  # the server's own setting: keep to it
-            parts = core.split_documents(
-                core.documents_of(body), limit, self.settings.max_body_bytes
-            )
+            parts = core.split_documents(items, limit, self.settings.max_body_bytes, kind)
         out: list[Any] = []
         for m, b in parts:
             out += self._submit(collection, m, b)

@@ -56,7 +56,8 @@ def consume(
     batch: int = 256,
 ) -> Consumed:
     """Read until `max_records` records or `idle_timeout` seconds without any; `accept` must
-    return only once the documents are durable (it raises to stop before the commit)."""
+    return only once the documents, and the rejections `report` was given since the last
+    accept, are durable (it raises to stop before the commit)."""
     out = Consumed()
     idle_since = time.monotonic()
     while max_records is None or out.records < max_records:
@@ -69,13 +70,14 @@ def consume(
             continue
         idle_since = time.monotonic()
         docs: list[Document] = []
+        before = len(out.rejected)
         for item in records_to_documents(template, iter(got.records)):
             if isinstance(item, Rejected):
                 out.rejected.append(item)
                 report(item)
             else:
                 docs.append(Document(item.id, item.text, {"source": source.name, **item.metadata}))
-        if docs:
+        if docs or len(out.rejected) > before:  # rejections too are made durable (reported)
             accept(docs)
         if got.deleted:
             delete(got.deleted)

@@ -45,6 +45,7 @@ from embedstack.serving.routes import (
     feedback,
     keys,
     query,
+    records,
     stats,
     upgrades,
 )
@@ -347,8 +348,8 @@ def create_app(services: Services) -> FastAPI:
     app.state.limiter = limiter
     app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
     errors = install_error_handlers(app)
-    routers = (admin, embeddings, collections, documents, query, upgrades, aliases, keys, stats,
-               feedback, dashboard)  # fmt: skip
+    routers = (admin, embeddings, collections, documents, records, query, upgrades, aliases, keys,
+               stats, feedback, dashboard)  # fmt: skip
     for module in routers:
         app.include_router(module.router, responses=errors)
     # innermost of ours: refuses a query that would miss its budget before FastAPI reads it

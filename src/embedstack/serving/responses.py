@@ -126,6 +126,15 @@ class SubmittedOut(BaseModel):
     job_id: str
     documents: int
     unchanged: int
+    rejected: int = Field(0, description="records that did not become documents (see the job)")
+
+
+class RejectedOut(BaseModel):
+    where: str = Field(
+        description="which input: records[i] (0-based in its request, with its id when it has "
+        "one), or a file:line of `embedstack ingest`"
+    )
+    reason: str = Field(description="what is missing or wrong, and what to fix")
 
 
 class DocumentOut(BaseModel):
@@ -144,6 +153,11 @@ class JobOut(BaseModel):
     attempts: int
     result: dict[str, Any] | None
     error: str | None
+    rejected: list[RejectedOut] = Field(
+        default_factory=list,
+        description="inputs of this job's submission that did not become documents, and why "
+        "(kept with the job from the moment it was acknowledged)",
+    )
     created_at: float
     updated_at: float
 

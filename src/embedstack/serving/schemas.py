@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 
 MAX_JSON_DEPTH = 64  # objects and lists inside one free-form field (metadata, filter, ...)
 INT64 = 1 << 63
+MAX_ID_CHARS = 512  # a document id
 
 
 def _clean(value: str) -> str:
@@ -150,7 +151,7 @@ class CollectionPatch(Strict):
 
 # -- documents ----------------------------------------------------------------------------------
 class DocumentIn(Strict):
-    id: Text = Field(min_length=1, max_length=512)
+    id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     text: Text | None = None
     metadata: JSONObject = Field(default_factory=dict)
     vector: list[float] | None = None
@@ -159,6 +160,15 @@ class DocumentIn(Strict):
 
 class DocumentsIn(Strict):
     documents: list[DocumentIn]
+
+
+class RecordsIn(Strict):
+    """Structured records made documents by the collection's record template; a record that
+    does not fit is rejected on its own (listed with the job), the others are accepted."""
+
+    records: list[Annotated[Any, AfterValidator(check_json)]] = Field(
+        description='JSON objects, e.g. [{"sku": "k1", "title": "Kettle", "price": 20}]'
+    )
 
 
 class VectorsIn(Strict):

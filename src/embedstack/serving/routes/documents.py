@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ from starlette.responses import Response
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMismatch
 from embedstack.ingest.chunking import content_hash
-from embedstack.ingest.submit import submit_documents
+from embedstack.ingest.records import Rejected
+from embedstack.ingest.submit import job_rejections, submit_documents
 from embedstack.serving.auth import Access, reading, writing
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
@@ -96,26 +98,38 @@ def check_metadata(metadata: dict[str, Any], where: str, max_bytes: int, max_dep
         )
 
 
-def _document_row(
-    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, settings: Settings
-) -> DocumentRow:
-    where = f"documents[{i}] (id {d.id!r})"
-    text = d.text or ""
+def _check_bounds(text: str, metadata: dict[str, Any], where: str, settings: Settings) -> None:
     max_chars = settings.max_document_chars
     if len(text) > max_chars:
         raise PayloadTooLarge(
             f"{where} has {len(text)} characters, over the {max_chars} limit: split the document"
         )
-    check_metadata(d.metadata, where, settings.max_metadata_bytes, settings.max_metadata_depth)
+    check_metadata(metadata, where, settings.max_metadata_bytes, settings.max_metadata_depth)
+
+
+def text_row(
+    doc_id: str, text: str, metadata: dict[str, Any], where: str, settings: Settings
+) -> DocumentRow:
+    """A text document for a collection with a model: bounded text and metadata, some text."""
+    _check_bounds(text, metadata, where, settings)
+    if not text.strip():
+        raise InvalidInput(f"{where} has empty text: every document needs some text")
+    return DocumentRow(doc_id, text, metadata, content_hash(text, metadata))
+
+
+def _document_row(
+    d: DocumentIn, i: int, record: CollectionRecord, space: SpaceInfo, settings: Settings
+) -> DocumentRow:
+    where = f"documents[{i}] (id {d.id!r})"
+    text = d.text or ""
     if space.model:
         if d.vector is not None:
             raise InvalidInput(
                 f"{where}: collection {record.name!r} embeds text with its model; "
                 "send 'text' and no 'vector'"
             )
-        if not text.strip():
-            raise InvalidInput(f"{where} has empty text: every document needs some text")
-        return DocumentRow(d.id, text, d.metadata, content_hash(text, d.metadata))
+        return text_row(d.id, text, d.metadata, where, settings)
+    _check_bounds(text, d.metadata, where, settings)
     if d.vector is None:
         raise InvalidInput(
             f"{where}: collection {record.name!r} has no model; send 'vector' "
@@ -132,18 +146,40 @@ def _document_row(
     return DocumentRow(d.id, text, d.metadata, digest, vector=blob)
 
 
+def check_count(n: int, limit: int, what: str, field: str | None = None) -> None:
+    """A write request holds at least one and at most `limit` items (`what`: their plural,
+    `field`: the body field that lists them, default `what`)."""
+    if n == 0:
+        raise InvalidInput(f"'{field or what}' is empty: send at least one {what[:-1]}")
+    if n > limit:
+        raise InvalidInput(f"{n} {what}, over the {limit} limit: split them")
+
+
+async def accepted(
+    services: Services,
+    access: Access,
+    collection: str,
+    rows: list[DocumentRow],
+    rejected: Sequence[Rejected] = (),
+) -> Response:
+    """Store the rows, enqueue their job (with the rejections), wake the workers: the 202."""
+    done = await asyncio.to_thread(
+        submit_documents, services.store, services.queue, collection, rows, rejected
+    )
+    services.notify_workers()
+    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
+    body = {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged,
+            "rejected": done.rejected}  # fmt: skip
+    return JSON(body, status_code=202)
+
+
 @router.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
 async def add_documents(
     name: str, body: DocumentsIn, services: Services = Depends(ready_services),
     access: Access = Depends(writing),
 ) -> Response:  # fmt: skip
     record = await access.resolve(name)
-    name = record.name
-    limit = services.settings.max_documents_per_request
-    if not body.documents:
-        raise InvalidInput("'documents' is empty: send at least one document")
-    if len(body.documents) > limit:
-        raise InvalidInput(f"{len(body.documents)} documents, over the {limit} limit: split them")
+    check_count(len(body.documents), services.settings.max_documents_per_request, "documents")
     access.charge_texts(len(body.documents))
     space = services.collections.space(record)
     seen: set[str] = set()
@@ -153,13 +189,7 @@ async def add_documents(
             raise InvalidInput(f"document id {d.id!r} appears twice in one request")
         seen.add(d.id)
         rows.append(_document_row(d, i, record, space, services.settings))
-    done = await asyncio.to_thread(submit_documents, services.store, services.queue, name, rows)
-    services.notify_workers()
-    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
-    return JSON(
-        {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
-        status_code=202,
-    )
+    return await accepted(services, access, record.name, rows)
 
 
 @router.post("/v1/collections/{name}/vectors", status_code=202, response_model=SubmittedOut)
@@ -170,12 +200,8 @@ async def add_vectors(
     """Bring-your-own vectors in bulk (base64 float32): stored and acknowledged like POST
     documents (one job), checked a whole array at a time."""
     record = await access.resolve(name)
-    limit = services.settings.max_vectors_per_request
     n = len(body.ids)
-    if n == 0:
-        raise InvalidInput("'ids' is empty: send at least one vector")
-    if n > limit:
-        raise InvalidInput(f"{n} vectors, over the {limit} limit: split them")
+    check_count(n, services.settings.max_vectors_per_request, "vectors", "ids")
     if len(set(body.ids)) != n:
         raise InvalidInput("'ids' repeats an id: each vector needs its own id")
     for field, values in (("texts", body.texts), ("metadata", body.metadata)):
@@ -184,15 +210,7 @@ async def add_vectors(
     access.charge_texts(n)
     space = services.collections.space(record)
     rows = await asyncio.to_thread(_vector_rows, body, record, space, services.settings)
-    done = await asyncio.to_thread(
-        submit_documents, services.store, services.queue, record.name, rows
-    )
-    services.notify_workers()
-    access.note(documents=done.documents, unchanged=done.unchanged, job=done.job_id)
-    return JSON(
-        {"job_id": done.job_id, "documents": done.documents, "unchanged": done.unchanged},
-        status_code=202,
-    )
+    return await accepted(services, access, record.name, rows)
 
 
 def _vector_rows(
@@ -277,6 +295,7 @@ async def get_job(
             "attempts": job.attempts,
             "result": result or None,
             "error": job.error,
+            "rejected": job_rejections(job.payload),
             "created_at": job.created_at,
             "updated_at": job.updated_at,
         }
