@@ -44,7 +44,17 @@ import numpy as np
 import orjson
 import uvloop
 
-from common import Server, load_note, post, pydoc_docs, say, server_env, table, wait_jobs
+from common import (
+    Server,
+    cpu_seconds,
+    load_note,
+    post,
+    pydoc_docs,
+    say,
+    server_env,
+    table,
+    wait_jobs,
+)
 from embedstack.loadtest.http import Connection, Endpoint, ExchangeError
 
 MODEL = "all-MiniLM-L6-v2"
@@ -201,13 +211,6 @@ def queries(docs: list[tuple[str, str]], n: int = 1000) -> list[str]:
     rng = random.Random(0)
     words = [w for _, t in docs for w in t.split() if w.isalpha()]
     return [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(n)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(client: httpx.Client, name: str) -> float:
