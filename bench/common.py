@@ -89,6 +89,13 @@ def say(text: str) -> None:
     console.print(text)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_env(**extra: str) -> dict[str, str]:
     """The caller's environment without EMBEDSTACK_* settings, offline, quiet, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTACK_")}

@@ -44,7 +44,18 @@ import numpy as np
 import orjson
 import uvloop
 
-from common import Server, load_note, post, pydoc_docs, say, server_env, table, wait_jobs
+from common import (
+    Server,
+    cpu_seconds,
+    load_note,
+    post,
+    pydoc_docs,
+    say,
+    server_env,
+    table,
+    wait_jobs,
+)
+from embedstack.loadtest.http import Connection, Endpoint, ExchangeError
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -67,51 +78,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--retry-pause-ms", type=float, default=10.0,
                    help="the fixed pause of --retry-policy pause (10)")  # fmt: skip
     return p.parse_args()
-
-
-# -- a small HTTP/1.1 client -----------------------------------------------------------------
-class Conn:
-    """One keep-alive connection; request() sends a POST and returns (status, body)."""
-
-    def __init__(self, host: str, port: int, path: str, headers: dict[str, str]) -> None:
-        self.host, self.port = host, port
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-        )
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, body: bytes) -> tuple[int, bytes, float]:
-        """(status, body, Retry-After seconds or 0)."""
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        close = False
-        retry = 0.0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-            elif name == b"retry-after":
-                retry = float(value)
-        data = await self.reader.readexactly(length)
-        if close:
-            self.close()
-        return status, data, retry
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
 
 
 @dataclass
@@ -168,8 +134,8 @@ COLUMNS = ["step", "offered", "sent/s", "admitted QPS", "p50 ms", "p99 ms", "ser
 
 
 async def closed_loop(
-    url: httpx.URL, path: str, bodies: list[bytes], clients: int, step: Step,
-    headers: dict[str, str], pause: float | None = None,
+    endpoint: Endpoint, path: str, bodies: list[bytes], clients: int, step: Step,
+    pause: float | None = None,
 ) -> None:  # fmt: skip
     """`clients` connections, each sending its next query as soon as the last one answered;
     after a 429 it waits the answer's Retry-After seconds (`pause` seconds if given), never
@@ -178,15 +144,15 @@ async def closed_loop(
     rng = random.Random(clients)
 
     async def client() -> None:
-        conn = Conn(url.host, url.port or 80, path, headers)
+        conn = Connection(endpoint)
         try:
             while time.perf_counter() < end:
                 body = bodies[rng.randrange(len(bodies))]
                 t = time.perf_counter()
-                status, data, retry = await conn.request(body)
+                status, data = await conn.request("POST", path, body)
                 step.record(status, data, time.perf_counter() - t)
                 if status == 429:
-                    wait = retry if pause is None else pause
+                    wait = conn.retry_after if pause is None else pause
                     await asyncio.sleep(min(wait, max(0.0, end - time.perf_counter())))
         finally:
             conn.close()
@@ -195,11 +161,12 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: httpx.URL, path: str, bodies: list[bytes], rate: float, step: Step, max_conns: int = 512
-) -> None:
+    endpoint: Endpoint, path: str, bodies: list[bytes], rate: float, step: Step,
+    max_conns: int = 512,
+) -> None:  # fmt: skip
     """Poisson arrivals at `rate`/s for step.seconds; latency from the scheduled send time."""
     rng = random.Random(int(rate))
-    idle: list[Conn] = []
+    idle: list[Connection] = []
     opened = 0
     freed = asyncio.Condition()
     tasks: set[asyncio.Task[None]] = set()
@@ -213,11 +180,10 @@ async def open_loop(
                 conn = idle.pop()
             else:
                 opened += 1
-                conn = Conn(url.host, url.port or 80, path, {})
+                conn = Connection(endpoint)
         try:
-            status, data, _ = await conn.request(body)
-        except (OSError, asyncio.IncompleteReadError):
-            conn.close()
+            status, data = await conn.request("POST", path, body)
+        except ExchangeError:  # the connection closed itself: reused, it reconnects
             status, data = 599, b""
         step.record(status, data, time.perf_counter() - scheduled)
         async with freed:
@@ -245,13 +211,6 @@ def queries(docs: list[tuple[str, str]], n: int = 1000) -> list[str]:
     rng = random.Random(0)
     words = [w for _, t in docs for w in t.split() if w.isalpha()]
     return [" ".join(rng.choices(words, k=rng.randint(4, 12))) for _ in range(n)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(client: httpx.Client, name: str) -> float:
@@ -286,7 +245,7 @@ def main() -> None:
                                   for i, (t, x) in enumerate(docs)]})["job_id"]  # fmt: skip
         wait_jobs(client, [job])
         say(f"{len(docs)} docs indexed; warming up ... {load_note()}")
-        url = httpx.URL(server.url)
+        endpoint = Endpoint(server.url, {})
         for b in bodies[:50]:
             warm = {"content-type": "application/json", "X-Request-Budget-Ms": "60000"}
             r = client.post(path, content=b, headers=warm)  # not measured: a roomy budget
@@ -312,7 +271,7 @@ def main() -> None:
         calib: list[Step] = []
         for c in [int(x) for x in args.calibrate.split(",") if x]:
             s = Step("peak search, closed", f"{c} clients", args.step_s, budget_s)
-            calib.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
+            calib.append(run(s, closed_loop(endpoint, path, bodies, c, s, pause)))
         best = max(calib, key=lambda s: s.goodput)
         peak_clients = int(best.offered.split()[0])
         peak = best.goodput
@@ -324,18 +283,18 @@ def main() -> None:
         for m in multiples:
             c = max(1, round(m * peak_clients))
             s = Step(f"closed {m:g}x", f"{c} clients", args.step_s, budget_s)
-            steps.append(run(s, closed_loop(url, path, bodies, c, s, {}, pause)))
+            steps.append(run(s, closed_loop(endpoint, path, bodies, c, s, pause)))
         if not args.skip_open:
             for m in multiples:
                 s = Step(f"open {m:g}x", f"{m * peak:.0f}/s", args.step_s, budget_s)
-                steps.append(run(s, open_loop(url, path, bodies, m * peak, s)))
+                steps.append(run(s, open_loop(endpoint, path, bodies, m * peak, s)))
         c = max(1, round(multiples[-1] * peak_clients))
         base = Step(f"closed {multiples[-1]:g}x, never shed", f"{c} clients", args.step_s,
                     budget_s)  # fmt: skip
-        headers = {"X-Request-Budget-Ms": f"{args.no_budget_ms:g}"}
-        steps.append(run(base, closed_loop(url, path, bodies, c, base, headers, pause)))
+        unshed = Endpoint(server.url, {"X-Request-Budget-Ms": f"{args.no_budget_ms:g}"})
+        steps.append(run(base, closed_loop(unshed, path, bodies, c, base, pause)))
         again = Step("peak again (drift)", f"{peak_clients} clients", args.step_s, budget_s)
-        steps.append(run(again, closed_loop(url, path, bodies, peak_clients, again, {}, pause)))
+        steps.append(run(again, closed_loop(endpoint, path, bodies, peak_clients, again, pause)))
         shed = metric(client, "embedstack_shed_total")
         early = metric(client, "embedstack_shed_early_total")
         dropped = metric(client, "embedstack_deadline_dropped_total")

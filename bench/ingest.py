@@ -33,6 +33,7 @@ from common import (
     THREADS_HELP,
     Server,
     batched,
+    cpu_seconds,
     load_note,
     post,
     preflight,
@@ -114,11 +115,22 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="the server's in-process ingest workers (default 0: its default, 1)",
     )
+    p.add_argument(
+        "--batch-documents",
+        type=int,
+        default=0,
+        help="documents a worker chunks, embeds and stores together (default 0: the server's "
+        "ingest_batch_documents)",
+    )
     return p.parse_args()
 
 
 def workers(args: argparse.Namespace) -> dict[str, str]:
-    return {"EMBEDSTACK_WORKERS": str(args.workers)} if args.workers > 0 else {}
+    """The server settings the worker options ask for."""
+    env = {"EMBEDSTACK_WORKERS": str(args.workers)} if args.workers > 0 else {}
+    if args.batch_documents > 0:
+        env["EMBEDSTACK_INGEST_BATCH_DOCUMENTS"] = str(args.batch_documents)
+    return env
 
 
 def load_docs(corpus: str, n: int) -> list[tuple[str, str]]:
@@ -268,7 +280,10 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
         model_before = metric_sum(client, "embedstack_inference_duration_seconds_sum", HASH_MODEL)
         if args.profile is not None:
             server.signal(signal.SIGUSR1)
+        assert server.proc is not None
+        cpu_before = cpu_seconds(server.proc.pid)
         run = write_path(client, "hash", payloads)
+        cpu = cpu_seconds(server.proc.pid) - cpu_before
         if args.profile is not None:
             server.signal(signal.SIGUSR2)
         post_s = metric_sum(client, "embedstack_http_request_duration_seconds_sum", "POST")
@@ -286,6 +301,10 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
     say(
         f"server time in POST handlers {post_s - post_before:.1f} s, in the embedder "
         f"{model_s - model_before:.1f} s, of {run['seconds']:.1f} s wall"
+    )
+    say(
+        f"server CPU {cpu:.1f} s ({cpu / run['seconds']:.2f} cores): {chunks / cpu:,.0f} chunks "
+        "per server CPU second (what the wall rate would be with one core to itself)"
     )
     say(f"[bold]RATIO pipeline ceiling / target = {rate / args.target:.2f}[/]")
     if args.profile is not None:

@@ -22,8 +22,8 @@ import httpx
 import orjson
 import uvloop
 
-from common import Server, load_note, post, say, server_env, wait_jobs
-from goodput import Step, cpu_seconds, metric, open_loop
+from common import Server, cpu_seconds, load_note, post, say, server_env, wait_jobs
+from goodput import Step, metric, open_loop
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def test_patch_index_swaps_without_failed_queries(
         described = c.get("/v1/collections/kb").json()
         assert described["index"] == {
             "type": "hnsw",
-            "params": {"M": 16, "ef_construction": 200, "ef_search": 128},
+            "params": {"M": 16, "ef_construction": 100, "ef_search": 128},
         }
         assert described["vectors"] == 2000 and not described["rebuilding"]
     server.stop()

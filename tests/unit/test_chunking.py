@@ -367,6 +367,27 @@ def test_token_mode_covers_every_non_space_character(
     assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
 
 
+class OffsetsOnly:
+    """RegexTokenizer without `offset_arrays`: chunking takes its list of spans instead."""
+
+    def __init__(self) -> None:
+        self._inner = RegexTokenizer()
+        self.num_special_tokens = 2
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return self._inner.offsets(text)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self._inner.count_tokens(texts)
+
+
+@settings(max_examples=120, deadline=None)
+@given(text=st.one_of(documents(), st.text(max_size=200)), spec=specs())
+def test_offset_arrays_chunk_exactly_like_offsets(text: str, spec: ChunkingSpec) -> None:
+    slow = OffsetsOnly()
+    assert chunk_text("d", text, RegexTokenizer(), spec) == chunk_text("d", text, slow, spec)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- validation and hashes
 
 

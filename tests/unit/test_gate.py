@@ -140,6 +140,7 @@ class _FakeCatalog:
 
         self.cached = cached
         self.release = threading.Event()
+        self.choices = 0  # how often the gate + race ran
 
     def spec(self, model: str) -> str:
         return f"spec of {model}"
@@ -148,6 +149,7 @@ class _FakeCatalog:
         return self.cached
 
     def choose(self, model: str, force_race: bool = False, stop: object = None) -> str:
+        self.choices += 1
         self.release.wait(10)
         return "fast"
 
@@ -172,3 +174,23 @@ def test_auto_serves_the_reference_until_the_gate_chooses() -> None:
     assert auto.backend == "auto:fast" and auto.embed_batch(["a"])[0, 0] == 1.0
     cached = AutoEmbedder(_FakeCatalog(cached="fast"), "m")  # type: ignore[arg-type]
     assert cached.wait_selected(0) and cached.backend == "auto:fast"
+
+
+def test_auto_gates_and_races_only_once_texts_reach_it_and_only_once() -> None:
+    from embedstack.inference.models.auto import AutoEmbedder
+
+    catalog = _FakeCatalog(cached=None)
+    auto = AutoEmbedder(catalog, "m", background=True)  # type: ignore[arg-type]
+    assert auto.selection == "deferred" and catalog.choices == 0 and auto._thread is None
+    assert auto.embed_batch(["a"])[0, 0] == 0.0  # the reference answers the first texts
+    catalog.release.set()
+    assert auto.wait_selected(10) and auto.selection == "chosen"
+    auto.embed_batch(["b"])
+    assert catalog.choices == 1 and auto.backend == "auto:fast"
+    # closed before any text (a server stopping): the choice never starts
+    idle = _FakeCatalog(cached=None)
+    closed = AutoEmbedder(idle, "m", background=True)  # type: ignore[arg-type]
+    closed.close()
+    closed.embed_batch(["a"])
+    assert idle.choices == 0 and closed.selection == "deferred" and closed._thread is None
+    assert AutoEmbedder(_FakeCatalog(cached="fast"), "m").selection == "cached"  # type: ignore[arg-type]

@@ -138,3 +138,19 @@ def test_throughput_is_not_pathological() -> None:
     for lo in range(0, len(texts), 256):
         emb.embed_batch(texts[lo : lo + 256])
     assert time.perf_counter() - t0 < 5.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            list("ab Z_9.,;\n\t\u00e9\u4e2d\u3002\u00a0\u2019\u0661\u00b2!\u200b\U0001f600\ud800")
+        ),
+        max_size=60,
+    )
+)
+def test_offset_arrays_are_the_regex_offsets(text: str) -> None:
+    tok = RegexTokenizer()
+    starts, ends = tok.offset_arrays(text)
+    assert starts.dtype == ends.dtype == np.int64
+    assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == tok.offsets(text)

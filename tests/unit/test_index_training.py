@@ -141,7 +141,7 @@ def test_factory_validation() -> None:
     )
     assert validate_index_params("hnsw", {"M": 16}) == {
         "M": 16,
-        "ef_construction": 200,
+        "ef_construction": 100,
         "ef_search": 64,
     }
     assert validate_index_params("flat", None) == {}

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embedstack.inference.models.gate import GateCache
 from embedstack.inference.models.race import (
     IDLE_LOAD_PER_CPU,
     RaceLoad,
+    RaceStopped,
     race_repeated,
     wait_for_idle,
 )
@@ -70,3 +72,11 @@ def test_load_is_described_as_idle_or_busy() -> None:
     assert RaceLoad(0.2, 0.3, 2).idle and "idle" in RaceLoad(0.2, 0.3, 2).describe()
     busy = RaceLoad(IDLE_LOAD_PER_CPU * 2 + 1, 4.0, 2)
     assert not busy.idle and busy.describe().startswith("load 2.0-4.0 on 2 CPUs (busy)")
+
+
+def test_a_stopped_race_measures_and_records_nothing() -> None:
+    stop = threading.Event()
+    stop.set()
+    engine = _Sleepy(0.0)
+    with pytest.raises(RaceStopped):
+        race_repeated({"a": engine}, ["t"] * 4, max_wait_s=0, stop=stop, load=lambda: 0.1)  # type: ignore[dict-item]

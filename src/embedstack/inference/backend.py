@@ -22,7 +22,9 @@ class Tokenizer(Protocol):
         ...
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of each token of `text`, without special tokens."""
+        """Character spans of each token of `text`, without special tokens. (A tokenizer may
+        also offer `offset_arrays(text) -> (starts, ends)`, the same as two int64 arrays:
+        chunking prefers it, as it costs no Python object per token.)"""
         ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

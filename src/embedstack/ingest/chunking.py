@@ -163,6 +163,17 @@ def validate_chunking(
     return spec
 
 
+def _token_spans(tokenizer: Tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """The token (starts, ends) of `text` as int64 arrays: from the tokenizer's
+    `offset_arrays` when it has one (no Python object per token), else from `offsets`."""
+    arrays = getattr(tokenizer, "offset_arrays", None)
+    if arrays is not None:
+        starts, ends = arrays(text)
+        return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    spans = np.asarray(tokenizer.offsets(text), dtype=np.int64).reshape(-1, 2)
+    return spans[:, 0], spans[:, 1]
+
+
 class _Doc:
     """A document's text and its token spans (sanitized: starts and ends non-decreasing)."""
 
@@ -170,11 +181,10 @@ class _Doc:
         self.text = text
         self.tokenizer = tokenizer
         self.size = size
-        spans = tokenizer.offsets(text)
-        arr = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        arr = np.clip(arr, 0, len(text))
-        starts = np.maximum.accumulate(arr[:, 0])
-        ends = np.maximum.accumulate(np.maximum(arr[:, 1], starts))
+        found, ends = _token_spans(tokenizer, text)
+        n = len(text)  # spans clipped to the text (np.clip costs more than this on small arrays)
+        starts = np.maximum.accumulate(np.minimum(np.maximum(found, 0), n))
+        ends = np.maximum.accumulate(np.maximum(np.minimum(np.maximum(ends, 0), n), starts))
         self.starts: list[int] = starts.tolist()
         self.ends: list[int] = ends.tolist()
         self.n = len(self.starts)

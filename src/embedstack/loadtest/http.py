@@ -39,12 +39,14 @@ class Endpoint:
 
 
 class Connection:
-    """One keep-alive connection, used by one request at a time."""
+    """One keep-alive connection, used by one request at a time. `retry_after`: the last
+    answer's Retry-After header in seconds (0.0 when it had none)."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.retry_after = 0.0
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         e = self.endpoint
@@ -59,7 +61,7 @@ class Connection:
                 .encode() + body
             )  # fmt: skip
             head = await self.reader.readuntil(b"\r\n\r\n")
-            status, length, close = _parse_head(head)
+            status, length, close, self.retry_after = _parse_head(head)
             data = await self.reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.close()
@@ -78,10 +80,12 @@ class Connection:
         self.reader = self.writer = None
 
 
-def _parse_head(head: bytes) -> tuple[int, int, bool]:
+def _parse_head(head: bytes) -> tuple[int, int, bool, float]:
+    """Status, Content-Length, whether the server closes the connection, and Retry-After."""
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
     length: int | None = None
+    retry = 0.0
     close = lines[0].startswith(b"HTTP/1.0")  # 1.0 closes unless it says keep-alive
     for line in lines[1:]:
         name, _, value = line.partition(b":")
@@ -90,11 +94,13 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
             length = int(value)
         elif key == b"connection":
             close = value.strip().lower() != b"keep-alive"
+        elif key == b"retry-after":
+            retry = float(value)
         elif key == b"transfer-encoding":
             raise ValueError("chunked answers are not supported by the load generator")
     if length is None:
         raise ValueError(f"answer {status} without Content-Length")
-    return status, length, close
+    return status, length, close, retry
 
 
 class Pool:

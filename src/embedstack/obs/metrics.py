@@ -67,6 +67,13 @@ class Metrics:
             "The engine serving each loaded model (value 1; the backend is a label).",
             ["model", "backend"], registry=r,
         )  # fmt: skip
+        self.model_selection = Gauge(
+            "embedstack_model_selection_info",
+            "Where an auto model's choice of engine stands (value 1; the state is a label: "
+            "deferred until texts reach the model, running while gated and raced, cached, "
+            "chosen, pinned, stopped or failed).",
+            ["model", "state"], registry=r,
+        )  # fmt: skip
         self.inference_latency = Histogram(
             "embedstack_inference_duration_seconds", "Model forward time per batch.", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,

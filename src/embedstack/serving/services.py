@@ -175,10 +175,20 @@ class Services:
                 b = Batcher(embedder, config, self.metrics)
                 await b.start()
                 self.batchers[model] = b
-                loaded = self.models.loaded().get(model)
-                if loaded is not None:
-                    self.metrics.model_engine.labels(model, loaded.backend).set(1)
+                self.export_engines()
             return self.batchers[model]
+
+    def export_engines(self) -> None:
+        """Set the engine and engine-choice series of every loaded model (an auto model swaps
+        its engine when its background choice ends, so this runs again at every scrape)."""
+        m = self.metrics
+        m.model_engine.clear()
+        m.model_selection.clear()
+        for model, embedder in self.models.loaded().items():
+            m.model_engine.labels(model, embedder.backend).set(1)
+            selection = getattr(embedder, "selection", None)  # auto models only
+            if selection is not None:
+                m.model_selection.labels(model, selection).set(1)
 
     async def embed(
         self, model: str, texts: Sequence[str], lane: Lane = "query", deadline: float | None = None

@@ -71,8 +71,21 @@ class Ask:
     model: str | None  # the model that will embed its text; None when it skips the model
 
 
+def embeds_text(text: object, vector: object, mode: object) -> bool:
+    """Whether a query's text goes through the model (a text, not a vector or lexical query)."""
+    return isinstance(text, str) and vector is None and mode != "lexical"
+
+
+def query_ask(query_models: Mapping[str, str], stored: str, deadline: float, embeds: bool) -> Ask:
+    """The Ask of a query of collection `stored`: its text (if `embeds`) goes to the model that
+    collection's text queries went to last (none yet: admission judges the search alone)."""
+    return Ask(deadline, stored, query_models.get(stored) if embeds else None)
+
+
 def refusal(gate: SearchGate, batchers: Mapping[str, Batcher], ask: Ask) -> Overloaded | None:
-    """The Overloaded that admission would answer this request now, or None.
+    """The Overloaded that admission would answer this request now, or None. The one owner of
+    query admission before the real work: QueryShedder asks it before FastAPI reads a request,
+    and the query route again before any thread hop (the real checks follow with the real text).
 
     The search gate first (every query searches); then the model, with a short text (a lower
     bound of the real one), its deadline shortened by the search's estimate."""
@@ -176,12 +189,8 @@ def ask_of(
         stored = principal.qualify(scope["path"][len(QUERY_PREFIX) : -len(QUERY_SUFFIX)])
     except NotFound:  # not a name of this tenant's: the route answers 404
         return None
-    embeds = (
-        isinstance(body.get("text"), str) and body.get("vector") is None
-        and body.get("mode") != "lexical"
-    )  # fmt: skip
-    model = query_models.get(stored) if embeds else None
-    return Ask(arrived + requested / 1000.0, stored, model)
+    embeds = embeds_text(body.get("text"), body.get("vector"), body.get("mode"))
+    return query_ask(query_models, stored, arrived + requested / 1000.0, embeds)
 
 
 def route_of(scope: Scope) -> RouteTemplate | None:

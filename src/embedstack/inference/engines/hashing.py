@@ -25,6 +25,33 @@ _BLOCK = 1024  # texts per vectorized block: keeps the scratch arrays in cache
 _ALGORITHM = "hashing-v1:unigram+bigram:crc32+splitmix64"
 
 
+_SPACE, _WORD, _OTHER = 0, 1, 2
+_WORD_CHAR = re.compile(r"\w")
+_SPACE_CHAR = re.compile(r"\s")
+
+
+def _kind(ch: str) -> int:
+    """The class of one character under `_TOKEN`: word (\\w), space (\\s) or other."""
+    if _WORD_CHAR.match(ch):
+        return _WORD
+    return _SPACE if _SPACE_CHAR.match(ch) else _OTHER
+
+
+_ASCII_KIND = np.array([_kind(chr(c)) for c in range(128)], dtype=np.int8)
+
+
+def _char_kinds(codes: np.ndarray) -> np.ndarray:
+    """The class of every character (`codes`: code points), each distinct non-ASCII character
+    classed once."""
+    kind = np.empty(len(codes), dtype=np.int8)
+    ascii_ = codes < 128
+    kind[ascii_] = _ASCII_KIND[codes[ascii_]]
+    wide = np.flatnonzero(~ascii_)
+    uniq, inverse = np.unique(codes[wide], return_inverse=True)
+    kind[wide] = np.array([_kind(chr(int(c))) for c in uniq], dtype=np.int8)[inverse]
+    return kind
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer on uint64 (wrapping arithmetic): stable across runs and platforms."""
     h = h ^ (h >> np.uint64(30))
@@ -50,6 +77,29 @@ class RegexTokenizer:
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         return [m.span() for m in _TOKEN.finditer(text)]
+
+    def offset_arrays(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """`offsets(text)` as two int64 arrays (starts, ends), found without a Python step per
+        token: each character is classed (word, space, other) through a table, and a token
+        starts where a word run begins or at any other character."""
+        try:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        except UnicodeEncodeError:  # a lone surrogate: the regex handles it
+            spans = np.asarray(self.offsets(text), dtype=np.int64).reshape(-1, 2)
+            return spans[:, 0].copy(), spans[:, 1].copy()
+        if len(codes) == 0 or int(codes.max()) < 128:
+            kind = _ASCII_KIND[codes]
+        else:
+            kind = _char_kinds(codes)
+        # padded with a space at both ends: a word run starts where a word follows a non-word
+        padded = np.empty(len(kind) + 2, dtype=np.int8)
+        padded[0] = padded[-1] = _SPACE
+        padded[1:-1] = kind
+        word = padded == _WORD
+        other = padded[1:-1] == _OTHER
+        starts = np.flatnonzero(other | (word[1:-1] & ~word[:-2]))
+        ends = np.flatnonzero(other | (word[1:-1] & ~word[2:])) + 1
+        return starts, ends
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]

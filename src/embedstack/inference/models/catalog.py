@@ -47,7 +47,7 @@ from embedstack.inference.models.gate import (
 from embedstack.inference.models.gate import timed_embed as _timed
 from embedstack.inference.models.invariance import check_invariance
 from embedstack.inference.models.quantize import Int8Config
-from embedstack.inference.models.race import IDLE_WAIT_S, RaceLoad, race_repeated
+from embedstack.inference.models.race import IDLE_WAIT_S, RaceLoad, RaceStopped, race_repeated
 from embedstack.inference.models.variants import BundledVariants, Variant
 from embedstack.types import ModelSpec
 
@@ -266,6 +266,8 @@ class Catalog:
         at most `race_wait_s`), three times, keeping each one's median; the winner and the
         load it was measured under are cached. `force_race` races again despite the cache.
         """
+        if stop is not None and stop.is_set():
+            raise RaceStopped("the auto choice was stopped before it started")
         # never a batch-dependent engine (the gate refuses one; checked again for old reports)
         reports = self.auto_reports(model)
         passing = sorted(r.backend for r in reports if r.passed and r.batch_invariant)

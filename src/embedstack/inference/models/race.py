@@ -22,6 +22,10 @@ IDLE_LOAD_PER_CPU = 0.5  # a 1-minute load average under this x CPUs counts as i
 IDLE_WAIT_S = 120.0  # how long a race waits for an idle moment before it runs anyway
 
 
+class RaceStopped(Exception):
+    """The race was asked to stop before it finished: nothing is measured or recorded."""
+
+
 @dataclass(frozen=True)
 class RaceLoad:
     """The machine's 1-minute load average before and after a race, on `cpus` CPUs."""
@@ -95,10 +99,15 @@ def race_repeated(
     load: Callable[[], float] = load_now,
 ) -> tuple[dict[str, float], RaceLoad]:
     """`race` at an idle moment (waiting at most `max_wait_s`), `repeats` times; each engine's
-    median texts/s, and the load the races ran under."""
+    median texts/s, and the load the races ran under. Raises RaceStopped when `stop` is set
+    before the races are done (a stopping server does not spend its last seconds racing)."""
     waited = wait_for_idle(max_wait_s, stop, load)
     before = load()
-    runs = [race(embedders, texts) for _ in range(repeats)]
+    runs = []
+    for _ in range(repeats):
+        if stop is not None and stop.is_set():
+            raise RaceStopped("the speed race was stopped before it finished")
+        runs.append(race(embedders, texts))
     after = load()
     speeds = {name: float(np.median([r[name] for r in runs])) for name in embedders}
     return speeds, RaceLoad(

@@ -49,6 +49,7 @@ async def readyz(request: Request, services: Services = Depends(get_services)) -
 async def metrics(
     services: Services = Depends(get_services), _: Access = Depends(scraping)
 ) -> Response:
+    services.export_engines()
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

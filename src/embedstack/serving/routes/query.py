@@ -34,6 +34,7 @@ from embedstack.serving.routes.documents import checked_vector
 from embedstack.serving.schemas import QueryIn
 from embedstack.serving.search_gate import SearchGate
 from embedstack.serving.services import Services
+from embedstack.serving.shed import embeds_text, query_ask, refusal
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
 
@@ -137,7 +138,13 @@ async def query(
         raise InvalidInput(f"'k' is {body.k}, over the limit of {services.settings.max_k}")
     check_filter(body.filter, services.settings.max_filter_conditions)
     stored = access.qualify(name)
-    _early_check(services, stored, body, deadline)
+    # refuse, before any thread hop, what even a short text could not answer in time (the
+    # same admission QueryShedder asked before FastAPI read the request)
+    embeds = embeds_text(body.text, body.vector, body.mode)
+    ask = query_ask(services.query_models, stored, deadline, embeds)
+    refused = refusal(services.search_gate, services.batchers, ask)
+    if refused is not None:
+        raise refused
     # one snapshot of the collection decides the space of both the query vector and the index,
     # so a cutover in flight can never mix spaces
     if services.collections.cached(stored):  # in memory: no thread hop for a dict lookup
@@ -171,7 +178,6 @@ async def query(
     )  # fmt: skip
 
 
-_SHORT_QUERY = (8,)  # token counts of a short query
 # a search measured (EWMA) at most this long runs on the event loop when no other search is
 # running or queued: a hop to the search pool and back costs more than the search itself
 INLINE_SEARCH_S = 0.002
@@ -190,18 +196,6 @@ def _search_inline(gate: SearchGate, args: tuple[Any, ...], deadline: float) -> 
     hits = hybrid.search(*args)
     gate.observe(time.perf_counter() - started)
     return hits
-
-
-def _early_check(services: Services, stored: str, body: QueryIn, deadline: float) -> None:
-    """Refuse, before any thread hop, a query that even a short text could not answer within
-    its deadline (the model this collection's text queries went to last, and the search
-    gate); the real checks follow with the real text."""
-    gate = services.search_gate
-    gate.check()
-    model = services.query_models.get(stored) if body.text is not None else None
-    batcher = services.batchers.get(model) if model is not None else None
-    if batcher is not None:
-        batcher.check_deadline(_SHORT_QUERY, deadline - (gate.estimate() or 0.0))
 
 
 def _ms(started: float) -> float:
