@@ -113,7 +113,8 @@ def local_cluster(
 @pytest.fixture(scope="module")
 def api_node(local_cluster: LocalCluster) -> Iterator[httpx.Client]:
     """A cluster API node (the app `embedstack serve --cluster` runs) on the module's cluster,
-    served by uvicorn on a loopback port in this process: real HTTP."""
+    served by uvicorn on a loopback port in this process: real HTTP, with an admin API key
+    from the catalog."""
     import uvicorn
 
     settings = Settings(
@@ -131,7 +132,9 @@ def api_node(local_cluster: LocalCluster) -> Iterator[httpx.Client]:
         time.sleep(0.05)
     assert server.started, "the API node did not start in 30 s"
     port = sock.getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    admin, _ = local_cluster.router.catalog.keys().create_key(scopes=["admin"], name="tests")
+    headers = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
         yield client
     server.should_exit = True
     thread.join(timeout=30)
@@ -405,12 +408,41 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     for method, path in (
         ("post", "/v1/collections/up/vectors"),
         ("get", "/v1/collections/up/stats"),
-        ("post", "/v1/keys"),
+        ("post", "/v1/keys/abc/rotate"),
+        ("get", "/v1/audit"),
     ):
         r = c.request(method.upper(), path, json={})
         assert r.status_code == 501 and "cluster mode" in r.json()["error"]["message"], r.text
     assert c.delete("/v1/aliases/alias-up").json() == {"deleted": "alias-up"}
     assert c.delete("/v1/collections/up").json() == {"deleted": "up"}
+
+
+def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
+    """Keys live in the shared catalog: created over HTTP by an admin key, checked on every
+    request (401 without one, 403 without the route's scope), revoked for every API node."""
+    url = str(api_node.base_url)
+    with httpx.Client(base_url=url, timeout=30) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200  # open, as on single node
+        r = anonymous.get("/v1/collections")
+        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        bad = anonymous.get("/v1/collections", headers={"Authorization": "Bearer es_nope"})
+        assert bad.status_code == 401
+    made = api_node.post("/v1/keys", json={"scopes": ["read"], "name": "reader"})
+    assert made.status_code == 201, made.text
+    reader = made.json()["key"]
+    assert made.json()["prefix"] in {k["prefix"] for k in api_node.get("/v1/keys").json()["keys"]}
+    grants = api_node.post("/v1/keys", json={"scopes": ["read"], "collections": ["docs"]})
+    assert grants.status_code == 422 and "cluster mode" in grants.json()["error"]["message"]
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {reader}"}) as c:
+        hits = c.post("/v1/collections/docs/query", json={"text": QUERIES[0], "k": 3})
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
+        r = c.post("/v1/collections", json={"name": "nope"})
+        assert r.status_code == 403 and "'admin'" in r.json()["error"]["message"]
+        r = c.post("/v1/collections/docs/documents", json={"documents": [{"id": "x", "text": "x"}]})
+        assert r.status_code == 403 and "'write'" in r.json()["error"]["message"]
+        revoked = api_node.delete(f"/v1/keys/{made.json()['prefix']}")
+        assert revoked.status_code == 200 and not revoked.json()["active"]
+        assert c.get("/v1/collections/docs").status_code == 401
 
 
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:

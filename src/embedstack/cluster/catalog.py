@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from embedstack.cluster.keys import RedisKeys
 from embedstack.errors import Conflict, NotFound, Unavailable
 from embedstack.storage.catalog import UpgradeRecord
 from embedstack.types import CollectionConfig
@@ -92,6 +93,7 @@ Change = Callable[
 class RedisCatalog:
     def __init__(self, client: Any, prefix: str = "embedstack") -> None:
         self._r = client
+        self.prefix = prefix
         self._collections = f"{prefix}:collections"
         self._aliases = f"{prefix}:aliases"
         self._jobs = f"{prefix}:job:"
@@ -102,6 +104,10 @@ class RedisCatalog:
         import redis
 
         return cls(redis.Redis.from_url(url, socket_timeout=5.0))
+
+    def keys(self) -> RedisKeys:
+        """The cluster's API keys, in the same Redis."""
+        return RedisKeys(self._r, self.prefix)
 
     def create(self, coll: ClusterCollection) -> None:
         if self._r.hexists(self._aliases, coll.name):

@@ -21,12 +21,14 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from embedstack.cluster.catalog import ClusterCollection
+from embedstack.cluster.keys import RedisKeys
 from embedstack.cluster.router import ClusterRouter
 from embedstack.cluster.upgrades import ClusterUpgrades
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotSupported
 from embedstack.registry.collections import NAME_RE, describe_config
 from embedstack.serving.app import ROUTE_MODULES, install_error_handlers
+from embedstack.serving.cluster_auth import ClusterGate, key_routes
 from embedstack.serving.cluster_upgrades import upgrade_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import (
@@ -297,7 +299,11 @@ def _not_in_cluster(method: str, path: str) -> Callable[[], Awaitable[Response]]
     return refuse
 
 
-def create_cluster_app(router: ClusterRouter, settings: Settings) -> FastAPI:
+def create_cluster_app(
+    router: ClusterRouter, settings: Settings, keys: RedisKeys | None = None
+) -> FastAPI:
+    """The API node's app; `keys`: where API keys are checked (default: the catalog's Redis).
+    Every request needs a key unless settings.insecure_no_auth."""
     app = FastAPI(
         title="embedstack (cluster)",
         version="0.1.0",
@@ -307,7 +313,8 @@ def create_cluster_app(router: ClusterRouter, settings: Settings) -> FastAPI:
     errors = install_error_handlers(app)
     cluster_upgrades = ClusterUpgrades(router)
     router.on_round.append(cluster_upgrades.tick)  # auto cutovers
-    served = [cluster_routes(router, settings), upgrade_routes(cluster_upgrades)]
+    keys = keys if keys is not None else router.catalog.keys()
+    served = [cluster_routes(router, settings), upgrade_routes(cluster_upgrades), key_routes(keys)]
     for api in served:
         app.include_router(api, responses=errors)
     paths = {
@@ -318,4 +325,5 @@ def create_cluster_app(router: ClusterRouter, settings: Settings) -> FastAPI:
         for m in r.methods or ()
     }
     app.include_router(unsupported_routes(paths), responses=errors)
+    app.add_middleware(ClusterGate, keys=keys, settings=settings)
     return app
