@@ -372,6 +372,12 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     described = c.get("/v1/collections/up").json()
     assert described["shadow"]["model"] == "hashing-test-b"
     assert described["shadow"]["vectors"] == described["vectors"] == 220
+    # as on single node, a query may name the shadow space (embedded with the shadow's model)
+    shadow = {"text": docs[0]["text"], "k": 1, "space_id": new}
+    shadow_hits = c.post("/v1/collections/up/query", json=shadow).json()
+    assert shadow_hits["space_id"] == new and shadow_hits["hits"][0]["document_id"] == "d0"
+    other = c.post("/v1/collections/up/query", json={"text": "x", "space_id": "sp_other"})
+    assert other.status_code == 409 and "sp_other" in other.json()["error"]["message"]
 
     r = c.post("/v1/collections/up/upgrade/cutover", json={})
     assert r.status_code == 200, r.text
@@ -403,6 +409,14 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["retired"] == new
     assert c.get("/v1/collections/up").json()["previous"] is None
     assert c.post("/v1/collections/up/rollback").status_code == 409
+    # an auto cutover (the reconcile loop runs it once ready) with the unlabeled gate: stored
+    # texts sampled from every shard, top-k overlap between the spaces
+    auto = {"model": "hashing-test-b", "auto_cutover": True, "gate": {"min_overlap": 0.0}}
+    assert c.post("/v1/collections/up/upgrade", json=auto).status_code == 202
+    st = _wait_state(c, "up", {"cut_over", "gate_failed", "failed"})
+    assert st["state"] == "cut_over" and st["report"]["mode"] == "overlap", st
+    assert st["report"]["queries"] > 0
+    assert c.get("/v1/collections/up").json()["model"] == "hashing-test-b"
 
     # single-node-only routes: a clear 501 naming cluster mode, never a 404 or a 500
     for method, path in (

@@ -29,7 +29,7 @@ from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.log import LogRecord, ShardLog
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.shards import Placement, check_layout, place, shard_of
-from embedstack.errors import EmbedStackError, InvalidInput, Unavailable
+from embedstack.errors import EmbedStackError, InvalidInput, SpaceMismatch, Unavailable
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.registry.collections import CollectionConfigs
@@ -206,14 +206,33 @@ class ClusterRouter:
         }
 
     # -- reads ---------------------------------------------------------------------------------
-    def embed_query(self, coll: ClusterCollection, text: str) -> np.ndarray:
-        """The query in the serving space: embedded with that space's model, parity checked."""
-        if not coll.model:
+    def space_of(self, coll: ClusterCollection, space_id: str | None) -> tuple[str, str | None]:
+        """(space id, model) of the serving space, or of the named shadow or previous space
+        (as single node lets a query name one); SpaceMismatch for any other."""
+        spaces = {coll.space_id: coll.model}
+        for ref in (coll.shadow, coll.previous):
+            if ref is not None:
+                spaces[ref.space_id] = ref.model
+        wanted = space_id or coll.space_id
+        if wanted not in spaces:
+            raise SpaceMismatch(
+                f"space {wanted} is not a space of collection {coll.name!r}, whose spaces are "
+                f"{', '.join(spaces)}: vectors from different models or settings cannot be mixed"
+            )
+        return wanted, spaces[wanted]
+
+    def embed_query(
+        self, coll: ClusterCollection, text: str, space_id: str | None = None
+    ) -> np.ndarray:
+        """The query in the serving (or named) space: embedded with that space's model, parity
+        checked."""
+        space, model = self.space_of(coll, space_id)
+        if not model:
             raise InvalidInput(
                 f"collection {coll.name!r} has no model (bring-your-own vectors): "
                 "send 'vector' instead of 'text'"
             )
-        return self.embed(coll.name, coll.space_id, coll.model, [text])[0]
+        return self.embed(coll.name, space, model, [text])[0]
 
     def embed(self, name: str, space_id: str, model: str, texts: list[str]) -> np.ndarray:
         """Texts embedded for space `space_id` of collection `name`; Conflict when the model's

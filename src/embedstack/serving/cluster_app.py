@@ -102,13 +102,15 @@ def _out(router: ClusterRouter, c: ClusterCollection) -> dict[str, Any]:
     return out
 
 
-def _record(router: ClusterRouter, c: ClusterCollection) -> tuple[CollectionRecord, SpaceInfo]:
-    """The single-node view of a cluster collection and its serving space, for the shared input
-    checks."""
+def _record(
+    router: ClusterRouter, c: ClusterCollection, space_id: str | None = None
+) -> tuple[CollectionRecord, SpaceInfo]:
+    """The single-node view of a cluster collection and one of its spaces (default: the serving
+    one), for the shared input checks."""
     record = CollectionRecord(c.name, c.config, c.space_id, c.created_at)
-    spec = router.models.get(c.model).spec if c.model else None
-    space = SpaceInfo(c.name, c.space_id, c.model, spec, "serving", 0.0)
-    return record, space
+    space, model = router.space_of(c, space_id)
+    spec = router.models.get(model).spec if model else None
+    return record, SpaceInfo(c.name, space, model, spec, "serving", 0.0)
 
 
 def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
@@ -233,28 +235,23 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
             )
         if (body.text is None) == (body.vector is None):
             raise InvalidInput("send exactly one of 'text' and 'vector'")
-        vector = None
+        # the space this query reads, resolved once: a cutover meanwhile cannot mix spaces
+        space_id, _ = router.space_of(coll, body.space_id)
         if body.vector is not None:
-            record, space = _record(router, coll)
+            record, space = _record(router, coll, space_id)
             claimed = body.space_id is not None
-            if claimed and body.space_id != coll.space_id:
-                raise InvalidInput(f"space {body.space_id} is not collection {name!r}'s space")
             vector = checked_vector(body.vector, record, space, "'vector'", claimed)
+        else:
+            vector = await asyncio.to_thread(router.embed_query, coll, str(body.text), space_id)
         hits = await asyncio.to_thread(
-            router.query,
-            coll.name,
-            text=body.text,
-            vector=vector,
-            k=body.k,
-            flt=body.filter,
-            group=body.group_by == "document",
+            router.search, coll, space_id, vector, body.k, body.filter, body.group_by == "document"
         )
         took = (time.perf_counter() - started) * 1000
         return JSON(
             {
                 "hits": hits,
                 "collection": coll.name,
-                "space_id": coll.space_id,
+                "space_id": space_id,
                 "mode": "dense",
                 "took_ms": took,
                 "budget_ms": settings.cluster_replica_timeout_s * 1000,
