@@ -459,6 +459,37 @@ def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
         assert c.get("/v1/collections/docs").status_code == 401
 
 
+def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Client) -> None:
+    """Upgrade a hashing collection of the corpus to the bundled all-MiniLM-L6-v2: after the
+    cutover its hits equal those of the collection ingested with that model from the start
+    ("real", same documents, exact index), so the replicas' back-fill re-embedded every
+    document from its own store."""
+    c = api_node
+    corpus = CORPUS[:60]
+    body = {"name": "grow", "model": "hashing-test", "index": {"type": "exact"}}
+    assert c.post("/v1/collections", json=body).status_code == 201
+    docs = [{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in corpus]
+    job = c.post("/v1/collections/grow/documents", json={"documents": docs}).json()["job_id"]
+    _wait_http_job(c, job)
+    r = c.post("/v1/collections/grow/upgrade", json={"model": "all-MiniLM-L6-v2"})
+    assert r.status_code == 202, r.text
+    _wait_state(c, "grow", {"ready"}, timeout=300)
+    gate = {"min_overlap": 0.0, "sample_queries": 20}  # unlabeled: texts sampled from the shards
+    r = c.post("/v1/collections/grow/upgrade/cutover", json={"gate": gate})
+    assert r.status_code == 200, r.text
+    assert r.json()["report"]["mode"] == "overlap" and r.json()["report"]["queries"] == 20
+    grown = c.get("/v1/collections/grow").json()
+    assert grown["model"] == "all-MiniLM-L6-v2" and grown["vectors"] == grown["chunks"]
+    for q in QUERIES[:4]:
+        got = c.post("/v1/collections/grow/query", json={"text": q, "k": 10}).json()
+        want = c.post("/v1/collections/real/query", json={"text": q, "k": 10}).json()
+        assert got["space_id"] == want["space_id"]
+        assert [h["document_id"] for h in got["hits"]] == [h["document_id"] for h in want["hits"]]
+        for a, b in zip(got["hits"], want["hits"], strict=True):
+            assert abs(a["score"] - b["score"]) < 1e-4
+    assert c.delete("/v1/collections/grow").status_code == 200
+
+
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:
     router = local_cluster.router
     failures: list[str] = []

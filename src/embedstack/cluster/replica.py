@@ -227,13 +227,15 @@ class ShardReplica:
         return sample_texts(self._store, self.coll.name, space_id, n)
 
     def stats(self) -> dict[str, Any]:
-        """collection_stats of this replica, and vectors per space."""
+        """collection_stats of this replica (chunks: of its store's serving space), and
+        vectors and chunks per space."""
         out: dict[str, Any] = dict(self._store.collection_stats(self.coll.name))
         vectors = {}
         for key in self._indexes.open_keys():
             if key[0] == self.coll.name:
                 vectors[key[1]] = self._indexes.get(*key).index.count()
         out["vectors"] = vectors
+        out["chunks_by_space"] = self._store.chunks_by_space(self.coll.name)
         return out
 
     def documents(self) -> int:

@@ -74,8 +74,10 @@ def _out(router: ClusterRouter, c: ClusterCollection) -> dict[str, Any]:
         if not states:
             continue
         stats = max(states, key=lambda r: r.position).stats
-        for key in counts:
+        for key in ("documents", "documents_pending"):
             counts[key] += int(stats.get(key, 0))
+        # the catalog's serving space (a replica's store learns of a cutover from the log)
+        counts["chunks"] += int(stats.get("chunks_by_space", {}).get(c.space_id, 0))
         for space, n in stats.get("vectors", {}).items():
             vectors[space] = vectors.get(space, 0) + int(n)
     out.update(counts)
