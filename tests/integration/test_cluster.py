@@ -30,8 +30,8 @@ from embedstack.cluster.shards import moves, place, shard_of
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
-from embedstack.serving.cluster_app import create_cluster_app
-from embedstack.serving.responses import CollectionOut
+from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
+from embedstack.serving.responses import CollectionOut, DocumentOut, UpgradeOut
 from embedstack.serving.services import build_models
 from embedstack.storage.store import DocumentRow
 from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
@@ -370,6 +370,8 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     assert st["done"] == st["total"] == 200
     new = st["to_space"]
     described = c.get("/v1/collections/up").json()
+    ClusterCollectionOut.model_validate(described)  # the declared models, as test_responses
+    UpgradeOut.model_validate(st)
     assert described["shadow"]["model"] == "hashing-test-b"
     assert described["shadow"]["vectors"] == described["vectors"] == 220
     # as on single node, a query may name the shadow space (embedded with the shadow's model)
@@ -427,6 +429,15 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     ):
         r = c.request(method.upper(), path, json={})
         assert r.status_code == 501 and "cluster mode" in r.json()["error"]["message"], r.text
+    # documents by id, as on single node: read from a replica of the shard; a delete answers
+    # 200 once every placed replica applied it
+    got = c.get("/v1/collections/up/documents/d5").json()
+    assert DocumentOut.model_validate(got).text == docs[5]["text"] and got["indexed"]
+    assert c.delete("/v1/collections/up/documents/d5").json() == {"deleted": "d5"}
+    assert c.get("/v1/collections/up/documents/d5").status_code == 404
+    assert c.delete("/v1/collections/up/documents/d5").status_code == 404
+    top = c.post("/v1/collections/up/query", json={"text": docs[5]["text"], "k": 1}).json()
+    assert top["hits"][0]["document_id"] != "d5"
     assert c.delete("/v1/aliases/alias-up").json() == {"deleted": "alias-up"}
     assert c.delete("/v1/collections/up").json() == {"deleted": "up"}
 

@@ -65,6 +65,9 @@ class ShardReplica:
         self._indexer = DocumentIndexer(
             self._store, models, self._embed, metrics, WorkerConfig(embed_batch=64)
         )
+        self._stats: dict[str, Any] | None = None  # stats(), until the next change
+        self._changes = 0  # bumped before and after every change: a count taken across one
+        # is not kept
         self._position_file = root / "position.json"
         self.position = 0
         if self._position_file.exists():
@@ -105,6 +108,7 @@ class ShardReplica:
         commit. Returns the new position (the next offset to read)."""
         if not records:
             return self.position
+        self._changed()
         run: dict[str, DocumentRow] = {}
         for _, raw in records:
             rec = LogRecord.decode(raw)
@@ -125,7 +129,12 @@ class ShardReplica:
         self._indexes.sync_collection(self.coll.name)
         self.position = records[-1][0] + 1
         atomic_write(self._position_file, orjson.dumps({"position": self.position}))
+        self._changed()
         return self.position
+
+    def _changed(self) -> None:
+        self._changes += 1
+        self._stats = None
 
     def _put(self, rows: list[DocumentRow]) -> None:
         if not rows:
@@ -177,11 +186,13 @@ class ShardReplica:
         up = self._store.latest_upgrade(name)
         if up is None or up.state != "backfilling":
             return False
+        self._changed()
         after = str(up.options.get("after", ""))
         ids = next(self._store.all_documents(name, batch, after), [])
         if not ids:
             self._indexes.sync(name, up.to_space)
             self._store.update_upgrade(up.id, state="ready", done=up.total)
+            self._changed()
             return False
         payload = {"collection": name, "documents": ids, "space": up.to_space}
         totals = asyncio.run(self._indexer.process(payload))
@@ -190,6 +201,7 @@ class ShardReplica:
         self._indexes.sync(name, up.to_space)
         done = min(up.total, up.done + len(ids))
         self._store.update_upgrade(up.id, done=done, options={**up.options, "after": ids[-1]})
+        self._changed()
         return True
 
     def spaces(self) -> dict[str, Any]:
@@ -223,12 +235,25 @@ class ShardReplica:
             ) from None
         return search_space(self._store, self._indexes, self.coll.name, space, vec, k, flt, group)
 
+    def get_document(self, document_id: str) -> dict[str, Any] | None:
+        """A stored document as last written (DocumentOut's fields), or None."""
+        rows = self._store.get_documents(self.coll.name, [document_id])
+        if not rows:
+            return None
+        row = rows[0]
+        return {"id": row.id, "text": row.text, "metadata": row.metadata,
+                "indexed": row.indexed_hash == row.content_hash}  # fmt: skip
+
     def sample_texts(self, space_id: str, n: int) -> list[str]:
         return sample_texts(self._store, self.coll.name, space_id, n)
 
     def stats(self) -> dict[str, Any]:
         """collection_stats of this replica (chunks: of its store's serving space), and
-        vectors and chunks per space."""
+        vectors and chunks per space; counted again only after a change (status rounds ask
+        every 0.5 s, and the counts scan the store)."""
+        cached, changes = self._stats, self._changes
+        if cached is not None:
+            return cached
         out: dict[str, Any] = dict(self._store.collection_stats(self.coll.name))
         vectors = {}
         for key in self._indexes.open_keys():
@@ -236,10 +261,12 @@ class ShardReplica:
                 vectors[key[1]] = self._indexes.get(*key).index.count()
         out["vectors"] = vectors
         out["chunks_by_space"] = self._store.chunks_by_space(self.coll.name)
+        if changes == self._changes:  # nothing changed while counting: keep it
+            self._stats = out
         return out
 
     def documents(self) -> int:
-        return int(self._store.collection_stats(self.coll.name)["documents"])
+        return int(self.stats()["documents"])
 
     def close(self) -> None:
         self._indexes.snapshot_all()

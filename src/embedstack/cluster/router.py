@@ -151,6 +151,36 @@ class ClusterRouter:
         record = LogRecord("space", space=change).encode()
         return self.log.append(coll.topic, [(s, "", record) for s in range(coll.shards)])
 
+    def get_document(self, coll: ClusterCollection, document_id: str) -> dict[str, Any] | None:
+        """A document from a replica of its shard (caught-up first; the next on failure)."""
+        shard = shard_of(document_id, coll.shards)
+        for node in self._candidates(coll, shard):
+            handle = self._view.handles.get(node)
+            if handle is None:
+                continue
+            try:
+                found: dict[str, Any] | None = _get(
+                    handle.get_document.remote(coll.name, shard, document_id),
+                    self.replica_timeout,
+                )
+                return found
+            except Exception:
+                continue
+        raise Unavailable(
+            f"no replica of shard {shard} of {coll.name!r} answered within "
+            f"{self.replica_timeout:g} s: retry shortly"
+        )
+
+    def wait_job(self, job_id: str, timeout: float) -> bool:
+        """True once the job is done (every placed live replica applied it), False after
+        `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.job(job_id)["status"] != "done":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def sample_texts(self, coll: ClusterCollection, space_id: str, n: int) -> list[str]:
         """About `n` stored texts, an even share from one live replica of each shard."""
         share = -(-n // coll.shards)

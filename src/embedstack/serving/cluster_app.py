@@ -25,7 +25,7 @@ from embedstack.cluster.keys import RedisKeys
 from embedstack.cluster.router import ClusterRouter
 from embedstack.cluster.upgrades import ClusterUpgrades
 from embedstack.config import Settings
-from embedstack.errors import InvalidInput, NotSupported
+from embedstack.errors import InvalidInput, NotFound, NotSupported, Unavailable
 from embedstack.registry.collections import NAME_RE, describe_config
 from embedstack.serving.app import ROUTE_MODULES, install_error_handlers
 from embedstack.serving.cluster_auth import ClusterGate, key_routes
@@ -36,6 +36,7 @@ from embedstack.serving.responses import (
     AliasOut,
     CollectionOut,
     DeletedOut,
+    DocumentOut,
     JobOut,
     QueryOut,
     SubmittedOut,
@@ -44,6 +45,8 @@ from embedstack.serving.routes.documents import _document_row, checked_vector
 from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
+
+DELETE_WAIT_S = 30.0  # a document delete answers once every replica applied it, or 503
 
 
 class ClusterCollectionOut(CollectionOut):
@@ -202,12 +205,29 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
         body_out = {"job_id": job_id, "documents": len(rows), "unchanged": 0}
         return JSON(body_out, status_code=202)
 
-    @api.delete(
-        "/v1/collections/{name}/documents/{doc_id}", status_code=202, response_model=SubmittedOut
-    )
+    @api.get("/v1/collections/{name}/documents/{doc_id}", response_model=DocumentOut)
+    async def get_document(name: str, doc_id: str) -> Response:
+        """A stored document as it was last written, from a replica of its shard."""
+        coll = await asyncio.to_thread(router.catalog.resolve, name)
+        row = await asyncio.to_thread(router.get_document, coll, doc_id)
+        if row is None:
+            raise NotFound(f"collection {coll.name!r} has no document {doc_id!r}")
+        return JSON({**row, "collection": coll.name})
+
+    @api.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
     async def delete_document(name: str, doc_id: str) -> Response:
-        job_id = await asyncio.to_thread(router.delete_document, name, doc_id)
-        return JSON({"job_id": job_id, "documents": 1, "unchanged": 0}, status_code=202)
+        """As on single node: 200 once the document is gone from every placed replica of its
+        shard (the delete goes through the log); 404 when it does not exist."""
+        coll = await asyncio.to_thread(router.catalog.resolve, name)
+        if await asyncio.to_thread(router.get_document, coll, doc_id) is None:
+            raise NotFound(f"document {doc_id!r} does not exist in collection {coll.name!r}")
+        job_id = await asyncio.to_thread(router.delete_document, coll.name, doc_id)
+        if not await asyncio.to_thread(router.wait_job, job_id, DELETE_WAIT_S):
+            raise Unavailable(
+                f"the delete of {doc_id!r} is in the log (job {job_id}) but not yet applied by "
+                f"every replica after {DELETE_WAIT_S:g} s: follow GET /v1/jobs/{job_id}"
+            )
+        return JSON({"deleted": doc_id})
 
     @api.get("/v1/jobs/{job_id}", response_model=JobOut)
     async def get_job(job_id: str) -> Response:

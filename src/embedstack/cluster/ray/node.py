@@ -161,6 +161,9 @@ class ShardNode:
             raise Unavailable(f"node {self.name} holds no replica of {name} shard {shard}")
         return feed.replica
 
+    def get_document(self, name: str, shard: int, document_id: str) -> dict[str, Any] | None:
+        return self._replica(name, shard).get_document(document_id)
+
     def sample_texts(self, name: str, shard: int, space_id: str, n: int) -> list[str]:
         """Stored texts of a replica, unlabeled queries for an upgrade's gate."""
         return self._replica(name, shard).sample_texts(space_id, n)
