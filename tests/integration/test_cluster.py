@@ -371,6 +371,8 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     new = st["to_space"]
     described = c.get("/v1/collections/up").json()
     ClusterCollectionOut.model_validate(described)  # the declared models, as test_responses
+    models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert models["hashing-test-b"]["space_id"] == new
     UpgradeOut.model_validate(st)
     assert described["shadow"]["model"] == "hashing-test-b"
     assert described["shadow"]["vectors"] == described["vectors"] == 220

@@ -38,9 +38,11 @@ from embedstack.serving.responses import (
     DeletedOut,
     DocumentOut,
     JobOut,
+    ModelsOut,
     QueryOut,
     SubmittedOut,
 )
+from embedstack.serving.routes.admin import models_list
 from embedstack.serving.routes.documents import _document_row, checked_vector
 from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
@@ -132,6 +134,11 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
         view = await asyncio.to_thread(router.refresh)
         body = {"status": "ready" if view.live else "no nodes", "nodes": view.live}
         return JSON(body, status_code=200 if view.live else 503)
+
+    @api.get("/v1/models", response_model=ModelsOut)
+    async def list_models() -> Response:
+        """The models this API node embeds queries with (replicas load the same ones)."""
+        return JSON(models_list(router.models))
 
     @api.post("/v1/collections", status_code=201, response_model=ClusterCollectionOut)
     async def create_collection(body: CollectionCreate) -> Response:
