@@ -62,6 +62,8 @@ class ShardReplica:
             self._create(coll)
             record = self._store.get_collection(coll.name)
         self._collections.open(record)
+        up = self._store.latest_upgrade(coll.name)
+        self._backfilling = up is not None and up.state == "backfilling"  # skip the poll if not
         self._indexer = DocumentIndexer(
             self._store, models, self._embed, metrics, WorkerConfig(embed_batch=64)
         )
@@ -160,6 +162,7 @@ class ShardReplica:
                 self._store.update_upgrade(up.id, state="cancelled")  # the catalog moved on
             total = self._store.collection_stats(name)["documents"]
             self._shadow(space_id, change.get("model"), total, "backfilling")
+            self._backfilling = True
             self._collections.open(self._store.get_collection(name))
         elif action in ("cutover", "rollback"):
             if space_id not in local or local[space_id].state == "serving":
@@ -182,9 +185,12 @@ class ShardReplica:
         """Re-embed the next `batch` stored documents into the shadow space (in id order, the
         last id done kept on the upgrade record, so a restart resumes there); marks the
         upgrade ready after the last one. True while there is more to do."""
+        if not self._backfilling:
+            return False
         name = self.coll.name
         up = self._store.latest_upgrade(name)
         if up is None or up.state != "backfilling":
+            self._backfilling = False
             return False
         self._changed()
         after = str(up.options.get("after", ""))
@@ -192,6 +198,7 @@ class ShardReplica:
         if not ids:
             self._indexes.sync(name, up.to_space)
             self._store.update_upgrade(up.id, state="ready", done=up.total)
+            self._backfilling = False
             self._changed()
             return False
         payload = {"collection": name, "documents": ids, "space": up.to_space}
