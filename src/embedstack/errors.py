@@ -36,6 +36,11 @@ class SpaceMismatch(Conflict):
     """A vector or model from one embedding space was offered to another."""
 
 
+class NotSupported(EmbedStackError):
+    """A route this kind of server does not serve (e.g. a single-node-only feature asked of a
+    cluster API node); the message names what to do instead."""
+
+
 class Overloaded(EmbedStackError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)

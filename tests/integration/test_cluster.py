@@ -2,13 +2,15 @@
 log (tansu) and a real Redis catalog: 4 virtual shards x replication factor 2.
 
 One cluster for the module (Ray takes 10-40 s to start on a loaded 2-core box); the tests run in
-order: ingest and compare with a real single-node server, then kill a node under load, then add
-a node."""
+order: ingest and compare with a real single-node server, a model upgrade over the HTTP API of
+an API node, then kill a node under load, then add a node."""
 
 from __future__ import annotations
 
 import functools
 import json
+import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,8 @@ from embedstack.cluster.shards import moves, place, shard_of
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
+from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
+from embedstack.serving.responses import CollectionOut, DocumentOut, UpgradeOut
 from embedstack.serving.services import build_models
 from embedstack.storage.store import DocumentRow
 from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
@@ -104,6 +108,37 @@ def local_cluster(
         router.stop()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api_node(local_cluster: LocalCluster) -> Iterator[httpx.Client]:
+    """A cluster API node (the app `embedstack serve --cluster` runs) on the module's cluster,
+    served by uvicorn on a loopback port in this process: real HTTP, with an admin API key
+    from the catalog."""
+    import uvicorn
+
+    settings = Settings(
+        enable_test_models=True, default_model="hashing-test", cluster_shards=SHARDS,
+        cluster_replicas=REPLICAS, data_dir=local_cluster.root,
+    )  # fmt: skip
+    app = create_cluster_app(local_cluster.router, settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the API node did not start in 30 s"
+    port = sock.getsockname()[1]
+    admin, _ = local_cluster.router.catalog.keys().create_key(scopes=["admin"], name="tests")
+    headers = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
+        yield client
+    server.should_exit = True
+    thread.join(timeout=30)
+    local_cluster.router.on_round.clear()
 
 
 def rows(items: list[dict[str, Any]]) -> list[DocumentRow]:
@@ -239,6 +274,233 @@ def test_filter_is_pushed_down(local_cluster: LocalCluster) -> None:
     field, value = next(iter(meta[0]["metadata"].items()))
     hits = router.query("docs", text=QUERIES[0], k=10, flt={field: value})
     assert hits and all(h["metadata"][field] == value for h in hits)
+
+
+def _doc(i: int) -> dict[str, Any]:
+    rng = random.Random(i)
+    return {"id": f"d{i}", "text": " ".join(f"w{rng.randrange(3000)}" for _ in range(30))}
+
+
+def _wait_state(c: httpx.Client, name: str, states: set[str], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = c.get(f"/v1/collections/{name}/upgrade").json()
+        if st["state"] in states:
+            return st
+        time.sleep(0.1)
+    raise TimeoutError(f"upgrade of {name} never reached {states}: {st}")
+
+
+class Prober(threading.Thread):
+    """Queries an API node continuously; a query that mixed spaces (embedded with one model,
+    searched in the other's vectors) would not find the document itself on top."""
+
+    def __init__(self, client: httpx.Client, docs: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self.client, self.docs = client, docs
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.spaces: set[str] = set()
+        self.count = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            doc = self.docs[self.count % len(self.docs)]
+            self.count += 1
+            r = self.client.post(
+                "/v1/collections/alias-up/query", json={"text": doc["text"], "k": 3}
+            )
+            if r.status_code != 200:
+                self.errors.append(f"{r.status_code} {r.text}")
+                continue
+            self.spaces.add(r.json()["space_id"])
+            top = r.json()["hits"][0]
+            if top["document_id"] != doc["id"] or top["score"] < 0.99:
+                self.errors.append(f"mixed or wrong answer for {doc['id']}: {top}")
+
+
+def _wait_http_job(c: httpx.Client, job_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.get(f"/v1/jobs/{job_id}").json()["status"] == "done":
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id}: {c.get(f'/v1/jobs/{job_id}').json()}")
+
+
+def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
+    """The single-node upgrade API on an API node: shadow back-fill by every shard replica with
+    writes during it, the labeled gate, an atomic cutover and a rollback under continuous
+    queries (zero errors, no mixed-space answer), retire; the description has single-node
+    fields; single-node-only routes answer 501."""
+    c = api_node
+    docs = [_doc(i) for i in range(200)]
+    made = c.post("/v1/collections", json={"name": "up", "model": "hashing-test"})
+    assert made.status_code == 201, made.text
+    _wait_http_job(
+        c, c.post("/v1/collections/up/documents", json={"documents": docs}).json()["job_id"]
+    )
+    assert c.post("/v1/aliases", json={"alias": "alias-up", "collection": "up"}).status_code == 200
+    described = c.get("/v1/collections/alias-up").json()
+    assert set(CollectionOut.model_fields) <= set(described)
+    assert described["documents"] == described["vectors"] == 200
+    old = described["space_id"]
+    # version parity: a vector must name the serving space
+    vec = c.post("/v1/collections/up/query", json={"vector": [0.1] * described["dim"]})
+    assert vec.status_code == 409 and old in vec.json()["error"]["message"]
+
+    probers = [Prober(c, docs[:150]) for _ in range(2)]
+    for p in probers:
+        p.start()
+    labeled = [{"query": d["text"], "document_id": d["id"]} for d in docs[:100:4]]
+    r = c.post(
+        "/v1/collections/up/upgrade",
+        json={"model": "hashing-test-b", "eval": labeled, "gate": {"k": 5}},
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["state"] == "backfilling" and r.json()["total"] == 200
+    again = c.post("/v1/collections/up/upgrade", json={"model": "hashing-test-b"})
+    assert again.status_code == 409
+    # writes during the back-fill reach both spaces
+    more = [_doc(i) for i in range(200, 220)]
+    _wait_http_job(
+        c, c.post("/v1/collections/up/documents", json={"documents": more}).json()["job_id"]
+    )
+    st = _wait_state(c, "up", {"ready"})
+    assert st["done"] == st["total"] == 200
+    new = st["to_space"]
+    described = c.get("/v1/collections/up").json()
+    ClusterCollectionOut.model_validate(described)  # the declared models, as test_responses
+    models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert models["hashing-test-b"]["space_id"] == new
+    UpgradeOut.model_validate(st)
+    assert described["shadow"]["model"] == "hashing-test-b"
+    assert described["shadow"]["vectors"] == described["vectors"] == 220
+    # as on single node, a query may name the shadow space (embedded with the shadow's model)
+    shadow = {"text": docs[0]["text"], "k": 1, "space_id": new}
+    shadow_hits = c.post("/v1/collections/up/query", json=shadow).json()
+    assert shadow_hits["space_id"] == new and shadow_hits["hits"][0]["document_id"] == "d0"
+    other = c.post("/v1/collections/up/query", json={"text": "x", "space_id": "sp_other"})
+    assert other.status_code == 409 and "sp_other" in other.json()["error"]["message"]
+
+    r = c.post("/v1/collections/up/upgrade/cutover", json={})
+    assert r.status_code == 200, r.text
+    report = r.json()["report"]
+    assert report["mode"] == "labeled" and report["passed"]
+    assert report["new"]["recall"] == report["old"]["recall"] == 1.0
+    time.sleep(1.0)
+    described = c.get("/v1/collections/alias-up").json()
+    assert described["space_id"] == new and described["previous"]["space_id"] == old
+    assert described["model"] == "hashing-test-b"
+    # written after the cutover: in both spaces, so a rollback keeps it
+    late = {"id": "late", "text": "completely fresh words for a late document"}
+    _wait_http_job(
+        c, c.post("/v1/collections/up/documents", json={"documents": [late]}).json()["job_id"]
+    )
+    r = c.post("/v1/collections/up/rollback")
+    assert r.status_code == 200 and r.json()["space_id"] == old
+    time.sleep(1.0)
+    for p in probers:
+        p.stop.set()
+        p.join(timeout=30)
+    assert sum(p.count for p in probers) > 20
+    assert [e for p in probers for e in p.errors] == []
+    assert {old, new} == set().union(*(p.spaces for p in probers))
+    hit = c.post("/v1/collections/up/query", json={"text": late["text"], "k": 1}).json()
+    assert hit["space_id"] == old and hit["hits"][0]["document_id"] == "late"
+    assert c.get("/v1/collections/up/upgrade").json()["state"] == "rolled_back"
+    r = c.post("/v1/collections/up/retire", json={})
+    assert r.status_code == 200 and r.json()["retired"] == new
+    assert c.get("/v1/collections/up").json()["previous"] is None
+    assert c.post("/v1/collections/up/rollback").status_code == 409
+    # an auto cutover (the reconcile loop runs it once ready) with the unlabeled gate: stored
+    # texts sampled from every shard, top-k overlap between the spaces
+    auto = {"model": "hashing-test-b", "auto_cutover": True, "gate": {"min_overlap": 0.0}}
+    assert c.post("/v1/collections/up/upgrade", json=auto).status_code == 202
+    st = _wait_state(c, "up", {"cut_over", "gate_failed", "failed"})
+    assert st["state"] == "cut_over" and st["report"]["mode"] == "overlap", st
+    assert st["report"]["queries"] > 0
+    assert c.get("/v1/collections/up").json()["model"] == "hashing-test-b"
+
+    # single-node-only routes: a clear 501 naming cluster mode, never a 404 or a 500
+    for method, path in (
+        ("post", "/v1/collections/up/vectors"),
+        ("get", "/v1/collections/up/stats"),
+        ("post", "/v1/keys/abc/rotate"),
+        ("get", "/v1/audit"),
+    ):
+        r = c.request(method.upper(), path, json={})
+        assert r.status_code == 501 and "cluster mode" in r.json()["error"]["message"], r.text
+    # documents by id, as on single node: read from a replica of the shard; a delete answers
+    # 200 once every placed replica applied it
+    got = c.get("/v1/collections/up/documents/d5").json()
+    assert DocumentOut.model_validate(got).text == docs[5]["text"] and got["indexed"]
+    assert c.delete("/v1/collections/up/documents/d5").json() == {"deleted": "d5"}
+    assert c.get("/v1/collections/up/documents/d5").status_code == 404
+    assert c.delete("/v1/collections/up/documents/d5").status_code == 404
+    top = c.post("/v1/collections/up/query", json={"text": docs[5]["text"], "k": 1}).json()
+    assert top["hits"][0]["document_id"] != "d5"
+    assert c.delete("/v1/aliases/alias-up").json() == {"deleted": "alias-up"}
+    assert c.delete("/v1/collections/up").json() == {"deleted": "up"}
+
+
+def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
+    """Keys live in the shared catalog: created over HTTP by an admin key, checked on every
+    request (401 without one, 403 without the route's scope), revoked for every API node."""
+    url = str(api_node.base_url)
+    with httpx.Client(base_url=url, timeout=30) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200  # open, as on single node
+        r = anonymous.get("/v1/collections")
+        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        bad = anonymous.get("/v1/collections", headers={"Authorization": "Bearer es_nope"})
+        assert bad.status_code == 401
+    made = api_node.post("/v1/keys", json={"scopes": ["read"], "name": "reader"})
+    assert made.status_code == 201, made.text
+    reader = made.json()["key"]
+    assert made.json()["prefix"] in {k["prefix"] for k in api_node.get("/v1/keys").json()["keys"]}
+    grants = api_node.post("/v1/keys", json={"scopes": ["read"], "collections": ["docs"]})
+    assert grants.status_code == 422 and "cluster mode" in grants.json()["error"]["message"]
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {reader}"}) as c:
+        hits = c.post("/v1/collections/docs/query", json={"text": QUERIES[0], "k": 3})
+        assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
+        r = c.post("/v1/collections", json={"name": "nope"})
+        assert r.status_code == 403 and "'admin'" in r.json()["error"]["message"]
+        r = c.post("/v1/collections/docs/documents", json={"documents": [{"id": "x", "text": "x"}]})
+        assert r.status_code == 403 and "'write'" in r.json()["error"]["message"]
+        revoked = api_node.delete(f"/v1/keys/{made.json()['prefix']}")
+        assert revoked.status_code == 200 and not revoked.json()["active"]
+        assert c.get("/v1/collections/docs").status_code == 401
+
+
+def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Client) -> None:
+    """Upgrade a hashing collection of the corpus to the bundled all-MiniLM-L6-v2: after the
+    cutover its hits equal those of the collection ingested with that model from the start
+    ("real", same documents, exact index), so the replicas' back-fill re-embedded every
+    document from its own store."""
+    c = api_node
+    corpus = CORPUS[:60]
+    body = {"name": "grow", "model": "hashing-test", "index": {"type": "exact"}}
+    assert c.post("/v1/collections", json=body).status_code == 201
+    docs = [{"id": r["id"], "text": r["text"], "metadata": r["metadata"]} for r in corpus]
+    job = c.post("/v1/collections/grow/documents", json={"documents": docs}).json()["job_id"]
+    _wait_http_job(c, job)
+    r = c.post("/v1/collections/grow/upgrade", json={"model": "all-MiniLM-L6-v2"})
+    assert r.status_code == 202, r.text
+    _wait_state(c, "grow", {"ready"}, timeout=300)
+    gate = {"min_overlap": 0.0, "sample_queries": 20}  # unlabeled: texts sampled from the shards
+    r = c.post("/v1/collections/grow/upgrade/cutover", json={"gate": gate})
+    assert r.status_code == 200, r.text
+    assert r.json()["report"]["mode"] == "overlap" and r.json()["report"]["queries"] == 20
+    grown = c.get("/v1/collections/grow").json()
+    assert grown["model"] == "all-MiniLM-L6-v2" and grown["vectors"] == grown["chunks"]
+    for q in QUERIES[:4]:
+        got = c.post("/v1/collections/grow/query", json={"text": q, "k": 10}).json()
+        want = c.post("/v1/collections/real/query", json={"text": q, "k": 10}).json()
+        assert got["space_id"] == want["space_id"]
+        assert [h["document_id"] for h in got["hits"]] == [h["document_id"] for h in want["hits"]]
+        for a, b in zip(got["hits"], want["hits"], strict=True):
+            assert abs(a["score"] - b["score"]) < 1e-4
+    assert c.delete("/v1/collections/grow").status_code == 200
 
 
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:

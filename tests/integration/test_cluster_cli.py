@@ -67,6 +67,19 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 gone = c.post("/v1/collections/docs/query", json={"text": "x"})
                 assert gone.status_code == 404
                 assert c.get("/v1/collections").json() == {"collections": []}
+            # the cluster's API keys live in its catalog, managed by the same CLI
+            catalog = args[args.index("--catalog") + 1]
+            made = subprocess.run(
+                [*EMBEDSTACK, "keys", "create", "--catalog", catalog, "--scope", "admin"],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            prefix = made.stdout.strip().split("_")[1]
+            listed = subprocess.run(
+                [*EMBEDSTACK, "keys", "list", "--catalog", catalog],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert prefix in listed.stdout, listed.stdout + listed.stderr
         finally:
             server.stop()
     finally:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedstack.cluster.catalog import ClusterCollection
+from embedstack.cluster.catalog import ClusterCollection, SpaceRef
 from embedstack.cluster.log import LogRecord
 from embedstack.cluster.replica import ShardReplica
 from embedstack.config import Settings
+from embedstack.errors import Unavailable
 from embedstack.ingest.chunking import content_hash
 from embedstack.registry.collections import CollectionConfigs
 from embedstack.serving.services import build_models
@@ -76,3 +78,75 @@ def test_apply_is_ordered_idempotent_and_resumes(
     only = again.search(vec, 10, {"n": len("gamma threads")}, False)
     assert [h["document_id"] for h in only] == ["c"]
     again.close()
+
+
+def _space(action: str, space_id: str, model: str | None = None) -> bytes:
+    return LogRecord(
+        "space", space={"action": action, "space_id": space_id, "model": model}
+    ).encode()
+
+
+def test_space_records_shadow_backfill_cutover_rollback_retire(
+    setup: tuple[ClusterCollection, functools.partial[ShardReplica]],
+) -> None:
+    coll, make = setup
+    replica = make()
+    docs = [row(f"d{i}", f"document number {i} about files") for i in range(300)]
+    replica.apply([(0, LogRecord("put", tuple(docs)).encode())])
+    new = replica._models.get("hashing-test-b").spec.space_id
+    assert LogRecord.decode(_space("shadow", new, "hashing-test-b")).space == {
+        "action": "shadow", "space_id": new, "model": "hashing-test-b",
+    }  # fmt: skip
+    # the shadow record, then a write: the write goes to both spaces at once
+    replica.apply([(1, _space("shadow", new, "hashing-test-b"))])
+    replica.apply([(2, LogRecord("put", (row("late", "a late document"),)).encode())])
+    assert replica.spaces()["upgrade"] == {
+        "to_space": new, "state": "backfilling", "done": 0, "total": 300,
+    }  # fmt: skip
+    assert replica.backfill_step(batch=100)
+    replica.close()  # a restart mid-back-fill resumes after the last document done
+    replica = make()
+    assert replica.spaces()["upgrade"]["done"] == 100
+    while replica.backfill_step(batch=100):
+        pass
+    status = replica.spaces()
+    assert status["upgrade"]["state"] == "ready" and status["upgrade"]["done"] == 300
+    assert replica.stats()["vectors"] == {coll.space_id: 301, new: 301}
+    vec = replica._models.get("hashing-test-b").embed_batch(["a late document"])[0]
+    assert replica.search(np.asarray(vec), 1, None, False, new)[0]["document_id"] == "late"
+    # a space the replica does not have is Unavailable (the router tries another replica)
+    with pytest.raises(Unavailable):
+        replica.search(np.asarray(vec), 1, None, False, "sp_missing")
+
+    replica.apply([(3, _space("cutover", new))])
+    assert replica.spaces()["spaces"] == {coll.space_id: "previous", new: "serving"}
+    assert replica.spaces()["upgrade"]["state"] == "cut_over"
+    replica.apply([(4, _space("cutover", new))])  # re-delivered: nothing changes
+    replica.apply([(5, _space("rollback", coll.space_id))])
+    assert replica.spaces()["spaces"] == {coll.space_id: "serving", new: "previous"}
+    replica.apply([(6, _space("retire", new)), (7, _space("retire", coll.space_id))])
+    assert replica.spaces()["spaces"] == {coll.space_id: "serving"}  # serving is never retired
+    assert set(replica.stats()["vectors"]) == {coll.space_id}
+    replica.close()
+
+
+def test_a_new_replica_gets_the_catalogs_spaces(
+    setup: tuple[ClusterCollection, functools.partial[ShardReplica]], tmp_path: Path
+) -> None:
+    coll, _ = setup
+    models = build_models(Settings(enable_test_models=True, data_dir=tmp_path), {})
+    new = models.get("hashing-test-b").spec.space_id
+    upgraded = replace(
+        coll, space_id=new, model="hashing-test-b", previous=SpaceRef(coll.space_id, "hashing-test")
+    )
+    replica = ShardReplica(tmp_path / "fresh", upgraded, 1, models)
+    assert replica.spaces()["spaces"] == {coll.space_id: "previous", new: "serving"}
+    # replaying the log from the start writes both spaces; the old records change nothing
+    replica.apply([
+        (0, LogRecord("put", (row("a", "alpha files"),)).encode()),
+        (1, _space("shadow", new, "hashing-test-b")),
+        (2, _space("cutover", new)),
+    ])  # fmt: skip
+    assert replica.stats()["vectors"] == {coll.space_id: 1, new: 1}
+    assert replica.spaces()["spaces"] == {coll.space_id: "previous", new: "serving"}
+    replica.close()

@@ -55,7 +55,7 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
     """Run an API node of a cluster until a signal stops it."""
     import uvicorn
 
-    from embedstack.serving.auth import is_loopback
+    from embedstack.serving.auth import check_bind
     from embedstack.serving.cluster_app import create_cluster_app
 
     if queue is None or catalog is None:
@@ -63,18 +63,28 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
             "serve --cluster needs --queue kafka://HOST:PORT (the shard log) and --catalog "
             "redis://HOST:PORT/DB (the shared catalog); `embedstack cluster up` prints both"
         )
-    if not is_loopback(settings.host):
-        raise ConfigError(
-            f"cluster mode has no API keys yet: serve it on a loopback address, not "
-            f"{settings.host}, behind an authenticating proxy"
-        )
+    check_bind(settings)  # --insecure-no-auth only on loopback, as on single node
     _ray_init(address)
     router = build_router(settings, queue, catalog)
+    if settings.insecure_no_auth:
+        click.secho(
+            f"WARNING: serving WITHOUT authentication on {settings.host}: anyone who can reach "
+            "this address is an admin.", fg="red", bold=True, err=True,
+        )  # fmt: skip
+    elif not router.catalog.keys().has_keys():
+        click.secho(
+            "no API keys yet: every request will be refused with 401. Create one with "
+            f"`embedstack keys create --catalog {catalog} --scope admin`.", fg="yellow", err=True,
+        )  # fmt: skip
     router.wait_for_nodes(1, timeout=120)
     router.start()
     try:
         app = create_cluster_app(router, settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )  # fmt: skip
     finally:
         router.stop()
 
@@ -127,8 +137,9 @@ def up(nodes: int, data_dir: Path | None, config: Path | None) -> None:
         router.wait_for_nodes(nodes, timeout=300)
         queue, catalog = f"kafka://{kafka.address}", f"redis://{redis.address}/0"
         click.echo(f"ray: {local.address}\nqueue: {queue}\ncatalog: {catalog}")
-        click.echo(
-            f"embedstack serve --cluster {local.address} --queue {queue} --catalog {catalog}",
+        click.echo(  # a development cluster on loopback: no keys, like `make run`
+            f"embedstack serve --cluster {local.address} --queue {queue} --catalog {catalog} "
+            "--insecure-no-auth",
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

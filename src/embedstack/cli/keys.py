@@ -4,24 +4,45 @@ These work on the store directly (like `embedstack ingest --data-dir`), for ever
 without a running server: a server checks keys in the store on every request, so a revoked key
 is refused at once. An admin key can do the same over HTTP for its own tenant (/v1/keys).
 The full key is printed once, on stdout, at create and rotate; the store keeps a salted hash.
+With --catalog redis://HOST:PORT/DB, create, list and revoke work on a cluster's keys (in its
+Redis catalog, checked by every API node of `embedstack serve --cluster`) instead.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
 from embedstack.cli.common import Command, Group, config_option, data_dir_option, load_settings
+from embedstack.errors import ConfigError
 from embedstack.storage.keys import DEFAULT_TENANT, SCOPES
 from embedstack.storage.store import Store
+
+if TYPE_CHECKING:
+    from embedstack.cluster.keys import RedisKeys
 
 
 def _store(config: Path | None, data_dir: Path | None) -> Store:
     settings = load_settings(config, data_dir=data_dir)
     return Store(settings.data_dir / "store.db")
+
+
+def _cluster_keys(catalog: str) -> RedisKeys:
+    from embedstack.cluster.catalog import RedisCatalog
+
+    if not catalog.startswith("redis://"):
+        raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
+    return RedisCatalog.from_url(catalog).keys()
+
+
+catalog_option = click.option(
+    "--catalog", default=None, metavar="URL",
+    help="A cluster's catalog (redis://HOST:PORT/DB): its keys instead of the data dir's.",
+)  # fmt: skip
 
 
 def _when(t: float | None) -> str:
@@ -50,19 +71,28 @@ def keys() -> None:
               help="Texts (documents, inputs, queries) per second (default: the "
               "server's).")  # fmt: skip
 @click.option("--name", default=None, help="A note: who or what uses the key.")
+@catalog_option
 @config_option
 def create(
     data_dir: Path | None, tenant: str, scopes: tuple[str, ...], collections: tuple[str, ...],
-    rps: float | None, texts_per_s: float | None, name: str | None, config: Path | None,
+    rps: float | None, texts_per_s: float | None, name: str | None, catalog: str | None,
+    config: Path | None,
 ) -> None:  # fmt: skip
     """Create a key and print it (once: only its hash is stored)."""
-    store = _store(config, data_dir)
-    try:
-        full, record = store.create_key(tenant, scopes, collections or None, rps, texts_per_s, name)
-        store.add_audit(None, tenant, "cli keys create", detail={"key": record.prefix,
-                        "scopes": list(record.scopes)})  # fmt: skip
-    finally:
-        store.close()
+    if catalog is not None:
+        full, record = _cluster_keys(catalog).create_key(
+            tenant, scopes, collections or None, rps, texts_per_s, name
+        )
+    else:
+        store = _store(config, data_dir)
+        try:
+            full, record = store.create_key(
+                tenant, scopes, collections or None, rps, texts_per_s, name
+            )
+            store.add_audit(None, tenant, "cli keys create", detail={"key": record.prefix,
+                            "scopes": list(record.scopes)})  # fmt: skip
+        finally:
+            store.close()
     click.echo(
         f"created key {record.prefix} (tenant {record.tenant}, scopes "
         f"{','.join(record.scopes)}); it is shown only now:",
@@ -75,14 +105,21 @@ def create(
 @data_dir_option
 @click.option("--tenant", default=None, help="Only this tenant's keys.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+@catalog_option
 @config_option
-def list_(data_dir: Path | None, tenant: str | None, as_json: bool, config: Path | None) -> None:
+def list_(
+    data_dir: Path | None, tenant: str | None, as_json: bool, catalog: str | None,
+    config: Path | None,
+) -> None:  # fmt: skip
     """List keys by prefix (never the secret)."""
-    store = _store(config, data_dir)
-    try:
-        records = store.keys(tenant)
-    finally:
-        store.close()
+    if catalog is not None:
+        records = _cluster_keys(catalog).keys(tenant)
+    else:
+        store = _store(config, data_dir)
+        try:
+            records = store.keys(tenant)
+        finally:
+            store.close()
     for r in records:
         if as_json:
             click.echo(orjson.dumps(r.public()).decode())
@@ -115,15 +152,19 @@ def rotate(prefix: str, data_dir: Path | None, grace_s: float, config: Path | No
 @keys.command(cls=Command)
 @click.argument("prefix")
 @data_dir_option
+@catalog_option
 @config_option
-def revoke(prefix: str, data_dir: Path | None, config: Path | None) -> None:
+def revoke(prefix: str, data_dir: Path | None, catalog: str | None, config: Path | None) -> None:
     """Revoke a key now: a running server refuses it from its next request."""
-    store = _store(config, data_dir)
-    try:
-        record = store.revoke_key(prefix)
-        store.add_audit(None, record.tenant, "cli keys revoke", detail={"key": prefix})
-    finally:
-        store.close()
+    if catalog is not None:
+        record = _cluster_keys(catalog).revoke_key(prefix)
+    else:
+        store = _store(config, data_dir)
+        try:
+            record = store.revoke_key(prefix)
+            store.add_audit(None, record.tenant, "cli keys revoke", detail={"key": prefix})
+        finally:
+            store.close()
     click.echo(f"revoked key {prefix} (tenant {record.tenant})")
 
 

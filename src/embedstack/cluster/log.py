@@ -30,15 +30,20 @@ def kafka_bootstrap(url: str) -> str:
 
 @dataclass(frozen=True)
 class LogRecord:
-    """One entry of a shard's log: documents to upsert, or one document id to delete."""
+    """One entry of a shard's log: documents to upsert, one document id to delete, or a change
+    of the collection's embedding spaces (`space`: {"action": shadow | cutover | rollback |
+    retire, "space_id", "model"}), which every replica applies in log order."""
 
-    op: str  # "put" | "delete"
+    op: str  # "put" | "delete" | "space"
     documents: tuple[DocumentRow, ...] = ()
     document_id: str = ""
+    space: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         if self.op == "delete":
             return orjson.dumps({"op": "delete", "id": self.document_id})
+        if self.op == "space":
+            return orjson.dumps({"op": "space", "space": self.space})
         docs = [
             {
                 "id": d.id,
@@ -56,6 +61,8 @@ class LogRecord:
         data: dict[str, Any] = orjson.loads(raw)
         if data["op"] == "delete":
             return cls("delete", document_id=str(data["id"]))
+        if data["op"] == "space":
+            return cls("space", space=dict(data["space"]))
         docs = tuple(
             DocumentRow(
                 d["id"],

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,9 @@ from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.log import LogRecord, ShardLog
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.shards import Placement, check_layout, place, shard_of
-from embedstack.errors import EmbedStackError, InvalidInput, Unavailable
+from embedstack.errors import EmbedStackError, InvalidInput, SpaceMismatch, Unavailable
 from embedstack.inference.backend import ModelRegistry
+from embedstack.inference.parity import check_parity
 from embedstack.registry.collections import CollectionConfigs
 from embedstack.storage.store import DocumentRow
 
@@ -47,6 +48,8 @@ class ReplicaState:
     topic: str
     position: int
     error: str | None
+    stats: dict[str, Any] = field(default_factory=dict)  # documents, chunks, vectors per space
+    upgrade: dict[str, Any] | None = None  # the replica's latest upgrade: to_space, state, done
 
 
 @dataclass
@@ -83,6 +86,11 @@ class ClusterRouter:
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self.moves = 0  # replicas assigned to a node after the collection was first placed
+        self.on_round: list[Callable[[], None]] = []  # also run by the reconcile loop
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self._models
 
     # -- collections ---------------------------------------------------------------------------
     def create_collection(
@@ -93,7 +101,9 @@ class ClusterRouter:
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
         topic = f"embedstack.{safe}.{uuid.uuid4().hex[:8]}"
         self.log.create_topic(topic, shards)
-        coll = ClusterCollection(name, config, space_id, time.time(), topic, shards, replicas)
+        coll = ClusterCollection(
+            name, config, space_id, time.time(), topic, shards, replicas, config.model
+        )
         self.catalog.create(coll)
         self.reconcile()
         return coll
@@ -135,6 +145,71 @@ class ClusterRouter:
         self.catalog.put_job(job_id, coll.name, coll.topic, offsets, 1)
         return job_id
 
+    def append_space(self, coll: ClusterCollection, change: dict[str, Any]) -> dict[int, int]:
+        """Append a space record (an upgrade's shadow, cutover, rollback, retire) to every shard
+        partition; returns the offset it got in each."""
+        record = LogRecord("space", space=change).encode()
+        return self.log.append(coll.topic, [(s, "", record) for s in range(coll.shards)])
+
+    def get_document(self, coll: ClusterCollection, document_id: str) -> dict[str, Any] | None:
+        """A document from a replica of its shard (caught-up first; the next on failure)."""
+        shard = shard_of(document_id, coll.shards)
+        for node in self._candidates(coll, shard):
+            handle = self._view.handles.get(node)
+            if handle is None:
+                continue
+            try:
+                found: dict[str, Any] | None = _get(
+                    handle.get_document.remote(coll.name, shard, document_id),
+                    self.replica_timeout,
+                )
+                return found
+            except Exception:
+                continue
+        raise Unavailable(
+            f"no replica of shard {shard} of {coll.name!r} answered within "
+            f"{self.replica_timeout:g} s: retry shortly"
+        )
+
+    def wait_job(self, job_id: str, timeout: float) -> bool:
+        """True once the job is done (every placed live replica applied it), False after
+        `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.job(job_id)["status"] != "done":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def sample_texts(self, coll: ClusterCollection, space_id: str, n: int) -> list[str]:
+        """About `n` stored texts, an even share from one live replica of each shard."""
+        share = -(-n // coll.shards)
+        texts: list[str] = []
+        for shard in range(coll.shards):
+            for node in self._candidates(coll, shard):
+                handle = self._view.handles.get(node)
+                if handle is None:
+                    continue
+                try:
+                    texts += _get(
+                        handle.sample_texts.remote(coll.name, shard, space_id, share),
+                        self._status_timeout * 5,
+                    )
+                    break
+                except Exception:
+                    continue
+        return texts[:n]
+
+    def replica_states(self, coll: ClusterCollection) -> dict[int, list[ReplicaState]]:
+        """Each shard's placed live replicas, as the last status round saw them."""
+        view = self._view
+        placement = place(coll.shards, view.live, coll.replicas, coll.topic) if view.live else {}
+        out: dict[int, list[ReplicaState]] = {}
+        for shard in range(coll.shards):
+            states = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
+            out[shard] = [states[n] for n in placement.get(shard, ()) if n in states]
+        return out
+
     def job(self, job_id: str) -> dict[str, Any]:
         """`done` once every placed live replica of each shard the job wrote has applied it
         (so a read on any replica sees it), else `running`; with per-shard detail."""
@@ -161,13 +236,40 @@ class ClusterRouter:
         }
 
     # -- reads ---------------------------------------------------------------------------------
-    def embed_query(self, coll: ClusterCollection, text: str) -> np.ndarray:
-        if not coll.config.model:
+    def space_of(self, coll: ClusterCollection, space_id: str | None) -> tuple[str, str | None]:
+        """(space id, model) of the serving space, or of the named shadow or previous space
+        (as single node lets a query name one); SpaceMismatch for any other."""
+        spaces = {coll.space_id: coll.model}
+        for ref in (coll.shadow, coll.previous):
+            if ref is not None:
+                spaces[ref.space_id] = ref.model
+        wanted = space_id or coll.space_id
+        if wanted not in spaces:
+            raise SpaceMismatch(
+                f"space {wanted} is not a space of collection {coll.name!r}, whose spaces are "
+                f"{', '.join(spaces)}: vectors from different models or settings cannot be mixed"
+            )
+        return wanted, spaces[wanted]
+
+    def embed_query(
+        self, coll: ClusterCollection, text: str, space_id: str | None = None
+    ) -> np.ndarray:
+        """The query in the serving (or named) space: embedded with that space's model, parity
+        checked."""
+        space, model = self.space_of(coll, space_id)
+        if not model:
             raise InvalidInput(
                 f"collection {coll.name!r} has no model (bring-your-own vectors): "
                 "send 'vector' instead of 'text'"
             )
-        return np.asarray(self._models.get(coll.config.model).embed_batch([text])[0], np.float32)
+        return self.embed(coll.name, space, model, [text])[0]
+
+    def embed(self, name: str, space_id: str, model: str, texts: list[str]) -> np.ndarray:
+        """Texts embedded for space `space_id` of collection `name`; Conflict when the model's
+        space is not that one (a model changed under the space: its vectors would not mix)."""
+        embedder = self._models.get(model)
+        check_parity(embedder.spec, name, space_id)
+        return np.asarray(embedder.embed_batch(texts), np.float32)
 
     def query(
         self,
@@ -182,7 +284,20 @@ class ClusterRouter:
         if vector is None and text is None:
             raise InvalidInput("a query needs 'text' or 'vector'")
         vec = vector if vector is not None else self.embed_query(coll, str(text))
-        parts = self._scatter(coll, vec, k, flt, group)
+        return self.search(coll, coll.space_id, vec, k, flt, group)
+
+    def search(
+        self,
+        coll: ClusterCollection,
+        space_id: str,
+        vec: np.ndarray,
+        k: int,
+        flt: dict[str, Any] | None = None,
+        group: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Top-k of space `space_id` over every shard (the query names the space, so a query
+        in flight during a cutover reads one space throughout)."""
+        parts = self._scatter(coll, space_id, vec, k, flt, group)
         hits = [h for part in parts for h in part]
         hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
         return hits[:k]
@@ -202,6 +317,7 @@ class ClusterRouter:
     def _scatter(
         self,
         coll: ClusterCollection,
+        space_id: str,
         vec: np.ndarray,
         k: int,
         flt: dict[str, Any] | None,
@@ -229,7 +345,7 @@ class ClusterRouter:
             node = candidates[shard][attempt]
             with self._lock:
                 self._inflight[node] += 1
-            ref = handles[node].search.remote(coll.name, shard, vec, k, flt, group)
+            ref = handles[node].search.remote(coll.name, shard, vec, k, flt, group, space_id)
             pending[ref] = (shard, attempt, time.monotonic())
 
         def settle(ref: Any) -> tuple[int, int, float]:
@@ -279,7 +395,10 @@ class ClusterRouter:
                 continue
             live.append(refs[ref])
             for r in status["replicas"]:
-                state = ReplicaState(refs[ref], r["shard"], r["topic"], r["position"], r["error"])
+                state = ReplicaState(
+                    refs[ref], r["shard"], r["topic"], r["position"], r["error"],
+                    r.get("stats", {}), r.get("upgrade"),
+                )  # fmt: skip
                 replicas.setdefault((r["topic"], r["shard"]), []).append(state)
         self._view = View(sorted(live), replicas, time.monotonic(), handles)
         return self._view
@@ -346,6 +465,8 @@ class ClusterRouter:
             while not self._stop.wait(period):
                 try:
                     self.moves += self.reconcile()
+                    for hook in self.on_round:
+                        hook()
                 except Exception:
                     log.exception("cluster reconcile failed; retrying")
 

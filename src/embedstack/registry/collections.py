@@ -327,30 +327,10 @@ class CollectionService(CollectionConfigs):
         return embedder
 
     def describe(self, record: CollectionRecord) -> dict[str, Any]:
-        cfg = record.config
-        stored = cfg.to_json()
-        out: dict[str, Any] = {
-            "name": record.name,
-            "model": cfg.model,
-            "space_id": record.space_id,
-            "shadow": None,
-            "previous": None,
-            "dim": cfg.dim,
-            "metric": cfg.metric,
-            "chunking": stored.get("chunking"),
-            "index": stored["index"],
-            "record": stored.get("record"),
-            "search": {
-                **Retrieval().as_dict(),
-                **collection_settings(cfg.search, cfg.model is not None, cfg.lexical),
-            },
-            "lexical": cfg.lexical,
-            "lexical_fields": list(cfg.lexical_fields) if cfg.lexical else [],
-            "created_at": record.created_at,
-            "state": "error" if record.name in self._open_errors else "ready",
-            "error": self._open_errors.get(record.name),
-            "last_rebuild_error": self._rebuild_errors.get(record.name),
-        }
+        out = describe_config(record)
+        out["state"] = "error" if record.name in self._open_errors else "ready"
+        out["error"] = self._open_errors.get(record.name)
+        out["last_rebuild_error"] = self._rebuild_errors.get(record.name)
         out.update(self._store.collection_stats(record.name))
         for space in self._store.spaces(record.name):
             info: dict[str, Any] = {"space_id": space.space_id, "model": space.model}
@@ -366,6 +346,32 @@ class CollectionService(CollectionConfigs):
             else:
                 out[space.state] = info
         return out
+
+
+def describe_config(record: CollectionRecord) -> dict[str, Any]:
+    """The settings half of a collection's description (CollectionOut), from its record alone:
+    shared by single node and cluster API nodes."""
+    cfg = record.config
+    stored = cfg.to_json()
+    return {
+        "name": record.name,
+        "model": cfg.model,
+        "space_id": record.space_id,
+        "shadow": None,
+        "previous": None,
+        "dim": cfg.dim,
+        "metric": cfg.metric,
+        "chunking": stored.get("chunking"),
+        "index": stored["index"],
+        "record": stored.get("record"),
+        "search": {
+            **Retrieval().as_dict(),
+            **collection_settings(cfg.search, cfg.model is not None, cfg.lexical),
+        },
+        "lexical": cfg.lexical,
+        "lexical_fields": list(cfg.lexical_fields) if cfg.lexical else [],
+        "created_at": record.created_at,
+    }
 
 
 def _reason(exc: Exception) -> str:

@@ -170,19 +170,7 @@ class UpgradeService:
         up = self._store.latest_upgrade(record.name)
         if up is None:
             raise NotFound(f"collection {record.name!r} has no upgrade: start one first")
-        elapsed = max(
-            1e-9, (up.updated_at if up.state != "backfilling" else time.time()) - up.started_at
-        )
-        rate = up.done / elapsed
-        eta = (up.total - up.done) / rate if rate > 0 and up.state == "backfilling" else None
-        return {
-            "id": up.id, "collection": up.collection, "state": up.state, "model": up.model,
-            "from_space": up.from_space, "to_space": up.to_space, "total": up.total,
-            "done": up.done, "rate_docs_per_s": round(rate, 2),
-            "eta_s": round(eta, 1) if eta is not None else None,
-            "auto_cutover": up.options.get("auto_cutover", False), "report": up.report,
-            "error": up.error, "started_at": up.started_at, "updated_at": up.updated_at,
-        }  # fmt: skip
+        return upgrade_status(up)
 
     async def refresh(self) -> None:
         """Follow back-fill jobs; mark finished shadows ready; run auto-cutovers.
@@ -252,7 +240,7 @@ class UpgradeService:
             queries = [q for q, _ in eval_set]
         else:
             queries = await asyncio.to_thread(
-                self._sample_texts, record.name, up.from_space, gate.sample_queries
+                sample_texts, self._store, record.name, up.from_space, gate.sample_queries
             )
         if not queries:
             return {"mode": "empty", "passed": True, "queries": 0}
@@ -270,32 +258,7 @@ class UpgradeService:
             results[label] = await asyncio.to_thread(
                 self._ranked_documents, record.name, space.space_id, vecs, gate.k
             )
-        report: dict[str, Any] = {"k": gate.k, "queries": len(queries), "gate": asdict(gate),
-                                  "evaluated_at": time.time()}  # fmt: skip
-        if eval_set:
-            wanted = [d for _, d in eval_set]
-            for label in ("old", "new"):
-                report[label] = _recall_mrr(results[label], wanted)
-            floor = report["old"]["recall"] - gate.max_recall_drop
-            passed = report["new"]["recall"] >= floor - 1e-9
-            if gate.min_recall is not None:
-                passed = passed and report["new"]["recall"] >= gate.min_recall
-            report.update(mode="labeled", passed=passed)
-        else:
-            # share of the top-k both spaces agree on; a collection with fewer than k documents
-            # is measured on the documents there are (identical rankings score 1.0)
-            overlap = float(
-                np.mean(
-                    [
-                        len(set(a) & set(b)) / max(1, len(a), len(b))
-                        for a, b in zip(results["old"], results["new"], strict=True)
-                    ]
-                )
-            )
-            report.update(
-                mode="overlap", overlap=round(overlap, 4), passed=overlap >= gate.min_overlap
-            )
-        return report
+        return gate_report(gate, eval_set, len(queries), results["old"], results["new"])
 
     def _ranked_documents(
         self, collection: str, space_id: str, vecs: np.ndarray, k: int
@@ -306,12 +269,6 @@ class UpgradeService:
             for v in vecs
         ]  # fmt: skip
 
-    def _sample_texts(self, collection: str, space_id: str, n: int) -> list[str]:
-        ids = self._store.all_chunk_ids(collection, space_id)
-        chosen = random.Random(0).sample(ids, min(n, len(ids)))
-        rows = self._store.hydrate(chosen)
-        return [" ".join(rows[i].text.split()[:24]) for i in chosen if i in rows]
-
     # -- cutover, rollback, retire ----------------------------------------------------------
     async def cutover(
         self, name: str, eval_set: list[tuple[str, str]] | None = None, gate: Gate | None = None,
@@ -319,18 +276,13 @@ class UpgradeService:
     ) -> dict[str, Any]:  # fmt: skip
         record = await asyncio.to_thread(self._collections.resolve, name)
         up = await asyncio.to_thread(self._store.latest_upgrade, record.name)
-        if up is None or up.state not in ("ready", "gate_failed"):
-            state = "none" if up is None else f"{up.state} ({up.done}/{up.total} documents)"
-            raise Conflict(f"no upgrade of {record.name!r} is ready to cut over: it is {state}")
-        if eval_set is None:
-            eval_set = parse_eval(up.options.get("eval") or None)
-        gate = gate or Gate.parse(up.options.get("gate"))
+        up, eval_set, gate = cutover_inputs(record.name, up, eval_set, gate)
         report = (
             {"mode": "forced", "passed": True} if force else await self.evaluate(up, eval_set, gate)
         )
         await asyncio.to_thread(self._store.update_upgrade, up.id, report=report)
         if not report["passed"]:
-            raise Conflict(f"the upgrade gate refused the cutover: {_summary(report)}")
+            raise Conflict(f"the upgrade gate refused the cutover: {summary(report)}")
         previous = await asyncio.to_thread(self._store.spaces, record.name, ("previous",))
         await asyncio.to_thread(self._store.cut_over, record.name, up.to_space)
         for space in previous:
@@ -338,7 +290,7 @@ class UpgradeService:
                 self._indexes.drop(record.name, space.space_id)  # retired by the cutover
                 self._metrics.forget_space(record.name, space.space_id)
         await asyncio.to_thread(self._store.update_upgrade, up.id, state="cut_over")
-        log.info("cut over %s to %s (%s)", record.name, up.to_space, _summary(report))
+        log.info("cut over %s to %s (%s)", record.name, up.to_space, summary(report))
         return report
 
     def rollback(self, name: str) -> str:
@@ -372,6 +324,76 @@ class UpgradeService:
         return space_id
 
 
+def cutover_inputs(
+    name: str, up: UpgradeRecord | None, eval_set: list[tuple[str, str]] | None, gate: Gate | None
+) -> tuple[UpgradeRecord, list[tuple[str, str]] | None, Gate]:
+    """The upgrade a cutover flips (Conflict unless it is ready), with the labeled set and gate
+    it runs: the request's, else the ones stored when the upgrade started."""
+    if up is None or up.state not in ("ready", "gate_failed"):
+        state = "none" if up is None else f"{up.state} ({up.done}/{up.total} documents)"
+        raise Conflict(f"no upgrade of {name!r} is ready to cut over: it is {state}")
+    if eval_set is None:
+        eval_set = parse_eval(up.options.get("eval") or None)
+    return up, eval_set, gate or Gate.parse(up.options.get("gate"))
+
+
+def upgrade_status(up: UpgradeRecord) -> dict[str, Any]:
+    """The API's view of an upgrade (UpgradeOut): progress, rate and time left."""
+    elapsed = max(
+        1e-9, (up.updated_at if up.state != "backfilling" else time.time()) - up.started_at
+    )
+    rate = up.done / elapsed
+    eta = (up.total - up.done) / rate if rate > 0 and up.state == "backfilling" else None
+    return {
+        "id": up.id, "collection": up.collection, "state": up.state, "model": up.model,
+        "from_space": up.from_space, "to_space": up.to_space, "total": up.total,
+        "done": up.done, "rate_docs_per_s": round(rate, 2),
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "auto_cutover": up.options.get("auto_cutover", False), "report": up.report,
+        "error": up.error, "started_at": up.started_at, "updated_at": up.updated_at,
+    }  # fmt: skip
+
+
+def gate_report(
+    gate: Gate, eval_set: list[tuple[str, str]] | None, queries: int,
+    old: list[list[str]], new: list[list[str]],
+) -> dict[str, Any]:  # fmt: skip
+    """The gate's verdict from each space's ranked document ids for the same queries: recall@k
+    and MRR against the labels, or the top-k overlap between the spaces when unlabeled."""
+    report: dict[str, Any] = {"k": gate.k, "queries": queries, "gate": asdict(gate),
+                              "evaluated_at": time.time()}  # fmt: skip
+    if eval_set:
+        wanted = [d for _, d in eval_set]
+        report["old"], report["new"] = _recall_mrr(old, wanted), _recall_mrr(new, wanted)
+        floor = report["old"]["recall"] - gate.max_recall_drop
+        passed = report["new"]["recall"] >= floor - 1e-9
+        if gate.min_recall is not None:
+            passed = passed and report["new"]["recall"] >= gate.min_recall
+        report.update(mode="labeled", passed=passed)
+    else:
+        # share of the top-k both spaces agree on; a collection with fewer than k documents
+        # is measured on the documents there are (identical rankings score 1.0)
+        overlap = float(
+            np.mean(
+                [
+                    len(set(a) & set(b)) / max(1, len(a), len(b))
+                    for a, b in zip(old, new, strict=True)
+                ]
+            )
+        )
+        report.update(mode="overlap", overlap=round(overlap, 4), passed=overlap >= gate.min_overlap)
+    return report
+
+
+def sample_texts(store: Store, collection: str, space_id: str, n: int) -> list[str]:
+    """Up to `n` stored chunk texts (their first 24 words), a fixed sample: unlabeled gate
+    queries."""
+    ids = store.all_chunk_ids(collection, space_id)
+    chosen = random.Random(0).sample(ids, min(n, len(ids)))
+    rows = store.hydrate(chosen)
+    return [" ".join(rows[i].text.split()[:24]) for i in chosen if i in rows]
+
+
 def _recall_mrr(ranked: list[list[str]], wanted: list[str]) -> dict[str, float]:
     hits = [r.index(w) + 1 if w in r else 0 for r, w in zip(ranked, wanted, strict=True)]
     recall = sum(1 for h in hits if h) / len(hits)
@@ -379,7 +401,8 @@ def _recall_mrr(ranked: list[list[str]], wanted: list[str]) -> dict[str, float]:
     return {"recall": round(recall, 4), "mrr": round(mrr, 4)}
 
 
-def _summary(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
+    """One line of a gate report, for logs and refusals."""
     if report.get("mode") == "labeled":
         o, n = report["old"], report["new"]
         return (f"recall@{report['k']} old {o['recall']:.3f} -> new {n['recall']:.3f}, "

@@ -24,6 +24,7 @@ from embedstack.errors import (
     InsufficientStorage,
     InvalidInput,
     NotFound,
+    NotSupported,
     Overloaded,
     PayloadTooLarge,
     SpaceMismatch,
@@ -66,11 +67,15 @@ ERROR_STATUS: tuple[tuple[type[EmbedStackError], int], ...] = (
     (Overloaded, 429),
     (InsufficientStorage, 507),
     (Unavailable, 503),
+    (NotSupported, 501),
     # settings are checked at startup (the server does not start); one met later is this
     # server's setup, not the client's request and not a bug: unavailable here
     (ConfigError, 503),
 )
 CLIENT_CLOSED = 499
+# every route module of a single-node server (a cluster API node answers each of their routes)
+ROUTE_MODULES = (admin, embeddings, collections, documents, records, query, upgrades, aliases,
+                 keys, stats, feedback, dashboard)  # fmt: skip
 QUEUE_GAUGE_INTERVAL_S = 5.0  # job counts scan the jobs table: not on every 0.2 s pass
 PURGE_INTERVAL_S = 60.0
 
@@ -348,9 +353,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.limiter = limiter
     app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
     errors = install_error_handlers(app)
-    routers = (admin, embeddings, collections, documents, records, query, upgrades, aliases, keys,
-               stats, feedback, dashboard)  # fmt: skip
-    for module in routers:
+    for module in ROUTE_MODULES:
         app.include_router(module.router, responses=errors)
     # innermost of ours: refuses a query that would miss its budget before FastAPI reads it
     overloaded = status_of(Overloaded("", retry_after=1.0))

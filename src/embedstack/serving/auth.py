@@ -267,34 +267,15 @@ class AccessGate:
             return
         path: str = scope["path"]
         headers = Headers(scope=scope)
-        if self.hosts is not None and path not in HOST_EXEMPT:
-            host = host_of(headers.get("host", ""))
-            if host not in self.hosts:
-                await _refuse(scope, receive, send, 421, "MisdirectedRequest",
-                              f"this server does not answer for Host {host!r}: use localhost, or "
-                              "add the name to EMBEDSTACK_ALLOWED_HOSTS")  # fmt: skip
-                return
-            origin = headers.get("origin")
-            if origin is not None and host_of(urlsplit(origin).netloc) not in self.hosts:
-                await _refuse(scope, receive, send, 403, "Forbidden",
-                              f"cross-origin request from {origin!r} refused: add its host to "
-                              "EMBEDSTACK_ALLOWED_HOSTS to allow it")  # fmt: skip
-                return
+        if await refuse_host(self.hosts, scope, receive, send):
+            return
         principal: Principal | None = INSECURE if not self.auth else None
         key = presented_key(headers) if self.auth else None
         if key:
             record = await asyncio.to_thread(self.services.store.verify_key, key)
             principal = Principal.of(record) if record is not None else None
         if principal is None and path not in OPEN_PATHS:
-            why = (
-                "invalid API key: it is unknown, revoked or expired (send 'Authorization: "
-                "Bearer es_...')"
-                if key is not None
-                else "missing API key: send 'Authorization: Bearer es_...' (create one with "
-                "`embedstack keys create`)"
-            )
-            await _refuse(scope, receive, send, 401, "Unauthorized", why,
-                          {"WWW-Authenticate": "Bearer"})  # fmt: skip
+            await refuse_unauthorized(key, scope, receive, send)
             return
         state = scope.setdefault("state", {})
         state["principal"] = principal
@@ -303,7 +284,7 @@ class AccessGate:
                 self.limiter.charge(principal.key, "requests", 1, principal.rate_rps)
             except Overloaded as exc:
                 retry = str(max(1, round(exc.retry_after)))
-                await _refuse(scope, receive, send, 429, "Overloaded", exc.message,
+                await refuse(scope, receive, send, 429, "Overloaded", exc.message,
                               {"Retry-After": retry})  # fmt: skip
                 return
 
@@ -322,7 +303,42 @@ class AccessGate:
                                 status, access.detail)  # fmt: skip
 
 
-async def _refuse(
+async def refuse_host(
+    hosts: frozenset[str] | None, scope: Scope, receive: Receive, send: Send
+) -> bool:
+    """Answer 421 for a Host outside the allow-list (403 for a browser Origin outside it) and
+    return True; False when the request may go on."""
+    path: str = scope["path"]
+    if hosts is None or path in HOST_EXEMPT:
+        return False
+    headers = Headers(scope=scope)
+    host = host_of(headers.get("host", ""))
+    if host not in hosts:
+        await refuse(scope, receive, send, 421, "MisdirectedRequest",
+                      f"this server does not answer for Host {host!r}: use localhost, or "
+                      "add the name to EMBEDSTACK_ALLOWED_HOSTS")  # fmt: skip
+        return True
+    origin = headers.get("origin")
+    if origin is not None and host_of(urlsplit(origin).netloc) not in hosts:
+        await refuse(scope, receive, send, 403, "Forbidden",
+                      f"cross-origin request from {origin!r} refused: add its host to "
+                      "EMBEDSTACK_ALLOWED_HOSTS to allow it")  # fmt: skip
+        return True
+    return False
+
+
+async def refuse_unauthorized(key: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+    """401 for a request without a (valid) key."""
+    why = (
+        "invalid API key: it is unknown, revoked or expired (send 'Authorization: Bearer es_...')"
+        if key is not None
+        else "missing API key: send 'Authorization: Bearer es_...' (create one with "
+        "`embedstack keys create`)"
+    )
+    await refuse(scope, receive, send, 401, "Unauthorized", why, {"WWW-Authenticate": "Bearer"})
+
+
+async def refuse(
     scope: Scope, receive: Receive, send: Send, status: int, kind: str, message: str,
     headers: dict[str, str] | None = None,
 ) -> None:  # fmt: skip

@@ -271,8 +271,11 @@ class CatalogMixin:
         )
         return str(row[0]) if row else name
 
-    def all_documents(self, collection: str, batch: int = 1000) -> Iterator[list[str]]:
-        last = ""
+    def all_documents(
+        self, collection: str, batch: int = 1000, after: str = ""
+    ) -> Iterator[list[str]]:
+        """Document ids in id order, `batch` at a time, starting after the id `after`."""
+        last = after
         while True:
             rows = (
                 self._reader()

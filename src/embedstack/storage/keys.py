@@ -89,6 +89,17 @@ class AuditEntry:
         }  # fmt: skip
 
 
+def new_secret() -> tuple[str, str, bytes]:
+    """A new key's (prefix, secret, salt); the full key is f"es_{prefix}_{secret}"."""
+    return secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
+
+
+def check_rates(*rates: float | None) -> None:
+    for r in rates:
+        if r is not None and not r > 0:
+            raise InvalidInput(f"rate limit {r} is not valid: give a number above 0")
+
+
 def hash_secret(salt: bytes, secret: str) -> bytes:
     return hashlib.sha256(salt + secret.encode()).digest()
 
@@ -150,12 +161,8 @@ class KeysMixin:
         """A new key: (the full key, shown only now; its record)."""
         check_tenant(tenant)
         checked = check_scopes(scopes)
-        for r in (rate_rps, rate_texts):
-            if r is not None and not r > 0:
-                raise InvalidInput(f"rate limit {r} is not valid: give a number above 0")
-        prefix = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        salt = secrets.token_bytes(16)
+        check_rates(rate_rps, rate_texts)
+        prefix, secret, salt = new_secret()
         colls = orjson.dumps(sorted(set(collections))).decode() if collections is not None else None
         with self._tx() as c:
             c.execute(

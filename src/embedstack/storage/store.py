@@ -264,6 +264,13 @@ class Store(CatalogMixin, KeysMixin):
         ).fetchone()[0]
         return {"documents": docs, "documents_pending": pending, "chunks": chunks}
 
+    def chunks_by_space(self, name: str) -> dict[str, int]:
+        """Stored chunks of a collection per embedding space (serving, shadow, previous)."""
+        rows = self._reader().execute(
+            "SELECT space_id, count(*) FROM chunks WHERE collection=? GROUP BY space_id", (name,)
+        )
+        return {str(space): int(n) for space, n in rows}
+
     # -- documents --------------------------------------------------------------------------
     def put_documents(self, collection: str, docs: Sequence[DocumentRow]) -> list[str]:
         """Upsert documents in one transaction. Returns the ids that need (re)indexing.

@@ -54,7 +54,9 @@ class _Feed:
         backoff = 0.1
         while not self.stop.is_set():
             try:
-                records = self.reader.read(READ_BATCH, 0.2)
+                # a back-fill step between two reads: writes keep flowing during an upgrade
+                busy = self.replica.backfill_step()
+                records = self.reader.read(READ_BATCH, 0.0 if busy else 0.2)
                 if records:
                     position = self.replica.apply(records)
                     self.reader.commit(position)
@@ -147,29 +149,47 @@ class ShardNode:
         k: int,
         flt: dict[str, Any] | None,
         group: bool,
+        space_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        return self._replica(name, shard).search(vec, k, flt, group, space_id)
+
+    def _replica(self, name: str, shard: int) -> ShardReplica:
         feed = self._feeds.get((name, shard))
         if feed is None:
             from embedstack.errors import Unavailable
 
             raise Unavailable(f"node {self.name} holds no replica of {name} shard {shard}")
-        return feed.replica.search(vec, k, flt, group)
+        return feed.replica
+
+    def get_document(self, name: str, shard: int, document_id: str) -> dict[str, Any] | None:
+        return self._replica(name, shard).get_document(document_id)
+
+    def sample_texts(self, name: str, shard: int, space_id: str, n: int) -> list[str]:
+        """Stored texts of a replica, unlabeled queries for an upgrade's gate."""
+        return self._replica(name, shard).sample_texts(space_id, n)
 
     def status(self) -> dict[str, Any]:
         """{"node", "started", "replicas": [{collection, topic, shard, position, documents,
-        error}]}: what the router reconciles against."""
+        error, stats, spaces, upgrade}]}: what the router reconciles against (and sums for
+        collection stats and upgrade progress)."""
         return {
             "node": self.name,
             "started": self.started,
             "replicas": [
-                {
-                    "collection": name,
-                    "topic": f.replica.coll.topic,
-                    "shard": shard,
-                    "position": f.replica.position,
-                    "documents": f.replica.documents(),
-                    "error": f.error,
-                }
-                for (name, shard), f in list(self._feeds.items())
+                _replica_status(name, shard, f) for (name, shard), f in list(self._feeds.items())
             ],
         }
+
+
+def _replica_status(name: str, shard: int, feed: _Feed) -> dict[str, Any]:
+    stats = feed.replica.stats()
+    return {
+        "collection": name,
+        "topic": feed.replica.coll.topic,
+        "shard": shard,
+        "position": feed.replica.position,
+        "documents": stats["documents"],
+        "error": feed.error,
+        "stats": stats,
+        **feed.replica.spaces(),
+    }

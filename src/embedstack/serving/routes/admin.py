@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
+from embedstack.inference.backend import ModelRegistry
 from embedstack.serving.auth import Access, principal_of, reading, scraping
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import HealthOut, ModelsOut, ReadyOut
@@ -57,13 +58,18 @@ async def metrics(
 async def list_models(
     services: Services = Depends(get_services), _: Access = Depends(reading)
 ) -> Response:
+    return JSON(models_list(services.models))
+
+
+def models_list(models: ModelRegistry) -> dict[str, object]:
+    """ModelsOut: every model this server can load, with the spec of those loaded."""
     data = []
-    for name in services.models.names():
+    for name in models.names():
         entry: dict[str, object] = {"id": name, "object": "model", "owned_by": "embedstack"}
-        loaded = services.models.loaded().get(name)
+        loaded = models.loaded().get(name)
         if loaded is not None:
             spec = loaded.spec
             entry.update(dim=spec.dim, metric=spec.metric, max_tokens=spec.max_tokens,
                          space_id=spec.space_id, backend=loaded.backend)  # fmt: skip
         data.append(entry)
-    return JSON({"object": "list", "data": data})
+    return {"object": "list", "data": data}

@@ -36,7 +36,7 @@ class RotateIn(BaseModel):
     grace_s: float = Field(0.0, ge=0, le=30 * 86400, description="old key valid this long")
 
 
-def _covers(p: Principal, scopes: list[str], collections: list[str] | None) -> None:
+def covers(p: Principal, scopes: list[str], collections: list[str] | None) -> None:
     for s in scopes:
         if s in ("read", "write", "admin", "metrics") and not p.may(s):
             raise Forbidden(f"this API key cannot hand out the {s!r} scope it does not hold")
@@ -55,13 +55,13 @@ def _own(access: Access, prefix: str) -> KeyRecord:
     if record is None or record.tenant != access.tenant:
         raise NotFound(f"no API key with prefix {prefix!r}")
     held = record.collections
-    _covers(access.principal, list(record.scopes), list(held) if held is not None else None)
+    covers(access.principal, list(record.scopes), list(held) if held is not None else None)
     return record
 
 
 @router.post("/v1/keys", status_code=201, response_model=KeyCreatedOut)
 async def create_key(body: KeyIn, access: Access = Depends(administering)) -> Response:
-    _covers(access.principal, body.scopes, body.collections)
+    covers(access.principal, body.scopes, body.collections)
     full, record = await asyncio.to_thread(
         access.services.store.create_key, access.tenant, body.scopes, body.collections,
         body.rate_rps, body.rate_texts, body.name,

@@ -1,0 +1,117 @@
+"""API keys of a cluster, in the Redis catalog, so every API node verifies the same keys.
+
+The single-node key format and hashing (storage/keys.py: `es_<prefix>_<secret>`, only a salted
+sha256 of the secret stored, compared in constant time) and scopes (read < write < admin, plus
+metrics). Cluster mode serves the default tenant only, with no per-collection grants or per-key
+rate limits yet: a key asking for them is refused with a message saying so."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import orjson
+
+from embedstack.errors import InvalidInput, NotFound
+from embedstack.storage.keys import (
+    DEFAULT_TENANT,
+    KeyRecord,
+    check_scopes,
+    hash_secret,
+    new_secret,
+    parse_key,
+)
+
+
+class RedisKeys:
+    def __init__(self, client: Any, prefix: str = "embedstack") -> None:
+        self._r = client
+        self._keys = f"{prefix}:keys"  # hash: key prefix -> record, salt and hash
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisKeys:
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=5.0))
+
+    def create_key(
+        self,
+        tenant: str = DEFAULT_TENANT,
+        scopes: Sequence[str] = ("read",),
+        collections: Sequence[str] | None = None,
+        rate_rps: float | None = None,
+        rate_texts: float | None = None,
+        name: str | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: (the full key, shown only now; its record)."""
+        if tenant != DEFAULT_TENANT or collections is not None:
+            raise InvalidInput(
+                "cluster mode has no tenants or per-collection grants yet: create a key of the "
+                "default tenant without collection grants"
+            )
+        if rate_rps is not None or rate_texts is not None:
+            raise InvalidInput("cluster mode has no per-key rate limits yet: drop them")
+        checked = check_scopes(scopes)
+        prefix, secret, salt = new_secret()
+        record = KeyRecord(prefix, tenant, checked, None, None, None, name, time.time(), None, None)
+        entry = {
+            "record": asdict(record),
+            "salt": salt.hex(),
+            "hash": hash_secret(salt, secret).hex(),
+        }
+        self._r.hset(self._keys, prefix, orjson.dumps(entry))
+        return f"es_{prefix}_{secret}", record
+
+    def _entry(self, prefix: str) -> dict[str, Any] | None:
+        raw = self._r.hget(self._keys, prefix)
+        return orjson.loads(raw) if raw is not None else None
+
+    def get_key(self, prefix: str) -> KeyRecord:
+        entry = self._entry(prefix)
+        if entry is None:
+            raise NotFound(f"no API key with prefix {prefix!r}")
+        return _record(entry)
+
+    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
+        found = [_record(orjson.loads(v)) for v in self._r.hgetall(self._keys).values()]
+        found = [k for k in found if tenant is None or k.tenant == tenant]
+        return sorted(found, key=lambda k: k.created_at)
+
+    def has_keys(self) -> bool:
+        return bool(self._r.hlen(self._keys))
+
+    def verify_key(self, key: str) -> KeyRecord | None:
+        """The record of an active key whose secret matches, else None."""
+        parsed = parse_key(key)
+        if parsed is None:
+            return None
+        prefix, secret = parsed
+        entry = self._entry(prefix)
+        if entry is None:
+            hmac.compare_digest(hash_secret(b"\0" * 16, secret), b"\0" * 32)  # same work
+            return None
+        expected = bytes.fromhex(entry["hash"])
+        if not hmac.compare_digest(hash_secret(bytes.fromhex(entry["salt"]), secret), expected):
+            return None
+        record = _record(entry)
+        return record if record.active() else None
+
+    def revoke_key(self, prefix: str) -> KeyRecord:
+        entry = self._entry(prefix)
+        if entry is None:
+            raise NotFound(f"no API key with prefix {prefix!r}")
+        record = _record(entry)
+        if record.revoked_at is None:
+            record = replace(record, revoked_at=time.time())
+            entry["record"] = asdict(record)
+            self._r.hset(self._keys, prefix, orjson.dumps(entry))
+        return record
+
+
+def _record(entry: dict[str, Any]) -> KeyRecord:
+    r = dict(entry["record"])
+    r["scopes"] = tuple(r["scopes"])
+    return KeyRecord(**r)

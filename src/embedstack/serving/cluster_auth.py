@@ -1,0 +1,111 @@
+"""API keys on a cluster API node: the single-node gate (serving/auth.py: Host allow-list, a
+Bearer key turned into a Principal, 401/403 in the API's error shape) with the keys in the
+shared Redis catalog (cluster/keys.py), so every API node accepts and revokes the same keys.
+
+A route's scope follows its method and path, as single node declares them: reads (GET, a
+query) need `read`, document writes `write`, everything else (collections, aliases, upgrades,
+keys) `admin`. Open without a key: the single-node open paths (/healthz, /readyz, /docs, ...).
+Not yet in cluster mode: tenants, per-collection grants, per-key rate limits, the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from embedstack.cluster.keys import RedisKeys
+from embedstack.config import Settings
+from embedstack.errors import NotFound
+from embedstack.serving.auth import (
+    INSECURE,
+    OPEN_PATHS,
+    Principal,
+    allowed_hosts,
+    presented_key,
+    principal_of,
+    refuse,
+    refuse_host,
+    refuse_unauthorized,
+)
+from embedstack.serving.http import JSON
+from embedstack.serving.responses import KeyCreatedOut, KeyOut, KeysOut
+from embedstack.serving.routes.keys import KeyIn, covers
+
+
+def scope_for(method: str, path: str) -> str:
+    """The scope a cluster route needs (the one single node declares for it)."""
+    if path.startswith(("/v1/keys", "/v1/audit")):
+        return "admin"
+    if method in ("GET", "HEAD") or (method == "POST" and path.endswith("/query")):
+        return "read"
+    if "/documents" in path or path.endswith("/vectors"):
+        return "write"
+    return "admin"
+
+
+class ClusterGate:
+    """Pure ASGI middleware, outermost: Host allow-list, then the key and its scope."""
+
+    def __init__(self, app: ASGIApp, keys: RedisKeys, settings: Settings) -> None:
+        self.app = app
+        self.keys = keys
+        self.hosts = allowed_hosts(settings)
+        self.auth = not settings.insecure_no_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if await refuse_host(self.hosts, scope, receive, send):
+            return
+        path: str = scope["path"]
+        principal: Principal | None = INSECURE if not self.auth else None
+        key = presented_key(Headers(scope=scope)) if self.auth else None
+        if key:
+            record = await asyncio.to_thread(self.keys.verify_key, key)
+            principal = Principal.of(record) if record is not None else None
+        if path not in OPEN_PATHS:
+            if principal is None:
+                await refuse_unauthorized(key, scope, receive, send)
+                return
+            needed = scope_for(scope["method"], path)
+            if not principal.may(needed):
+                await refuse(scope, receive, send, 403, "Forbidden",
+                             f"this API key (scopes {', '.join(sorted(principal.scopes))}) lacks "
+                             f"the {needed!r} scope this route needs")  # fmt: skip
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def key_routes(keys: RedisKeys) -> APIRouter:
+    """/v1/keys on an API node (admin scope, checked by the gate): create, list, revoke."""
+    api = APIRouter()
+
+    @api.post("/v1/keys", status_code=201, response_model=KeyCreatedOut)
+    async def create_key(body: KeyIn, request: Request) -> Response:
+        covers(principal_of(request) or INSECURE, body.scopes, body.collections)
+        full, record = await asyncio.to_thread(
+            keys.create_key, "default", body.scopes, body.collections, body.rate_rps,
+            body.rate_texts, body.name,
+        )  # fmt: skip
+        return JSON({**record.public(), "key": full}, status_code=201)
+
+    @api.get("/v1/keys", response_model=KeysOut)
+    async def list_keys() -> Response:
+        return JSON({"keys": [r.public() for r in await asyncio.to_thread(keys.keys)]})
+
+    @api.delete("/v1/keys/{prefix}", response_model=KeyOut)
+    async def revoke_key(prefix: str, request: Request) -> Response:
+        record = await asyncio.to_thread(keys.get_key, prefix)
+        principal = principal_of(request) or INSECURE
+        if record.tenant != principal.tenant:
+            raise NotFound(f"no API key with prefix {prefix!r}")
+        covers(principal, list(record.scopes), None)
+        return JSON((await asyncio.to_thread(keys.revoke_key, prefix)).public())
+
+    return api
