@@ -1,0 +1,192 @@
+"""Inference as an autoscaled Ray Serve deployment, on a real local Ray instance (loopback).
+
+One Ray head and one Serve application (the hashing test model, min 1 / max 3 replicas, short
+delays) for the module: Ray and each replica take seconds to start on a loaded 2-core box. The
+tests run in order under one load step: replicas grow from 1 to the maximum, a replica killed
+under load has its in-flight requests sent again to another, the load drops and the replicas
+shrink back to 1 without a failed request; then a real server started with
+`--inference HOST:PORT` answers /v1/embeddings and a text query through the same application.
+
+The sampled replica count, queue depth and p99 are printed (pytest -s shows them)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from embedstack.config import Settings
+from embedstack.errors import InvalidInput, Overloaded
+from embedstack.inference.autoscale import AutoscalePolicy
+from embedstack.inference.batching.batcher import BatcherConfig
+from embedstack.inference.serve_ray import ServeBatcher, app_name, deploy, replica_states
+from embedstack.loadtest.autoscale import LoadStep
+from embedstack.serving.services import build_models
+from tests.conftest import Server, server_env, wait_job
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+MODEL = "hashing-test"
+MAX_REPLICAS = 3
+POLICY = AutoscalePolicy(
+    min_replicas=1, max_replicas=MAX_REPLICAS, target_ongoing_requests=2.0,
+    upscale_delay_s=1.0, downscale_delay_s=3.0, look_back_s=2.0, metrics_interval_s=0.5,
+    drain_s=15.0, replica_cpus=0.0,
+)  # fmt: skip
+# the same policy for the server, as settings (it finds the application running and reuses it)
+POLICY_ENV = {
+    "EMBEDSTACK_INFERENCE_MAX_REPLICAS": str(MAX_REPLICAS),
+    "EMBEDSTACK_INFERENCE_REPLICA_CPUS": "0",
+}
+
+
+@dataclass
+class ServeApp:
+    address: str  # the GCS address, HOST:PORT
+    batcher: ServeBatcher
+    handle: Any
+    load: LoadStep
+
+
+def _texts(i: int) -> list[str]:
+    return [f"request {i} text {j} about scaling" for j in range(8)]
+
+
+@pytest.fixture(scope="module")
+def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 2, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    settings = Settings(
+        enable_test_models=True, default_model=MODEL, data_dir=tmp_path_factory.mktemp("serve")
+    )
+    models = build_models(settings, {})
+    local = models.get(MODEL)
+
+    def check(texts: Sequence[str], vectors: np.ndarray) -> None:
+        expected = local.embed_batch(texts)
+        if not np.allclose(vectors, expected, atol=1e-6):
+            raise AssertionError(f"wrong vectors for {texts[0]!r}")
+
+    load = None
+    try:
+        ray.init(address=cluster.address, namespace="embedstack-tests", log_to_driver=False)
+        factory = functools.partial(build_models, settings, {})
+        handle = deploy(factory, MODEL, BatcherConfig(), POLICY)
+        batcher = ServeBatcher(handle, local.spec)
+        load = LoadStep(batcher, _texts, lambda: replica_states(MODEL), check).start()
+        yield ServeApp(cluster.address, batcher, handle, load)
+    finally:
+        if load is not None:
+            load.stop()
+            _print(load)
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _print(load: LoadStep) -> None:
+    print("\nt_s callers running starting stopping queued_texts p99_ms done failed")
+    for row in load.rows():
+        print(" ".join(str(v) for v in row))
+
+
+def test_replicas_grow_under_a_load_step(serve_app: ServeApp) -> None:
+    load = serve_app.load
+    assert load.wait_for(lambda s: s.running >= 1, 30).running == 1
+    load.set_callers(24)  # about 24 ongoing requests against a target of 2 per replica
+    grown = load.wait_for(lambda s: s.running == MAX_REPLICAS, 120)
+    assert grown.running == MAX_REPLICAS
+    assert max(s.running for s in load.samples) <= MAX_REPLICAS
+    assert load.failures == []
+    assert load.done > 0
+
+
+def test_replica_refusals_cross_the_handle_as_our_errors(serve_app: ServeApp) -> None:
+    """Under load a query with a 1 ms budget is refused by the replica's batcher (its Overloaded,
+    with Retry-After, comes back as Overloaded: 429); a bulk request over a replica's bulk lane
+    comes back as InvalidInput (400)."""
+    load = serve_app.load
+    load.wait_for(lambda s: s.queued > 0, 60)
+    refused = []
+    for _ in range(20):
+        try:
+            asyncio.run(serve_app.batcher.embed(["tight"], "query", time.monotonic() + 0.001))
+        except Overloaded as exc:
+            refused.append(exc)
+    assert refused, "no query with a 1 ms budget was refused under load"
+    assert all(exc.retry_after > 0 for exc in refused)
+    assert any("ran out before" not in exc.message for exc in refused)  # the replica's own
+    with pytest.raises(InvalidInput, match="split the request"):
+        asyncio.run(serve_app.batcher.embed(["x"] * 5000, "bulk"))
+    assert load.failures == []
+
+
+def test_a_killed_replicas_requests_are_sent_to_another(serve_app: ServeApp) -> None:
+    load = serve_app.load
+    assert load.wait_for(lambda s: s.running == MAX_REPLICAS, 60)
+    replicas = [
+        a for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and app_name(MODEL) in a["name"] and "REPLICA" in a["name"]
+    ]  # fmt: skip
+    assert len(replicas) == MAX_REPLICAS, replicas
+    before = load.done
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+    load.wait_for(lambda s: s.done > before + 200 and serve_app.batcher.resent > 0, 60)
+    assert serve_app.batcher.resent > 0  # requests in flight on it were sent again
+    assert load.failures == []
+
+
+def test_replicas_shrink_back_without_failures(serve_app: ServeApp) -> None:
+    load = serve_app.load
+    load.set_callers(1)  # a trickle keeps requests in flight while replicas drain and stop
+    shrunk = load.wait_for(lambda s: s.running == 1 and len(s.replicas) == 1, 120)
+    assert shrunk.running == 1
+    after_peak = load.samples[-40:]
+    assert any(s.replicas.get("STOPPING", 0) for s in load.samples), "no replica was stopped"
+    assert load.failures == []
+    assert after_peak[-1].failed == 0
+
+
+def test_a_server_with_inference_on_ray_serves_embeddings_and_queries(
+    serve_app: ServeApp, tmp_path: Path
+) -> None:
+    serve_app.load.set_callers(0)
+    serve_app.load.wait_for(lambda s: s.running == 1 and len(s.replicas) == 1, 60)
+    before = serve_app.handle.embedded.remote().result(timeout_s=30)
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL=MODEL, **POLICY_ENV)
+    server = Server(tmp_path / "data", env, ["--inference", serve_app.address]).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            texts = ["autoscaled inference", "a second text"]
+            resp = c.post("/v1/embeddings", json={"input": texts, "model": MODEL})
+            assert resp.status_code == 200, resp.text
+            got = np.array([d["embedding"] for d in resp.json()["data"]], dtype=np.float32)
+            local = build_models(Settings(enable_test_models=True), {}).get(MODEL)
+            assert np.allclose(got, local.embed_batch(texts), atol=1e-6)
+            c.post("/v1/collections", json={"name": "docs"}).raise_for_status()
+            docs = [{"id": f"d{i}", "text": f"document {i} on topic {i % 3}"} for i in range(20)]
+            resp = c.post("/v1/collections/docs/documents", json={"documents": docs})
+            assert resp.status_code == 202, resp.text
+            assert wait_job(c, resp.json()["job_id"], 120)["status"] == "done"
+            resp = c.post("/v1/collections/docs/query", json={"text": "document 7", "k": 3})
+            assert resp.status_code == 200, resp.text
+            hits = resp.json()["hits"]
+            assert len(hits) == 3
+    finally:
+        server.stop()
+    after = serve_app.handle.embedded.remote().result(timeout_s=30)
+    # the embeddings (2), the ingested chunks (20) and the query (1) went through the replica
+    assert after - before >= 23
