@@ -81,6 +81,10 @@ class LoadStep:
         self._thread.join(timeout=30)
         self._loop = None
 
+    def elapsed(self) -> float:
+        """Seconds since start(), the clock of the samples' `t`."""
+        return time.monotonic() - self._started
+
     def wait_for(self, what: Callable[[Sample], bool], timeout: float) -> Sample:
         """The first sample from now on for which `what` holds; TimeoutError after `timeout`."""
         seen = len(self.samples)
