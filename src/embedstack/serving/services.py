@@ -105,18 +105,36 @@ def autoscale_policy(settings: Settings) -> AutoscalePolicy:
     )  # fmt: skip
 
 
+def connect_ray(address: str, attempts: int = 3) -> None:
+    """Connect this process to the Ray cluster at `address` once; a few tries, since Ray
+    Client's proxy can fail to start a session under load; ConfigError naming the address."""
+    import ray
+
+    from embedstack.cli.cluster import _ray_init
+
+    for attempt in range(attempts):
+        if ray.is_initialized():
+            return
+        try:
+            _ray_init(address)
+        except (ConnectionError, TimeoutError) as exc:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise ConfigError(
+                    f"cannot connect to the Ray cluster at {address} for inference ({exc}); "
+                    "check --inference / EMBEDSTACK_INFERENCE and that Ray runs there"
+                ) from exc
+            log.warning("connecting to Ray at %s failed (%s); trying again", address, exc)
+            time.sleep(1.0 + attempt)
+
+
 def serve_batcher(
     settings: Settings, model: str, spec: ModelSpec, config: BatcherConfig
 ) -> ServeBatcher:
     """A model's embedder as a Ray Serve deployment on the Ray cluster at settings.inference
     (connecting once; deployed unless it already runs there), behind a Batcher's interface."""
-    import ray
-
-    from embedstack.cli.cluster import _ray_init
-
     assert settings.inference is not None
-    if not ray.is_initialized():
-        _ray_init(settings.inference)
+    connect_ray(settings.inference)
     factory = partial(build_models, settings, {})  # what each replica loads its model with
     handle = deploy(factory, model, config, autoscale_policy(settings))
     return ServeBatcher(handle, spec)
