@@ -62,6 +62,9 @@ def main() -> None:
         enable_test_models=True,
         default_model=args.model,
         data_dir=Path(tempfile.mkdtemp(prefix="autoscale-")),
+        # the bundled model: one backend (no race at each replica's start), a short gate
+        model_backends={"all-MiniLM-L6-v2": "onnx-fp32"},
+        gate_queries=20,
     )
     policy = AutoscalePolicy(
         min_replicas=1, max_replicas=args.max_replicas,
