@@ -73,7 +73,8 @@ def main() -> None:
         replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus,
     )  # fmt: skip
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # a Ray instance of its own: a bare ray.init() joins a cluster already running on the machine
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     handle = deploy(
         functools.partial(build_models, settings, {}), args.model, BatcherConfig(), policy
     )
@@ -113,15 +114,16 @@ def main() -> None:
     ]  # fmt: skip
     for name, samples in parts:
         p99s = [s.p99_ms for s in samples if s.p99_ms is not None]
-        done = samples[-1].done - samples[0].done if len(samples) > 1 else 0
-        span = samples[-1].t - samples[0].t if len(samples) > 1 else 1.0
-        rate = done / span if span > 0 else 0.0
+        rate = None  # a rate needs two samples
+        if len(samples) > 1 and samples[-1].t > samples[0].t:
+            rate = (samples[-1].done - samples[0].done) / (samples[-1].t - samples[0].t)
         p99 = statistics.median(p99s) if p99s else float("nan")
         if base_p99 is None:
             base_p99, base_rate = p99, rate
         rows.append((
-            name, max((s.running for s in samples), default=0), f"{rate:.0f}",
-            f"{rate / base_rate:.2f}x" if base_rate else "-", f"{p99:.1f}",
+            name, max((s.running for s in samples), default=0),
+            "-" if rate is None else f"{rate:.0f}",
+            f"{rate / base_rate:.2f}x" if rate is not None and base_rate else "-", f"{p99:.1f}",
             f"{p99 / base_p99:.2f}x" if base_p99 else "-",
         ))  # fmt: skip
     table(
