@@ -37,6 +37,7 @@ def test_gpu_utilization_against_its_target() -> None:
 
 
 def test_ray_accepts_the_mapping_and_resolves_our_policy() -> None:
+    pytest.importorskip("ray.serve")
     from ray.serve.config import AutoscalingConfig
 
     policy = AutoscalePolicy(min_replicas=1, max_replicas=5, target_ongoing_requests=3,
