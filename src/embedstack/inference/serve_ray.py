@@ -12,9 +12,10 @@ or a deadline cannot be met) comes back as Overloaded with the replica's Retry-A
 API answers 429 as it does on one node. When every replica's slots and the caller's handle
 queue are full, Serve refuses at once (BackPressureError), which is Overloaded too.
 
-A replica that dies with requests in flight (a crash, a lost node, ray.kill) fails them with an
-actor error; ServeBatcher sends them again and Serve routes them to a live replica (embedding
-is idempotent). Scale-down drains: a stopping replica takes no new requests and finishes its
+A replica that dies with requests in flight (a crash, a lost node, ray.kill): Serve's router
+sends again what it can tell never ran; what comes back as an actor error, ServeBatcher sends
+again (a few times, with backoff) and Serve routes it to a live replica (embedding is
+idempotent). Scale-down drains: a stopping replica takes no new requests and finishes its
 own (graceful_shutdown_* in AutoscalePolicy).
 """
 
