@@ -76,6 +76,29 @@ class Settings(BaseSettings):
     cluster_shards: int = Field(8, ge=1, le=1024, description="virtual shards per collection")
     cluster_replicas: int = Field(2, ge=1, le=16, description="replicas of each shard")
     cluster_replica_timeout_s: float = Field(1.0, gt=0, description="per replica, per query")
+    # inference as an autoscaled Ray Serve deployment (serve --inference ADDRESS): the Ray
+    # address (ray://HOST:PORT for Ray Client, HOST:PORT for the GCS address, or "auto");
+    # None: models run in this process. Ray Serve's autoscaler scales each model's replicas
+    # between min and max on ongoing requests per replica (running + queued at the handles),
+    # optionally on queued texts per replica (0: off), and, where replicas have a GPU, on GPU
+    # utilization against the target (without a GPU: queue depth alone)
+    inference: str | None = None
+    inference_min_replicas: int = Field(1, ge=0)
+    inference_max_replicas: int = Field(4, ge=1)
+    inference_target_ongoing: float = Field(2.0, gt=0, description="requests per replica")
+    inference_target_queued_texts: int = Field(0, ge=0, description="texts per replica; 0: off")
+    inference_gpu_target: float = Field(0.7, gt=0, le=1, description="GPU busy share")
+    inference_upscale_delay_s: float = Field(5.0, ge=0)
+    inference_downscale_delay_s: float = Field(30.0, ge=0)
+    inference_look_back_s: float = Field(5.0, gt=0, description="metrics averaged over this")
+    inference_metrics_interval_s: float = Field(1.0, gt=0)
+    # per replica: requests it runs at once (beyond: queued at the caller's handle); per caller:
+    # requests queued in front of full replicas (beyond: 429 at once)
+    inference_max_ongoing: int = Field(32, ge=1)
+    inference_max_queued: int = Field(512, ge=1)
+    inference_drain_s: float = Field(20.0, gt=0, description="a stopping replica finishes")
+    inference_replica_cpus: float = Field(1.0, ge=0)
+    inference_replica_gpus: float = Field(0.0, ge=0)
     # ingest
     # the job queue: "sqlite" (embedded, DATA_DIR/queue.db), kafka://HOST:PORT[?topic=&group=
     # &partitions=] or redis://HOST:PORT[/DB][?name=]; see ingest/brokers/url.py

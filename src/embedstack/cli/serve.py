@@ -17,6 +17,7 @@ from embedstack.cli.common import (
     setting_default,
 )
 from embedstack.config import ENV_PREFIX
+from embedstack.errors import ConfigError
 
 WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` setting may be 0
 
@@ -50,11 +51,16 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
               "`embedstack cluster up` starts a local one.")  # fmt: skip
 @click.option("--catalog", "catalog_url", default=None, metavar="URL",
               help="With --cluster: the shared catalog, redis://HOST:PORT/DB.")  # fmt: skip
+@click.option("--inference", "inference", default=None, metavar="ADDRESS",
+              help="Run the models as an autoscaled Ray Serve deployment on this Ray cluster "
+              "(ray://HOST:PORT for Ray Client, HOST:PORT for the GCS address) instead of in "
+              "this process; replicas, targets and delays are the inference_* settings "
+              f"(default: {ENV_PREFIX}INFERENCE, else in process).")  # fmt: skip
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
     queue: str | None, insecure_no_auth: bool | None, tls_cert: Path | None, tls_key: Path | None,
-    cluster_address: str | None, catalog_url: str | None,
+    cluster_address: str | None, catalog_url: str | None, inference: str | None,
     config: Path | None,
 ) -> None:  # fmt: skip
     """Run the HTTP server with in-process ingest workers.
@@ -74,6 +80,11 @@ def serve(
       redis://HOST:PORT[/DB][?name=embedstack]
                                  Redis Streams (rediss:// for TLS)
     Worker processes (`embedstack worker`) must use the same URL and data dir.
+
+    --inference ADDRESS runs each model as a Ray Serve deployment whose replicas Ray Serve
+    scales between inference_min_replicas and inference_max_replicas (EMBEDSTACK_INFERENCE_*):
+    on ongoing requests per replica, queued texts per replica, and GPU utilization where the
+    replicas have a GPU. When even the maximum is full, requests get 429 with Retry-After.
     """
     from embedstack.serving.app import create_app
     from embedstack.serving.auth import check_bind, is_loopback
@@ -83,8 +94,14 @@ def serve(
     settings = load_settings(
         config, host=host, port=port, data_dir=data_dir, workers=workers, queue=queue,
         insecure_no_auth=insecure_no_auth, tls_cert=tls_cert, tls_key=tls_key,
+        inference=inference,
     )  # fmt: skip
     if cluster_address is not None:
+        if settings.inference is not None:
+            raise ConfigError(
+                "--inference is for a single-node server; a --cluster API node does not run "
+                "models through Services: leave out one of the two"
+            )
         from embedstack.cli.cluster import serve_cluster
 
         return serve_cluster(settings, cluster_address, queue, catalog_url)
@@ -131,8 +148,18 @@ def ignore_file_size_signal() -> None:
               f"{ENV_PREFIX}QUEUE, else {setting_default('queue')}).")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1), default=WORKER_CONCURRENCY,
               show_default=True, help="Jobs processed at once.")  # fmt: skip
+@click.option("--inference", "inference", default=None, metavar="ADDRESS",
+              help="Embed through the models' Ray Serve deployment on this Ray cluster, as "
+              "`serve --inference` does (default: "
+              f"{ENV_PREFIX}INFERENCE, else in process).")  # fmt: skip
 @config_option
-def worker(data_dir: Path | None, queue: str | None, concurrency: int, config: Path | None) -> None:
+def worker(
+    data_dir: Path | None,
+    queue: str | None,
+    concurrency: int,
+    inference: str | None,
+    config: Path | None,
+) -> None:
     """Run ingest workers as a separate process on a data dir a server also uses.
 
     Jobs are leased from the durable queue; a killed worker's jobs become visible again after
@@ -140,7 +167,7 @@ def worker(data_dir: Path | None, queue: str | None, concurrency: int, config: P
     """
     from embedstack.serving.services import Services
 
-    settings = load_settings(config, data_dir=data_dir, queue=queue)
+    settings = load_settings(config, data_dir=data_dir, queue=queue, inference=inference)
     ignore_file_size_signal()
     services = Services.build(settings)
 

@@ -15,11 +15,13 @@ import numpy as np
 
 from embedstack.config import Settings
 from embedstack.errors import ConfigError, InvalidInput, Unavailable
+from embedstack.inference.autoscale import AutoscalePolicy
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
 from embedstack.inference.engines.hashing import HashingEmbedder
 from embedstack.inference.engines.remote import RemoteConfig
 from embedstack.inference.engines.slow import SlowEmbedder
+from embedstack.inference.serve_ray import ServeBatcher, deploy
 from embedstack.ingest.brokers.url import open_queue
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue
@@ -31,6 +33,7 @@ from embedstack.registry.quality import QualityConfig, QualityObserver
 from embedstack.registry.upgrade import UpgradeService
 from embedstack.serving.search_gate import SearchGate
 from embedstack.storage.store import CollectionRecord, Store
+from embedstack.types import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,56 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
             )
         )
     return models
+
+
+def autoscale_policy(settings: Settings) -> AutoscalePolicy:
+    s = settings
+    return AutoscalePolicy(
+        min_replicas=s.inference_min_replicas, max_replicas=s.inference_max_replicas,
+        target_ongoing_requests=s.inference_target_ongoing,
+        target_queued_texts=s.inference_target_queued_texts, gpu_target=s.inference_gpu_target,
+        upscale_delay_s=s.inference_upscale_delay_s,
+        downscale_delay_s=s.inference_downscale_delay_s, look_back_s=s.inference_look_back_s,
+        metrics_interval_s=s.inference_metrics_interval_s,
+        max_ongoing_requests=s.inference_max_ongoing, max_queued_requests=s.inference_max_queued,
+        drain_s=s.inference_drain_s, replica_cpus=s.inference_replica_cpus,
+        replica_gpus=s.inference_replica_gpus,
+    )  # fmt: skip
+
+
+def connect_ray(address: str, attempts: int = 3) -> None:
+    """Connect this process to the Ray cluster at `address` once; a few tries, since Ray
+    Client's proxy can fail to start a session under load; ConfigError naming the address."""
+    import ray
+
+    from embedstack.cli.cluster import _ray_init
+
+    for attempt in range(attempts):
+        if ray.is_initialized():
+            return
+        try:
+            _ray_init(address)
+        except (ConnectionError, TimeoutError) as exc:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise ConfigError(
+                    f"cannot connect to the Ray cluster at {address} for inference ({exc}); "
+                    "check --inference / EMBEDSTACK_INFERENCE and that Ray runs there"
+                ) from exc
+            log.warning("connecting to Ray at %s failed (%s); trying again", address, exc)
+            time.sleep(1.0 + attempt)
+
+
+def serve_batcher(
+    settings: Settings, model: str, spec: ModelSpec, config: BatcherConfig
+) -> ServeBatcher:
+    """A model's embedder as a Ray Serve deployment on the Ray cluster at settings.inference
+    (connecting once; deployed unless it already runs there), behind a Batcher's interface."""
+    assert settings.inference is not None
+    connect_ray(settings.inference)
+    factory = partial(build_models, settings, {})  # what each replica loads its model with
+    handle = deploy(factory, model, config, autoscale_policy(settings))
+    return ServeBatcher(handle, spec)
 
 
 def quality_config(settings: Settings) -> QualityConfig:
@@ -172,7 +225,10 @@ class Services:
                     bulk_every=s.bulk_every,
                     bulk_batch_ms=s.bulk_batch_ms,
                 )
-                b = Batcher(embedder, config, self.metrics)
+                if s.inference is None:
+                    b = Batcher(embedder, config, self.metrics)
+                else:  # the model's replicas in Ray Serve; this node keeps its tokenizer
+                    b = await asyncio.to_thread(serve_batcher, s, model, embedder.spec, config)
                 await b.start()
                 self.batchers[model] = b
                 self.export_engines()
