@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 import uvloop
 
 from common import Server, cpu_seconds, load_note, post, say, server_env, wait_jobs
+from embedstack.loadtest.http import Endpoint
 from goodput import Step, metric, open_loop
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         step = Step("refused", f"{args.rate:g}/s", args.seconds, 0.1)
         cpu, started = cpu_seconds(pid), time.time()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(open_loop(httpx.URL(server.url), path, bodies, args.rate, step))
+            runner.run(open_loop(Endpoint(server.url, {}), path, bodies, args.rate, step))
         cpu, wall = cpu_seconds(pid) - cpu, time.time() - started
         early = metric(client, "embedstack_shed_early_total")
     n = len(step.lat) + step.shed + step.other

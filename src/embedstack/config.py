@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     recall_max_per_s: float = Field(5.0, gt=0)
     recall_min_queries: int = Field(30, ge=5, description="checked queries before acting")
     recall_retune: bool = True
-    # click / relevance feedback on query_ids: the last this many queries, in memory
+    # click / relevance feedback on query_ids: the last this many queries (feedback.db)
     quality_feedback: bool = True
     feedback_max_queries: int = Field(100_000, ge=100)
     # access control (serving/auth.py). Auth is on unless this is set, which serve allows only

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 
 from embedstack.client import AsyncClient, Client
 from embedstack.obs.system import load_nvml
+from embedstack.storage.feedback import FEEDBACK
 from tests.conftest import Server, clustered, server_env, wait_job
 from tests.quality_data import corpus, pydoc_sentences, recipe_sentences
 
@@ -152,6 +155,50 @@ def test_feedback_click_through_and_mrr(server: Server) -> None:
         assert 0 < ctr < 1
         mrr = metric_value(c.get("/metrics").text, "embedstack_clicked_mrr", space=space)
         assert mrr is not None and mrr > 0
+
+
+def test_acknowledged_feedback_survives_kill_9(tmp_path: Path) -> None:
+    """A click answered 200 is on disk: after kill -9 and a restart the stats still count it,
+    queries answered a flush interval before the kill still take feedback, and a deleted
+    collection's feedback is gone with it."""
+    server = Server(tmp_path / "data", quality_env()).start()
+    try:
+        with server.client() as c:
+            assert c.post("/v1/collections", json={"name": "fb"}).status_code == 201
+            job = c.post("/v1/collections/fb/documents", json={"documents": corpus()[:40]})
+            assert wait_job(c, job.json()["job_id"])["status"] == "done"
+            early, late = ask(c, pydoc_sentences(seed=3)[:2], collection="fb")
+            wait_for(lambda: _remembered(tmp_path / "data", early["query_id"]))  # flushed
+            late_hit = late["hits"][0]["document_id"]
+            clicked = c.post("/v1/feedback", json={"query_id": late["query_id"],
+                                                   "document_id": late_hit})  # fmt: skip
+            assert clicked.status_code == 200, clicked.text
+        server.stop(kill=True)
+        server.start()
+        with server.client() as c:
+            feedback = c.get("/v1/collections/fb/stats").json()["spaces"][0]["feedback"]
+            assert feedback["clicked"] == 1 and feedback["queries"] == 2, feedback
+            assert feedback["clicked_mrr"] == 1.0
+            second = early["hits"][1]["document_id"]
+            r = c.post("/v1/feedback", json={"query_id": early["query_id"], "document_id": second})
+            assert r.status_code == 200 and r.json()["rank"] == 2, r.text
+            feedback = c.get("/v1/collections/fb/stats").json()["spaces"][0]["feedback"]
+            assert feedback["clicked"] == 2 and feedback["clicked_mrr"] == 0.75
+            assert c.delete("/v1/collections/fb").status_code in (200, 204)
+            assert c.post("/v1/collections", json={"name": "fb"}).status_code == 201
+            stats = c.get("/v1/collections/fb/stats").json()["spaces"][0]["feedback"]
+            assert stats["queries"] == 0 and stats["clicked"] == 0, stats
+    finally:
+        server.stop()
+
+
+def _remembered(data: Path, query_id: str) -> bool:
+    conn = sqlite3.connect(f"file:{data / FEEDBACK}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT 1 FROM queries WHERE query_id = ?", (query_id,)).fetchone()
+    finally:
+        conn.close()
+    return row is not None
 
 
 def test_infrastructure_series(server: Server) -> None:

@@ -91,13 +91,15 @@ class _Space:
 
 class QualityObserver:
     def __init__(
-        self, store: Store, indexes: IndexManager, metrics: Metrics, config: QualityConfig
-    ) -> None:
+        self, store: Store, indexes: IndexManager, metrics: Metrics, config: QualityConfig,
+        feedback: FeedbackLog | None = None,
+    ) -> None:  # fmt: skip
+        """`feedback`: the server's (durable) log of answered queries; default one in memory."""
         self._store = store
         self._indexes = indexes
         self._metrics = metrics
         self.config = config
-        self.feedback = FeedbackLog(config.feedback_max_queries, config.recall_k)
+        self.feedback = feedback or FeedbackLog(config.feedback_max_queries, config.recall_k)
         self._spaces: dict[Key, _Space] = {}
         self._guard = threading.Lock()
         self._queue: queue.Queue[tuple[str, str, np.ndarray]] = queue.Queue(config.recall_queue)
@@ -156,6 +158,7 @@ class QualityObserver:
         space.drift.centroid = None
 
     def forget(self, collection: str) -> None:
+        self.feedback.forget(collection)
         with self._guard:
             for key in [k for k in self._spaces if k[0] == collection]:
                 del self._spaces[key]
@@ -206,6 +209,10 @@ class QualityObserver:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        try:
+            self.feedback.flush()
+        except Exception:
+            log.exception("remembered queries could not be written at stop")
 
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # a low priority thread (Linux)
@@ -221,6 +228,7 @@ class QualityObserver:
                 if item is not None:
                     self._check(*item)
                 if time.monotonic() >= next_refresh:
+                    self.feedback.flush()  # answered queries reach the durable side
                     self.refresh()
                     next_refresh = time.monotonic() + self.config.interval_s
             except Exception:

@@ -25,6 +25,7 @@ from embedstack.inference.serve_ray import ServeBatcher, deploy
 from embedstack.ingest.brokers.url import open_queue
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.ingest.queue import Queue
+from embedstack.obs.feedback import FeedbackLog
 from embedstack.obs.metrics import Metrics
 from embedstack.obs.system import SystemCollector, load_nvml
 from embedstack.registry.collections import CollectionService
@@ -32,6 +33,7 @@ from embedstack.registry.indexes import IndexManager
 from embedstack.registry.quality import QualityConfig, QualityObserver
 from embedstack.registry.upgrade import UpgradeService
 from embedstack.serving.search_gate import SearchGate
+from embedstack.storage.feedback import FEEDBACK, FeedbackStore
 from embedstack.storage.store import CollectionRecord, Store
 from embedstack.types import ModelSpec
 
@@ -196,7 +198,11 @@ class Services:
             store, queue, models, indexes, collections,
             lambda model, texts: services.embed_bulk(model, texts), metrics,
         )  # fmt: skip
-        quality = QualityObserver(store, indexes, metrics, quality_config(settings))
+        feedback = FeedbackLog(
+            settings.feedback_max_queries, quality_config(settings).recall_k,
+            FeedbackStore(data / FEEDBACK) if settings.quality_feedback else None,
+        )  # fmt: skip
+        quality = QualityObserver(store, indexes, metrics, quality_config(settings), feedback)
         services = cls(
             settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades,
             quality,

@@ -24,6 +24,7 @@ import orjson
 
 from embedstack.errors import Conflict, InvalidInput, NotFound
 from embedstack.fsutil import atomic_write, fsync_dir, fsync_file
+from embedstack.storage.feedback import FEEDBACK
 from embedstack.storage.snapshot import CURRENT, current_snapshot, file_digests, verify_snapshot
 
 STORE = "store.db"
@@ -100,8 +101,9 @@ def backup(data: Path, target: Path) -> dict[str, Any]:
     started = time.time()
     skipped = _copy_snapshots(data, target)
     _sqlite_copy(data / STORE, target / STORE)
-    if (data / QUEUE).exists():
-        _sqlite_copy(data / QUEUE, target / QUEUE)
+    for db in (QUEUE, FEEDBACK):
+        if (data / db).exists():
+            _sqlite_copy(data / db, target / db)
     manifest = {
         "format": FORMAT,
         "source": str(data.resolve()),
@@ -142,7 +144,7 @@ def restore(source: Path, data: Path) -> dict[str, Any]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / rel, dest)
         fsync_file(dest)
-    for db in (STORE, QUEUE):
+    for db in (STORE, QUEUE, FEEDBACK):
         problems = integrity_check(data / db) if (data / db).exists() else []
         if problems:
             raise InvalidInput(f"restored {db} fails its integrity check: {problems[0]}")

@@ -3,6 +3,8 @@ query_id), the live labels behind click-through@k and clicked MRR (registry/qual
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
@@ -31,11 +33,13 @@ async def feedback(
     if owner is None or not access.owns(owner[0]):  # another tenant's query is unknown here
         raise NotFound(
             f"query_id {body.query_id!r} is unknown or forgotten (the server remembers the last "
-            f"{services.settings.feedback_max_queries} queries, in memory): send the query_id "
-            "of a recent query response"
+            f"{services.settings.feedback_max_queries} queries): send the query_id of a recent "
+            "query response"
         )
-    (collection, space_id), rank = log.record(body.query_id, body.document_id, body.kind,
-                                              body.grade)  # fmt: skip
+    # committed to the feedback file before the answer: off the event loop
+    (collection, space_id), rank = await asyncio.to_thread(
+        log.record, body.query_id, body.document_id, body.kind, body.grade
+    )
     services.metrics.feedback.labels(collection, space_id, body.kind).inc()
     access.note(collection=collection)
     return JSON({"query_id": body.query_id, "document_id": body.document_id, "rank": rank,
