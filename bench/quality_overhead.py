@@ -36,8 +36,10 @@ from common import (
     table,
     wait_jobs,
 )  # fmt: skip
+from embedstack.obs.feedback import FeedbackLog
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.quality import QualityConfig, QualityObserver
+from embedstack.storage.feedback import FEEDBACK, FeedbackStore
 
 PINNED = {
     "EMBEDSTACK_MODEL_BACKENDS": '{"all-MiniLM-L6-v2": "onnx-fp32"}',  # no backend race
@@ -94,7 +96,8 @@ def run_round(server: Server, texts: list[str], mode: str) -> list[float]:
 
 def observe_cost(calls: int = 20_000) -> tuple[float, float]:
     """Microseconds per QualityObserver.observe call: all signals on (recall sampling at the
-    default 5%, the exact re-run itself off the calling thread), and all off."""
+    default 5%, the exact re-run itself off the calling thread; feedback durable, its batched
+    writes to feedback.db counted in), and all off."""
     from embedstack.storage.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,10 +110,14 @@ def observe_cost(calls: int = 20_000) -> tuple[float, float]:
         vec = np.random.default_rng(0).standard_normal(384).astype(np.float32)
         out = []
         for cfg in (QualityConfig(), QualityConfig(drift=False, recall_fraction=0, feedback=False)):
-            obs = QualityObserver(store, indexes, metrics, cfg)  # thread not started: queue fills
+            durable = FeedbackStore(Path(tmp) / FEEDBACK) if cfg.feedback else None
+            log = FeedbackLog(cfg.feedback_max_queries, cfg.recall_k, durable)
+            obs = QualityObserver(store, indexes, metrics, cfg, log)  # no thread: queue fills
             started = time.perf_counter()
-            for _ in range(calls):
+            for i in range(calls):
                 obs.observe("docs", "space", vec, hits, False)
+                if i % 500 == 499:  # the background flush, every 2 s at 250 queries/s
+                    log.flush()
             out.append((time.perf_counter() - started) / calls * 1e6)
         store.close()
     return out[0], out[1]
