@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # may send its own (body budget_ms or header X-Request-Budget-Ms) up to max_query_budget_ms
     query_budget_ms: float = Field(100.0, gt=0)
     max_query_budget_ms: float = Field(60_000.0, gt=0)
+    # bound the admitted queries in flight (per model), adapted to their latency against their
+    # budget (serving/concurrency.py): what keeps open-loop bursts within the budget
+    adaptive_concurrency: bool = True
     max_search_inflight: int = Field(64, ge=1, description="searches running or queued")
     # cluster mode (serve --cluster): a new collection's layout, and how long a query waits on
     # one shard replica before it asks another

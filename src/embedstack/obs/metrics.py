@@ -107,6 +107,12 @@ class Metrics:
             "body was validated or routed, by route.",
             ["route"], registry=r,
         )  # fmt: skip
+        self.query_concurrency_limit = Gauge(
+            "embedstack_query_concurrency_limit",
+            "The adaptive bound on admitted queries in flight, by the model their text goes to "
+            "(\"\" for queries that skip the model).",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.deadline_dropped = Counter(
             "embedstack_deadline_dropped_total",
             "Admitted work dropped unrun because its deadline passed while it waited (texts for "

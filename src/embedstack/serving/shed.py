@@ -19,6 +19,10 @@ event loop's backlog, a process starved of CPU on a loaded machine), so that wha
 fits once those are paid -- while anything is queued or running: on an idle server a refusal
 would spare no one, so the plain deadline (and the idle rules of the gate and the batcher) hold.
 
+Before those estimates, an AdaptiveLimit (serving/concurrency.py) bounds the admitted queries in
+flight per model, the bound following their measured latency against their budget: predictions
+alone err on open-loop bursts, a measured bound does not.
+
 Refused: a 429 + Retry-After answered straight to ASGI, in the error shape and status of the one
 ERROR_STATUS table (handed in by create_app). Anything it cannot judge cheaply -- a body that is
 not small JSON, an out-of-range budget, a server not ready -- passes through to the route, which
@@ -39,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from embedstack.config import Settings
 from embedstack.errors import NotFound, Overloaded
 from embedstack.inference.batching.batcher import Batcher
+from embedstack.serving.concurrency import Limits
 from embedstack.serving.search_gate import SearchGate
 from embedstack.serving.services import Services
 
@@ -222,6 +227,7 @@ class QueryShedder:
         self.status = status
         self.body_of = body_of
         self.overhead = Overhead()
+        self.limits = Limits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)
@@ -243,8 +249,21 @@ class QueryShedder:
             await self.app(scope, _replay(messages, receive), send)
             return
         gate, batchers = services.search_gate, services.batchers
-        reserve = self.overhead.seconds(time.monotonic()) if _busy(gate, batchers, ask) else 0.0
-        refused = refusal(gate, batchers, replace(ask, deadline=ask.deadline - reserve))
+        limit = self.limits.get(ask.model) if services.settings.adaptive_concurrency else None
+        refused: Overloaded | None = None
+        if limit is not None and not await limit.acquire_by(ask.deadline):
+            services.metrics.shed.labels(stage="query", reason="concurrency").inc()
+            refused = Overloaded(
+                f"{limit.inflight} queries are in flight, the most this server answers within "
+                "their latency budget now; retry after 1s, lower client concurrency or send a "
+                "larger budget",
+                retry_after=1.0,
+            )
+        else:
+            reserve = self.overhead.seconds(time.monotonic()) if _busy(gate, batchers, ask) else 0.0
+            refused = refusal(gate, batchers, replace(ask, deadline=ask.deadline - reserve))
+            if refused is not None and limit is not None:
+                limit.release()
         if refused is not None:
             scope["route"] = route  # labels the request's latency metric
             services.metrics.shed_early.labels(route.path).inc()
@@ -252,15 +271,29 @@ class QueryShedder:
             message = principal.scrub(refused.message) if principal is not None else refused.message
             await self._refuse(send, message, refused.retry_after)
             return
-        if route is QUERY_ROUTE:  # learn the overhead from this query's answer
-            send = self._timed(send, arrived, predicted_wait(gate, batchers, ask))
-        await self.app(scope, _replay(messages, receive), send)
+        predicted = predicted_wait(gate, batchers, ask) if route is QUERY_ROUTE else None
+        answered: list[float] = []
+        send = self._timed(send, arrived, predicted, answered)
+        try:
+            await self.app(scope, _replay(messages, receive), send)
+        finally:
+            if limit is not None:
+                latency = answered[0] if answered else None
+                limit.release(latency, ask.deadline - arrived)
+                services.metrics.query_concurrency_limit.labels(ask.model or "").set(limit.limit)
 
-    def _timed(self, send: Send, arrived: float, predicted: float) -> Send:
+    def _timed(
+        self, send: Send, arrived: float, predicted: float | None, answered: list[float]
+    ) -> Send:
+        """`send`, noting an answered (200) query's latency in `answered` and, for a query
+        (`predicted` given), teaching the Overhead what the estimates missed."""
+
         async def timed(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:
                 now = time.monotonic()
-                self.overhead.observe(now - arrived - predicted, now)
+                answered.append(now - arrived)
+                if predicted is not None:
+                    self.overhead.observe(now - arrived - predicted, now)
             await send(message)
 
         return timed
