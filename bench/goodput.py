@@ -299,6 +299,7 @@ def main() -> None:
         early = metric(client, "embedstack_shed_early_total")
         dropped = metric(client, "embedstack_deadline_dropped_total")
         missed = metric(client, 'embedstack_query_budget_total{outcome="missed"}')
+        limit = metric(client, f'embedstack_query_concurrency_limit{{model="{MODEL}"}}')
     say(f"done. {load_note()}")
     table(
         f"Text queries ({MODEL}, {args.backend}), budget {args.budget_ms:g} ms, {len(docs)} "
@@ -308,7 +309,8 @@ def main() -> None:
     )
     say(f"server: {shed:.0f} refused at admission ({early:.0f} of them before the body was "
         f"parsed), {dropped:.0f} dropped past their deadline, "
-        f"{missed:.0f} answered past the budget (server-side)")  # fmt: skip
+        f"{missed:.0f} answered past the budget (server-side); adaptive bound on queries in "
+        f"flight at the end: {limit:.0f}")  # fmt: skip
     top = [s for s in steps if s.name.startswith(("closed", "open")) and "never" not in s.name]
     at_max = [s for s in top if s.name.endswith(f"{multiples[-1]:g}x")]
     for s in at_max:
