@@ -48,7 +48,7 @@ typecheck: dev
 	$(BIN)/mypy
 
 pytest: dev
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -p no:cacheprovider --durations=20
 
 test: sizes lint typecheck pytest
 
