@@ -85,6 +85,34 @@ def load_note() -> str:
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min), {cores} cores"
 
 
+# the CPU features that decide SIMD kernels (faiss distance code, BLAS, onnxruntime)
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+              "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # fmt: skip
+
+
+def machine_note() -> str:
+    """CPU model, cores, the SIMD flags present and which faiss build runs (its compile
+    options name the SIMD level it dispatches to), for a benchmark's header."""
+    from embedstack.inference.engines.torch import cpu_flags
+
+    flags = cpu_flags()
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                         model)  # fmt: skip
+    except OSError:
+        pass
+    present = [f for f in SIMD_FLAGS if f in flags]
+    try:
+        import faiss
+
+        build = f"faiss {faiss.__version__} ({faiss.get_compile_options().strip()})"
+    except ImportError:
+        build = "faiss not installed"
+    return f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(present) or 'none'}; {build}"
+
+
 def say(text: str) -> None:
     console.print(text)
 

@@ -4,6 +4,8 @@ in-memory catalog: an alias moved or a collection re-created is seen by the very
 from __future__ import annotations
 
 import base64
+import io
+import json
 from typing import Any
 
 import httpx
@@ -16,6 +18,23 @@ DIM = 16
 
 def _b64(vecs: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vecs, dtype="<f4").tobytes()).decode()
+
+
+def _npy(vecs: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, vecs)
+    return buf.getvalue()
+
+
+def _multipart(
+    c: httpx.Client, name: str, data: bytes, meta: dict[str, Any] | str
+) -> httpx.Response:
+    """POST the vectors as an .npy file part and their ids etc. as a JSON field."""
+    return c.post(
+        f"/v1/collections/{name}/vectors",
+        files={"vectors": ("v.npy", data, "application/x-npy")},
+        data={"meta": meta if isinstance(meta, str) else json.dumps(meta)},
+    )
 
 
 def _collection(c: httpx.Client, name: str) -> None:
@@ -62,6 +81,22 @@ def test_bulk_vectors_are_stored_indexed_and_served(hashing_server: Server) -> N
         assert r.json()["unchanged"] == 1, r.text
 
 
+def test_an_npy_upload_is_stored_and_served_like_base64(hashing_server: Server) -> None:
+    """multipart: an .npy part (float64 here: converted) and a JSON 'meta' field; the same
+    document through base64 hashes alike, so it reads unchanged."""
+    vecs = np.random.default_rng(1).normal(size=(50, DIM))
+    meta = {"ids": [f"n{i}" for i in range(50)], "texts": [f"t{i}" for i in range(50)]}
+    with hashing_server.client() as c:
+        _collection(c, "bulknpy")
+        r = _multipart(c, "bulknpy", _npy(vecs), meta)
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["job_id"])["status"] == "done"
+        hit = _query(c, "bulknpy", vecs[17].astype(np.float32), k=1)["hits"][0]
+        assert (hit["document_id"], hit["text"]) == ("n17", "t17")
+        same = {"ids": ["n17"], "texts": ["t17"], "vectors": _b64(vecs[17:18])}
+        assert c.post("/v1/collections/bulknpy/vectors", json=same).json()["unchanged"] == 1
+
+
 def test_bad_bulk_vectors_are_refused_naming_the_fix(hashing_server: Server) -> None:
     vecs = np.ones((2, DIM), dtype=np.float32)
     bad_nan = vecs.copy()
@@ -81,6 +116,24 @@ def test_bad_bulk_vectors_are_refused_naming_the_fix(hashing_server: Server) -> 
             r = c.post("/v1/collections/bulkbad/vectors", json=body)
             assert 400 <= r.status_code < 500, (body, r.text)
             assert words in r.json()["error"]["message"], (body, r.text)
+        ok = {"ids": ["a", "b"]}
+        npy_cases = [
+            (b"not an npy file", ok, "numpy.save"),
+            (_npy(vecs[:1]), ok, "shape"),
+            (_npy(np.ones((2, DIM), dtype=np.int32)), ok, "float32"),
+            (_npy(bad_nan), ok, "vector 1"),
+            (_npy(vecs), "{not json", "JSON"),
+            (_npy(vecs), {"vectors": "x"}, "ids"),
+        ]
+        for data, meta, words in npy_cases:
+            r = _multipart(c, "bulkbad", data, meta)
+            assert 400 <= r.status_code < 500, (meta, r.text)
+            assert words in r.json()["error"]["message"], (meta, r.text)
+        r = c.post("/v1/collections/bulkbad/vectors", content=_npy(vecs),
+                   headers={"content-type": "application/x-npy"})  # fmt: skip
+        assert r.status_code == 422 and "multipart" in r.text, r.text
+        r = c.post("/v1/collections/bulkbad/vectors", files={"meta": (None, json.dumps(ok))})
+        assert r.status_code == 422 and "'vectors'" in r.text, r.text
         # a collection with a model takes text, not vectors
         assert c.post("/v1/collections", json={"name": "withmodel"}).status_code == 201
         r = c.post("/v1/collections/withmodel/vectors", json={"ids": ["a"], "vectors": ""})

@@ -154,3 +154,25 @@ def test_offset_arrays_are_the_regex_offsets(text: str) -> None:
     starts, ends = tok.offset_arrays(text)
     assert starts.dtype == ends.dtype == np.int64
     assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == tok.offsets(text)
+
+
+def test_embeds_the_batchers_tokens_without_tokenizing_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batcher tokenizes at admission (encode_packed) and hands the ids to embed_batch,
+    taken and concatenated per batch: the vectors are those of the texts, and the embedder
+    does not tokenize them a second time."""
+    emb = HashingEmbedder(max_tokens=12)
+    texts = ["The quick brown fox.", "", "w " * 40, "dog bites man", "Ünïcode ß straße!"] * 300
+    want = emb.embed_batch(texts)
+    encoded = emb.tokenizer.encode_packed(texts)
+    assert encoded.lengths.tolist()[:3] == [7, 2, 12]  # specials counted, truncated like a model
+    order = np.random.default_rng(0).permutation(len(texts))
+    regathered = type(encoded).concat([encoded.take(order[:700]), encoded.take(order[700:])])
+
+    def refuse(_: object) -> None:
+        raise AssertionError("embed_batch tokenized again")
+
+    monkeypatch.setattr(emb.tokenizer, "encode_packed", refuse)
+    got = emb.embed_batch([texts[i] for i in order], regathered)
+    assert np.array_equal(got, want[order])

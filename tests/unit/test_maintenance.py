@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from embedstack.serving.app import create_app
+from embedstack.serving.app import SNAPSHOT_SHARE, create_app, snapshot_pause
 from embedstack.serving.services import Services
 from tests.conftest import in_process_settings
 
@@ -43,3 +43,9 @@ def test_a_failing_upgrade_refresh_does_not_stop_snapshots(
         metrics = client.get("/metrics").text
         assert 'embedstack_maintenance_errors_total{step="upgrades"}' in metrics
         assert client.get("/readyz").status_code == 200
+
+
+def test_snapshots_of_a_big_index_are_paced_by_their_cost() -> None:
+    assert snapshot_pause(30.0, 0.01) == 30.0  # a small index: the interval
+    assert snapshot_pause(30.0, 6.0) == pytest.approx(6.0 / SNAPSHOT_SHARE)  # 5% of the time
+    assert snapshot_pause(30.0, 6.0) > 30.0

@@ -78,6 +78,7 @@ ROUTE_MODULES = (admin, embeddings, collections, documents, records, query, upgr
                  keys, stats, feedback, dashboard)  # fmt: skip
 QUEUE_GAUGE_INTERVAL_S = 5.0  # job counts scan the jobs table: not on every 0.2 s pass
 PURGE_INTERVAL_S = 60.0
+SNAPSHOT_SHARE = 0.05  # of the time the maintenance loop may spend snapshotting indexes
 
 
 def status_of(exc: EmbedStackError) -> int:
@@ -207,6 +208,7 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
     pass, still runs."""
     s = services.settings
     last_snapshot = last_queue = last_purge = time.monotonic()
+    snapshot_wait = s.snapshot_interval_s
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=s.sync_interval_s)
@@ -219,10 +221,20 @@ async def _maintenance(services: Services, stop: asyncio.Event) -> None:
             purge = asyncio.to_thread(services.queue.purge, s.job_retention_s)
             await _step(services, "purge", purge)
             last_purge = time.monotonic()
-        if time.monotonic() - last_snapshot >= s.snapshot_interval_s:
+        if time.monotonic() - last_snapshot >= snapshot_wait:
+            began = time.monotonic()
             await _step(services, "snapshot", asyncio.to_thread(_each_index, services, "snapshot"))
             last_snapshot = time.monotonic()
+            snapshot_wait = snapshot_pause(s.snapshot_interval_s, last_snapshot - began)
         services.maintenance_beat = time.monotonic()
+
+
+def snapshot_pause(interval_s: float, took_s: float) -> float:
+    """Seconds until the next snapshot pass: the interval, or longer after a pass that took
+    long (a big index's snapshot writes, fsyncs and checksums all of it, and holds back index
+    writes meanwhile), so snapshots take at most SNAPSHOT_SHARE of the time. Only restarts
+    gain from them: the store holds every change, replayed after the last snapshot."""
+    return max(interval_s, took_s / SNAPSHOT_SHARE)
 
 
 async def _sample_history(history: History, stop: asyncio.Event) -> None:

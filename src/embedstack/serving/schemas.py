@@ -171,18 +171,24 @@ class RecordsIn(Strict):
     )
 
 
-class VectorsIn(Strict):
+class VectorsMeta(Strict):
+    """What comes with bulk vectors: an id per vector, optional texts and metadata (the 'meta'
+    part of a multipart upload whose 'vectors' part is an .npy file)."""
+
+    ids: list[Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_clean)]]
+    texts: list[Text] | None = Field(None, description="a text per id (default: none)")
+    metadata: list[JSONObject] | None = Field(None, description="metadata per id (default: {})")
+    space_id: Text | None = None
+
+
+class VectorsIn(VectorsMeta):
     """Bring-your-own vectors in bulk: one base64 string of n x dim float32 values instead of n
     JSON lists (a fraction of the bytes, and no per-number parsing)."""
 
-    ids: list[Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_clean)]]
     vectors: str = Field(
         description="base64 of the n x dim vectors as little-endian float32, row after row "
         "(numpy: base64.b64encode(a.astype('<f4').tobytes()))"
     )
-    texts: list[Text] | None = Field(None, description="a text per id (default: none)")
-    metadata: list[JSONObject] | None = Field(None, description="metadata per id (default: {})")
-    space_id: Text | None = None
 
 
 # -- feedback -------------------------------------------------------------------------------------

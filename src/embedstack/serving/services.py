@@ -179,6 +179,9 @@ class Services:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     maintenance_beat: float = field(default_factory=time.monotonic)
     _batcher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # collections with stored writes not yet applied to their indexes, and the task applying them
+    _unapplied: set[str] = field(default_factory=set)
+    _applier: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -295,7 +298,21 @@ class Services:
         )  # fmt: skip
 
     async def after_write(self, collection: str) -> None:
-        await asyncio.to_thread(self.indexes.sync_collection, collection)
+        """A worker stored new chunks of `collection`: its indexes take them in on one applier
+        task, off the worker's path, so the worker stores the next job while the index adds
+        this one (a job reads "done" only once the indexes hold it: GET /v1/jobs checks), and
+        writes stored meanwhile go into the index together, in one larger add."""
+        self._unapplied.add(collection)
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._apply_writes())
+
+    async def _apply_writes(self) -> None:
+        while self._unapplied:
+            name = self._unapplied.pop()
+            try:
+                await asyncio.to_thread(self.indexes.sync_collection, name)
+            except Exception:  # the maintenance loop syncs every index again shortly
+                log.exception("applying the stored writes of %s to its index failed", name)
 
     def start_rebuild(self, record: CollectionRecord) -> None:
         """Rebuild a collection's indexes in the background (one at a time per collection)."""
@@ -369,6 +386,8 @@ class Services:
             raise Unavailable("the server is starting: retry in a few seconds (see GET /readyz)")
 
     async def close(self) -> None:
+        if self._applier is not None:
+            await asyncio.gather(self._applier, return_exceptions=True)
         await asyncio.to_thread(self.quality.stop)
         for b in self.batchers.values():
             await b.stop()

@@ -27,7 +27,7 @@ class Packed:
     @staticmethod
     def of(flat: np.ndarray, lengths: np.ndarray) -> Packed:
         """Ids back to back and each text's length; the starts are computed."""
-        return Packed(flat, _exclusive_cumsum(lengths), lengths)
+        return Packed(flat, exclusive_cumsum(lengths), lengths)
 
     @property
     def size(self) -> int:
@@ -37,7 +37,7 @@ class Packed:
         """The texts `idx`, in that order, as a new packed batch (one numpy gather)."""
         idx = np.asarray(idx, dtype=np.int64)
         lengths = self.lengths[idx]
-        starts = _exclusive_cumsum(lengths)
+        starts = exclusive_cumsum(lengths)
         total = int(lengths.sum())
         pos = np.repeat(self.starts[idx] - starts, lengths) + np.arange(total, dtype=np.int64)
         return Packed(self.flat[pos], starts, lengths)
@@ -85,7 +85,8 @@ class TokenPacker:
         return Packed.of(flat, lengths)
 
 
-def _exclusive_cumsum(lengths: np.ndarray) -> np.ndarray:
+def exclusive_cumsum(lengths: np.ndarray) -> np.ndarray:
+    """Where each of `lengths` starts when laid back to back (int64, first 0)."""
     starts = np.zeros(len(lengths), dtype=np.int64)
     if len(lengths) > 1:
         np.cumsum(lengths[:-1], out=starts[1:])

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from embedstack.inference.batching.tokens import Packed
+from embedstack.inference.batching.tokens import Packed, exclusive_cumsum
 from embedstack.types import ModelSpec
 from embedstack.vectors import unit_rows
 
@@ -23,6 +23,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _BIGRAM_WEIGHT = 0.5
 _BLOCK = 1024  # texts per vectorized block: keeps the scratch arrays in cache
 _ALGORITHM = "hashing-v1:unigram+bigram:crc32+splitmix64"
+_SPECIAL = -1  # the id of the two notional special tokens around each text
 
 
 _SPACE, _WORD, _OTHER = 0, 1, 2
@@ -105,9 +106,26 @@ class RegexTokenizer:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]
 
     def encode_packed(self, texts: Sequence[str]) -> Packed:
-        """Counts only (the hashing embedder hashes words, not ids): ids are all zero."""
-        lengths = np.minimum(np.array(self.count_tokens(texts), dtype=np.int64), self._max_tokens)
-        return Packed.of(np.zeros(int(lengths.sum()), dtype=np.int64), lengths)
+        """Each text's tokens, truncated like a model's, as ids: the CRC-32 of the lowercased
+        token, between two notional special tokens (id -1). The embedder hashes these ids, so a
+        text the batcher tokenized at admission is never tokenized again."""
+        keep = max(0, self._max_tokens - 2)
+        findall = _TOKEN.findall
+        flat: list[str] = []
+        counts: list[int] = []
+        for text in texts:
+            toks = findall(text)
+            if len(toks) > keep:
+                toks = toks[:keep]
+            counts.append(len(toks))
+            flat.extend(toks)
+        lengths = np.asarray(counts, dtype=np.int64) + 2
+        packed = Packed.of(np.full(int(lengths.sum()), _SPECIAL, dtype=np.int64), lengths)
+        if flat:
+            joined = _SEP.join(flat).lower().encode("utf-8", "surrogatepass")
+            crc = np.fromiter(map(zlib.crc32, joined.split(_SEP_B)), np.int64, count=len(flat))
+            packed.flat[_token_positions(packed)] = crc
+        return packed
 
     def tokens(self, text: str) -> list[str]:
         """The (original-case) tokens of `text`."""
@@ -160,29 +178,23 @@ class HashingEmbedder:
         return "hashing"
 
     def embed_batch(self, texts: Sequence[str], encoded: Packed | None = None) -> np.ndarray:
-        """float32 array (len(texts), dim), each row L2-normalized."""
+        """float32 array (len(texts), dim), each row L2-normalized. `encoded`: this tokenizer's
+        `encode_packed(texts)` (the batcher's, made at admission), else the texts are
+        tokenized here."""
+        if encoded is None or encoded.size != len(texts):
+            encoded = self._tokenizer.encode_packed(texts)
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         for lo in range(0, len(texts), _BLOCK):
-            block = texts[lo : lo + _BLOCK]
-            out[lo : lo + len(block)] = self._embed_block(block)
+            hi = min(lo + _BLOCK, len(texts))
+            block = encoded if hi - lo == encoded.size else encoded.take(np.arange(lo, hi))
+            out[lo:hi] = self._embed_block(block)
         return out if self._perm is None else out[:, self._perm]
 
-    def _embed_block(self, texts: Sequence[str]) -> np.ndarray:
-        n, dim = len(texts), self._dim
-        keep = self._spec.max_tokens - 2
-        findall = _TOKEN.findall
-        flat: list[str] = []
-        lens: list[int] = []
-        for text in texts:
-            toks = findall(text)
-            if len(toks) > keep:
-                toks = toks[:keep]
-            lens.append(len(toks))
-            flat.extend(toks)
-        if flat:
-            joined = _SEP.join(flat).lower().encode("utf-8", "surrogatepass")
-            pieces = joined.split(_SEP_B)
-            raw = np.fromiter(map(zlib.crc32, pieces), dtype=np.uint64, count=len(pieces))
+    def _embed_block(self, block: Packed) -> np.ndarray:
+        n, dim = block.size, self._dim
+        lens = block.lengths - 2
+        raw = block.flat[_token_positions(block)].astype(np.uint64)
+        if len(raw):
             rows = np.repeat(np.arange(n, dtype=np.int64), lens)
             same = rows[:-1] == rows[1:]
             hashes = np.concatenate(
@@ -199,3 +211,12 @@ class HashingEmbedder:
             vecs = np.zeros((n, dim), dtype=np.float64)
         vecs[~vecs.any(axis=1), 0] = 1.0  # a text with no tokens: e0
         return unit_rows(vecs, out=vecs)
+
+
+def _token_positions(packed: Packed) -> np.ndarray:
+    """Where the real tokens sit in `packed.flat`: every position but each text's first and
+    last (the two special tokens)."""
+    lens = packed.lengths - 2
+    total = int(lens.sum())
+    firsts = np.repeat(packed.starts + 1 - exclusive_cumsum(lens), lens)
+    return firsts + np.arange(total, dtype=np.int64)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from embedstack.config import Settings
@@ -19,11 +17,12 @@ from embedstack.errors import InvalidInput, NotFound, PayloadTooLarge, SpaceMism
 from embedstack.ingest.chunking import content_hash
 from embedstack.ingest.records import Rejected
 from embedstack.ingest.submit import job_rejections, submit_documents
+from embedstack.serving import vector_bodies
 from embedstack.serving.auth import Access, reading, writing
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, DocumentOut, JobOut, SubmittedOut
 from embedstack.serving.routes.deps import ready_services
-from embedstack.serving.schemas import DocumentIn, DocumentsIn, VectorsIn
+from embedstack.serving.schemas import DocumentIn, DocumentsIn, VectorsMeta
 from embedstack.serving.services import Services
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord, DocumentRow
@@ -192,14 +191,22 @@ async def add_documents(
     return await accepted(services, access, record.name, rows)
 
 
-@router.post("/v1/collections/{name}/vectors", status_code=202, response_model=SubmittedOut)
+@router.post(
+    "/v1/collections/{name}/vectors",
+    status_code=202,
+    response_model=SubmittedOut,
+    openapi_extra=vector_bodies.OPENAPI,
+)
 async def add_vectors(
-    name: str, body: VectorsIn, services: Services = Depends(ready_services),
+    name: str, request: Request, services: Services = Depends(ready_services),
     access: Access = Depends(writing),
 ) -> Response:  # fmt: skip
-    """Bring-your-own vectors in bulk (base64 float32): stored and acknowledged like POST
-    documents (one job), checked a whole array at a time."""
+    """Bring-your-own vectors in bulk: JSON with one base64 float32 string, or multipart with
+    an .npy file part ('vectors', application/x-npy) and a JSON field ('meta': ids, texts,
+    metadata, space_id); stored and acknowledged like POST documents (one job), checked a
+    whole array at a time."""
     record = await access.resolve(name)
+    body, data, fmt = await vector_bodies.read_vectors(request, services.settings.max_body_bytes)
     n = len(body.ids)
     check_count(n, services.settings.max_vectors_per_request, "vectors", "ids")
     if len(set(body.ids)) != n:
@@ -209,13 +216,14 @@ async def add_vectors(
             raise InvalidInput(f"'{field}' has {len(values)} entries for {n} ids: send one per id")
     access.charge_texts(n)
     space = services.collections.space(record)
-    rows = await asyncio.to_thread(_vector_rows, body, record, space, services.settings)
+    rows = await asyncio.to_thread(_vector_rows, body, data, fmt, record, space, services.settings)
     return await accepted(services, access, record.name, rows)
 
 
 def _vector_rows(
-    body: VectorsIn, record: CollectionRecord, space: SpaceInfo, settings: Settings
-) -> list[DocumentRow]:
+    body: VectorsMeta, data: bytes, fmt: str, record: CollectionRecord, space: SpaceInfo,
+    settings: Settings,
+) -> list[DocumentRow]:  # fmt: skip
     """The rows of a bulk vector upload: the same checks and hashes as `_document_row`."""
     if space.model:
         raise InvalidInput(
@@ -227,7 +235,9 @@ def _vector_rows(
             f"the vectors are from space {body.space_id} but collection {record.name!r} is in "
             f"space {space.space_id}: vectors from different spaces cannot be mixed"
         )
-    vecs = _decoded(body.vectors, len(body.ids), record)
+    cfg = record.config
+    where = f"collection {record.name!r}, {cfg.metric}"
+    vecs = vector_bodies.decoded(data, fmt, len(body.ids), cfg.dim, cfg.metric, where)
     texts = body.texts or [""] * len(body.ids)
     metas = body.metadata or [{} for _ in body.ids]
     rows = []
@@ -240,33 +250,6 @@ def _vector_rows(
         digest = hashlib.sha256(content_hash(text, meta).encode() + blob).hexdigest()
         rows.append(DocumentRow(doc_id, text, meta, digest, vector=blob))
     return rows
-
-
-def _decoded(data: str, n: int, record: CollectionRecord) -> np.ndarray:
-    """(n, dim) float32 rows from base64, finite, unit for cosine; InvalidInput names the fix."""
-    dim, metric = record.config.dim, record.config.metric
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("'vectors' is not valid base64: encode the float32 bytes") from None
-    if len(raw) != n * dim * 4:
-        raise SpaceMismatch(
-            f"'vectors' holds {len(raw)} bytes; {n} ids of {dim}-dim float32 vectors need "
-            f"{n * dim * 4} (collection {record.name!r}, {metric})"
-        )
-    vecs = np.frombuffer(raw, dtype="<f4").reshape(n, dim).astype(np.float32)
-    finite = np.isfinite(vecs).all(axis=1)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise InvalidInput(f"vector {bad} contains NaN or infinity: every component must be finite")
-    if metric == "cosine":
-        zero = ~np.any(vecs, axis=1)
-        if zero.any():
-            raise InvalidInput(
-                f"vector {int(np.argmax(zero))} is all zeros: a cosine vector needs a direction"
-            )
-        unit_rows(vecs, out=vecs)
-    return vecs
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
