@@ -23,6 +23,7 @@ from embedstack.cluster.log import PartitionReader
 from embedstack.cluster.replica import ShardReplica
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
+from embedstack.storage.lexical import LexicalStats
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,18 @@ class ShardNode:
         space_id: str | None = None,
     ) -> list[dict[str, Any]]:
         return self._replica(name, shard).search(vec, k, flt, group, space_id)
+
+    def lexical_stats(self, name: str, shard: int, text: str) -> LexicalStats:
+        return self._replica(name, shard).lexical_stats(text)
+
+    def candidates(
+        self, name: str, shard: int, space_id: str | None, vec: np.ndarray | None,
+        text: str | None, depth: int, flt: dict[str, Any] | None, mode: str,
+        total: LexicalStats | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A replica's share of a fused (hybrid, lexical, scored-group) query."""
+        replica = self._replica(name, shard)
+        return replica.candidates(space_id, vec, text, depth, flt, mode, total)
 
     def _replica(self, name: str, shard: int) -> ShardReplica:
         feed = self._feeds.get((name, shard))
