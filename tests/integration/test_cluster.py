@@ -182,8 +182,8 @@ def wait_cluster_job(router: ClusterRouter, job_id: str, timeout: float = 120.0)
     raise TimeoutError(f"cluster job {job_id}: {router.job(job_id)}")
 
 
-def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], int]:
-    """(node, shard) -> documents in that replica, from every live node's own status."""
+def replica_statuses(router: ClusterRouter, name: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """(node, shard) -> that replica's status, from every live node's own status."""
     import ray as r
 
     topic = router.catalog.get(name).topic
@@ -195,8 +195,13 @@ def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], i
             continue
         for rep in status["replicas"]:
             if rep["topic"] == topic:
-                out[(node, rep["shard"])] = rep["documents"]
+                out[(node, rep["shard"])] = rep
     return out
+
+
+def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], int]:
+    """(node, shard) -> documents in that replica."""
+    return {k: int(v["documents"]) for k, v in replica_statuses(router, name).items()}
 
 
 # query bodies run on a single-node server and on an API node: the default (hybrid, blend,
@@ -789,6 +794,25 @@ def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) ->
         stop.set()
         reader.join(timeout=60)
     assert held == {(n, s) for s, ns in after.items() for n in ns}
+    # shard transfer: each new replica started from a snapshot of a live replica of its shard
+    # at a log offset (the records before it were never read from the log) and holds what
+    # the others hold
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = replica_statuses(router, "docs")
+        counts = {k: int(v["documents"]) for k, v in states.items()}
+        new = [k for k in states if k[0] == "n3"]
+        if all(counts[k] == max(c for (_, s), c in counts.items() if s == k[1]) for k in new):
+            break
+        time.sleep(0.5)
+    assert new, "n3 took no replica of docs"
+    for key in new:
+        transfer = states[key]["transfer"]
+        assert transfer is not None and transfer["source"] != "n3", states[key]
+        assert transfer["position"] > 0 and transfer["bytes"] > 0
+        others = [c for (n, s), c in counts.items() if s == key[1] and n != "n3"]
+        assert others and all(counts[key] == c for c in others), (key, counts)
+    print("transfers:", {f"{n}/{s}": states[(n, s)]["transfer"] for n, s in new})
     # only the reassigned shard replicas were built (on the new node), and nothing else moved
     assert router.moves - moves_before == expected_moves
     assert {n for s in after for n in set(after[s]) - set(before[s])} <= {"n3"}

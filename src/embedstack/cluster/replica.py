@@ -4,7 +4,9 @@ indexer) without HTTP, fed by its log partition.
 Recovery is the single-node invariant: the store is committed before the position is written,
 so after a crash the replica reopens its store and index (snapshot + replay of the store's
 change log) and re-reads the log from its position; re-applying a record is idempotent
-(unchanged documents are skipped by content hash).
+(unchanged documents are skipped by content hash). The same invariant moves a shard: a new
+replica opens a copy of a live replica's store at that replica's position (`snapshot`) and reads
+the log from there (cluster/ray/node.py).
 
 Model upgrades reuse the single-node spaces of the replica's store: a `space` record of the log
 registers a shadow space (start_shadow), which every later write then fills too, and the feed
@@ -37,6 +39,7 @@ from embedstack.registry.hybrid import StoreCandidates
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.search import search_space
 from embedstack.registry.upgrade import sample_texts
+from embedstack.storage.backup import sqlite_copy
 from embedstack.storage.lexical import LexicalStats
 from embedstack.storage.store import DocumentRow, Store
 
@@ -309,6 +312,16 @@ class ShardReplica:
 
     def documents(self) -> int:
         return int(self.stats()["documents"])
+
+    def snapshot(self, target: Path) -> int:
+        """A consistent copy of this replica's store written to `target` (SQLite's online backup,
+        while the feed keeps applying), and a log position it is at least at: a replica opened
+        on the copy that reads the log from there converges (re-applying a record is
+        idempotent). The position is read before the copy, so the copy never lags it; the
+        index is not copied (a replica rebuilds it from the store it opens)."""
+        position = self.position
+        sqlite_copy(self._store.path, target)
+        return position
 
     def close(self) -> None:
         self._indexes.snapshot_all()

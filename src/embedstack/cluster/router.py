@@ -466,9 +466,16 @@ class ClusterRouter:
             placement = place(coll.shards, view.live, coll.replicas, coll.topic)
             for shard, wanted in placement.items():
                 have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
+                # a new replica starts from a snapshot of a live one (most advanced first)
+                sources = [
+                    r.node
+                    for r in sorted(have.values(), key=lambda r: -r.position)
+                    if r.node in view.live and r.error is None and r.position > 0
+                ]
                 for node in wanted:
                     if node not in have:
-                        assigned += int(self._call(handles[node].assign, coll.to_json(), shard))
+                        assign = handles[node].assign
+                        assigned += int(self._call(assign, coll.to_json(), shard, sources))
                 surplus = [n for n in have if n not in wanted]
                 if not surplus:
                     continue

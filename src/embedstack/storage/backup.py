@@ -48,7 +48,7 @@ def integrity_check(path: Path) -> list[str]:
     return [] if rows == ["ok"] else [f"{path}: {r}" for r in rows[:20]]
 
 
-def _sqlite_copy(source: Path, target: Path) -> None:
+def sqlite_copy(source: Path, target: Path) -> None:
     """A consistent copy of a live SQLite database (WAL included) through the backup API."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30.0)
     dst = sqlite3.connect(target)
@@ -99,9 +99,9 @@ def backup(data: Path, target: Path) -> dict[str, Any]:
     target.mkdir(parents=True, exist_ok=True)
     started = time.time()
     skipped = _copy_snapshots(data, target)
-    _sqlite_copy(data / STORE, target / STORE)
+    sqlite_copy(data / STORE, target / STORE)
     if (data / QUEUE).exists():
-        _sqlite_copy(data / QUEUE, target / QUEUE)
+        sqlite_copy(data / QUEUE, target / QUEUE)
     manifest = {
         "format": FORMAT,
         "source": str(data.resolve()),
