@@ -7,6 +7,7 @@ an API node, then kill a node under load, then add a node."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -31,6 +32,7 @@ from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
 from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
+from embedstack.serving.cluster_inference import ServeQueryEmbedder
 from embedstack.serving.responses import CollectionOut, DocumentOut, UpgradeOut
 from embedstack.serving.services import build_models
 from embedstack.storage.store import DocumentRow
@@ -115,13 +117,29 @@ def api_node(local_cluster: LocalCluster) -> Iterator[httpx.Client]:
     """A cluster API node (the app `embedstack serve --cluster` runs) on the module's cluster,
     served by uvicorn on a loopback port in this process: real HTTP, with an admin API key
     from the catalog."""
+    app = create_cluster_app(local_cluster.router, api_settings(local_cluster))
+    # its own request rate: the probers of the upgrade test may pass the default 100/s
+    admin, _ = local_cluster.router.catalog.keys().create_key(
+        scopes=["admin"], name="tests", rate_rps=10_000.0
+    )
+    headers = {"Authorization": f"Bearer {admin}"}
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+        yield client
+    local_cluster.router.on_round.clear()
+
+
+def api_settings(local_cluster: LocalCluster, **more: Any) -> Settings:
+    return Settings(
+        enable_test_models=True, default_model="hashing-test", cluster_shards=SHARDS,
+        cluster_replicas=REPLICAS, data_dir=local_cluster.root, **more,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a loopback port in this process (real HTTP); its URL."""
     import uvicorn
 
-    settings = Settings(
-        enable_test_models=True, default_model="hashing-test", cluster_shards=SHARDS,
-        cluster_replicas=REPLICAS, data_dir=local_cluster.root,
-    )  # fmt: skip
-    app = create_cluster_app(local_cluster.router, settings)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -131,14 +149,11 @@ def api_node(local_cluster: LocalCluster) -> Iterator[httpx.Client]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "the API node did not start in 30 s"
-    port = sock.getsockname()[1]
-    admin, _ = local_cluster.router.catalog.keys().create_key(scopes=["admin"], name="tests")
-    headers = {"Authorization": f"Bearer {admin}"}
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
-        yield client
-    server.should_exit = True
-    thread.join(timeout=30)
-    local_cluster.router.on_round.clear()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def rows(items: list[dict[str, Any]]) -> list[DocumentRow]:
@@ -167,8 +182,8 @@ def wait_cluster_job(router: ClusterRouter, job_id: str, timeout: float = 120.0)
     raise TimeoutError(f"cluster job {job_id}: {router.job(job_id)}")
 
 
-def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], int]:
-    """(node, shard) -> documents in that replica, from every live node's own status."""
+def replica_statuses(router: ClusterRouter, name: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """(node, shard) -> that replica's status, from every live node's own status."""
     import ray as r
 
     topic = router.catalog.get(name).topic
@@ -180,11 +195,40 @@ def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], i
             continue
         for rep in status["replicas"]:
             if rep["topic"] == topic:
-                out[(node, rep["shard"])] = rep["documents"]
+                out[(node, rep["shard"])] = rep
     return out
 
 
-def test_ingest_and_query_equal_single_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
+def shard_documents(router: ClusterRouter, name: str) -> dict[tuple[str, int], int]:
+    """(node, shard) -> documents in that replica."""
+    return {k: int(v["documents"]) for k, v in replica_statuses(router, name).items()}
+
+
+# query bodies run on a single-node server and on an API node: the default (hybrid, blend,
+# first_prior), lexical, other fusions and document scorings, a filter
+FUSED_CASES: list[dict[str, Any]] = [
+    {},
+    {"mode": "lexical"},
+    {"mode": "hybrid", "fusion": "rrf", "alpha": 0.7},
+    {"group_by": "document"},
+    {"mode": "dense", "group_by": "document"},
+    {"mode": "lexical", "group_by": "document", "doc_scoring": "max_sum"},
+]
+
+
+def same_hits(cluster: dict[str, Any], single: dict[str, Any], tol: float = 1e-5) -> None:
+    """The same hits (up to the order of equal scores) with the same scores and mode."""
+    assert cluster["mode"] == single["mode"]
+    a, b = cluster["hits"], single["hits"]
+    assert [h["chunk_id"] for h in a] == [h["chunk_id"] for h in b] or _ties(a, b), (a, b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["score"] - y["score"]) <= tol, (x, y)
+
+
+def test_ingest_and_query_equal_single_node(
+    local_cluster: LocalCluster, api_node: httpx.Client, tmp_path: Path
+) -> None:
     router = local_cluster.router
     router.create_collection("docs", shards=SHARDS, replicas=REPLICAS, index={"type": "exact"})
     wait_cluster_job(router, router.put_documents("docs", rows(CORPUS)))
@@ -227,6 +271,17 @@ def test_ingest_and_query_equal_single_node(local_cluster: LocalCluster, tmp_pat
                     assert [round(h["score"], 5) for h in hits] == [
                         round(h["score"], 5) for h in single
                     ]
+            # hybrid and lexical: every shard's bm25 with the collection's statistics, fused by
+            # the single-node code, gives the single node's hits and scores
+            filtered = {"filter": {"file": CORPUS[0]["metadata"]["file"]}}
+            for q in QUERIES:
+                for extra in [*FUSED_CASES, {**FUSED_CASES[0], **filtered}]:
+                    body = {"text": q, "k": 10, **extra}
+                    single = c.post("/v1/collections/docs/query", json=body)
+                    got = api_node.post("/v1/collections/docs/query", json=body)
+                    assert got.status_code == single.status_code == 200, got.text
+                    same_hits(got.json(), single.json())
+                    assert got.json()["hits"], body
     finally:
         server.stop()
 
@@ -237,9 +292,12 @@ def _ties(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     return key(a) == key(b)
 
 
-def test_real_model_hits_equal_single_node(local_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_real_model_hits_equal_single_node(
+    local_cluster: LocalCluster, api_node: httpx.Client, tmp_path: Path
+) -> None:
     """The bundled all-MiniLM-L6-v2 on both sides: replicas embed with it, the router embeds
-    queries with it; a flat index gives the same hits as a single-node server."""
+    queries with it; a flat index gives the same hits as a single-node server, dense and hybrid
+    (the default mode of a text query)."""
     router = local_cluster.router
     corpus = CORPUS[:60]
     router.create_collection(
@@ -263,6 +321,12 @@ def test_real_model_hits_equal_single_node(local_cluster: LocalCluster, tmp_path
                 assert [h["chunk_id"] for h in hits] == [h["chunk_id"] for h in single], q
                 for a, b in zip(hits, single, strict=True):
                     assert abs(a["score"] - b["score"]) < 1e-4
+                for extra in ({}, {"group_by": "document"}):
+                    body = {"text": q, "k": 10, **extra}
+                    single_hybrid = c.post("/v1/collections/real/query", json=body).json()
+                    got = api_node.post("/v1/collections/real/query", json=body).json()
+                    assert single_hybrid["mode"] == "hybrid"
+                    same_hits(got, single_hybrid, tol=1e-3)
     finally:
         server.stop()
 
@@ -458,8 +522,6 @@ def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
     assert made.status_code == 201, made.text
     reader = made.json()["key"]
     assert made.json()["prefix"] in {k["prefix"] for k in api_node.get("/v1/keys").json()["keys"]}
-    grants = api_node.post("/v1/keys", json={"scopes": ["read"], "collections": ["docs"]})
-    assert grants.status_code == 422 and "cluster mode" in grants.json()["error"]["message"]
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {reader}"}) as c:
         hits = c.post("/v1/collections/docs/query", json={"text": QUERIES[0], "k": 3})
         assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
@@ -470,6 +532,125 @@ def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
         revoked = api_node.delete(f"/v1/keys/{made.json()['prefix']}")
         assert revoked.status_code == 200 and not revoked.json()["active"]
         assert c.get("/v1/collections/docs").status_code == 401
+
+
+def test_tenants_grants_and_rate_limits(
+    api_node: httpx.Client, local_cluster: LocalCluster
+) -> None:
+    """As on single node: a key's tenant is a namespace (another tenant's collections, aliases,
+    documents and jobs are 404s, the same plain name is a different collection), a key granted
+    some collections is refused the others (403), a key's request rate is enforced (429 +
+    Retry-After)."""
+    url = str(api_node.base_url)
+
+    def client(key: str) -> httpx.Client:
+        return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"})
+
+    # as `embedstack keys create --catalog redis://... --tenant acme --scope admin`
+    acme_key, _ = local_cluster.router.catalog.keys().create_key(tenant="acme", scopes=["admin"])
+    with client(acme_key) as acme:
+        body = {"name": "docs", "model": "hashing-test", "index": {"type": "exact"}}
+        made = acme.post("/v1/collections", json=body)
+        assert made.status_code == 201 and made.json()["name"] == "docs", made.text
+        assert [c["name"] for c in acme.get("/v1/collections").json()["collections"]] == ["docs"]
+        mine = {"id": "acme-1", "text": "acme private note on regular expression groups"}
+        job = acme.post("/v1/collections/docs/documents", json={"documents": [mine]}).json()
+        _wait_http_job(acme, job["job_id"])
+        assert acme.get(f"/v1/jobs/{job['job_id']}").json()["collection"] == "docs"
+        assert api_node.get(f"/v1/jobs/{job['job_id']}").status_code == 404
+        hits = acme.post("/v1/collections/docs/query", json={"text": QUERIES[2], "k": 5}).json()
+        assert [h["document_id"] for h in hits["hits"]] == ["acme-1"]
+        assert hits["collection"] == "docs"
+        # the default tenant's "docs" is another collection: it never shows acme's document
+        theirs = api_node.post("/v1/collections/docs/query", json={"text": mine["text"], "k": 10})
+        assert theirs.json()["hits"]
+        assert "acme-1" not in {h["document_id"] for h in theirs.json()["hits"]}
+        assert api_node.get("/v1/collections/docs/documents/acme-1").status_code == 404
+        assert acme.get(f"/v1/collections/docs/documents/{CORPUS[0]['id']}").status_code == 404
+        listed = {c["name"] for c in api_node.get("/v1/collections").json()["collections"]}
+        assert "docs" in listed and not any(":" in n for n in listed)
+        # no name reaches across tenants
+        for path in ("/v1/collections/real", "/v1/collections/default:docs"):
+            r = acme.get(path)
+            assert r.status_code == 404 and "acme" not in r.text, r.text
+        assert api_node.get("/v1/collections/acme:docs").status_code == 404
+        doc = {"documents": [{"id": "x", "text": "x"}]}
+        assert acme.post("/v1/collections/real/documents", json=doc).status_code == 404
+        assert acme.post("/v1/collections/real/query", json={"text": "x"}).status_code == 404
+        assert acme.get("/v1/collections/real/upgrade").status_code == 404
+        # aliases resolve in the tenant too
+        alias = acme.post("/v1/aliases", json={"alias": "notes", "collection": "docs"})
+        assert alias.status_code == 200, alias.text
+        assert acme.get("/v1/aliases").json()["aliases"] == {"notes": "docs"}
+        assert "notes" not in api_node.get("/v1/aliases").json()["aliases"]
+        cross = acme.post("/v1/aliases", json={"alias": "x", "collection": "real"})
+        assert cross.status_code == 404
+        # a key granted one collection: that one (and its alias) only
+        made = acme.post("/v1/keys", json={"scopes": ["admin"], "collections": ["docs"]})
+        assert made.status_code == 201 and made.json()["tenant"] == "acme", made.text
+        assert {k["tenant"] for k in acme.get("/v1/keys").json()["keys"]} == {"acme"}
+        with client(made.json()["key"]) as granted:
+            q = {"text": mine["text"], "k": 1}
+            assert granted.post("/v1/collections/notes/query", json=q).status_code == 200
+            r = granted.post("/v1/collections", json={"name": "other"})
+            assert r.status_code == 403 and "grant" in r.json()["error"]["message"], r.text
+            assert granted.delete("/v1/collections/other").status_code == 403
+            # it cannot hand out a key for every collection of the tenant
+            assert granted.post("/v1/keys", json={"scopes": ["read"]}).status_code == 403
+        # a key's own request rate: its bucket holds max(1, 0.5/s x 2 s) = 1 request (and may
+        # run one request into debt, as on single node)
+        slow_key = acme.post("/v1/keys", json={"scopes": ["read"], "rate_rps": 0.5}).json()["key"]
+        with client(slow_key) as slow:
+            answers = [slow.get("/v1/collections/docs") for _ in range(4)]
+        assert answers[0].status_code == 200
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused and int(refused[0].headers["Retry-After"]) >= 1, answers[-1].text
+        assert acme.delete("/v1/aliases/notes").status_code == 200
+        assert acme.delete("/v1/collections/docs").status_code == 200
+    assert api_node.get("/v1/collections/docs").status_code == 200  # the default one stays
+
+
+def test_queries_embed_through_the_shared_inference_service(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """`serve --cluster ADDR --inference ADDR`: an API node embeds query text through the
+    model's Ray Serve deployment on the cluster (inference/serve_ray.py), not a model of its
+    own; its answers equal those of an API node embedding locally."""
+    from ray import serve
+
+    from embedstack.cli.cluster import serve_query_batcher
+    from embedstack.inference.serve_ray import app_name
+
+    router = local_cluster.router
+    settings = api_settings(
+        local_cluster, inference=local_cluster.cluster.address, inference_replica_cpus=0.0,
+        inference_max_replicas=1,
+    )  # fmt: skip
+    embedder = ServeQueryEmbedder(router, functools.partial(serve_query_batcher, settings, router))
+    hooks = list(router.on_round)
+    started = time.monotonic()
+    try:
+        app = create_cluster_app(router, settings, embedder=embedder)
+        with (
+            serving(app) as url,
+            httpx.Client(base_url=url, timeout=120, headers=api_node.headers) as c,
+        ):
+            for q in QUERIES[:3]:
+                for extra in ({"mode": "dense"}, {}):
+                    body = {"text": q, "k": 10, **extra}
+                    got = c.post("/v1/collections/docs/query", json=body)
+                    assert got.status_code == 200, got.text
+                    same_hits(
+                        got.json(), api_node.post("/v1/collections/docs/query", json=body).json()
+                    )
+        handle = serve.get_app_handle(app_name("hashing-test"))
+        assert handle.embedded.remote().result(timeout_s=30) == 6  # one replica, every query
+        print(
+            f"6 queries through Ray Serve, deployment included: {time.monotonic() - started:.1f} s"
+        )
+    finally:
+        router.on_round[:] = hooks
+        serve.shutdown()
 
 
 def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Client) -> None:
@@ -493,9 +674,11 @@ def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Clie
     assert r.json()["report"]["mode"] == "overlap" and r.json()["report"]["queries"] == 20
     grown = c.get("/v1/collections/grow").json()
     assert grown["model"] == "all-MiniLM-L6-v2" and grown["vectors"] == grown["chunks"]
-    for q in QUERIES[:4]:
-        got = c.post("/v1/collections/grow/query", json={"text": q, "k": 10}).json()
-        want = c.post("/v1/collections/real/query", json={"text": q, "k": 10}).json()
+    for q in QUERIES[:4]:  # dense: the upgraded store also holds the old space's text, which
+        # bm25's statistics count (as on single node), so hybrid scores differ a little
+        body = {"text": q, "k": 10, "mode": "dense"}
+        got = c.post("/v1/collections/grow/query", json=body).json()
+        want = c.post("/v1/collections/real/query", json=body).json()
         assert got["space_id"] == want["space_id"]
         assert [h["document_id"] for h in got["hits"]] == [h["document_id"] for h in want["hits"]]
         for a, b in zip(got["hits"], want["hits"], strict=True):
@@ -611,6 +794,25 @@ def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) ->
         stop.set()
         reader.join(timeout=60)
     assert held == {(n, s) for s, ns in after.items() for n in ns}
+    # shard transfer: each new replica started from a snapshot of a live replica of its shard
+    # at a log offset (the records before it were never read from the log) and holds what
+    # the others hold
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = replica_statuses(router, "docs")
+        counts = {k: int(v["documents"]) for k, v in states.items()}
+        new = [k for k in states if k[0] == "n3"]
+        if all(counts[k] == max(c for (_, s), c in counts.items() if s == k[1]) for k in new):
+            break
+        time.sleep(0.5)
+    assert new, "n3 took no replica of docs"
+    for key in new:
+        transfer = states[key]["transfer"]
+        assert transfer is not None and transfer["source"] != "n3", states[key]
+        assert transfer["position"] > 0 and transfer["bytes"] > 0
+        others = [c for (n, s), c in counts.items() if s == key[1] and n != "n3"]
+        assert others and all(counts[key] == c for c in others), (key, counts)
+    print("transfers:", {f"{n}/{s}": states[(n, s)]["transfer"] for n, s in new})
     # only the reassigned shard replicas were built (on the new node), and nothing else moved
     assert router.moves - moves_before == expected_moves
     assert {n for s in after for n in set(after[s]) - set(before[s])} <= {"n3"}

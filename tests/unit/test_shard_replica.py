@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from embedstack.cluster.catalog import ClusterCollection, SpaceRef
@@ -84,6 +85,38 @@ def _space(action: str, space_id: str, model: str | None = None) -> bytes:
     return LogRecord(
         "space", space={"action": action, "space_id": space_id, "model": model}
     ).encode()
+
+
+def test_a_snapshot_opens_as_a_replica_at_its_position(
+    setup: tuple[ClusterCollection, functools.partial[ShardReplica]], tmp_path: Path
+) -> None:
+    """Shard transfer: a replica opened on another's snapshot (store copy + position) has its
+    documents and searches alike, and converges with it on the rest of the log."""
+    coll, make = setup
+    source = make()
+    records = [
+        (0, LogRecord("put", (row("a", "alpha files"), row("b", "beta sockets"))).encode()),
+        (1, LogRecord("put", (row("c", "gamma threads"),)).encode()),
+        (2, LogRecord("delete", document_id="b").encode()),
+        (3, LogRecord("put", (row("d", "delta queues"),)).encode()),
+    ]
+    source.apply(records[:2])
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    position = source.snapshot(copy_dir / "store.db")
+    assert position == 2
+    (copy_dir / "position.json").write_bytes(orjson.dumps({"position": position}))
+    copy = ShardReplica(copy_dir, coll, 0, source._models)
+    assert copy.position == 2 and copy.documents() == 3
+    vec = np.asarray(source._models.get("hashing-test").embed_batch(["alpha files"])[0])
+    ids = lambda r: [h["document_id"] for h in r.search(vec, 10, None, False)]  # noqa: E731
+    assert ids(copy) == ids(source)
+    for r in (source, copy):
+        assert r.apply(records[position:]) == 4
+    assert copy.documents() == source.documents() == 3
+    assert ids(copy) == ids(source) and "b" not in ids(copy)
+    source.close()
+    copy.close()
 
 
 def test_space_records_shadow_backfill_cutover_rollback_retire(

@@ -7,13 +7,17 @@ import functools
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from embedstack.cli.common import Command, Group, config_option, data_dir_option, load_settings
 from embedstack.config import Settings
 from embedstack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from embedstack.cluster.router import ClusterRouter
+    from embedstack.inference.batching.batcher import Batcher
 
 
 def _ray_init(address: str) -> None:
@@ -57,6 +61,7 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
 
     from embedstack.serving.auth import check_bind
     from embedstack.serving.cluster_app import create_cluster_app
+    from embedstack.serving.cluster_inference import ServeQueryEmbedder
 
     if queue is None or catalog is None:
         raise ConfigError(
@@ -78,8 +83,13 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
         )  # fmt: skip
     router.wait_for_nodes(1, timeout=120)
     router.start()
+    embedder = None
+    if settings.inference is not None:  # queries through the models' Ray Serve deployments
+        embedder = ServeQueryEmbedder(
+            router, functools.partial(serve_query_batcher, settings, router)
+        )
     try:
-        app = create_cluster_app(router, settings)
+        app = create_cluster_app(router, settings, embedder=embedder)
         uvicorn.run(
             app, host=settings.host, port=settings.port, log_level=settings.log_level,
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
@@ -87,6 +97,13 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
         )  # fmt: skip
     finally:
         router.stop()
+
+
+def serve_query_batcher(settings: Settings, router: ClusterRouter, model: str) -> Batcher:
+    """The Serve deployment of `model` on the connected Ray cluster (deployed unless running)."""
+    from embedstack.serving.services import batcher_config, serve_batcher
+
+    return serve_batcher(settings, model, router.models.get(model).spec, batcher_config(settings))
 
 
 @click.group(cls=Group)

@@ -55,7 +55,8 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
               help="Run the models as an autoscaled Ray Serve deployment on this Ray cluster "
               "(ray://HOST:PORT for Ray Client, HOST:PORT for the GCS address) instead of in "
               "this process; replicas, targets and delays are the inference_* settings "
-              f"(default: {ENV_PREFIX}INFERENCE, else in process).")  # fmt: skip
+              f"(default: {ENV_PREFIX}INFERENCE, else in process). With --cluster (the same "
+              "address): the API node embeds queries through that deployment.")  # fmt: skip
 @config_option
 def serve(
     host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
@@ -97,10 +98,11 @@ def serve(
         inference=inference,
     )  # fmt: skip
     if cluster_address is not None:
-        if settings.inference is not None:
+        if settings.inference is not None and settings.inference != cluster_address:
             raise ConfigError(
-                "--inference is for a single-node server; a --cluster API node does not run "
-                "models through Services: leave out one of the two"
+                f"--inference {settings.inference} is not the --cluster address "
+                f"{cluster_address}: an API node embeds queries through the Ray Serve "
+                "deployment of the cluster it is connected to; pass the same address to both"
             )
         from embedstack.cli.cluster import serve_cluster
 

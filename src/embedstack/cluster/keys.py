@@ -2,8 +2,9 @@
 
 The single-node key format and hashing (storage/keys.py: `es_<prefix>_<secret>`, only a salted
 sha256 of the secret stored, compared in constant time) and scopes (read < write < admin, plus
-metrics). Cluster mode serves the default tenant only, with no per-collection grants or per-key
-rate limits yet: a key asking for them is refused with a message saying so."""
+metrics), tenant (a namespace of collection and alias names), per-collection grants and per-key
+rate limits, checked as on single node (serving/auth.py Principal); the rate buckets are each
+API node's own, as a single node's are its own (N API nodes admit up to N times a key's rate)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Any
 
 import orjson
 
-from embedstack.errors import InvalidInput, NotFound
+from embedstack.errors import NotFound
 from embedstack.storage.keys import (
     DEFAULT_TENANT,
     KeyRecord,
+    check_rates,
     check_scopes,
+    check_tenant,
     hash_secret,
     new_secret,
     parse_key,
@@ -47,16 +50,14 @@ class RedisKeys:
         name: str | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new key: (the full key, shown only now; its record)."""
-        if tenant != DEFAULT_TENANT or collections is not None:
-            raise InvalidInput(
-                "cluster mode has no tenants or per-collection grants yet: create a key of the "
-                "default tenant without collection grants"
-            )
-        if rate_rps is not None or rate_texts is not None:
-            raise InvalidInput("cluster mode has no per-key rate limits yet: drop them")
+        check_tenant(tenant)
         checked = check_scopes(scopes)
+        check_rates(rate_rps, rate_texts)
+        grants = tuple(sorted(set(collections))) if collections is not None else None
         prefix, secret, salt = new_secret()
-        record = KeyRecord(prefix, tenant, checked, None, None, None, name, time.time(), None, None)
+        record = KeyRecord(
+            prefix, tenant, checked, grants, rate_rps, rate_texts, name, time.time(), None, None
+        )
         entry = {
             "record": asdict(record),
             "salt": salt.hex(),
@@ -114,4 +115,6 @@ class RedisKeys:
 def _record(entry: dict[str, Any]) -> KeyRecord:
     r = dict(entry["record"])
     r["scopes"] = tuple(r["scopes"])
+    if r["collections"] is not None:
+        r["collections"] = tuple(r["collections"])
     return KeyRecord(**r)

@@ -4,7 +4,9 @@ indexer) without HTTP, fed by its log partition.
 Recovery is the single-node invariant: the store is committed before the position is written,
 so after a crash the replica reopens its store and index (snapshot + replay of the store's
 change log) and re-reads the log from its position; re-applying a record is idempotent
-(unchanged documents are skipped by content hash).
+(unchanged documents are skipped by content hash). The same invariant moves a shard: a new
+replica opens a copy of a live replica's store at that replica's position (`snapshot`) and reads
+the log from there (cluster/ray/node.py).
 
 Model upgrades reuse the single-node spaces of the replica's store: a `space` record of the log
 registers a shadow space (start_shadow), which every later write then fills too, and the feed
@@ -33,9 +35,12 @@ from embedstack.inference.backend import ModelRegistry
 from embedstack.ingest.pipeline import DocumentIndexer, WorkerConfig
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
+from embedstack.registry.hybrid import StoreCandidates
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.search import search_space
 from embedstack.registry.upgrade import sample_texts
+from embedstack.storage.backup import sqlite_copy
+from embedstack.storage.lexical import LexicalStats
 from embedstack.storage.store import DocumentRow, Store
 
 BACKFILL_BATCH = 128  # documents re-embedded per step, between two reads of the log
@@ -231,8 +236,13 @@ class ShardReplica:
         space_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Search `space_id` (the router names the space the catalog serves; default: the one
-        this replica was created with). Unavailable when this replica does not have it (yet):
-        the router then tries another replica."""
+        this replica was created with)."""
+        space = self._searched_space(space_id)
+        return search_space(self._store, self._indexes, self.coll.name, space, vec, k, flt, group)
+
+    def _searched_space(self, space_id: str | None) -> str:
+        """The space a query names (default: this replica's first); Unavailable when this
+        replica does not have it (yet): the router then tries another replica."""
         space = space_id or self.coll.space_id
         try:
             self._indexes.get(self.coll.name, space)
@@ -240,7 +250,35 @@ class ShardReplica:
             raise Unavailable(
                 f"replica {self.coll.name}/{self.shard} has no space {space} yet"
             ) from None
-        return search_space(self._store, self._indexes, self.coll.name, space, vec, k, flt, group)
+        return space
+
+    def lexical_stats(self, text: str) -> LexicalStats:
+        """What bm25 reads from this replica's store for `text`; the router sums every shard's
+        so that each scores with the collection's statistics (storage/lexical.py)."""
+        return self._store.lexical_stats(text)
+
+    def candidates(
+        self, space_id: str | None, vec: np.ndarray | None, text: str | None, depth: int,
+        flt: dict[str, Any] | None, mode: str, total: LexicalStats | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """This shard's share of a fused query (registry/hybrid.py fused_search, run by the
+        router over every shard): its top `depth` dense and lexical candidates, lexical ones
+        scored with the collection's `total` statistics, and the rows of all of them (so the
+        router never asks another replica, with other chunk ids, to hydrate them)."""
+        space = self._searched_space(space_id)
+        name = self.coll.name
+        allow = None
+        if flt and mode != "lexical":
+            allow = self._store.filter_chunk_ids(name, space, flt)
+            if allow.size == 0:
+                return {"dense": ([], []), "lexical": ([], []), "rows": {}}
+        source = StoreCandidates(
+            self._store, self._indexes, name, space, vec, text, flt, mode, allow,
+            lexical_total=total,
+        )  # fmt: skip
+        dense, lexical = source.lists(depth, 1)
+        rows = source.hydrate(list(dict.fromkeys([*dense[0], *lexical[0]])))
+        return {"dense": dense, "lexical": lexical, "rows": rows}
 
     def get_document(self, document_id: str) -> dict[str, Any] | None:
         """A stored document as last written (DocumentOut's fields), or None."""
@@ -274,6 +312,16 @@ class ShardReplica:
 
     def documents(self) -> int:
         return int(self.stats()["documents"])
+
+    def snapshot(self, target: Path) -> int:
+        """A consistent copy of this replica's store written to `target` (SQLite's online backup,
+        while the feed keeps applying), and a log position it is at least at: a replica opened
+        on the copy that reads the log from there converges (re-applying a record is
+        idempotent). The position is read before the copy, so the copy never lags it; the
+        index is not copied (a replica rebuilds it from the store it opens)."""
+        position = self.position
+        sqlite_copy(self._store.path, target)
+        return position
 
     def close(self) -> None:
         self._indexes.snapshot_all()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
+from embedstack.cluster.fused import ShardCandidates, total_stats
 from embedstack.cluster.log import LogRecord, ShardLog
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.shards import Placement, check_layout, place, shard_of
@@ -33,6 +34,7 @@ from embedstack.errors import EmbedStackError, InvalidInput, SpaceMismatch, Unav
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.registry.collections import CollectionConfigs
+from embedstack.registry.hybrid import Retrieval, check_inputs, fused_search
 from embedstack.storage.store import DocumentRow
 
 log = logging.getLogger(__name__)
@@ -251,17 +253,24 @@ class ClusterRouter:
             )
         return wanted, spaces[wanted]
 
-    def embed_query(
-        self, coll: ClusterCollection, text: str, space_id: str | None = None
-    ) -> np.ndarray:
-        """The query in the serving (or named) space: embedded with that space's model, parity
-        checked."""
+    def query_model(self, coll: ClusterCollection, space_id: str | None = None) -> tuple[str, str]:
+        """(space id, model) a text query of the serving (or named) space is embedded with,
+        the model's space checked against it (parity); InvalidInput without a model."""
         space, model = self.space_of(coll, space_id)
         if not model:
             raise InvalidInput(
                 f"collection {coll.name!r} has no model (bring-your-own vectors): "
                 "send 'vector' instead of 'text'"
             )
+        check_parity(self._models.get(model).spec, coll.name, space)
+        return space, model
+
+    def embed_query(
+        self, coll: ClusterCollection, text: str, space_id: str | None = None
+    ) -> np.ndarray:
+        """The query in the serving (or named) space: embedded here with that space's model,
+        parity checked."""
+        space, model = self.query_model(coll, space_id)
         return self.embed(coll.name, space, model, [text])[0]
 
     def embed(self, name: str, space_id: str, model: str, texts: list[str]) -> np.ndarray:
@@ -297,10 +306,32 @@ class ClusterRouter:
     ) -> list[dict[str, Any]]:
         """Top-k of space `space_id` over every shard (the query names the space, so a query
         in flight during a cutover reads one space throughout)."""
-        parts = self._scatter(coll, space_id, vec, k, flt, group)
+        parts = self._scatter(coll, "search", vec, k, flt, group, space_id)
         hits = [h for part in parts for h in part]
         hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
         return hits[:k]
+
+    def fused_search(
+        self,
+        coll: ClusterCollection,
+        space_id: str,
+        vec: np.ndarray | None,
+        text: str | None,
+        k: int,
+        flt: dict[str, Any] | None,
+        group: bool,
+        how: Retrieval,
+    ) -> list[dict[str, Any]]:
+        """A hybrid or lexical query (or dense with a document scoring), fused by the
+        single-node code over every shard's candidates (cluster/fused.py)."""
+        check_inputs(how, vec, text)
+
+        def scatter(method: str, *args: Any) -> list[Any]:
+            return self._scatter(coll, method, *args)
+
+        total = total_stats(scatter, str(text)) if how.mode != "dense" else None
+        source = ShardCandidates(scatter, space_id, vec, text, flt, how.mode, total)
+        return fused_search(source, k, group, how, coll.config.metric == "l2")
 
     def _candidates(self, coll: ClusterCollection, shard: int) -> list[str]:
         states = [
@@ -314,15 +345,9 @@ class ClusterRouter:
         )
         return [r.node for r in states]
 
-    def _scatter(
-        self,
-        coll: ClusterCollection,
-        space_id: str,
-        vec: np.ndarray,
-        k: int,
-        flt: dict[str, Any] | None,
-        group: bool,
-    ) -> list[list[dict[str, Any]]]:
+    def _scatter(self, coll: ClusterCollection, method: str, *args: Any) -> list[Any]:
+        """`method(collection, shard, *args)` of one live replica of every shard (least loaded
+        first; the next on failure or after replica_timeout); the answers in shard order."""
         import ray
 
         handles = self._view.handles  # queries never wait on the GCS for actor lookups
@@ -330,7 +355,7 @@ class ClusterRouter:
             s: [n for n in self._candidates(coll, s) if n in handles] for s in range(coll.shards)
         }
         pending: dict[Any, tuple[int, int, float]] = {}
-        results: dict[int, list[dict[str, Any]]] = {}
+        results: dict[int, Any] = {}
         failures: dict[int, list[str]] = {}
 
         def launch(shard: int, attempt: int, why: str | None) -> None:
@@ -345,7 +370,7 @@ class ClusterRouter:
             node = candidates[shard][attempt]
             with self._lock:
                 self._inflight[node] += 1
-            ref = handles[node].search.remote(coll.name, shard, vec, k, flt, group, space_id)
+            ref = getattr(handles[node], method).remote(coll.name, shard, *args)
             pending[ref] = (shard, attempt, time.monotonic())
 
         def settle(ref: Any) -> tuple[int, int, float]:
@@ -441,9 +466,16 @@ class ClusterRouter:
             placement = place(coll.shards, view.live, coll.replicas, coll.topic)
             for shard, wanted in placement.items():
                 have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
+                # a new replica starts from a snapshot of a live one (most advanced first)
+                sources = [
+                    r.node
+                    for r in sorted(have.values(), key=lambda r: -r.position)
+                    if r.node in view.live and r.error is None and r.position > 0
+                ]
                 for node in wanted:
                     if node not in have:
-                        assigned += int(self._call(handles[node].assign, coll.to_json(), shard))
+                        assign = handles[node].assign
+                        assigned += int(self._call(assign, coll.to_json(), shard, sources))
                 surplus = [n for n in have if n not in wanted]
                 if not surplus:
                     continue

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from embedstack.errors import Conflict, InvalidInput, NotFound, SpaceMismatch, Unavailable
 from embedstack.index.factory import create_index, validate_index_params
@@ -35,6 +35,20 @@ MAX_DIM = 8192
 DEFAULT_RECALL_FLOOR = 0.9
 
 
+def check_name(name: str) -> None:
+    """InvalidInput unless `name` is a valid plain collection (or alias) name, as a user sends it
+    (a tenant's stored "<tenant>:<name>" is not one)."""
+    if not NAME_RE.match(name):
+        raise_invalid_name(name)
+
+
+def raise_invalid_name(name: str) -> NoReturn:
+    raise InvalidInput(
+        f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or '.', "
+        "starting with a letter or digit"
+    )
+
+
 class CollectionConfigs:
     """Checks a new collection's settings against the models: the configuration and space id
     a collection would get (nothing stored). Shared by single node and the cluster router."""
@@ -59,10 +73,7 @@ class CollectionConfigs:
         """A new collection's checked configuration and embedding space id (nothing stored)."""
         tenant, sep, plain = name.rpartition(TENANT_SEP)  # "<tenant>:<name>" (serving/auth.py)
         if not NAME_RE.match(plain) or (sep and not TENANT_RE.match(tenant)):
-            raise InvalidInput(
-                f"collection name {name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
-                "'.', starting with a letter or digit"
-            )
+            raise_invalid_name(name)
         index_spec = _index_spec(index, IndexSpec().type)
         if model is None and dim is None:
             model = self._default_model

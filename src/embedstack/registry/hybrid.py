@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from embedstack.registry.fusion import FUSIONS, fuse
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.scoring import DOC_SCORINGS, ChunkScore, score_documents
 from embedstack.registry.search import search_space
+from embedstack.storage.lexical import LexicalStats
 from embedstack.storage.store import HitRow, Store
 
 MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
@@ -132,35 +133,113 @@ def search(
     if how.mode == "dense" and (not group or how.doc_scoring == "max"):
         assert vec is not None
         return search_space(store, indexes, collection, space_id, vec, k, flt, group, knobs)
-    if how.mode != "dense" and not (text and text.strip()):
-        raise InvalidInput(f"mode {how.mode!r} needs 'text' to search for")
-    if how.mode != "lexical" and vec is None:
-        raise InvalidInput(f"mode {how.mode!r} needs a query vector or text to embed")
+    check_inputs(how, vec, text)
     allow = None
     if flt and how.mode != "lexical":
         allow = store.filter_chunk_ids(collection, space_id, flt)
         if allow.size == 0:
             return []
+    source = StoreCandidates(
+        store, indexes, collection, space_id, vec, text, flt, how.mode, allow, lexical_first, knobs
+    )
     l2 = indexes.get(collection, space_id).config.metric == "l2"
+    return fused_search(source, k, group, how, l2)
+
+
+def check_inputs(how: Retrieval, vec: np.ndarray | None, text: str | None) -> None:
+    """InvalidInput when a query lacks what its mode searches with."""
+    if how.mode != "dense" and not (text and text.strip()):
+        raise InvalidInput(f"mode {how.mode!r} needs 'text' to search for")
+    if how.mode != "lexical" and vec is None:
+        raise InvalidInput(f"mode {how.mode!r} needs a query vector or text to embed")
+
+
+Ranked = tuple[list[Any], list[float]]  # (chunk refs, scores), best first, higher is better
+
+
+class Candidates(Protocol):
+    """Where fused_search takes its candidates from: one store (StoreCandidates) or every shard
+    of a cluster collection (cluster/router.py), whose chunk refs are (shard, chunk id)."""
+
+    def lists(self, depth: int, round_: int) -> tuple[Ranked, Ranked]:
+        """The top `depth` dense and lexical candidates (an empty list for a mode not asked)."""
+        ...
+
+    def owners(self, refs: list[Any]) -> dict[Any, tuple[str, int]]:
+        """(document id, ordinal) of the chunks that still exist among `refs`."""
+        ...
+
+    def hydrate(self, refs: list[Any]) -> dict[Any, HitRow]:
+        """Text and metadata of the chunks that still exist among `refs`."""
+        ...
+
+
+@dataclass
+class StoreCandidates:
+    """Candidates of one store's space: the vector index and the store's lexical index
+    (scored with `lexical_total`, when given, as if the store held the whole collection)."""
+
+    store: Store
+    indexes: IndexManager
+    collection: str
+    space_id: str
+    vec: np.ndarray | None
+    text: str | None
+    flt: dict[str, Any] | None
+    mode: str
+    allow: np.ndarray | None = None
+    lexical_first: tuple[list[int], list[float]] | None = None
+    knobs: dict[str, int] | None = None
+    lexical_total: LexicalStats | None = None
+
+    def lists(self, depth: int, round_: int) -> tuple[Ranked, Ranked]:
+        dense: Ranked = ([], [])
+        lexical: Ranked = ([], [])
+        if self.mode != "lexical":
+            assert self.vec is not None
+            scores, ids = self.indexes.search(
+                self.collection, self.space_id, self.vec[None, :], depth, self.allow, self.knobs
+            )
+            keep = ids[0] >= 0
+            found = scores[0][keep]
+            l2 = self.indexes.get(self.collection, self.space_id).config.metric == "l2"
+            dense = (ids[0][keep].tolist(), (-found if l2 else found).tolist())
+        if self.mode != "dense":
+            assert self.text is not None
+            if round_ == 0 and self.lexical_first is not None:
+                lexical = self.lexical_first
+            else:
+                lexical = self.store.lexical_search(
+                    self.collection, self.space_id, self.text, depth, self.flt, self.lexical_total
+                )
+        return dense, lexical
+
+    def owners(self, refs: list[Any]) -> dict[Any, tuple[str, int]]:
+        return dict(self.store.chunk_owners(refs))
+
+    def hydrate(self, refs: list[Any]) -> dict[Any, HitRow]:
+        hydrating = time.perf_counter()
+        rows = self.store.hydrate(refs)  # text and metadata of the k shown only
+        self.indexes.observe_stage("hydrate", time.perf_counter() - hydrating)
+        return dict(rows)
+
+
+def fused_search(
+    source: Candidates, k: int, group: bool, how: Retrieval, l2: bool
+) -> list[dict[str, Any]]:
+    """The top-k hits (documents with `group`) fused from `source`'s dense and lexical lists,
+    going deeper (up to ROUNDS times) while grouping or filters leave fewer than k."""
     depth = candidate_depth(k, group)
     hits: list[dict[str, Any]] = []
     for round_ in range(ROUNDS):
-        dense: tuple[list[int], list[float]] = ([], [])
-        lexical: tuple[list[int], list[float]] = ([], [])
-        if how.mode != "lexical":
-            assert vec is not None
-            scores, ids = indexes.search(collection, space_id, vec[None, :], depth, allow, knobs)
-            keep = ids[0] >= 0
-            found = scores[0][keep]
-            dense = (ids[0][keep].tolist(), (-found if l2 else found).tolist())
-        if how.mode != "dense":
-            assert text is not None
-            if round_ == 0 and lexical_first is not None:
-                lexical = lexical_first
-            else:
-                lexical = store.lexical_search(collection, space_id, text, depth, flt)
+        dense, lexical = source.lists(depth, round_)
+        full = len(dense[0]) >= depth or len(lexical[0]) >= depth
+        dense = _without_tail_ties(dense, depth)
+        owners = source.owners(list(dict.fromkeys([*dense[0], *lexical[0]])))
+        # equal scores in (document, ordinal) order: ranks (and so rrf) do not depend on which
+        # store, or shard, a candidate came from
+        dense, lexical = _ordered(dense, owners), _ordered(lexical, owners)
         if how.mode == "hybrid" and group:
-            owners = store.chunk_owners(list(dict.fromkeys([*dense[0], *lexical[0]])))
             picks = _fused_documents(dense, lexical, owners, k, how)
         else:
             if how.mode == "dense":
@@ -169,21 +248,39 @@ def search(
                 fused = dict(zip(*lexical, strict=True))
             else:
                 fused = fuse(how.fusion, dense, lexical, how.alpha)
-            ranked = sorted(fused.items(), key=lambda t: t[1], reverse=True)
-            owners = store.chunk_owners([i for i, _ in ranked])
+            ranked = sorted(fused.items(), key=lambda t: (-t[1], owners.get(t[0], _NOBODY)))
             picks = _picks(ranked, owners, k, group, how.doc_scoring)
-        hydrating = time.perf_counter()
-        rows = store.hydrate([i for i, _ in picks])  # text and metadata of the k shown only
-        indexes.observe_stage("hydrate", time.perf_counter() - hydrating)
+        rows = source.hydrate([i for i, _ in picks])
         hits = [_hit(rows[i], score) for i, score in picks if i in rows]
         if how.mode == "dense" and l2:
             for hit in hits:
                 hit["score"] = -hit["score"]  # back to a distance, as dense l2 reports
-        full = len(dense[0]) >= depth or len(lexical[0]) >= depth
         if len(hits) >= k or not full or depth >= MAX_DEPTH:
             break
         depth = min(depth * 4, MAX_DEPTH)
     return hits
+
+
+_NOBODY = ("", -1)  # the owner of a chunk deleted meanwhile (it is dropped from the hits)
+
+
+def _without_tail_ties(ranked: Ranked, depth: int) -> Ranked:
+    """A full dense list without the candidates that tie its last score: which of several
+    equal scores at the cut a vector index returns is its own (insertion-order) choice, so they
+    are left out alike on every store and shard. (Lexical lists order ties themselves.)"""
+    ids, scores = ranked
+    if len(ids) < depth:
+        return ranked
+    keep = len(scores)
+    while keep and scores[keep - 1] == scores[-1]:
+        keep -= 1
+    return ids[:keep], scores[:keep]
+
+
+def _ordered(ranked: Ranked, owners: dict[Any, tuple[str, int]]) -> Ranked:
+    """A candidate list best first, equal scores in (document id, ordinal) order."""
+    pairs = sorted(zip(*ranked, strict=True), key=lambda t: (-t[1], owners.get(t[0], _NOBODY)))
+    return [i for i, _ in pairs], [s for _, s in pairs]
 
 
 def candidate_depth(k: int, group: bool) -> int:
@@ -200,12 +297,12 @@ def lexical_candidates(
 
 
 def _fused_documents(
-    dense: tuple[list[int], list[float]],
-    lexical: tuple[list[int], list[float]],
-    owners: dict[int, tuple[str, int]],
+    dense: Ranked,
+    lexical: Ranked,
+    owners: dict[Any, tuple[str, int]],
     k: int,
     how: Retrieval,
-) -> list[tuple[int, float]]:
+) -> list[tuple[Any, float]]:
     """Hybrid with grouping fuses documents, not chunks: each list becomes a document ranking
     by `how.doc_scoring`, and those are fused, so a document found by dense in one chunk and by
     lexical in another gets credit from both."""
@@ -227,7 +324,7 @@ def _fused_documents(
     d_rank = {doc: r for r, doc in enumerate(d_ids)}
     l_rank = {doc: r for r, doc in enumerate(l_ids)}
     out = []
-    for doc, score in sorted(fused.items(), key=lambda t: t[1], reverse=True)[:k]:
+    for doc, score in sorted(fused.items(), key=lambda t: (-t[1], t[0]))[:k]:
         # show the chunk of the list that ranked the document higher
         lexical_wins = doc not in d_best or l_rank.get(doc, 1 << 30) < d_rank[doc]
         out.append(((l_best if lexical_wins else d_best)[doc].chunk_id, score))
@@ -245,12 +342,12 @@ def _hit(row: HitRow, score: float) -> dict[str, Any]:
 
 
 def _picks(
-    ranked: list[tuple[int, float]],
-    owners: dict[int, tuple[str, int]],
+    ranked: list[tuple[Any, float]],
+    owners: dict[Any, tuple[str, int]],
     k: int,
     group: bool,
     scoring: str,
-) -> list[tuple[int, float]]:
+) -> list[tuple[Any, float]]:
     """(chunk id, score) of the k hits: chunks, or each document's best chunk by `scoring`."""
     chunks = [ChunkScore(i, *owners[i], s) for i, s in ranked if i in owners]
     if group:

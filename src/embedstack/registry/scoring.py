@@ -14,7 +14,7 @@ every set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 DOC_SCORINGS: tuple[str, ...] = ("max", "max_sum", "first_prior")
@@ -26,7 +26,7 @@ FIRST_PRIOR = 0.1  # P
 
 @dataclass(frozen=True)
 class ChunkScore:
-    chunk_id: int
+    chunk_id: Hashable  # a store's chunk id; (shard, chunk id) across a cluster's shards
     document_id: str
     ordinal: int
     score: float

@@ -143,6 +143,31 @@ class Principal:
     def granted(self, name: str) -> bool:
         return self.collections is None or name in self.collections
 
+    def sees(self, stored: str) -> bool:
+        """Whether a listing shows collection (or alias) `stored`: its tenant's, and granted."""
+        return self.owns(stored) and self.granted(self.display(stored))
+
+    def grant(self, name: str) -> None:
+        """Forbidden unless this key may touch collection (or alias) `name` of its tenant."""
+        if not self.granted(name):
+            raise Forbidden(f"this API key has no grant for collection {name!r}")
+
+    def check_resolved(self, name: str, stored: str) -> None:
+        """After `qualify(name)` resolved to collection `stored`: NotFound unless it is this
+        tenant's (an alias can only point inside its tenant), Forbidden without a grant for
+        either name."""
+        if not self.owns(stored):
+            raise NotFound(f"collection {name!r} does not exist")
+        if not (self.granted(name) or self.granted(self.display(stored))):
+            raise Forbidden(f"this API key has no grant for collection {name!r}")
+
+    def charge(self, limiter: RateLimiter, kind: str, n: float) -> None:
+        """Charge `n` requests or texts to this key's bucket (Overloaded when it is empty);
+        nothing without a key (authentication off)."""
+        if self.key is not None and n > 0:
+            rate = self.rate_rps if kind == "requests" else self.rate_texts
+            limiter.charge(self.key, kind, n, rate)
+
     def scrub(self, message: str) -> str:
         """An error message with this tenant's stored-name prefix taken out."""
         if not self._prefix:
@@ -186,28 +211,22 @@ class Access:
         return self.principal.display(stored)
 
     def owns(self, stored: str) -> bool:
-        return self.principal.owns(stored) and self.principal.granted(self.display(stored))
+        return self.principal.sees(stored)
 
     def grant(self, name: str) -> None:
-        """Forbidden unless the key may touch collection (or alias) `name` of its tenant."""
-        if not self.principal.granted(name):
-            raise Forbidden(f"this API key has no grant for collection {name!r}")
+        self.principal.grant(name)
 
     def resolve_sync(self, name: str) -> CollectionRecord:
         """This tenant's collection `name` (or the one its alias `name` points to)."""
         record = self.services.collections.resolve(self.qualify(name))
-        if not self.principal.owns(record.name):  # an alias can only point inside its tenant
-            raise NotFound(f"collection {name!r} does not exist")
-        if not (self.principal.granted(name) or self.principal.granted(self.display(record.name))):
-            raise Forbidden(f"this API key has no grant for collection {name!r}")
+        self.principal.check_resolved(name, record.name)
         return record
 
     async def resolve(self, name: str) -> CollectionRecord:
         return await asyncio.to_thread(self.resolve_sync, name)
 
     def charge_texts(self, n: int) -> None:
-        if self.principal.key is not None and n > 0:
-            self.limiter.charge(self.principal.key, "texts", n, self.principal.rate_texts)
+        self.principal.charge(self.limiter, "texts", n)
 
     def note(self, **detail: Any) -> None:
         """Counts and names for this request's audit entry (never text, vectors or secrets)."""
@@ -279,14 +298,12 @@ class AccessGate:
             return
         state = scope.setdefault("state", {})
         state["principal"] = principal
-        if principal is not None and principal.key is not None and path not in OPEN_PATHS:
-            try:
-                self.limiter.charge(principal.key, "requests", 1, principal.rate_rps)
-            except Overloaded as exc:
-                retry = str(max(1, round(exc.retry_after)))
-                await refuse(scope, receive, send, 429, "Overloaded", exc.message,
-                              {"Retry-After": retry})  # fmt: skip
-                return
+        if (
+            principal is not None
+            and path not in OPEN_PATHS
+            and await refuse_over_rate(principal, self.limiter, scope, receive, send)
+        ):
+            return
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":  # audited before the answer goes out
@@ -323,6 +340,20 @@ async def refuse_host(
         await refuse(scope, receive, send, 403, "Forbidden",
                       f"cross-origin request from {origin!r} refused: add its host to "
                       "EMBEDSTACK_ALLOWED_HOSTS to allow it")  # fmt: skip
+        return True
+    return False
+
+
+async def refuse_over_rate(
+    principal: Principal, limiter: RateLimiter, scope: Scope, receive: Receive, send: Send
+) -> bool:
+    """Charge one request to the key; when its bucket is empty answer 429 + Retry-After and
+    return True."""
+    try:
+        principal.charge(limiter, "requests", 1)
+    except Overloaded as exc:
+        retry = str(max(1, round(exc.retry_after)))
+        await refuse(scope, receive, send, 429, "Overloaded", exc.message, {"Retry-After": retry})
         return True
     return False
 

@@ -2,8 +2,8 @@
 
 The same request bodies, response models and error table as single node for the routes cluster
 mode serves: create / list / get / delete a collection, add documents (202 once the log has
-them), job status, delete a document, dense query (with filter and group_by), aliases (set,
-list, delete: resolved in the shared catalog), model upgrades (start, status, cutover,
+them), job status, delete a document, query (dense, lexical, hybrid; filter, group_by), aliases
+(set, list, delete: resolved in the shared catalog), model upgrades (start, status, cutover,
 rollback, retire). Every other single-node route answers 501 naming cluster mode, never 404.
 Stateless: the catalog is in Redis, the data in the shard replicas, so any number of API nodes
 can run side by side."""
@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -26,11 +27,14 @@ from embedstack.cluster.router import ClusterRouter
 from embedstack.cluster.upgrades import ClusterUpgrades
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, NotSupported, Unavailable
-from embedstack.registry.collections import NAME_RE, describe_config
+from embedstack.registry.collections import NAME_RE, check_name, describe_config
 from embedstack.serving.app import ROUTE_MODULES, install_error_handlers
-from embedstack.serving.cluster_auth import ClusterGate, key_routes
+from embedstack.serving.auth import Principal
+from embedstack.serving.cluster_auth import ClusterAccess, ClusterGate, access_of, key_routes
+from embedstack.serving.cluster_inference import ServeQueryEmbedder
 from embedstack.serving.cluster_upgrades import upgrade_routes
 from embedstack.serving.http import JSON
+from embedstack.serving.limits import RateLimiter, check_filter
 from embedstack.serving.responses import (
     AliasesOut,
     AliasOut,
@@ -43,7 +47,8 @@ from embedstack.serving.responses import (
     SubmittedOut,
 )
 from embedstack.serving.routes.admin import models_list
-from embedstack.serving.routes.documents import _document_row, checked_vector
+from embedstack.serving.routes.documents import _document_row
+from embedstack.serving.routes.query import query_inputs, retrieval
 from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
@@ -69,9 +74,10 @@ class ClusterHealthOut(BaseModel):
     nodes: list[str]
 
 
-def _out(router: ClusterRouter, c: ClusterCollection) -> dict[str, Any]:
-    """The single-node description (describe_config + counts) of a cluster collection: the
-    counts of each shard from its placed live replica that has read the most of the log."""
+def _out(router: ClusterRouter, c: ClusterCollection, caller: Principal) -> dict[str, Any]:
+    """The single-node description (describe_config + counts) of a cluster collection, named as
+    the caller's tenant sees it: the counts of each shard from its placed live replica that has
+    read the most of the log."""
     out = describe_config(CollectionRecord(c.name, c.config, c.space_id, c.created_at))
     counts = {"documents": 0, "documents_pending": 0, "chunks": 0}
     vectors: dict[str, int] = {}
@@ -97,6 +103,7 @@ def _out(router: ClusterRouter, c: ClusterCollection) -> dict[str, Any]:
         shards=c.shards,
         replicas=c.replicas,
         topic=c.topic,
+        name=caller.display(c.name),
     )
     for label, ref in (("shadow", c.shadow), ("previous", c.previous)):
         if ref is not None:
@@ -120,8 +127,15 @@ def _record(
     return record, SpaceInfo(c.name, space, model, spec, "serving", 0.0)
 
 
-def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
+def cluster_routes(
+    router: ClusterRouter, settings: Settings, access_of: Callable[..., ClusterAccess],
+    embedder: ServeQueryEmbedder | None = None,
+) -> APIRouter:  # fmt: skip
+    """The routes an API node serves; each sees its caller through `access_of` (a dependency:
+    names resolve in the key's tenant, grants are checked, texts charged). Query text is
+    embedded by `embedder` (the shared inference service) when given, else by the router."""
     api = APIRouter()
+    caller = Depends(access_of)
 
     @api.get("/healthz", response_model=ClusterHealthOut)
     async def healthz() -> Response:
@@ -141,10 +155,12 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
         return JSON(models_list(router.models))
 
     @api.post("/v1/collections", status_code=201, response_model=ClusterCollectionOut)
-    async def create_collection(body: CollectionCreate) -> Response:
+    async def create_collection(body: CollectionCreate, access: ClusterAccess = caller) -> Response:
+        check_name(body.name)
+        access.principal.grant(body.name)
         coll = await asyncio.to_thread(
             router.create_collection,
-            body.name,
+            access.principal.qualify(body.name),
             shards=settings.cluster_shards,
             replicas=settings.cluster_replicas,
             model=body.model,
@@ -153,46 +169,62 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
             chunking=body.chunking.model_dump() if body.chunking else None,
             index=body.index,
             search=body.search.model_dump(exclude_none=True) if body.search else None,
+            lexical=body.lexical,
+            lexical_fields=body.lexical_fields,
         )
-        return JSON(_out(router, coll), status_code=201)
+        return JSON(_out(router, coll, access.principal), status_code=201)
 
     @api.get("/v1/collections", response_model=ClusterCollectionsOut)
-    async def list_collections() -> Response:
+    async def list_collections(access: ClusterAccess = caller) -> Response:
+        """The collections of the key's tenant (those it has a grant for)."""
         rows = await asyncio.to_thread(router.catalog.list)
-        return JSON({"collections": [_out(router, c) for c in rows]})
+        shown = [_out(router, c, access.principal) for c in rows if access.principal.sees(c.name)]
+        return JSON({"collections": shown})
 
     @api.get("/v1/collections/{name}", response_model=ClusterCollectionOut)
-    async def get_collection(name: str) -> Response:
-        return JSON(_out(router, await asyncio.to_thread(router.catalog.resolve, name)))
+    async def get_collection(name: str, access: ClusterAccess = caller) -> Response:
+        coll = await asyncio.to_thread(access.resolve, name)
+        return JSON(_out(router, coll, access.principal))
 
     @api.delete("/v1/collections/{name}", response_model=DeletedOut)
-    async def delete_collection(name: str) -> Response:
+    async def delete_collection(name: str, access: ClusterAccess = caller) -> Response:
         """Remove the collection from the catalog, its replicas from the nodes, its log topic."""
-        await asyncio.to_thread(router.delete_collection, name)
+        access.principal.grant(name)
+        await asyncio.to_thread(router.delete_collection, access.principal.qualify(name))
         return JSON({"deleted": name})
 
     @api.post("/v1/aliases", response_model=AliasOut)
-    async def set_alias(body: AliasIn) -> Response:
+    async def set_alias(body: AliasIn, access: ClusterAccess = caller) -> Response:
         """Point an alias at a collection (atomically, for every API node)."""
         if not NAME_RE.match(body.alias):
             raise InvalidInput(
                 f"alias {body.alias!r} is not valid: use the rules of collection names"
             )
-        await asyncio.to_thread(router.catalog.set_alias, body.alias, body.collection)
+        p = access.principal
+        p.grant(body.alias)
+        p.grant(body.collection)
+        alias, target = p.qualify(body.alias), p.qualify(body.collection)
+        await asyncio.to_thread(router.catalog.set_alias, alias, target)
         return JSON({"alias": body.alias, "collection": body.collection})
 
     @api.get("/v1/aliases", response_model=AliasesOut)
-    async def list_aliases() -> Response:
-        return JSON({"aliases": await asyncio.to_thread(router.catalog.aliases)})
+    async def list_aliases(access: ClusterAccess = caller) -> Response:
+        p = access.principal
+        found = await asyncio.to_thread(router.catalog.aliases)
+        shown = {p.display(a): p.display(c) for a, c in found.items() if p.sees(a) and p.sees(c)}
+        return JSON({"aliases": shown})
 
     @api.delete("/v1/aliases/{alias}", response_model=DeletedOut)
-    async def delete_alias(alias: str) -> Response:
-        await asyncio.to_thread(router.catalog.delete_alias, alias)
+    async def delete_alias(alias: str, access: ClusterAccess = caller) -> Response:
+        access.principal.grant(alias)
+        await asyncio.to_thread(router.catalog.delete_alias, access.principal.qualify(alias))
         return JSON({"deleted": alias})
 
     @api.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
-    async def add_documents(name: str, body: DocumentsIn) -> Response:
-        coll = await asyncio.to_thread(router.catalog.resolve, name)
+    async def add_documents(
+        name: str, body: DocumentsIn, access: ClusterAccess = caller
+    ) -> Response:
+        coll = await asyncio.to_thread(access.resolve, name)
         if not body.documents:
             raise InvalidInput("'documents' is empty: send at least one document")
         limit = settings.max_documents_per_request
@@ -208,24 +240,25 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
                 raise InvalidInput(f"document id {d.id!r} appears twice in one request")
             seen.add(d.id)
             rows.append(_document_row(d, i, record, space, settings))
+        access.charge_texts(len(rows))
         job_id = await asyncio.to_thread(router.put_documents, coll.name, rows)
         body_out = {"job_id": job_id, "documents": len(rows), "unchanged": 0}
         return JSON(body_out, status_code=202)
 
     @api.get("/v1/collections/{name}/documents/{doc_id}", response_model=DocumentOut)
-    async def get_document(name: str, doc_id: str) -> Response:
+    async def get_document(name: str, doc_id: str, access: ClusterAccess = caller) -> Response:
         """A stored document as it was last written, from a replica of its shard."""
-        coll = await asyncio.to_thread(router.catalog.resolve, name)
+        coll = await asyncio.to_thread(access.resolve, name)
         row = await asyncio.to_thread(router.get_document, coll, doc_id)
         if row is None:
             raise NotFound(f"collection {coll.name!r} has no document {doc_id!r}")
-        return JSON({**row, "collection": coll.name})
+        return JSON({**row, "collection": access.principal.display(coll.name)})
 
     @api.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
-    async def delete_document(name: str, doc_id: str) -> Response:
+    async def delete_document(name: str, doc_id: str, access: ClusterAccess = caller) -> Response:
         """As on single node: 200 once the document is gone from every placed replica of its
         shard (the delete goes through the log); 404 when it does not exist."""
-        coll = await asyncio.to_thread(router.catalog.resolve, name)
+        coll = await asyncio.to_thread(access.resolve, name)
         if await asyncio.to_thread(router.get_document, coll, doc_id) is None:
             raise NotFound(f"document {doc_id!r} does not exist in collection {coll.name!r}")
         job_id = await asyncio.to_thread(router.delete_document, coll.name, doc_id)
@@ -237,14 +270,17 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
         return JSON({"deleted": doc_id})
 
     @api.get("/v1/jobs/{job_id}", response_model=JobOut)
-    async def get_job(job_id: str) -> Response:
+    async def get_job(job_id: str, access: ClusterAccess = caller) -> Response:
+        """A job of the key's tenant (another tenant's is a 404, as an unknown one)."""
         job = await asyncio.to_thread(router.job, job_id)
+        if not access.principal.sees(job["collection"]):
+            raise NotFound(f"job {job_id!r} does not exist (or expired)")
         now = time.time()
         return JSON(
             {
                 "id": job_id,
                 "status": job["status"],
-                "collection": job["collection"],
+                "collection": access.principal.display(job["collection"]),
                 "documents": job["documents"],
                 "attempts": 1,
                 "result": {"shards": {str(k): v for k, v in job["shards"].items()}},
@@ -255,33 +291,44 @@ def cluster_routes(router: ClusterRouter, settings: Settings) -> APIRouter:
         )
 
     @api.post("/v1/collections/{name}/query", response_model=QueryOut)
-    async def query(name: str, body: QueryIn) -> Response:
+    async def query(name: str, body: QueryIn, access: ClusterAccess = caller) -> Response:
+        """As on single node: dense, lexical or hybrid (the collection's search settings, else
+        the server defaults), with filter and group_by; hybrid and lexical fuse every shard's
+        candidates with the single-node code (cluster/fused.py)."""
         started = time.perf_counter()
-        coll = await asyncio.to_thread(router.catalog.resolve, name)
-        if body.mode not in (None, "dense"):
-            raise InvalidInput(
-                f"cluster mode serves dense queries; send mode 'dense' (not {body.mode!r})"
-            )
-        if (body.text is None) == (body.vector is None):
-            raise InvalidInput("send exactly one of 'text' and 'vector'")
+        if body.k > settings.max_k:
+            raise InvalidInput(f"'k' is {body.k}, over the limit of {settings.max_k}")
+        check_filter(body.filter, settings.max_filter_conditions)
+        coll = await asyncio.to_thread(access.resolve, name)
+        access.charge_texts(1)
         # the space this query reads, resolved once: a cutover meanwhile cannot mix spaces
         space_id, _ = router.space_of(coll, body.space_id)
-        if body.vector is not None:
-            record, space = _record(router, coll, space_id)
-            claimed = body.space_id is not None
-            vector = checked_vector(body.vector, record, space, "'vector'", claimed)
+        record, space = _record(router, coll, space_id)
+        how = retrieval(body, record)
+        group = body.group_by is not None
+
+        def embed(text: str) -> Awaitable[np.ndarray]:
+            if embedder is not None:
+                return embedder.embed(coll, text, space_id, None)
+            return asyncio.to_thread(router.embed_query, coll, text, space_id)
+
+        vec, text = await query_inputs(body, how, record, space, embed, settings.max_document_chars)
+        if how.mode == "dense" and (not group or how.doc_scoring == "max"):
+            assert vec is not None
+            hits = await asyncio.to_thread(
+                router.search, coll, space_id, vec, body.k, body.filter, group
+            )
         else:
-            vector = await asyncio.to_thread(router.embed_query, coll, str(body.text), space_id)
-        hits = await asyncio.to_thread(
-            router.search, coll, space_id, vector, body.k, body.filter, body.group_by == "document"
-        )
+            hits = await asyncio.to_thread(
+                router.fused_search, coll, space_id, vec, text, body.k, body.filter, group, how
+            )
         took = (time.perf_counter() - started) * 1000
         return JSON(
             {
                 "hits": hits,
-                "collection": coll.name,
+                "collection": access.principal.display(coll.name),
                 "space_id": space_id,
-                "mode": "dense",
+                "mode": how.mode,
                 "took_ms": took,
                 "budget_ms": settings.cluster_replica_timeout_s * 1000,
             }
@@ -326,10 +373,12 @@ def _not_in_cluster(method: str, path: str) -> Callable[[], Awaitable[Response]]
 
 
 def create_cluster_app(
-    router: ClusterRouter, settings: Settings, keys: RedisKeys | None = None
-) -> FastAPI:
-    """The API node's app; `keys`: where API keys are checked (default: the catalog's Redis).
-    Every request needs a key unless settings.insecure_no_auth."""
+    router: ClusterRouter, settings: Settings, keys: RedisKeys | None = None,
+    embedder: ServeQueryEmbedder | None = None,
+) -> FastAPI:  # fmt: skip
+    """The API node's app; `keys`: where API keys are checked (default: the catalog's Redis);
+    `embedder`: query embedding through the shared inference service (default: the router's
+    own models). Every request needs a key unless settings.insecure_no_auth."""
     app = FastAPI(
         title="embedstack (cluster)",
         version="0.1.0",
@@ -340,7 +389,14 @@ def create_cluster_app(
     cluster_upgrades = ClusterUpgrades(router)
     router.on_round.append(cluster_upgrades.tick)  # auto cutovers
     keys = keys if keys is not None else router.catalog.keys()
-    served = [cluster_routes(router, settings), upgrade_routes(cluster_upgrades), key_routes(keys)]
+    s = settings
+    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    access = access_of(router.catalog, limiter)
+    served = [
+        cluster_routes(router, settings, access, embedder),
+        upgrade_routes(cluster_upgrades, access),
+        key_routes(keys),
+    ]
     for api in served:
         app.include_router(api, responses=errors)
     paths = {
@@ -351,5 +407,5 @@ def create_cluster_app(
         for m in r.methods or ()
     }
     app.include_router(unsupported_routes(paths), responses=errors)
-    app.add_middleware(ClusterGate, keys=keys, settings=settings)
+    app.add_middleware(ClusterGate, keys=keys, settings=settings, limiter=limiter)
     return app

@@ -1,22 +1,28 @@
 """API keys on a cluster API node: the single-node gate (serving/auth.py: Host allow-list, a
-Bearer key turned into a Principal, 401/403 in the API's error shape) with the keys in the
-shared Redis catalog (cluster/keys.py), so every API node accepts and revokes the same keys.
+Bearer key turned into a Principal, 401/403 in the API's error shape, the key's request bucket
+with 429 + Retry-After) with the keys in the shared Redis catalog (cluster/keys.py), so every
+API node accepts and revokes the same keys.
 
 A route's scope follows its method and path, as single node declares them: reads (GET, a
 query) need `read`, document writes `write`, everything else (collections, aliases, upgrades,
 keys) `admin`. Open without a key: the single-node open paths (/healthz, /readyz, /docs, ...).
-Not yet in cluster mode: tenants, per-collection grants, per-key rate limits, the audit log.
+Routes see the caller as a `ClusterAccess`: collection and alias names resolve in the key's
+tenant (stored as "<tenant>:<name>" in the catalog, as on single node), grants are checked and
+texts charged by the single-node Principal. Not yet in cluster mode: the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.keys import RedisKeys
 from embedstack.config import Settings
 from embedstack.errors import NotFound
@@ -29,9 +35,11 @@ from embedstack.serving.auth import (
     principal_of,
     refuse,
     refuse_host,
+    refuse_over_rate,
     refuse_unauthorized,
 )
 from embedstack.serving.http import JSON
+from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import KeyCreatedOut, KeyOut, KeysOut
 from embedstack.serving.routes.keys import KeyIn, covers
 
@@ -47,12 +55,43 @@ def scope_for(method: str, path: str) -> str:
     return "admin"
 
 
-class ClusterGate:
-    """Pure ASGI middleware, outermost: Host allow-list, then the key and its scope."""
+@dataclass(frozen=True)
+class ClusterAccess:
+    """A cluster route's view of the caller (single node's Access over the shared catalog)."""
 
-    def __init__(self, app: ASGIApp, keys: RedisKeys, settings: Settings) -> None:
+    principal: Principal
+    catalog: RedisCatalog
+    limiter: RateLimiter
+
+    def resolve(self, name: str) -> ClusterCollection:
+        """This tenant's collection `name` (or the one its alias `name` points to)."""
+        coll = self.catalog.resolve(self.principal.qualify(name))
+        self.principal.check_resolved(name, coll.name)
+        return coll
+
+    def charge_texts(self, n: int) -> None:
+        self.principal.charge(self.limiter, "texts", n)
+
+
+def access_of(catalog: RedisCatalog, limiter: RateLimiter) -> Callable[[Request], ClusterAccess]:
+    """The dependency that hands a route its ClusterAccess (the gate set the principal)."""
+
+    def dependency(request: Request) -> ClusterAccess:
+        return ClusterAccess(principal_of(request) or INSECURE, catalog, limiter)
+
+    return dependency
+
+
+class ClusterGate:
+    """Pure ASGI middleware, outermost: Host allow-list, then the key, its scope and its
+    request rate."""
+
+    def __init__(
+        self, app: ASGIApp, keys: RedisKeys, settings: Settings, limiter: RateLimiter
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.limiter = limiter
         self.hosts = allowed_hosts(settings)
         self.auth = not settings.insecure_no_auth
 
@@ -78,6 +117,8 @@ class ClusterGate:
                              f"this API key (scopes {', '.join(sorted(principal.scopes))}) lacks "
                              f"the {needed!r} scope this route needs")  # fmt: skip
                 return
+            if await refuse_over_rate(principal, self.limiter, scope, receive, send):
+                return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
@@ -88,16 +129,19 @@ def key_routes(keys: RedisKeys) -> APIRouter:
 
     @api.post("/v1/keys", status_code=201, response_model=KeyCreatedOut)
     async def create_key(body: KeyIn, request: Request) -> Response:
-        covers(principal_of(request) or INSECURE, body.scopes, body.collections)
+        principal = principal_of(request) or INSECURE
+        covers(principal, body.scopes, body.collections)
         full, record = await asyncio.to_thread(
-            keys.create_key, "default", body.scopes, body.collections, body.rate_rps,
+            keys.create_key, principal.tenant, body.scopes, body.collections, body.rate_rps,
             body.rate_texts, body.name,
         )  # fmt: skip
         return JSON({**record.public(), "key": full}, status_code=201)
 
     @api.get("/v1/keys", response_model=KeysOut)
-    async def list_keys() -> Response:
-        return JSON({"keys": [r.public() for r in await asyncio.to_thread(keys.keys)]})
+    async def list_keys(request: Request) -> Response:
+        """The keys of the caller's tenant."""
+        tenant = (principal_of(request) or INSECURE).tenant
+        return JSON({"keys": [r.public() for r in await asyncio.to_thread(keys.keys, tenant)]})
 
     @api.delete("/v1/keys/{prefix}", response_model=KeyOut)
     async def revoke_key(prefix: str, request: Request) -> Response:

@@ -130,6 +130,19 @@ def connect_ray(address: str, attempts: int = 3) -> None:
             time.sleep(1.0 + attempt)
 
 
+def batcher_config(s: Settings) -> BatcherConfig:
+    """A model's batcher settings (a local Batcher's, or each Serve replica's)."""
+    return BatcherConfig(
+        max_batch_size=s.max_batch_size,
+        max_batch_tokens=s.max_batch_tokens,
+        max_wait_ms=s.max_wait_ms,
+        max_pending=s.max_pending,
+        max_pending_bulk=s.max_pending_bulk,
+        bulk_every=s.bulk_every,
+        bulk_batch_ms=s.bulk_batch_ms,
+    )
+
+
 def serve_batcher(
     settings: Settings, model: str, spec: ModelSpec, config: BatcherConfig
 ) -> ServeBatcher:
@@ -225,15 +238,7 @@ class Services:
             if model not in self.batchers:
                 embedder = await asyncio.to_thread(self.models.get, model)
                 s = self.settings
-                config = BatcherConfig(
-                    max_batch_size=s.max_batch_size,
-                    max_batch_tokens=s.max_batch_tokens,
-                    max_wait_ms=s.max_wait_ms,
-                    max_pending=s.max_pending,
-                    max_pending_bulk=s.max_pending_bulk,
-                    bulk_every=s.bulk_every,
-                    bulk_batch_ms=s.bulk_batch_ms,
-                )
+                config = batcher_config(s)
                 if s.inference is None:
                     b = Batcher(embedder, config, self.metrics)
                 else:  # the model's replicas in Ray Serve; this node keeps its tokenizer

@@ -49,7 +49,7 @@ def integrity_check(path: Path) -> list[str]:
     return [] if rows == ["ok"] else [f"{path}: {r}" for r in rows[:20]]
 
 
-def _sqlite_copy(source: Path, target: Path) -> None:
+def sqlite_copy(source: Path, target: Path) -> None:
     """A consistent copy of a live SQLite database (WAL included) through the backup API."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30.0)
     dst = sqlite3.connect(target)
@@ -100,10 +100,10 @@ def backup(data: Path, target: Path) -> dict[str, Any]:
     target.mkdir(parents=True, exist_ok=True)
     started = time.time()
     skipped = _copy_snapshots(data, target)
-    _sqlite_copy(data / STORE, target / STORE)
+    sqlite_copy(data / STORE, target / STORE)
     for db in (QUEUE, FEEDBACK):
         if (data / db).exists():
-            _sqlite_copy(data / db, target / db)
+            sqlite_copy(data / db, target / db)
     manifest = {
         "format": FORMAT,
         "source": str(data.resolve()),

@@ -26,12 +26,21 @@ one quoted phrase, so chunks holding the words in order (a dotted identifier, a 
 higher. English stop words are left out (and then the phrase too): they cost the most to match
 and weigh the least. `"`, `*`, `NEAR(`, `-`, `:`, `^`, `AND`/`OR`/`NOT` are therefore plain text (or
 separators), never operators.
+
+A collection split over several stores (cluster shards) would rank with each store's own
+statistics; `stats` reads what bm25 takes from the whole table for one query (rows, tokens,
+rows holding each phrase), which add up over stores, and `search(..., total=)` scores with the
+sum: every chunk gets the score it would get in one store holding all of them (bm25 of a query
+is a sum over its phrases, and each phrase's term, taken from FTS5's own bm25 of that phrase,
+is re-weighted from the store's statistics to the total's).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from embedstack.storage.filters import filter_sql
@@ -39,6 +48,9 @@ from embedstack.storage.filters import filter_sql
 MAX_TERMS = 64
 MAX_TITLE_CHARS = 2_000
 TITLE_WEIGHT = 4.0  # bm25 column weight of the title against 1.0 for the text
+BM25_K1, BM25_B = 1.2, 0.75  # the constants of FTS5's bm25 (ext/fts5/fts5_aux.c)
+BM25_MIN_IDF = 1e-6  # what FTS5 uses for a phrase in half the rows or more
+_AVERAGES_ROWID = 1  # FTS5 keeps (rows, tokens of each column) in chunks_fts_data at this id
 # English words so common that matching them reads long position lists for little bm25 weight:
 # dropped from queries (bench/hybrid.py dev halves: title queries 2.5x faster at p50, same recall)
 # fmt: off
@@ -52,9 +64,15 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def match_expression(text: str) -> str | None:
-    """A safe FTS5 MATCH expression for free text: its word tokens but stop words, each quoted,
-    ORed, and (when it had no stop words) all of them in order as one phrase. A text of stop
-    words only keeps them. None when the text has no word characters at all."""
+    """A safe FTS5 MATCH expression for free text: its phrases (see `phrases`) ORed. None when
+    the text has no word characters at all."""
+    return " OR ".join(phrases(text)) or None
+
+
+def phrases(text: str) -> list[str]:
+    """The quoted phrases a text is searched as: its word tokens but stop words, each quoted,
+    and (when it had no stop words) all of them in order as one phrase. A text of stop words
+    only keeps them."""
     words = [w for w in _WORD.findall(text) if w.strip("_")][:MAX_TERMS]
     kept = [w for w in words if w.lower() not in STOPWORDS] or words
     terms: list[str] = []
@@ -65,7 +83,7 @@ def match_expression(text: str) -> str | None:
             terms.append(_quoted(word))
     if len(words) > 1 and len(kept) == len(words):
         terms.append(_quoted(" ".join(words)))
-    return " OR ".join(terms) or None
+    return terms
 
 
 def _quoted(text: str) -> str:
@@ -82,6 +100,70 @@ def title(metadata: dict[str, Any], fields: tuple[str, ...]) -> str:
     return " ".join(p for p in parts if p)[:MAX_TITLE_CHARS]
 
 
+@dataclass(frozen=True)
+class LexicalStats:
+    """What bm25 reads from a whole FTS table for one query: its rows, their tokens (every
+    column), and for each of the query's phrases the rows holding it. The stats of several
+    stores add up (`+`) to those of one store holding all their rows."""
+
+    rows: int
+    tokens: int
+    hits: tuple[int, ...]
+
+    def __add__(self, other: LexicalStats) -> LexicalStats:
+        if len(self.hits) != len(other.hits):
+            raise ValueError("lexical stats of different queries do not add up")
+        hits = tuple(a + b for a, b in zip(self.hits, other.hits, strict=True))
+        return LexicalStats(self.rows + other.rows, self.tokens + other.tokens, hits)
+
+    def idf(self, phrase: int) -> float:
+        n = self.hits[phrase]
+        idf = math.log((self.rows - n + 0.5) / (n + 0.5))
+        return idf if idf > 0 else BM25_MIN_IDF
+
+    def length_norm(self, tokens: int) -> float:
+        """k1 (1 - b + b |D| / avgdl) for a row of `tokens` tokens."""
+        avgdl = self.tokens / self.rows if self.rows else 1.0
+        return BM25_K1 * (1 - BM25_B + BM25_B * tokens / (avgdl or 1.0))
+
+    def term(self, phrase: int, freq: float, tokens: int) -> float:
+        """bm25's term of one phrase found `freq` (column-weighted) times in a row."""
+        return self.idf(phrase) * freq * (BM25_K1 + 1) / (freq + self.length_norm(tokens))
+
+
+def stats(conn: sqlite3.Connection, text: str) -> LexicalStats:
+    """This store's statistics for a query of `text` (see LexicalStats)."""
+    row = conn.execute(
+        "SELECT block FROM chunks_fts_data WHERE id = ?", (_AVERAGES_ROWID,)
+    ).fetchone()
+    sizes = varints(row[0]) if row is not None and row[0] else [0]
+    hits = tuple(
+        int(conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (p,))
+            .fetchone()[0])
+        for p in phrases(text)
+    )  # fmt: skip
+    return LexicalStats(sizes[0], sum(sizes[1:]), hits)
+
+
+def varints(blob: bytes) -> list[int]:
+    """The SQLite varints a blob holds (FTS5's averages and docsize records)."""
+    out: list[int] = []
+    i = 0
+    while i < len(blob):
+        value = 0
+        for j in range(9):
+            byte = blob[i]
+            i += 1
+            if j == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                break
+        out.append(value)
+    return out
+
+
 def search(
     conn: sqlite3.Connection,
     collection: str,
@@ -89,8 +171,12 @@ def search(
     text: str,
     k: int,
     flt: dict[str, Any] | None = None,
+    total: LexicalStats | None = None,
 ) -> tuple[list[int], list[float]]:
-    """Chunk ids and bm25 scores (higher is better), best first, at most k."""
+    """Chunk ids and bm25 scores (higher is better), best first, at most k; with `total`, bm25
+    as if this store held every row `total` counts (see the module doc)."""
+    if total is not None:
+        return _search_total(conn, collection, space_id, text, k, flt, total)
     expr = match_expression(text)
     if expr is None:
         return [], []
@@ -106,9 +192,52 @@ def search(
         where = f" AND {clause}"
         params += extra
     sql += f" WHERE chunks_fts MATCH ? AND c.collection = ? AND c.space_id = ?{where}"
-    sql += f" ORDER BY bm25(chunks_fts, 1.0, {TITLE_WEIGHT}) LIMIT ?"
+    # equal scores in (document, ordinal) order, so the cut at k is the same on every store
+    sql += f" ORDER BY bm25(chunks_fts, 1.0, {TITLE_WEIGHT}), c.document_id, c.ordinal LIMIT ?"
     rows = conn.execute(sql, (*params, int(k))).fetchall()
     return [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+
+
+def _search_total(
+    conn: sqlite3.Connection, collection: str, space_id: str, text: str, k: int,
+    flt: dict[str, Any] | None, total: LexicalStats,
+) -> tuple[list[int], list[float]]:  # fmt: skip
+    """Each phrase searched alone: FTS5's bm25 of one phrase is idf f (k1+1) / (f + K(|D|)),
+    so with this store's idf and K the row's weighted frequency f comes back exactly, and the
+    term is recomputed with the total's idf and average length; summed over the phrases."""
+    queried = phrases(text)
+    if len(queried) != len(total.hits):
+        raise ValueError("lexical stats of another query")
+    local = stats(conn, text)
+    sql = (
+        f"SELECT chunks_fts.rowid, -bm25(chunks_fts, 1.0, {TITLE_WEIGHT}), s.sz, c.document_id,"
+        " c.ordinal FROM chunks_fts"
+        " JOIN chunks c ON c.id = chunks_fts.rowid JOIN chunks_fts_docsize s"
+        " ON s.id = chunks_fts.rowid"
+    )
+    where, extra = "", list[Any]()
+    if flt:
+        clause, extra = filter_sql(flt)
+        sql += " JOIN documents d ON d.collection = c.collection AND d.id = c.document_id"
+        where = f" AND {clause}"
+    sql += f" WHERE chunks_fts MATCH ? AND c.collection = ? AND c.space_id = ?{where}"
+    scores: dict[int, float] = {}
+    owners: dict[int, tuple[str, int]] = {}
+    for i, phrase in enumerate(queried):
+        if not local.hits[i]:
+            continue
+        top = local.idf(i) * (BM25_K1 + 1)
+        rows = conn.execute(sql, (phrase, collection, space_id, *extra))
+        for rowid, score, sizes, document_id, ordinal in rows:
+            tokens = sum(varints(sizes))
+            share = min(float(score) / top, 1 - 1e-12)  # f / (f + K), in [0, 1)
+            # f is a sum of column weights (whole numbers here): rounded, equal chunks score
+            # exactly equal whichever store they are in
+            freq = round(share * local.length_norm(tokens) / (1 - share), 6)
+            scores[int(rowid)] = scores.get(int(rowid), 0.0) + total.term(i, freq, tokens)
+            owners[int(rowid)] = (str(document_id), int(ordinal))
+    ranked = sorted(scores.items(), key=lambda t: (-t[1], owners[t[0]]))[: int(k)]
+    return [i for i, _ in ranked], [s for _, s in ranked]
 
 
 def count(conn: sqlite3.Connection, collection: str, space_id: str) -> int:

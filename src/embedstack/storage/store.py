@@ -632,10 +632,16 @@ class Store(CatalogMixin, KeysMixin):
 
     # -- lexical (storage/lexical.py) ------------------------------------------------------
     def lexical_search(
-        self, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None = None
-    ) -> tuple[list[int], list[float]]:
-        """bm25 over the space's chunk text: chunk ids and scores (higher is better)."""
-        return lexical.search(self._reader(), collection, space_id, text, k, flt)
+        self, collection: str, space_id: str, text: str, k: int, flt: dict[str, Any] | None = None,
+        total: lexical.LexicalStats | None = None,
+    ) -> tuple[list[int], list[float]]:  # fmt: skip
+        """bm25 over the space's chunk text: chunk ids and scores (higher is better); `total`:
+        scored with the statistics of every store the collection is split over."""
+        return lexical.search(self._reader(), collection, space_id, text, k, flt, total)
+
+    def lexical_stats(self, text: str) -> lexical.LexicalStats:
+        """What bm25 reads from this store for a query of `text` (storage/lexical.py)."""
+        return lexical.stats(self._reader(), text)
 
     def lexical_check(self) -> None:
         """Raise sqlite3.DatabaseError if the lexical index disagrees with the chunks."""

@@ -4,16 +4,23 @@ log partition in a background thread.
 One actor per node, pinned by the node's custom resource `es_node_<name>`, restarted by Ray
 (`max_restarts=-1`) when its process dies. Its assignments are kept on the node's disk, so a
 restarted actor reopens every replica from its own snapshot and position without waiting for
-the router."""
+the router.
+
+Shard transfer: a replica new to this node (no files of its own) starts from a snapshot of a
+live replica of its shard on another node (the router names them, most advanced first): a
+consistent copy of that replica's store and the log position it is at, written here before the
+replica opens; it then reads the log from that position, so the log need not be kept from its
+start. With no source that answers, it replays the log from offset 0."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -23,11 +30,14 @@ from embedstack.cluster.log import PartitionReader
 from embedstack.cluster.replica import ShardReplica
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
+from embedstack.storage.lexical import LexicalStats
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "embedstack"
 READ_BATCH = 256
+TRANSFER_TIMEOUT_S = 60.0  # one snapshot of a source replica, copied and sent
+TRANSFER_FILE = "transfer.json"  # where a transferred replica notes its source and position
 
 
 def actor_name(node: str) -> str:
@@ -41,8 +51,12 @@ def node_resource(node: str) -> str:
 class _Feed:
     """A replica and the thread that applies its partition to it."""
 
-    def __init__(self, replica: ShardReplica, reopen: Callable[[], PartitionReader]) -> None:
+    def __init__(
+        self, replica: ShardReplica, reopen: Callable[[], PartitionReader],
+        transfer: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.replica = replica
+        self.transfer = transfer  # the snapshot it started from, if it was transferred
         self._reopen = reopen
         self.reader = reopen()
         self.stop = threading.Event()
@@ -97,13 +111,51 @@ class ShardNode:
         return self._root / coll.topic / f"shard-{shard}"
 
     def _open(self, coll: ClusterCollection, shard: int) -> None:
-        replica = ShardReplica(self._dir(coll, shard), coll, shard, self._models)
+        root = self._dir(coll, shard)
+        replica = ShardReplica(root, coll, shard, self._models)
         group = f"{coll.topic}.shard-{shard}.{self.name}"
 
         def reader() -> PartitionReader:
             return PartitionReader(self._bootstrap, coll.topic, shard, replica.position, group)
 
-        self._feeds[(coll.name, shard)] = _Feed(replica, reader)
+        noted = root / TRANSFER_FILE
+        transfer = orjson.loads(noted.read_bytes()) if noted.exists() else None
+        self._feeds[(coll.name, shard)] = _Feed(replica, reader, transfer)
+
+    def _transfer(self, coll: ClusterCollection, shard: int, sources: list[str]) -> None:
+        """Start a replica new to this node from a snapshot of the first source that sends one
+        (see the module doc); nothing when this node has files of the replica already."""
+        import ray
+
+        root = self._dir(coll, shard)
+        if (root / "store.db").exists():
+            return
+        for source in sources:
+            if source == self.name:
+                continue
+            try:
+                handle = ray.get_actor(actor_name(source), namespace=NAMESPACE)
+                sent: Any = handle.snapshot.remote(coll.name, shard)
+                image, position = cast(tuple[bytes, int], ray.get(sent, timeout=TRANSFER_TIMEOUT_S))
+            except Exception:
+                log.warning("no snapshot of %s/%s from %s", coll.name, shard, source, exc_info=True)
+                continue
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write(root / "store.db", image)
+            atomic_write(root / "position.json", orjson.dumps({"position": position}))
+            note = {"source": source, "position": position, "bytes": len(image), "at": time.time()}
+            atomic_write(root / TRANSFER_FILE, orjson.dumps(note))
+            log.info("replica %s/%s from %s at offset %d", coll.name, shard, source, position)
+            return
+
+    def snapshot(self, name: str, shard: int) -> tuple[bytes, int]:
+        """(store image, log position) of this node's replica of `shard`, for a new replica on
+        another node (shard transfer)."""
+        replica = self._replica(name, shard)
+        with tempfile.TemporaryDirectory(dir=self._root) as tmp:
+            target = Path(tmp) / "store.db"
+            position = replica.snapshot(target)
+            return target.read_bytes(), position
 
     def _save(self) -> None:
         items = [
@@ -112,8 +164,11 @@ class ShardNode:
         ]
         atomic_write(self._assigned_file, orjson.dumps(items))
 
-    def assign(self, coll_json: dict[str, Any], shard: int) -> bool:
-        """Host a replica of `shard` (idempotent); True when it was new here."""
+    def assign(
+        self, coll_json: dict[str, Any], shard: int, sources: list[str] | None = None
+    ) -> bool:
+        """Host a replica of `shard` (idempotent); True when it was new here. `sources`: nodes
+        with a live replica of the shard, to start from a snapshot of (shard transfer)."""
         coll = ClusterCollection.from_json(coll_json)
         with self._lock:
             feed = self._feeds.get((coll.name, shard))
@@ -121,6 +176,7 @@ class ShardNode:
                 return False
             if feed is not None:  # an earlier collection of the same name
                 self._close(coll.name, shard)
+            self._transfer(coll, shard, sources or [])
             self._open(coll, shard)
             self._save()
             return True
@@ -152,6 +208,18 @@ class ShardNode:
         space_id: str | None = None,
     ) -> list[dict[str, Any]]:
         return self._replica(name, shard).search(vec, k, flt, group, space_id)
+
+    def lexical_stats(self, name: str, shard: int, text: str) -> LexicalStats:
+        return self._replica(name, shard).lexical_stats(text)
+
+    def candidates(
+        self, name: str, shard: int, space_id: str | None, vec: np.ndarray | None,
+        text: str | None, depth: int, flt: dict[str, Any] | None, mode: str,
+        total: LexicalStats | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A replica's share of a fused (hybrid, lexical, scored-group) query."""
+        replica = self._replica(name, shard)
+        return replica.candidates(space_id, vec, text, depth, flt, mode, total)
 
     def _replica(self, name: str, shard: int) -> ShardReplica:
         feed = self._feeds.get((name, shard))
@@ -191,5 +259,6 @@ def _replica_status(name: str, shard: int, feed: _Feed) -> dict[str, Any]:
         "documents": stats["documents"],
         "error": feed.error,
         "stats": stats,
+        "transfer": feed.transfer,
         **feed.replica.spaces(),
     }

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from embedstack.errors import InvalidInput
-from embedstack.registry.collections import NAME_RE
+from embedstack.registry.collections import check_name
 from embedstack.serving.auth import Access, administering, reading
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import CollectionOut, CollectionsOut, DeletedOut
@@ -24,11 +24,7 @@ async def create_collection(
     body: CollectionCreate, services: Services = Depends(ready_services),
     access: Access = Depends(administering),
 ) -> Response:  # fmt: skip
-    if not NAME_RE.match(body.name):
-        raise InvalidInput(
-            f"collection name {body.name!r} is not valid: use 1-64 letters, digits, '_', '-' or "
-            "'.', starting with a letter or digit"
-        )
+    check_name(body.name)
     access.grant(body.name)
     access.note(collection=body.name)
     if body.model is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -65,10 +66,10 @@ def arrival(request: Request) -> float:
     return arrived if isinstance(arrived, float) else time.monotonic()
 
 
-def _checked_text(text: str, services: Services) -> str:
+def _checked_text(text: str, max_chars: int) -> str:
     if not text.strip():
         raise InvalidInput("'text' is empty: send the words to search for")
-    if len(text) > services.settings.max_document_chars:
+    if len(text) > max_chars:
         raise InvalidInput("'text' is too long for a query: send at most a few paragraphs")
     return text
 
@@ -88,11 +89,13 @@ async def _embedded(
     return np.asarray(vecs[0], dtype=np.float32)
 
 
-async def _query_inputs(
-    body: QueryIn, how: Retrieval, record: CollectionRecord, space: SpaceInfo, request: Request,
-    services: Services, deadline: float,
+async def query_inputs(
+    body: QueryIn, how: Retrieval, record: CollectionRecord, space: SpaceInfo,
+    embed: Callable[[str], Awaitable[np.ndarray]], max_chars: int,
 ) -> tuple[np.ndarray | None, str | None]:  # fmt: skip
-    """The query vector (None in lexical mode) and text (None for a dense vector query)."""
+    """The query vector (None in lexical mode) and text (None for a dense vector query);
+    `embed` turns the checked text into the query vector (single node: the batcher; a cluster
+    API node: the router). Shared by both modes, so both check a query alike."""
     if how.mode == "dense":
         if (body.text is None) == (body.vector is None):
             raise InvalidInput("send exactly one of 'text' or 'vector'")
@@ -100,11 +103,11 @@ async def _query_inputs(
             claimed = body.space_id is not None
             return checked_vector(body.vector, record, space, "the query vector", claimed), None
         assert body.text is not None
-        text = _checked_text(body.text, services)
-        return await _embedded(text, record, space, request, services, deadline), text
+        text = _checked_text(body.text, max_chars)
+        return await embed(text), text
     if body.text is None:
         raise InvalidInput(f"mode {how.mode!r} searches words: send 'text'")
-    text = _checked_text(body.text, services)
+    text = _checked_text(body.text, max_chars)
     if how.mode == "lexical":
         if body.vector is not None:
             raise InvalidInput("mode 'lexical' searches 'text' only: drop 'vector'")
@@ -112,10 +115,12 @@ async def _query_inputs(
     if body.vector is not None:  # hybrid with the caller's own vector for the dense half
         claimed = body.space_id is not None
         return checked_vector(body.vector, record, space, "the query vector", claimed), text
-    return await _embedded(text, record, space, request, services, deadline), text
+    return await embed(text), text
 
 
-def _retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
+def retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
+    """How a query searches: its own mode, fusion, alpha and doc_scoring, else the collection's
+    search settings, else the server defaults (registry/hybrid.py)."""
     asked = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha,
              "doc_scoring": body.doc_scoring}  # fmt: skip
     cfg = record.config
@@ -156,9 +161,15 @@ async def query(
         services.collections.require_open(record)
         space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     access.charge_texts(1)
-    how = _retrieval(body, record)
+    how = retrieval(body, record)
     group = body.group_by is not None
-    vec, text = await _query_inputs(body, how, record, space, request, services, deadline)
+
+    def embed(text: str) -> Awaitable[np.ndarray]:
+        return _embedded(text, record, space, request, services, deadline)
+
+    vec, text = await query_inputs(
+        body, how, record, space, embed, services.settings.max_document_chars
+    )
     knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     args = (services.store, services.indexes, record.name, space.space_id, vec, text, body.k,
             body.filter, group, how, None, knobs)  # fmt: skip
