@@ -152,6 +152,12 @@ def api(fed: Federation) -> Iterator[httpx.Client]:
     thread.join(timeout=30)
 
 
+def _done(c: httpx.Client, job_id: str) -> dict[str, Any] | None:
+    job = c.get(f"/v1/jobs/{job_id}")
+    assert job.status_code == 200, job.text
+    return job.json() if job.json()["status"] == "done" else None
+
+
 def docs(region: str) -> list[dict[str, Any]]:
     return [
         {
@@ -221,7 +227,8 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
                 f"/v1/collections/{name}/documents", json=body, params={"region": region}
             )
             assert resp.status_code == 202, resp.text
-            assert fed.router.wait_job(resp.json()["job_id"], 180)
+            job = _wait("the job", lambda r=resp: _done(api, r.json()["job_id"]), 180)
+            assert set(job["result"]["regions"]) == {region}  # written in its region only
     want = {r: {"documents": N, "vectors": N} for r in REGIONS}
     _wait("counts", lambda: api.get("/v1/collections/private").json()["regions"] == want, 30)
 
@@ -397,7 +404,7 @@ def test_losing_a_region(fed: Federation, api: httpx.Client) -> None:
     new = {"id": "eu-new", "text": "a late note on the kettle", "metadata": {"region": "eu"}}
     resp = api.post("/v1/collections/private/documents", json={"documents": [new]})
     assert resp.status_code == 202, resp.text
-    assert fed.router.wait_job(resp.json()["job_id"], 120)
+    _wait("the eu job", lambda: _done(api, resp.json()["job_id"]), 120)
     lost = {"id": "us-new", "text": "a late note", "metadata": {"region": "us"}}
     resp = api.post("/v1/collections/private/documents", json={"documents": [lost]})
     assert resp.status_code == 503 and "region us unavailable" in resp.text, resp.text

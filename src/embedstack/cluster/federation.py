@@ -262,7 +262,11 @@ class FederatedRouter:
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")
         job: dict[str, Any] = orjson.loads(raw)
-        regions = {r: self._call(r, "job", jid) for r, jid in job["regions"].items()}
+        regions = {}
+        for region, jid in job["regions"].items():
+            part = self._call(region, "job", jid)
+            part["shards"] = {str(k): v for k, v in part["shards"].items()}  # JSON keys
+            regions[region] = part
         done = all(j["status"] == "done" for j in regions.values())
         return {**job, "id": job_id, "status": "done" if done else "running",
                 "regions": regions}  # fmt: skip
