@@ -33,7 +33,12 @@ from embedstack.cluster.ray.regions import RegionMap, region_resource, start_gat
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess, start_kafka
 from embedstack.obs.metrics import Metrics
-from embedstack.serving.federation_app import create_federation_app
+from embedstack.serving.federation_app import (
+    FederatedCollectionOut,
+    FederatedQueryOut,
+    create_federation_app,
+)
+from embedstack.serving.responses import JobOut
 from embedstack.serving.services import build_models
 
 ray = pytest.importorskip("ray")
@@ -155,6 +160,7 @@ def api(fed: Federation) -> Iterator[httpx.Client]:
 def _done(c: httpx.Client, job_id: str) -> dict[str, Any] | None:
     job = c.get(f"/v1/jobs/{job_id}")
     assert job.status_code == 200, job.text
+    JobOut.model_validate(job.json())
     return job.json() if job.json()["status"] == "done" else None
 
 
@@ -231,6 +237,7 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
             assert set(job["result"]["regions"]) == {region}  # written in its region only
     want = {r: {"documents": N, "vectors": N} for r in REGIONS}
     _wait("counts", lambda: api.get("/v1/collections/private").json()["regions"] == want, 30)
+    FederatedCollectionOut.model_validate(api.get("/v1/collections/private").json())
 
     # a region-local query reads its region only and nothing crosses a border
     before = bytes_crossed(api)
@@ -245,6 +252,7 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
     for caller, other in (("eu", "us"), ("us", "eu")):
         resp = query(api, "private", text="notes about the garden", region=caller, k=2 * N)
         assert resp.status_code == 200, resp.text
+        FederatedQueryOut.model_validate(resp.json())  # the declared response model
         hits = resp.json()["hits"]
         assert {h["region"] for h in hits} == {"eu", "us"}
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

@@ -126,3 +126,33 @@ def test_cluster_up_regions_cli(tmp_path: Path) -> None:
     )
     assert bad.exit_code == CONFIG_EXIT, bad.output
     assert "REGION:NODES" in bad.output and not (tmp_path / "cluster").exists()
+
+
+def test_every_federated_route_declares_a_response_model(tmp_path: Path) -> None:
+    """The federated API node's OpenAPI: a model for every route's success answer, the single
+    node's routes it does not serve answer 501 (never 404)."""
+    from embedstack.cluster.federation import FederatedRouter
+    from embedstack.config import Settings
+    from embedstack.obs.metrics import Metrics
+    from embedstack.serving.federation_app import create_federation_app
+    from embedstack.serving.services import build_models
+
+    settings = Settings(enable_test_models=True, default_model="hashing-test", data_dir=tmp_path)
+    router = FederatedRouter(
+        None, {"eu": None, "us": None}, set, build_models(settings, {}), "hashing-test", Metrics()
+    )
+    openapi = create_federation_app(router, settings).openapi()
+    missing = []
+    for path, methods in openapi["paths"].items():
+        for method, op in methods.items():
+            ok = [s for s in op["responses"] if s.startswith("2")]
+            content = op["responses"][ok[0]].get("content", {}) if ok else {}
+            schema = content.get("application/json", {}).get("schema", {})
+            if "$ref" not in schema and "text/plain" not in content:
+                missing.append(f"{method.upper()} {path}")
+    assert not missing, missing
+    query = openapi["paths"]["/v1/collections/{name}/query"]["post"]
+    assert query["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/FederatedQueryOut"
+    )
+    assert "single node only" in openapi["paths"]["/v1/embeddings"]["post"]["summary"]
