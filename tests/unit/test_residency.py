@@ -16,6 +16,7 @@ from embedstack.cluster.residency import (
     strip,
 )
 from embedstack.errors import ConfigError, InvalidInput
+from tests.conftest import undeclared_routes
 
 KNOWN = ["eu", "us"]
 HIT = {"document_id": "d1", "chunk_id": "d1#0", "score": 0.5, "text": "secret",
@@ -142,14 +143,7 @@ def test_every_federated_route_declares_a_response_model(tmp_path: Path) -> None
         None, {"eu": None, "us": None}, set, build_models(settings, {}), "hashing-test", Metrics()
     )
     openapi = create_federation_app(router, settings).openapi()
-    missing = []
-    for path, methods in openapi["paths"].items():
-        for method, op in methods.items():
-            ok = [s for s in op["responses"] if s.startswith("2")]
-            content = op["responses"][ok[0]].get("content", {}) if ok else {}
-            schema = content.get("application/json", {}).get("schema", {})
-            if "$ref" not in schema and "text/plain" not in content:
-                missing.append(f"{method.upper()} {path}")
+    missing = undeclared_routes(openapi)
     assert not missing, missing
     query = openapi["paths"]["/v1/collections/{name}/query"]["post"]
     assert query["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(

@@ -34,7 +34,7 @@ from embedstack.serving.cluster_app import unsupported_routes
 from embedstack.serving.cluster_auth import ClusterGate, key_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
-from embedstack.serving.routes.documents import _document_row, checked_vector
+from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
 from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn, Strict, Text
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
@@ -188,19 +188,9 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
     async def add_documents(name: str, body: DocumentsIn, region: str | None = None) -> Response:
         """Each document goes to the region its residency field names (422 otherwise)."""
         coll = await asyncio.to_thread(router.get, name)
-        if not body.documents:
-            raise InvalidInput("'documents' is empty: send at least one document")
-        limit = settings.max_documents_per_request
-        if len(body.documents) > limit:
-            raise InvalidInput(f"{len(body.documents)} documents, over the {limit} limit: split")
+        check_count(len(body.documents), settings.max_documents_per_request, "documents")
         record, space = _space(router, coll)
-        seen: set[str] = set()
-        rows = []
-        for i, d in enumerate(body.documents):
-            if d.id in seen:
-                raise InvalidInput(f"document id {d.id!r} appears twice in one request")
-            seen.add(d.id)
-            rows.append(_document_row(d, i, record, space, settings))
+        rows = document_rows(body.documents, record, space, settings)
         router.split(coll, rows)  # every document names an allowed region, before any write
         router.caller(region)  # a region the API node serves, before any write
         job_id = await asyncio.to_thread(router.put_documents, coll.name, rows, region)
