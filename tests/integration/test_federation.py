@@ -394,8 +394,40 @@ def _redis_bytes(client: Any) -> bytes:
     return b"".join(out)
 
 
+def test_delete_a_federated_collection(api: httpx.Client) -> None:
+    assert api.delete("/v1/collections/shared").json() == {"deleted": "shared"}
+    assert api.get("/v1/collections/shared").status_code == 404
+    names = [c["name"] for c in api.get("/v1/collections").json()["collections"]]
+    assert names == ["private"]
+
+
+def test_a_region_keeps_serving_after_losing_one_node(fed: Federation, api: httpx.Client) -> None:
+    """RF 2 inside the region: with the us node running the region's gateway gone, Ray
+    restarts the gateway on the other us node and us answers in full again."""
+    where = ray.get(fed.router.gateways["us"].ray_node.remote(), timeout=30)
+    name = next(n for n in REGIONS["us"] if fed.nodes[n].node_id == where)
+    fed.cluster.remove_node(fed.nodes.pop(name), allow_graceful=False)
+    survivor = next(n for n in REGIONS["us"] if n != name)
+
+    def moved() -> bool:  # the old process may linger a moment after its node is gone
+        try:
+            node = ray.get(fed.router.gateways["us"].ray_node.remote(), timeout=10)
+        except Exception:
+            return False  # restarting
+        return bool(node == fed.nodes[survivor].node_id)
+
+    _wait("the us gateway restarted on the other us node", moved, 180)
+
+    def answered() -> list[dict[str, Any]] | None:
+        resp = query(api, "private", text="notes", region="us", regions=["us"], k=4 * N)
+        return resp.json()["hits"] if resp.status_code == 200 else None
+
+    hits = _wait("region us answering on its last node", answered, 120)
+    assert {h["document_id"] for h in hits} == {f"us-doc-{i:03d}" for i in range(N)}
+
+
 def test_losing_a_region(fed: Federation, api: httpx.Client) -> None:
-    for name in REGIONS["us"]:
+    for name in [n for n in REGIONS["us"] if n in fed.nodes]:  # the last us node
         fed.cluster.remove_node(fed.nodes.pop(name), allow_graceful=False)
     fed.brokers["us"].kill()
 

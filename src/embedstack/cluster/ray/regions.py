@@ -131,6 +131,12 @@ class RegionGateway:
     def ping(self) -> str:
         return self.region
 
+    def ray_node(self) -> str:
+        """The id of the Ray node this gateway runs on (hex)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def nodes(self) -> list[str]:
         """The region's live nodes as the last status round saw them."""
         return list(self.router.refresh().live)
