@@ -150,3 +150,17 @@ def test_every_federated_route_declares_a_response_model(tmp_path: Path) -> None
         "/FederatedQueryOut"
     )
     assert "single node only" in openapi["paths"]["/v1/embeddings"]["post"]["summary"]
+
+
+def test_regional_nodes_see_only_their_regions_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a region's router places shards on: its own nodes; never another region's, nor a
+    node whose region is unknown."""
+    from embedstack.cluster.ray.nodes import RayNodes
+    from embedstack.cluster.ray.regions import RegionalNodes
+
+    everyone = {"eu0": "h0", "eu1": "h1", "us0": "h2", "odd": "h3"}
+    monkeypatch.setattr(RayNodes, "handles", lambda self: dict(everyone))
+    regions = RegionMap(lambda: [("eu0", "eu", True), ("eu1", "eu", False), ("us0", "us", True)])
+    assert RegionalNodes("eu", regions).handles() == {"eu0": "h0", "eu1": "h1"}
+    assert RegionalNodes("us", regions).handles() == {"us0": "h2"}
+    assert RegionalNodes("ap", regions).handles() == {}
