@@ -35,6 +35,7 @@ from embedstack.infra.local import LocalProcess, start_kafka
 from embedstack.obs.metrics import Metrics
 from embedstack.serving.federation_app import (
     FederatedCollectionOut,
+    FederatedDocumentOut,
     FederatedQueryOut,
     create_federation_app,
 )
@@ -298,6 +299,23 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
         took.sort()
         print(f"{label}: p50 {took[10]:.1f} ms, p90 {took[18]:.1f} ms over 20 HTTP queries "
               f"(load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+
+
+def test_get_a_document_across_regions(api: httpx.Client) -> None:
+    def get(name: str, doc: str, caller: str) -> dict[str, Any]:
+        resp = api.get(f"/v1/collections/{name}/documents/{doc}", params={"region": caller})
+        assert resp.status_code == 200, resp.text
+        return FederatedDocumentOut.model_validate(resp.json()).model_dump(exclude_none=True)
+
+    own = get("private", "eu-doc-001", "eu")
+    assert own["region"] == "eu" and own["text"].startswith(MARK["eu"])
+    assert own["metadata"]["owner"].startswith(META["eu"])
+    assert set(get("private", "eu-doc-001", "us")) == {"document_id", "region", "collection"}
+    assert set(get("shared", "eu-doc-001", "us")) == {"document_id", "region", "collection", "text"}
+    missing = api.get("/v1/collections/private/documents/nope", params={"region": "eu"})
+    assert missing.status_code == 404, missing.text
+    counts = bytes_crossed(api)
+    assert not any(kind == "metadata" for (a, b, kind) in counts if a != b)
 
 
 def _files(root: Path) -> list[Path]:

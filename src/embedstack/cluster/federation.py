@@ -280,6 +280,31 @@ class FederatedRouter:
         return True
 
     # -- reads -----------------------------------------------------------------------------
+    def get_document(
+        self, name: str, document_id: str, caller: str | None = None
+    ) -> dict[str, Any]:
+        """A document from the region that holds it, with its "region"; for a caller of
+        another region only the policy's crossing kinds (ids, optionally text, metadata).
+        NotFound when no region has it; RegionUnavailable when a region that might is down."""
+        coll = self.get(name)
+        home = self.caller(caller)
+        live = self._live()
+        regions = sorted(coll.policy.regions, key=lambda r: r != home)  # its own region first
+        down = []
+        for region in regions:
+            if region not in live:
+                down.append(region)
+                continue
+            crossing = None if region == home else list(coll.policy.crossing)
+            doc = self._call(region, "get_document", name, document_id, crossing)
+            if doc is not None:
+                for kind, size in payload_bytes([doc]).items():
+                    self.metrics.region_bytes.labels(region, home, kind).inc(size)
+                return {**doc, "region": region}
+        if down:
+            raise RegionUnavailable(down[0], "no live node; the document may be there")
+        raise NotFound(f"collection {name!r} has no document {document_id!r}")
+
     def embed_query(self, coll: FederatedCollection, text: str) -> np.ndarray:
         model = coll.config.model
         if not model:

@@ -99,6 +99,14 @@ class FederatedHitOut(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+class FederatedDocumentOut(BaseModel):
+    document_id: str
+    region: str
+    collection: str
+    text: str | None = Field(None, description="absent when the policy keeps text in region")
+    metadata: dict[str, Any] | None = None
+
+
 class FederatedQueryOut(BaseModel):
     hits: list[FederatedHitOut]
     collection: str
@@ -195,6 +203,13 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
         router.caller(region)  # a region the API node serves, before any write
         job_id = await asyncio.to_thread(router.put_documents, coll.name, rows, region)
         return JSON({"job_id": job_id, "documents": len(rows), "unchanged": 0}, status_code=202)
+
+    @api.get("/v1/collections/{name}/documents/{doc_id}", response_model=FederatedDocumentOut)
+    async def get_document(name: str, doc_id: str, region: str | None = None) -> Response:
+        """A stored document from its region; a caller of another region (`region`, default
+        the API node's) gets only what the policy lets cross."""
+        doc = await asyncio.to_thread(router.get_document, name, doc_id, region)
+        return JSON({**doc, "collection": name})
 
     @api.get("/v1/jobs/{job_id}", response_model=JobOut)
     async def get_job(job_id: str) -> Response:

@@ -181,6 +181,17 @@ class RegionGateway:
         hits = self.router.search(coll, coll.space_id, vec, k, flt, group)
         return hits if crossing is None else strip(hits, crossing)
 
+    def get_document(
+        self, name: str, document_id: str, crossing: Sequence[str] | None
+    ) -> dict[str, Any] | None:
+        """A stored document as hits carry it (document_id, text, metadata) or None; with
+        `crossing`, only those kinds leave this actor."""
+        found = self.router.get_document(self.router.catalog.get(name), document_id)
+        if found is None:
+            return None
+        doc = {"document_id": found["id"], "text": found["text"], "metadata": found["metadata"]}
+        return doc if crossing is None else strip([doc], crossing)[0]
+
     def stop(self) -> None:
         self.router.stop()
 
