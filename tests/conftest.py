@@ -47,6 +47,19 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def undeclared_routes(openapi: dict[str, Any]) -> list[str]:
+    """Routes of an OpenAPI document whose success answer declares no response model."""
+    missing = []
+    for path, methods in openapi["paths"].items():
+        for method, op in methods.items():
+            ok = [s for s in op["responses"] if s.startswith("2")]
+            content = op["responses"][ok[0]].get("content", {}) if ok else {}
+            schema = content.get("application/json", {}).get("schema", {})
+            if "$ref" not in schema and "text/plain" not in content:
+                missing.append(f"{method.upper()} {path}")
+    return missing
+
+
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 300.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

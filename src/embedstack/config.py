@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     cluster_shards: int = Field(8, ge=1, le=1024, description="virtual shards per collection")
     cluster_replicas: int = Field(2, ge=1, le=16, description="replicas of each shard")
     cluster_replica_timeout_s: float = Field(1.0, gt=0, description="per replica, per query")
+    # federated regions (serve --cluster --queue eu=kafka://...,us=kafka://...): this API node's
+    # region (queries default to it; None: every query names its caller's region) and how long
+    # it waits on a region's gateway before answering 503 naming the region
+    region: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9-]{0,31}$", description="this API node's region, e.g. 'eu'"
+    )
+    region_timeout_s: float = Field(5.0, gt=0, description="per region, per request")
     # inference as an autoscaled Ray Serve deployment (serve --inference ADDRESS): the Ray
     # address (ray://HOST:PORT for Ray Client, HOST:PORT for the GCS address, or "auto");
     # None: models run in this process. Ray Serve's autoscaler scales each model's replicas

@@ -70,6 +70,10 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
         )
     check_bind(settings)  # --insecure-no-auth only on loopback, as on single node
     _ray_init(address)
+    if "=" in queue:  # REGION=kafka://...,...: an API node of a federation (cli/federation.py)
+        from embedstack.cli.federation import serve_federation
+
+        return serve_federation(settings, queue, catalog)
     router = build_router(settings, queue, catalog)
     if settings.insecure_no_auth:
         click.secho(
@@ -113,16 +117,23 @@ def cluster() -> None:
     `cluster up` starts Ray nodes, a Kafka-protocol log broker and a Redis catalog on loopback
     and prints the `embedstack serve --cluster ...` command of an API node. Collections are
     split into virtual shards (cluster_shards, default 8) with cluster_replicas (default 2)
-    replicas each, placed on nodes by rendezvous hashing.
+    replicas each, placed on nodes by rendezvous hashing. `cluster up --regions eu:2,us:2`
+    starts a federation instead: nodes and a broker per region, data kept in its region.
     """
 
 
 @cluster.command("up", cls=Command)
 @click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Simulated Ray nodes, each hosting its placed shard replicas.")  # fmt: skip
+@click.option("--regions", default=None, metavar="REGION:NODES,...",
+              help="Start a federation instead, e.g. eu:2,us:2: per region that many nodes "
+              "(their region a Ray resource es_region_REGION), its own Kafka-protocol broker "
+              "and a gateway; collections then declare a residency policy and each document's "
+              "text, chunks and vectors stay on its region's nodes and broker (README: "
+              "Federated regions). Ignores --nodes.")  # fmt: skip
 @data_dir_option
 @config_option
-def up(nodes: int, data_dir: Path | None, config: Path | None) -> None:
+def up(nodes: int, regions: str | None, data_dir: Path | None, config: Path | None) -> None:
     """Start a cluster on this machine, on loopback, until Ctrl-C: a Ray head plus NODES-1
     simulated nodes (ray.cluster_utils), a Kafka-protocol broker (tansu) as the shard write log,
     a Redis server as the catalog, and a shard node actor on every node. Prints the
@@ -140,6 +151,10 @@ def up(nodes: int, data_dir: Path | None, config: Path | None) -> None:
 
     settings = load_settings(config, data_dir=data_dir)
     root = settings.data_dir / "cluster"
+    if regions is not None:  # a federation (cli/federation.py)
+        from embedstack.cli.federation import up_federation
+
+        return up_federation(settings, regions, root)
     kafka = start_kafka(root / "kafka")
     redis = start_redis(root / "redis")
     head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}

@@ -249,6 +249,13 @@ class Metrics:
             "embedstack_feedback_total", "Feedback events recorded, by kind (click, grade).",
             [*space, "kind"], registry=r,
         )  # fmt: skip
+        # federation (cluster/federation.py): payload bytes a federated API node moved between
+        # regions, by kind (ids, scores, text, metadata of hits; query; documents)
+        self.region_bytes = Counter(
+            "embedstack_region_payload_bytes",
+            "Payload bytes moved from one region to another (from == to: inside a region), "
+            "by kind.", ["from_region", "to_region", "kind"], registry=r,
+        )  # fmt: skip
 
     def forget_space(self, collection: str, space: str) -> None:
         """Drop the per-index label sets of a space whose index was dropped (retired)."""

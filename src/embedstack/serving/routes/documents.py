@@ -181,14 +181,22 @@ async def add_documents(
     check_count(len(body.documents), services.settings.max_documents_per_request, "documents")
     access.charge_texts(len(body.documents))
     space = services.collections.space(record)
+    rows = document_rows(body.documents, record, space, services.settings)
+    return await accepted(services, access, record.name, rows)
+
+
+def document_rows(
+    documents: list[DocumentIn], record: CollectionRecord, space: SpaceInfo, settings: Settings
+) -> list[DocumentRow]:
+    """The checked rows of a request's documents (an id twice in one request is refused)."""
     seen: set[str] = set()
     rows = []
-    for i, d in enumerate(body.documents):
+    for i, d in enumerate(documents):
         if d.id in seen:
             raise InvalidInput(f"document id {d.id!r} appears twice in one request")
         seen.add(d.id)
-        rows.append(_document_row(d, i, record, space, services.settings))
-    return await accepted(services, access, record.name, rows)
+        rows.append(_document_row(d, i, record, space, settings))
+    return rows
 
 
 @router.post(

@@ -1,0 +1,280 @@
+"""The HTTP API of an API node of a federated cluster (`embedstack serve --cluster ... --queue
+eu=kafka://...,us=kafka://...`): cluster mode across regions with data residency
+(cluster/federation.py).
+
+Every collection declares a residency policy at creation (`residency`: allowed regions, the
+metadata field naming a document's region, what of a hit may cross a border). Documents are
+validated against it (422 naming the allowed regions). A query names its caller's region
+(`region`, default the API node's) and optionally the regions to read (`regions`); hits from
+another region than the caller's carry only the policy's crossing kinds. A region that is down
+answers 503 naming it. GET /metrics exports embedstack_region_payload_bytes_total. Every other
+single-node route answers 501, as on a cluster API node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from embedstack.cluster.federation import FederatedCollection, FederatedRouter
+from embedstack.cluster.keys import RedisKeys
+from embedstack.config import Settings
+from embedstack.errors import InvalidInput, SpaceMismatch
+from embedstack.registry.collections import describe_config
+from embedstack.serving.app import install_error_handlers
+from embedstack.serving.cluster_app import unsupported_routes
+from embedstack.serving.cluster_auth import ClusterGate, key_routes
+from embedstack.serving.http import JSON
+from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
+from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
+from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn, Strict, Text
+from embedstack.storage.catalog import SpaceInfo
+from embedstack.storage.store import CollectionRecord
+
+
+class ResidencyIn(Strict):
+    regions: list[Text] = Field(description="regions documents may live in, e.g. ['eu', 'us']")
+    field: Text = Field("region", description="the metadata key naming a document's region")
+    crossing: list[Text] = Field(
+        default_factory=lambda: ["ids", "scores"],
+        description="what of a hit may leave its region: ids and scores always, optionally "
+        "text and metadata; never vectors",
+    )
+
+
+class FederatedCollectionCreate(CollectionCreate):
+    residency: ResidencyIn = Field(description="where the documents live and what may cross")
+
+
+class FederatedQueryIn(QueryIn):
+    region: Text | None = Field(
+        None,
+        description="the caller's region (default: the API node's; without one, every region "
+        "answers with its crossing kinds only)",
+    )
+    regions: list[Text] | None = Field(
+        None, description="read only these regions (default: every region of the collection)"
+    )
+
+
+class RegionCountsOut(BaseModel):
+    documents: int
+    vectors: int
+
+
+class FederatedCollectionOut(BaseModel):
+    name: str
+    model: str | None
+    space_id: str
+    dim: int
+    metric: str
+    chunking: dict[str, Any] | None
+    index: dict[str, Any]
+    shards: int
+    replicas: int
+    residency: dict[str, Any]
+    regions: dict[str, RegionCountsOut | None] = Field(
+        description="documents and vectors held in each region; null: region unavailable"
+    )
+
+
+class FederatedCollectionsOut(BaseModel):
+    collections: list[FederatedCollectionOut]
+
+
+class FederatedHitOut(BaseModel):
+    document_id: str
+    chunk_id: str
+    score: float
+    region: str
+    text: str | None = Field(None, description="absent when the policy keeps text in region")
+    metadata: dict[str, Any] | None = None
+
+
+class FederatedDocumentOut(BaseModel):
+    document_id: str
+    region: str
+    collection: str
+    text: str | None = Field(None, description="absent when the policy keeps text in region")
+    metadata: dict[str, Any] | None = None
+
+
+class FederatedQueryOut(BaseModel):
+    hits: list[FederatedHitOut]
+    collection: str
+    space_id: str
+    mode: str
+    caller: str
+    regions: list[str]
+    took_ms: float
+
+
+class FederationHealthOut(BaseModel):
+    status: str
+    regions: dict[str, bool]
+
+
+def _out(router: FederatedRouter, c: FederatedCollection, counts: bool) -> dict[str, Any]:
+    d = describe_config(CollectionRecord(c.name, c.config, c.space_id, c.created_at))
+    return {
+        "name": c.name, "model": c.config.model, "space_id": c.space_id, "dim": d["dim"],
+        "metric": d["metric"], "chunking": d["chunking"], "index": d["index"],
+        "shards": c.shards, "replicas": c.replicas, "residency": c.policy.to_json(),
+        "regions": router.counts(c) if counts else {},
+    }  # fmt: skip
+
+
+def _space(router: FederatedRouter, c: FederatedCollection) -> tuple[CollectionRecord, SpaceInfo]:
+    model = c.config.model
+    spec = router.models.get(model).spec if model else None
+    record = CollectionRecord(c.name, c.config, c.space_id, c.created_at)
+    return record, SpaceInfo(c.name, c.space_id, model, spec, "serving", 0.0)
+
+
+def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
+    api = APIRouter()
+
+    def health() -> dict[str, Any]:
+        regions = router.live()
+        return {"status": "ok" if all(regions.values()) else "degraded", "regions": regions}
+
+    @api.get("/healthz", response_model=FederationHealthOut)
+    async def healthz() -> Response:
+        return JSON(await asyncio.to_thread(health))
+
+    @api.get("/readyz", response_model=FederationHealthOut)
+    async def readyz() -> Response:
+        """Ready while some region is live (a lost region fails only what needs it)."""
+        body = await asyncio.to_thread(health)
+        return JSON(body, status_code=200 if any(body["regions"].values()) else 503)
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/v1/collections", status_code=201, response_model=FederatedCollectionOut)
+    async def create_collection(body: FederatedCollectionCreate) -> Response:
+        coll = await asyncio.to_thread(
+            router.create_collection,
+            body.name,
+            body.residency.model_dump(),
+            shards=settings.cluster_shards,
+            replicas=settings.cluster_replicas,
+            model=body.model,
+            dim=body.dim,
+            metric=body.metric,
+            chunking=body.chunking.model_dump() if body.chunking else None,
+            index=body.index,
+            search=body.search.model_dump(exclude_none=True) if body.search else None,
+        )
+        return JSON(await asyncio.to_thread(_out, router, coll, False), status_code=201)
+
+    @api.get("/v1/collections", response_model=FederatedCollectionsOut)
+    async def list_collections() -> Response:
+        rows = await asyncio.to_thread(router.collections)
+        return JSON({"collections": [_out(router, c, False) for c in rows]})
+
+    @api.get("/v1/collections/{name}", response_model=FederatedCollectionOut)
+    async def get_collection(name: str) -> Response:
+        coll = await asyncio.to_thread(router.get, name)
+        return JSON(await asyncio.to_thread(_out, router, coll, True))
+
+    @api.delete("/v1/collections/{name}", response_model=DeletedOut)
+    async def delete_collection(name: str) -> Response:
+        await asyncio.to_thread(router.delete_collection, name)
+        return JSON({"deleted": name})
+
+    @api.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
+    async def add_documents(name: str, body: DocumentsIn, region: str | None = None) -> Response:
+        """Each document goes to the region its residency field names (422 otherwise)."""
+        coll = await asyncio.to_thread(router.get, name)
+        check_count(len(body.documents), settings.max_documents_per_request, "documents")
+        record, space = _space(router, coll)
+        rows = document_rows(body.documents, record, space, settings)
+        router.split(coll, rows)  # every document names an allowed region, before any write
+        router.caller(region)  # a region the API node serves, before any write
+        job_id = await asyncio.to_thread(router.put_documents, coll.name, rows, region)
+        return JSON({"job_id": job_id, "documents": len(rows), "unchanged": 0}, status_code=202)
+
+    @api.get("/v1/collections/{name}/documents/{doc_id}", response_model=FederatedDocumentOut)
+    async def get_document(name: str, doc_id: str, region: str | None = None) -> Response:
+        """A stored document from its region; a caller of another region (`region`, default
+        the API node's) gets only what the policy lets cross."""
+        doc = await asyncio.to_thread(router.get_document, name, doc_id, region)
+        return JSON({**doc, "collection": name})
+
+    @api.get("/v1/jobs/{job_id}", response_model=JobOut)
+    async def get_job(job_id: str) -> Response:
+        job = await asyncio.to_thread(router.job, job_id)
+        return JSON(
+            {
+                "id": job_id, "status": job["status"], "collection": job["collection"],
+                "documents": job["documents"], "attempts": 1,
+                "result": {"regions": job["regions"]}, "error": None,
+                "created_at": job["created_at"], "updated_at": time.time(),
+            }
+        )  # fmt: skip
+
+    @api.post("/v1/collections/{name}/query", response_model=FederatedQueryOut)
+    async def query(name: str, body: FederatedQueryIn) -> Response:
+        started = time.perf_counter()
+        coll = await asyncio.to_thread(router.get, name)
+        if body.mode not in (None, "dense"):
+            raise InvalidInput(
+                f"federated queries are dense; send mode 'dense' (not {body.mode!r})"
+            )
+        if body.space_id not in (None, coll.space_id):
+            raise SpaceMismatch(
+                f"space {body.space_id} is not the space of collection {coll.name!r} "
+                f"({coll.space_id}): vectors from different spaces cannot be mixed"
+            )
+        vector = None
+        if body.vector is not None:
+            record, space = _space(router, coll)
+            claimed = body.space_id is not None
+            vector = checked_vector(body.vector, record, space, "'vector'", claimed)
+        out = await asyncio.to_thread(
+            router.query, coll.name, text=body.text, vector=vector, k=body.k, flt=body.filter,
+            group=body.group_by == "document", caller=body.region, regions=body.regions,
+        )  # fmt: skip
+        took = (time.perf_counter() - started) * 1000
+        return JSON({**out, "collection": coll.name, "space_id": coll.space_id, "mode": "dense",
+                     "took_ms": took})  # fmt: skip
+
+    return api
+
+
+def create_federation_app(
+    router: FederatedRouter, settings: Settings, keys: RedisKeys | None = None
+) -> FastAPI:
+    """The federated API node's app; `keys`: where API keys are checked (default: the
+    catalog's Redis). Every request needs a key unless settings.insecure_no_auth."""
+    app = FastAPI(
+        title="embedstack (federated cluster)",
+        version="0.1.0",
+        default_response_class=JSON,
+        description="An API node of a federated embedstack cluster: regions with data residency.",
+    )
+    errors = install_error_handlers(app)
+    keys = keys if keys is not None else router.keys()
+    served = [federation_routes(router, settings), key_routes(keys)]
+    for api in served:
+        app.include_router(api, responses=errors)
+    paths = {
+        (r.path, m)
+        for api in served
+        for r in api.routes
+        if isinstance(r, APIRoute)
+        for m in r.methods or ()
+    }
+    app.include_router(unsupported_routes(paths), responses=errors)
+    app.add_middleware(ClusterGate, keys=keys, settings=settings)
+    return app
