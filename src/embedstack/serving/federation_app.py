@@ -33,6 +33,7 @@ from embedstack.serving.app import install_error_handlers
 from embedstack.serving.cluster_app import unsupported_routes
 from embedstack.serving.cluster_auth import ClusterGate, key_routes
 from embedstack.serving.http import JSON
+from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
 from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
 from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn, Strict, Text
@@ -276,5 +277,7 @@ def create_federation_app(
         for m in r.methods or ()
     }
     app.include_router(unsupported_routes(paths), responses=errors)
-    app.add_middleware(ClusterGate, keys=keys, settings=settings)
+    s = settings
+    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    app.add_middleware(ClusterGate, keys=keys, settings=settings, limiter=limiter)
     return app
