@@ -95,7 +95,7 @@ def fed(
     head = {
         "num_cpus": 1, "resources": resources("eu", "eu0"), "include_dashboard": False,
         # a lost node is declared dead within seconds, not Ray's default half minute
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 10},
     }  # fmt: skip
     cluster = Cluster(initialize_head=True, head_node_args=head)
     nodes = {"eu0": cluster.head_node}
