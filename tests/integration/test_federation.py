@@ -95,7 +95,7 @@ def fed(
     head = {
         "num_cpus": 1, "resources": resources("eu", "eu0"), "include_dashboard": False,
         # a lost node is declared dead within seconds, not Ray's default half minute
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 10},
     }  # fmt: skip
     cluster = Cluster(initialize_head=True, head_node_args=head)
     nodes = {"eu0": cluster.head_node}
@@ -314,6 +314,12 @@ def test_get_a_document_across_regions(api: httpx.Client) -> None:
     assert set(get("shared", "eu-doc-001", "us")) == {"document_id", "region", "collection", "text"}
     missing = api.get("/v1/collections/private/documents/nope", params={"region": "eu"})
     assert missing.status_code == 404, missing.text
+    # a delete goes through the document's region's log, in that region only
+    gone = api.delete("/v1/collections/shared/documents/us-doc-002")
+    assert gone.status_code == 200, gone.text
+    lost = api.get("/v1/collections/shared/documents/us-doc-002", params={"region": "us"})
+    assert lost.status_code == 404
+    assert api.delete("/v1/collections/shared/documents/us-doc-002").status_code == 404
     counts = bytes_crossed(api)
     assert not any(kind == "metadata" for (a, b, kind) in counts if a != b)
 
@@ -463,6 +469,8 @@ def test_losing_a_region(fed: Federation, api: httpx.Client) -> None:
     resp = api.post("/v1/collections/private/documents", json={"documents": [new]})
     assert resp.status_code == 202, resp.text
     _wait("the eu job", lambda: _done(api, resp.json()["job_id"]), 120)
+    resp = api.delete("/v1/collections/private/documents/eu-doc-003")  # it might be in us too
+    assert resp.status_code == 503 and "region us unavailable" in resp.text, resp.text
     lost = {"id": "us-new", "text": "a late note", "metadata": {"region": "us"}}
     resp = api.post("/v1/collections/private/documents", json={"documents": [lost]})
     assert resp.status_code == 503 and "region us unavailable" in resp.text, resp.text

@@ -46,6 +46,7 @@ from embedstack.storage.store import DocumentRow
 from embedstack.types import CollectionConfig
 
 JOB_TTL_S = 7 * 24 * 3600
+DELETE_WAIT_S = 30.0  # a document delete answers once every replica applied it
 ADMIN_S = 180.0  # creating a collection opens a replica on each placed node of the region
 CLIENT = "client"  # a caller outside every region (an API node without one, no 'region' sent)
 
@@ -278,6 +279,21 @@ class FederatedRouter:
                 return False
             time.sleep(0.1)
         return True
+
+    def delete_document(self, name: str, document_id: str) -> list[str]:
+        """Delete a document from every region that holds it (all of the policy's regions must
+        be live: any might); returns those regions once each applied it (NotFound if none)."""
+        coll = self.get(name)
+        self._require(coll.policy.regions)
+        wait = DELETE_WAIT_S
+        deleted = [
+            r
+            for r in coll.policy.regions
+            if self._call(r, "delete_document", name, document_id, wait, timeout=wait + 10)
+        ]
+        if not deleted:
+            raise NotFound(f"document {document_id!r} does not exist in collection {name!r}")
+        return deleted
 
     # -- reads -----------------------------------------------------------------------------
     def get_document(

@@ -212,6 +212,13 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
         doc = await asyncio.to_thread(router.get_document, name, doc_id, region)
         return JSON({**doc, "collection": name})
 
+    @api.delete("/v1/collections/{name}/documents/{doc_id}", response_model=DeletedOut)
+    async def delete_document(name: str, doc_id: str) -> Response:
+        """200 once the document is gone from every replica of every region that held it;
+        503 naming a region that is down (the document might be there)."""
+        await asyncio.to_thread(router.delete_document, name, doc_id)
+        return JSON({"deleted": doc_id})
+
     @api.get("/v1/jobs/{job_id}", response_model=JobOut)
     async def get_job(job_id: str) -> Response:
         job = await asyncio.to_thread(router.job, job_id)

@@ -24,6 +24,7 @@ from embedstack.cluster.ray.node import NAMESPACE, node_resource
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.residency import strip
 from embedstack.cluster.router import ClusterRouter
+from embedstack.errors import Unavailable
 from embedstack.inference.backend import ModelRegistry
 from embedstack.storage.store import DocumentRow
 
@@ -191,6 +192,20 @@ class RegionGateway:
             return None
         doc = {"document_id": found["id"], "text": found["text"], "metadata": found["metadata"]}
         return doc if crossing is None else strip([doc], crossing)[0]
+
+    def delete_document(self, name: str, document_id: str, wait_s: float) -> bool:
+        """Delete a document through the region's log; True once every placed replica applied
+        it, False when the region does not have it (Unavailable after `wait_s` seconds)."""
+        coll = self.router.catalog.get(name)
+        if self.router.get_document(coll, document_id) is None:
+            return False
+        job = self.router.delete_document(name, document_id)
+        if not self.router.wait_job(job, wait_s):
+            raise Unavailable(
+                f"the delete of {document_id!r} is in region {self.region}'s log but not yet "
+                f"applied by every replica after {wait_s:g} s: retry to check"
+            )
+        return True
 
     def stop(self) -> None:
         self.router.stop()
