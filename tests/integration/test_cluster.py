@@ -490,7 +490,7 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     for method, path in (
         ("post", "/v1/collections/up/vectors"),
         ("get", "/v1/collections/up/stats"),
-        ("post", "/v1/keys/abc/rotate"),
+        ("post", "/v1/embeddings"),
         ("get", "/v1/audit"),
     ):
         r = c.request(method.upper(), path, json={})
@@ -597,6 +597,15 @@ def test_tenants_grants_and_rate_limits(
             assert granted.delete("/v1/collections/other").status_code == 403
             # it cannot hand out a key for every collection of the tenant
             assert granted.post("/v1/keys", json={"scopes": ["read"]}).status_code == 403
+        # rotation keeps tenant, scopes and grants; the old key stops at once (no grace)
+        prefix = made.json()["prefix"]
+        assert api_node.post(f"/v1/keys/{prefix}/rotate", json={}).status_code == 404
+        rotated = acme.post(f"/v1/keys/{prefix}/rotate", json={"grace_s": 0})
+        assert rotated.status_code == 201, rotated.text
+        assert rotated.json()["tenant"] == "acme" and rotated.json()["collections"] == ["docs"]
+        with client(made.json()["key"]) as old, client(rotated.json()["key"]) as new:
+            assert old.get("/v1/collections/docs").status_code == 401
+            assert new.get("/v1/collections/docs").status_code == 200
         # a key's own request rate: its bucket holds max(1, 0.5/s x 2 s) = 1 request (and may
         # run one request into debt, as on single node)
         slow_key = acme.post("/v1/keys", json={"scopes": ["read"], "rate_rps": 0.5}).json()["key"]

@@ -58,9 +58,16 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 assert c.post("/v1/aliases", json=alias).status_code == 200
                 via = c.post("/v1/collections/latest/query", json={"text": "open a file", "k": 5})
                 assert via.json()["hits"] == hits.json()["hits"]
+                # every query mode of a single node (hybrid is the default for text)
+                assert hits.json()["mode"] == "hybrid"
+                for mode in ("dense", "lexical"):
+                    body = {"text": "open a file", "k": 5, "mode": mode}
+                    got = c.post("/v1/collections/docs/query", json=body)
+                    assert got.status_code == 200 and got.json()["mode"] == mode, got.text
+                    assert len(got.json()["hits"]) == 5
                 # bad input is a 4xx naming the fix, as on a single node
-                bad = c.post("/v1/collections/docs/query", json={"text": "x", "mode": "hybrid"})
-                assert bad.status_code == 422 and "dense" in bad.json()["error"]["message"]
+                bad = c.post("/v1/collections/docs/query", json={"mode": "lexical"})
+                assert bad.status_code == 422 and "send 'text'" in bad.json()["error"]["message"]
                 missing = c.post("/v1/collections/nope/query", json={"text": "x"})
                 assert missing.status_code == 404
                 assert c.delete("/v1/collections/docs").json() == {"deleted": "docs"}

@@ -26,6 +26,7 @@ from embedstack.storage.keys import (
     hash_secret,
     new_secret,
     parse_key,
+    rotate,
 )
 
 
@@ -100,16 +101,22 @@ class RedisKeys:
         record = _record(entry)
         return record if record.active() else None
 
-    def revoke_key(self, prefix: str) -> KeyRecord:
+    def revoke_key(self, prefix: str, at: float | None = None) -> KeyRecord:
+        """Revoke now, or at `at` (a grace period after a rotation)."""
+        when = time.time() if at is None else at
         entry = self._entry(prefix)
         if entry is None:
             raise NotFound(f"no API key with prefix {prefix!r}")
         record = _record(entry)
-        if record.revoked_at is None:
-            record = replace(record, revoked_at=time.time())
+        if record.revoked_at is None or record.revoked_at > when:
+            record = replace(record, revoked_at=when)
             entry["record"] = asdict(record)
             self._r.hset(self._keys, prefix, orjson.dumps(entry))
         return record
+
+    def rotate_key(self, prefix: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:
+        """As single node: a new key like `prefix`, which is revoked now or after `grace_s`."""
+        return rotate(self, prefix, grace_s)
 
 
 def _record(entry: dict[str, Any]) -> KeyRecord:

@@ -41,7 +41,7 @@ from embedstack.serving.auth import (
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import KeyCreatedOut, KeyOut, KeysOut
-from embedstack.serving.routes.keys import KeyIn, covers
+from embedstack.serving.routes.keys import KeyIn, RotateIn, covers
 
 
 def scope_for(method: str, path: str) -> str:
@@ -143,13 +143,27 @@ def key_routes(keys: RedisKeys) -> APIRouter:
         tenant = (principal_of(request) or INSECURE).tenant
         return JSON({"keys": [r.public() for r in await asyncio.to_thread(keys.keys, tenant)]})
 
-    @api.delete("/v1/keys/{prefix}", response_model=KeyOut)
-    async def revoke_key(prefix: str, request: Request) -> Response:
+    async def own(request: Request, prefix: str) -> None:
+        """NotFound for another tenant's key; Forbidden for one holding more than the caller."""
         record = await asyncio.to_thread(keys.get_key, prefix)
         principal = principal_of(request) or INSECURE
         if record.tenant != principal.tenant:
             raise NotFound(f"no API key with prefix {prefix!r}")
-        covers(principal, list(record.scopes), None)
+        held = list(record.collections) if record.collections is not None else None
+        covers(principal, list(record.scopes), held)
+
+    @api.post("/v1/keys/{prefix}/rotate", status_code=201, response_model=KeyCreatedOut)
+    async def rotate_key(prefix: str, request: Request, body: RotateIn | None = None) -> Response:
+        """A new key with the same tenant, scopes, grants and limits; the old one is revoked
+        now or after `grace_s`."""
+        await own(request, prefix)
+        grace = (body or RotateIn()).grace_s
+        full, record = await asyncio.to_thread(keys.rotate_key, prefix, grace)
+        return JSON({**record.public(), "key": full}, status_code=201)
+
+    @api.delete("/v1/keys/{prefix}", response_model=KeyOut)
+    async def revoke_key(prefix: str, request: Request) -> Response:
+        await own(request, prefix)
         return JSON((await asyncio.to_thread(keys.revoke_key, prefix)).public())
 
     return api

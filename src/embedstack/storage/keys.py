@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -117,6 +117,32 @@ def check_tenant(tenant: str) -> str:
             "starting with a letter or digit"
         )
     return tenant
+
+
+class KeyBook(Protocol):
+    """Where keys live: a store (KeysMixin) or a cluster's catalog (cluster/keys.py)."""
+
+    def get_key(self, prefix: str) -> KeyRecord: ...
+
+    def create_key(
+        self, tenant: str, scopes: Sequence[str], collections: Sequence[str] | None,
+        rate_rps: float | None, rate_texts: float | None, name: str | None,
+    ) -> tuple[str, KeyRecord]: ...  # fmt: skip
+
+    def revoke_key(self, prefix: str, at: float | None = None) -> KeyRecord: ...
+
+
+def rotate(keys: KeyBook, prefix: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:
+    """A new key with the same tenant, scopes, grants and limits as key `prefix`, which is
+    revoked now or after `grace_s` seconds; NotFound when it is not active."""
+    old = keys.get_key(prefix)
+    if not old.active():
+        raise NotFound(f"API key {prefix!r} is revoked or expired: create a new key instead")
+    full, new = keys.create_key(
+        old.tenant, old.scopes, old.collections, old.rate_rps, old.rate_texts, old.name
+    )
+    keys.revoke_key(prefix, time.time() + max(0.0, grace_s))
+    return full, new
 
 
 def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
@@ -231,14 +257,7 @@ class KeysMixin:
     def rotate_key(self, prefix: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:
         """A new key with the same tenant, scopes, grants and limits; the old one is revoked
         now or after `grace_s` seconds."""
-        old = self.get_key(prefix)
-        if not old.active():
-            raise NotFound(f"API key {prefix!r} is revoked or expired: create a new key instead")
-        full, new = self.create_key(
-            old.tenant, old.scopes, old.collections, old.rate_rps, old.rate_texts, old.name
-        )
-        self.revoke_key(prefix, time.time() + max(0.0, grace_s))
-        return full, new
+        return rotate(self, prefix, grace_s)
 
     # -- audit ------------------------------------------------------------------------------
     def add_audit(

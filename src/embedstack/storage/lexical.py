@@ -121,14 +121,10 @@ class LexicalStats:
         idf = math.log((self.rows - n + 0.5) / (n + 0.5))
         return idf if idf > 0 else BM25_MIN_IDF
 
-    def length_norm(self, tokens: int) -> float:
-        """k1 (1 - b + b |D| / avgdl) for a row of `tokens` tokens."""
+    def per_token(self) -> float:
+        """k1 b / avgdl: K(|D|) = k1 (1 - b) + per_token |D|."""
         avgdl = self.tokens / self.rows if self.rows else 1.0
-        return BM25_K1 * (1 - BM25_B + BM25_B * tokens / (avgdl or 1.0))
-
-    def term(self, phrase: int, freq: float, tokens: int) -> float:
-        """bm25's term of one phrase found `freq` (column-weighted) times in a row."""
-        return self.idf(phrase) * freq * (BM25_K1 + 1) / (freq + self.length_norm(tokens))
+        return BM25_K1 * BM25_B / (avgdl or 1.0)
 
 
 def stats(conn: sqlite3.Connection, text: str) -> LexicalStats:
@@ -212,32 +208,47 @@ def _search_total(
     sql = (
         f"SELECT chunks_fts.rowid, -bm25(chunks_fts, 1.0, {TITLE_WEIGHT}), s.sz, c.document_id,"
         " c.ordinal FROM chunks_fts"
-        " JOIN chunks c ON c.id = chunks_fts.rowid JOIN chunks_fts_docsize s"
+        # CROSS JOIN keeps the phrase's matches the outer loop: SQLite would otherwise scan the
+        # collection's chunks and run the MATCH once per chunk (100x slower, measured)
+        " CROSS JOIN chunks c ON c.id = chunks_fts.rowid CROSS JOIN chunks_fts_docsize s"
         " ON s.id = chunks_fts.rowid"
     )
     where, extra = "", list[Any]()
     if flt:
         clause, extra = filter_sql(flt)
-        sql += " JOIN documents d ON d.collection = c.collection AND d.id = c.document_id"
+        sql += " CROSS JOIN documents d ON d.collection = c.collection AND d.id = c.document_id"
         where = f" AND {clause}"
     sql += f" WHERE chunks_fts MATCH ? AND c.collection = ? AND c.space_id = ?{where}"
     scores: dict[int, float] = {}
     owners: dict[int, tuple[str, int]] = {}
+    lengths: dict[int, int] = {}  # |D| of each row, decoded once
+    k1, fixed = BM25_K1 + 1, BM25_K1 * (1 - BM25_B)
+    here, there = local.per_token(), total.per_token()
     for i, phrase in enumerate(queried):
         if not local.hits[i]:
             continue
-        top = local.idf(i) * (BM25_K1 + 1)
+        top, idf = local.idf(i) * k1, total.idf(i)
         rows = conn.execute(sql, (phrase, collection, space_id, *extra))
         for rowid, score, sizes, document_id, ordinal in rows:
-            tokens = sum(varints(sizes))
-            share = min(float(score) / top, 1 - 1e-12)  # f / (f + K), in [0, 1)
+            tokens = lengths.get(rowid)
+            if tokens is None:
+                tokens = lengths[rowid] = _length(sizes)
+                owners[rowid] = (document_id, ordinal)
+            share = min(score / top, 1 - 1e-12)  # f / (f + K), in [0, 1)
             # f is a sum of column weights (whole numbers here): rounded, equal chunks score
             # exactly equal whichever store they are in
-            freq = round(share * local.length_norm(tokens) / (1 - share), 6)
-            scores[int(rowid)] = scores.get(int(rowid), 0.0) + total.term(i, freq, tokens)
-            owners[int(rowid)] = (str(document_id), int(ordinal))
+            freq = round(share * (fixed + here * tokens) / (1 - share), 6)
+            term = idf * freq * k1 / (freq + fixed + there * tokens)
+            scores[rowid] = scores.get(rowid, 0.0) + term
     ranked = sorted(scores.items(), key=lambda t: (-t[1], owners[t[0]]))[: int(k)]
     return [i for i, _ in ranked], [s for _, s in ranked]
+
+
+def _length(sizes: bytes) -> int:
+    """|D|: the tokens of a row, every column (its docsize record)."""
+    if max(sizes, default=0) < 0x80:  # every column under 128 tokens: one byte each
+        return sum(sizes)
+    return sum(varints(sizes))
 
 
 def count(conn: sqlite3.Connection, collection: str, space_id: str) -> int:
