@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,10 +22,13 @@ EMBEDSTACK = [sys.executable, "-m", "embedstack"]
 __all__ = ["EMBEDSTACK", "free_port"]
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 30.0, kill: bool = False) -> None:
-    """SIGTERM (or SIGKILL with `kill`), wait up to `grace` seconds, then SIGKILL."""
+def stop_process(
+    proc: subprocess.Popen[Any], grace: float = 30.0, kill: bool = False,
+    signum: int = signal.SIGTERM,
+) -> None:  # fmt: skip
+    """`signum` (or SIGKILL with `kill`), wait up to `grace` seconds, then SIGKILL."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        proc.send_signal(signal.SIGKILL if kill else signum)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from embedstack.testing import EMBEDSTACK
+from embedstack.testing import EMBEDSTACK, stop_process
 from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
 
 pytest.importorskip("ray")
@@ -90,9 +90,4 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
         finally:
             server.stop()
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait(timeout=10)
+        stop_process(up, grace=60, signum=signal.SIGINT)  # as Ctrl-C

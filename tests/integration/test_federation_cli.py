@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from embedstack.testing import EMBEDSTACK
+from embedstack.testing import EMBEDSTACK, stop_process
 from tests.conftest import Server, server_env, wait_job
 from tests.integration.test_cluster_cli import _serve_line
 
@@ -58,9 +58,4 @@ def test_cluster_up_regions_and_serve(tmp_path: Path) -> None:
         finally:
             server.stop()
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait(timeout=10)
+        stop_process(up, grace=60, signum=signal.SIGINT)  # as Ctrl-C

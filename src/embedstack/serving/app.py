@@ -361,7 +361,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     s = services.settings
-    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    limiter = RateLimiter.of(s)
     app.state.limiter = limiter
     app.state.history = History(services.metrics.registry, s.history_interval_s, s.history_window_s)
     errors = install_error_handlers(app)

@@ -161,14 +161,7 @@ def cluster_routes(
         coll = await asyncio.to_thread(
             router.create_collection,
             access.principal.qualify(body.name),
-            shards=settings.cluster_shards,
-            replicas=settings.cluster_replicas,
-            model=body.model,
-            dim=body.dim,
-            metric=body.metric,
-            chunking=body.chunking.model_dump() if body.chunking else None,
-            index=body.index,
-            search=body.search.model_dump(exclude_none=True) if body.search else None,
+            **creation_args(body, settings),
             lexical=body.lexical,
             lexical_fields=body.lexical_fields,
         )
@@ -389,14 +382,36 @@ def create_cluster_app(
     cluster_upgrades = ClusterUpgrades(router)
     router.on_round.append(cluster_upgrades.tick)  # auto cutovers
     keys = keys if keys is not None else router.catalog.keys()
-    s = settings
-    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
+    limiter = RateLimiter.of(settings)
     access = access_of(router.catalog, limiter)
     served = [
         cluster_routes(router, settings, access, embedder),
         upgrade_routes(cluster_upgrades, access),
         key_routes(keys),
     ]
+    return mount(app, served, errors, keys, settings, limiter)
+
+
+def creation_args(body: CollectionCreate, settings: Settings) -> dict[str, Any]:
+    """What a cluster (or a federated region) creates a collection with, from the request."""
+    return {
+        "shards": settings.cluster_shards,
+        "replicas": settings.cluster_replicas,
+        "model": body.model,
+        "dim": body.dim,
+        "metric": body.metric,
+        "chunking": body.chunking.model_dump() if body.chunking else None,
+        "index": body.index,
+        "search": body.search.model_dump(exclude_none=True) if body.search else None,
+    }
+
+
+def mount(
+    app: FastAPI, served: list[APIRouter], errors: dict[int | str, dict[str, Any]],
+    keys: RedisKeys, settings: Settings, limiter: RateLimiter,
+) -> FastAPI:  # fmt: skip
+    """Include the `served` routers, answer every other single-node route 501 (naming the
+    mode), and put the ClusterGate (keys, rate limits) in front of all of it."""
     for api in served:
         app.include_router(api, responses=errors)
     paths = {

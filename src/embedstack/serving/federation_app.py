@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import PlainTextResponse
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -30,8 +29,8 @@ from embedstack.config import Settings
 from embedstack.errors import InvalidInput, SpaceMismatch
 from embedstack.registry.collections import describe_config
 from embedstack.serving.app import install_error_handlers
-from embedstack.serving.cluster_app import unsupported_routes
-from embedstack.serving.cluster_auth import ClusterGate, key_routes
+from embedstack.serving.cluster_app import creation_args, mount
+from embedstack.serving.cluster_auth import key_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter
 from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
@@ -91,21 +90,22 @@ class FederatedCollectionsOut(BaseModel):
     collections: list[FederatedCollectionOut]
 
 
-class FederatedHitOut(BaseModel):
+class _RegionRow(BaseModel):
+    """What a region may let cross: its id, and text/metadata when the policy allows."""
+
     document_id: str
+    region: str
+    text: str | None = Field(None, description="absent when the policy keeps text in region")
+    metadata: dict[str, Any] | None = None
+
+
+class FederatedHitOut(_RegionRow):
     chunk_id: str
     score: float
-    region: str
-    text: str | None = Field(None, description="absent when the policy keeps text in region")
-    metadata: dict[str, Any] | None = None
 
 
-class FederatedDocumentOut(BaseModel):
-    document_id: str
-    region: str
+class FederatedDocumentOut(_RegionRow):
     collection: str
-    text: str | None = Field(None, description="absent when the policy keeps text in region")
-    metadata: dict[str, Any] | None = None
 
 
 class FederatedQueryOut(BaseModel):
@@ -167,14 +167,7 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
             router.create_collection,
             body.name,
             body.residency.model_dump(),
-            shards=settings.cluster_shards,
-            replicas=settings.cluster_replicas,
-            model=body.model,
-            dim=body.dim,
-            metric=body.metric,
-            chunking=body.chunking.model_dump() if body.chunking else None,
-            index=body.index,
-            search=body.search.model_dump(exclude_none=True) if body.search else None,
+            **creation_args(body, settings),
         )
         return JSON(await asyncio.to_thread(_out, router, coll, False), status_code=201)
 
@@ -274,17 +267,4 @@ def create_federation_app(
     errors = install_error_handlers(app)
     keys = keys if keys is not None else router.keys()
     served = [federation_routes(router, settings), key_routes(keys)]
-    for api in served:
-        app.include_router(api, responses=errors)
-    paths = {
-        (r.path, m)
-        for api in served
-        for r in api.routes
-        if isinstance(r, APIRoute)
-        for m in r.methods or ()
-    }
-    app.include_router(unsupported_routes(paths), responses=errors)
-    s = settings
-    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
-    app.add_middleware(ClusterGate, keys=keys, settings=settings, limiter=limiter)
-    return app
+    return mount(app, served, errors, keys, settings, RateLimiter.of(settings))

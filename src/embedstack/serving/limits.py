@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from embedstack.config import Settings
 from embedstack.errors import InvalidInput, Overloaded
 
 # a filter is {field: value} or {field: {op: value}} with $in/$nin lists: three levels at most
@@ -80,6 +81,12 @@ class RateLimiter:
         self.burst_s = burst_s
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, settings: Settings) -> RateLimiter:
+        """The limiter of a server's settings (its default rates and burst)."""
+        s = settings
+        return cls(s.rate_limit_rps, s.rate_limit_texts_per_s, s.rate_limit_burst_s)
 
     def _bucket(self, key: str, kind: str, rate: float, now: float) -> Bucket:
         found = self._buckets.get((key, kind))

@@ -11,25 +11,37 @@ from embedstack.inference.backend import ModelRegistry
 PREFIX = actor_name("")
 
 
+def detached_actor(cls: type, name: str, resource: str, *args: Any) -> Any:
+    """The detached actor `name` of class `cls` (created once, found by name after), placed on
+    a node offering `resource`, restarted whenever its process dies, up to 16 concurrent calls."""
+    import ray
+
+    return (
+        ray.remote(cls)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=16,
+            num_cpus=0,
+            resources={resource: 0.001},
+        )
+        .remote(*args)
+    )
+
+
 def start_node_actor(
     name: str, data_root: str, bootstrap: str, models_factory: Callable[[], ModelRegistry]
 ) -> Any:
     """The shard node actor of Ray node `name` (which must offer the resource es_node_NAME):
     detached, restarted whenever its process dies, up to 16 concurrent calls (searches run
     while a replica applies its log)."""
-    import ray
-
-    cls = ray.remote(ShardNode)
-    return cls.options(
-        name=actor_name(name),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_concurrency=16,
-        num_cpus=0,
-        resources={node_resource(name): 0.001},
-    ).remote(name, data_root, bootstrap, models_factory)
+    return detached_actor(
+        ShardNode, actor_name(name), node_resource(name), name, data_root, bootstrap,
+        models_factory,
+    )  # fmt: skip
 
 
 class RayNodes:

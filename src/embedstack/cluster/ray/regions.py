@@ -21,7 +21,7 @@ import numpy as np
 from embedstack.cluster.catalog import RedisCatalog
 from embedstack.cluster.log import ShardLog
 from embedstack.cluster.ray.node import NAMESPACE, node_resource
-from embedstack.cluster.ray.nodes import RayNodes
+from embedstack.cluster.ray.nodes import RayNodes, detached_actor
 from embedstack.cluster.residency import strip
 from embedstack.cluster.router import ClusterRouter
 from embedstack.errors import Unavailable
@@ -223,21 +223,9 @@ def start_gateway(
 ) -> Any:
     """The gateway actor of `region` (created once, found by name after): detached, on a node
     offering es_region_<region>, restarted on another node of the region when its node dies."""
-    import ray
-
-    cls = ray.remote(RegionGateway)
-    return cls.options(
-        name=gateway_name(region),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_concurrency=16,
-        num_cpus=0,
-        resources={region_resource(region): 0.001},
-    ).remote(
-        region, catalog_url, prefix, bootstrap, models_factory, default_model, replica_timeout,
-        period,
+    return detached_actor(
+        RegionGateway, gateway_name(region), region_resource(region), region, catalog_url,
+        prefix, bootstrap, models_factory, default_model, replica_timeout, period,
     )  # fmt: skip
 
 
