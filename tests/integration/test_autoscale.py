@@ -23,14 +23,21 @@ import httpx
 import numpy as np
 import pytest
 
+from embedstack.cluster.catalog import ClusterCollection
+from embedstack.cluster.log import LogRecord
+from embedstack.cluster.replica import ShardReplica
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, Overloaded
 from embedstack.inference.autoscale import AutoscalePolicy
 from embedstack.inference.batching.batcher import BatcherConfig
 from embedstack.inference.serve_ray import ServeBatcher, app_name, deploy, replica_states
 from embedstack.infra.local import free_port
+from embedstack.ingest.chunking import content_hash
 from embedstack.loadtest.autoscale import LoadStep
+from embedstack.registry.collections import CollectionConfigs
+from embedstack.serving.cluster_inference import ServeEmbed
 from embedstack.serving.services import build_models
+from embedstack.storage.store import DocumentRow
 from tests.conftest import Server, server_env, wait_job
 
 ray = pytest.importorskip("ray")
@@ -238,3 +245,30 @@ def test_a_server_with_inference_on_ray_serves_embeddings_and_queries(
     after = serve_app.handle.embedded.remote().result(timeout_s=30)
     # the embeddings (2), the ingested chunks (20) and the query (1) went through the replica
     assert after - before >= 23
+
+
+def test_shard_replicas_embed_their_log_through_the_deployment(
+    serve_app: ServeApp, tmp_path: Path
+) -> None:
+    """A cluster shard replica whose node was started with ServeEmbed (`cluster up
+    --inference`): the documents of its log are embedded by the deployment's bulk lane, with
+    the vectors the node's own model would give."""
+    serve_app.load.wait_for(lambda s: s.running == 1 and len(s.replicas) == 1, 60)
+    before = serve_app.handle.embedded.remote().result(timeout_s=30)
+    settings = Settings(
+        enable_test_models=True, default_model=MODEL, data_dir=tmp_path,
+        inference=serve_app.address, inference_max_replicas=MAX_REPLICAS,
+        inference_replica_cpus=0,
+    )  # fmt: skip
+    models = build_models(settings, {})
+    config, space = CollectionConfigs(models, MODEL).config_for("docs", index={"type": "exact"})
+    coll = ClusterCollection("docs", config, space, time.time(), "t", 4, 2)
+    replica = ShardReplica(tmp_path / "replica", coll, 0, models, ServeEmbed(settings)(models))
+    texts = {f"d{i}": f"shard document {i} about topic {i % 3}" for i in range(12)}
+    rows = tuple(DocumentRow(d, t, {}, content_hash(t, {})) for d, t in texts.items())
+    assert replica.apply([(0, LogRecord("put", rows).encode())]) == 1
+    after = serve_app.handle.embedded.remote().result(timeout_s=30)
+    assert after - before == len(texts)  # every chunk went through the one replica
+    local = models.get(MODEL)
+    hits = replica.search(local.embed_batch(["shard document 5"])[0], 1, None, False)
+    assert hits[0]["document_id"] == "d5"

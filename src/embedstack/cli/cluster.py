@@ -131,9 +131,16 @@ def cluster() -> None:
               "and a gateway; collections then declare a residency policy and each document's "
               "text, chunks and vectors stay on its region's nodes and broker (README: "
               "Federated regions). Ignores --nodes.")  # fmt: skip
+@click.option("--inference", is_flag=True,
+              help="Embed through autoscaled Ray Serve deployments on this cluster: the shard "
+              "replicas send documents to the bulk lane, and the printed serve command adds "
+              "--inference so API nodes send queries there too (one shared inference service "
+              "instead of a model in every node).")  # fmt: skip
 @data_dir_option
 @config_option
-def up(nodes: int, regions: str | None, data_dir: Path | None, config: Path | None) -> None:
+def up(
+    nodes: int, regions: str | None, inference: bool, data_dir: Path | None, config: Path | None
+) -> None:
     """Start a cluster on this machine, on loopback, until Ctrl-C: a Ray head plus NODES-1
     simulated nodes (ray.cluster_utils), a Kafka-protocol broker (tansu) as the shard write log,
     a Redis server as the catalog, and a shard node actor on every node. Prints the
@@ -148,6 +155,7 @@ def up(nodes: int, regions: str | None, data_dir: Path | None, config: Path | No
     from embedstack.cluster.ray.node import node_resource
     from embedstack.cluster.ray.nodes import start_node_actor
     from embedstack.infra.local import start_kafka, start_redis
+    from embedstack.serving.cluster_inference import ServeEmbed
 
     settings = load_settings(config, data_dir=data_dir)
     root = settings.data_dir / "cluster"
@@ -163,15 +171,22 @@ def up(nodes: int, regions: str | None, data_dir: Path | None, config: Path | No
         for i in range(1, nodes):
             local.add_node(num_cpus=1, resources={node_resource(f"n{i}"): 1})
         _ray_init(local.address)
+        embed = None
+        if inference:
+            settings = settings.model_copy(update={"inference": local.address})
+            embed = ServeEmbed(settings)
         for i in range(nodes):
-            start_node_actor(f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings))
+            start_node_actor(
+                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed
+            )
         router = build_router(settings, f"kafka://{kafka.address}", f"redis://{redis.address}/0")
         router.wait_for_nodes(nodes, timeout=300)
         queue, catalog = f"kafka://{kafka.address}", f"redis://{redis.address}/0"
         click.echo(f"ray: {local.address}\nqueue: {queue}\ncatalog: {catalog}")
         click.echo(  # a development cluster on loopback: no keys, like `make run`
             f"embedstack serve --cluster {local.address} --queue {queue} --catalog {catalog} "
-            "--insecure-no-auth",
+            + (f"--inference {local.address} " if inference else "")
+            + "--insecure-no-auth",
         )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

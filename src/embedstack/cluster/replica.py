@@ -32,7 +32,7 @@ from embedstack.cluster.log import LogRecord
 from embedstack.errors import NotFound, Unavailable
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
-from embedstack.ingest.pipeline import DocumentIndexer, WorkerConfig
+from embedstack.ingest.pipeline import DocumentIndexer, EmbedFn, WorkerConfig
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionService
 from embedstack.registry.hybrid import StoreCandidates
@@ -48,8 +48,11 @@ BACKFILL_BATCH = 128  # documents re-embedded per step, between two reads of the
 
 class ShardReplica:
     def __init__(
-        self, root: Path, coll: ClusterCollection, shard: int, models: ModelRegistry
-    ) -> None:
+        self, root: Path, coll: ClusterCollection, shard: int, models: ModelRegistry,
+        embed: EmbedFn | None = None,
+    ) -> None:  # fmt: skip
+        """`embed`: how texts are embedded (the shared inference service's bulk lane, when the
+        node was started with one); default: the node's own model, in a thread."""
         self.coll = coll
         self.shard = shard
         self.root = root
@@ -70,7 +73,7 @@ class ShardReplica:
         up = self._store.latest_upgrade(coll.name)
         self._backfilling = up is not None and up.state == "backfilling"  # skip the poll if not
         self._indexer = DocumentIndexer(
-            self._store, models, self._embed, metrics, WorkerConfig(embed_batch=64)
+            self._store, models, embed or self._embed, metrics, WorkerConfig(embed_batch=64)
         )
         self._stats: dict[str, Any] | None = None  # stats(), until the next change
         self._changes = 0  # bumped before and after every change: a count taken across one

@@ -3,18 +3,26 @@
 (inference/serve_ray.py, autoscaled replicas with the single-node batcher inside) embed the query
 text instead of a model in the API node's process. The API node still loads the model for its
 spec (the model/space parity check) as a single node with --inference does for its tokenizer;
-the forward passes run in the deployment. Without --inference the router embeds locally."""
+the forward passes run in the deployment. Without --inference the router embeds locally.
+
+`ServeEmbed` does the same for the write path: shard node actors started with it (`cluster up
+--inference`) embed their log's documents through the bulk lane of the same deployments, so
+queries go ahead of bulk work inside every inference replica."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from embedstack.cluster.catalog import ClusterCollection
 from embedstack.cluster.router import ClusterRouter
+from embedstack.config import Settings
+from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.batching.batcher import Batcher
+from embedstack.ingest.pipeline import EmbedFn
 
 
 class ServeQueryEmbedder:
@@ -49,3 +57,37 @@ class ServeQueryEmbedder:
     async def stop(self) -> None:
         for batcher in self._batchers.values():
             await batcher.stop()
+
+
+class ServeEmbed:
+    """An embed factory for shard node actors (ShardNode's `embed_factory`; picklable, it
+    travels to the node): given the node's models, an EmbedFn that sends texts to the bulk lane
+    of the model's Ray Serve deployment on the node's Ray cluster (deployed with `settings` on
+    first use unless it runs). Overloaded crosses back as Overloaded, which the indexer waits
+    out, so an acknowledged document is never failed for the service's limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __call__(self, models: ModelRegistry) -> EmbedFn:
+        from embedstack.serving.services import batcher_config, serve_batcher
+
+        settings = self._settings
+        batchers: dict[str, Batcher] = {}
+        lock = threading.Lock()  # replicas of the node apply their logs in their own threads
+
+        def batcher(model: str) -> Batcher:
+            with lock:
+                found = batchers.get(model)
+                if found is None:
+                    spec = models.get(model).spec
+                    found = serve_batcher(settings, model, spec, batcher_config(settings))
+                    batchers[model] = found
+                return found
+
+        async def embed(model: str, texts: Sequence[str]) -> np.ndarray:
+            b = await asyncio.to_thread(batcher, model)  # deploying blocks until a replica runs
+            vectors, _ = await b.embed_counted(list(texts), "bulk")
+            return vectors
+
+        return embed

@@ -30,6 +30,7 @@ from embedstack.cluster.log import PartitionReader
 from embedstack.cluster.replica import ShardReplica
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
+from embedstack.ingest.pipeline import EmbedFn
 from embedstack.storage.lexical import LexicalStats
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,16 @@ class ShardNode:
         data_root: str,
         bootstrap: str,
         models_factory: Callable[[], ModelRegistry],
+        embed_factory: Callable[[ModelRegistry], EmbedFn] | None = None,
     ) -> None:
+        """`embed_factory`: given the node's models, how its replicas embed texts (the shared
+        inference service, `cluster up --inference`); None: with the node's own models."""
         self.name = name
         self._root = Path(data_root) / name
         self._root.mkdir(parents=True, exist_ok=True)
         self._bootstrap = bootstrap
         self._models = models_factory()
+        self._embed = embed_factory(self._models) if embed_factory is not None else None
         self._feeds: dict[tuple[str, int], _Feed] = {}
         self._lock = threading.Lock()
         self._assigned_file = self._root / "assigned.json"
@@ -112,7 +117,7 @@ class ShardNode:
 
     def _open(self, coll: ClusterCollection, shard: int) -> None:
         root = self._dir(coll, shard)
-        replica = ShardReplica(root, coll, shard, self._models)
+        replica = ShardReplica(root, coll, shard, self._models, self._embed)
         group = f"{coll.topic}.shard-{shard}.{self.name}"
 
         def reader() -> PartitionReader:

@@ -7,6 +7,7 @@ from typing import Any
 
 from embedstack.cluster.ray.node import NAMESPACE, ShardNode, actor_name, node_resource
 from embedstack.inference.backend import ModelRegistry
+from embedstack.ingest.pipeline import EmbedFn
 
 PREFIX = actor_name("")
 
@@ -33,14 +34,15 @@ def detached_actor(cls: type, name: str, resource: str, *args: Any) -> Any:
 
 
 def start_node_actor(
-    name: str, data_root: str, bootstrap: str, models_factory: Callable[[], ModelRegistry]
-) -> Any:
+    name: str, data_root: str, bootstrap: str, models_factory: Callable[[], ModelRegistry],
+    embed_factory: Callable[[ModelRegistry], EmbedFn] | None = None,
+) -> Any:  # fmt: skip
     """The shard node actor of Ray node `name` (which must offer the resource es_node_NAME):
     detached, restarted whenever its process dies, up to 16 concurrent calls (searches run
-    while a replica applies its log)."""
+    while a replica applies its log). `embed_factory`: see ShardNode."""
     return detached_actor(
         ShardNode, actor_name(name), node_resource(name), name, data_root, bootstrap,
-        models_factory,
+        models_factory, embed_factory,
     )  # fmt: skip
 
 
