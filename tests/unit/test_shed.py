@@ -172,3 +172,21 @@ def test_overhead_learns_what_the_estimates_miss_and_forgets_it_when_stale() -> 
     assert o.seconds(11.8) == 0.0
     o.observe(0.002, now=12.0)  # and the next answer replaces the old value
     assert o.seconds(12.0) == pytest.approx(0.002)
+
+
+def test_the_gate_tells_a_searchs_cpu_cost_apart_from_its_wall_time() -> None:
+    """A search that waits (here: sleeps, as one preempted on a loaded machine would) takes wall
+    time but no CPU: the inline decision reads the CPU cost, admission the wall estimate."""
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            gate = SearchGate(pool, threads=1, max_inflight=3)
+            assert gate.cpu_cost is None
+            await gate.run(time.sleep, 0.05)
+            estimate, cost = gate.estimate(), gate.cpu_cost
+            assert estimate is not None and estimate >= 0.04
+            assert cost is not None and cost < 0.01
+            gate.observe(0.05, 0.002)
+            assert gate.cpu_cost == pytest.approx(cost + 0.1 * (0.002 - cost))
+
+    asyncio.run(main())

@@ -13,6 +13,7 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii as _json_ascii
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,9 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
 
 def content_hash(text: str, metadata: dict[str, Any]) -> str:
     """sha256 hex over a document's text and its metadata as canonical JSON."""
+    if not metadata and type(text) is str:  # bulk vectors mostly: the same JSON, built directly
+        payload = '{"metadata":{},"text":' + _json_ascii(text) + "}"
+        return hashlib.sha256(payload.encode("ascii")).hexdigest()
     try:
         payload = json.dumps(
             {"metadata": metadata, "text": text},

@@ -55,6 +55,7 @@ class SearchGate:
         self._metrics = metrics
         self._inflight = 0
         self._seconds: float | None = None  # EWMA of one search's run time
+        self._cpu: float | None = None  # EWMA of one search's CPU time (its thread's)
         self._measured = -STALE_S  # time.monotonic() of the last measured search
 
     @property
@@ -69,7 +70,16 @@ class SearchGate:
         rounds = self._inflight // self._threads + 1
         return rounds * self._seconds
 
-    def observe(self, seconds: float) -> None:
+    @property
+    def cpu_cost(self) -> float | None:
+        """CPU seconds one search takes (EWMA of its thread's time; None before any): what a
+        search costs whoever runs it, however loaded the machine, unlike `estimate`."""
+        return self._cpu
+
+    def observe(self, seconds: float, cpu: float | None = None) -> None:
+        if cpu is not None and cpu >= 0:
+            c = self._cpu
+            self._cpu = cpu if c is None else c + _EWMA * (cpu - c)
         if seconds > 0:
             s = self._seconds
             fresh = s is None or self._stale()
@@ -88,7 +98,9 @@ class SearchGate:
         submitted = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            result, seconds = await loop.run_in_executor(self._pool, _timed, fn, args, deadline)
+            result, seconds, cpu = await loop.run_in_executor(
+                self._pool, _timed, fn, args, deadline
+            )
         finally:
             self._set_inflight(-1)
         if self._metrics is not None:  # waiting for a pool thread, and the hops there and back
@@ -102,7 +114,7 @@ class SearchGate:
                 "retry, lower client concurrency or send a larger budget",
                 retry_after=self._retry_after(0.0),
             )
-        self.observe(seconds)
+        self.observe(seconds, cpu)
         return result
 
     def check(self, deadline: float | None = None) -> None:
@@ -150,9 +162,10 @@ class SearchGate:
 
 
 def _timed(fn: Callable[..., Any], args: tuple[Any, ...], deadline: float | None) -> Any:
-    """In a pool thread: (result, seconds), or (_EXPIRED, 0) when the deadline passed."""
+    """In a pool thread: (result, seconds, CPU seconds), or (_EXPIRED, 0, None) when the
+    deadline passed."""
     if deadline is not None and time.monotonic() > deadline:
-        return _EXPIRED, 0.0
-    started = time.perf_counter()
+        return _EXPIRED, 0.0, None
+    started, cpu = time.perf_counter(), time.thread_time()
     result = fn(*args)
-    return result, time.perf_counter() - started
+    return result, time.perf_counter() - started, time.thread_time() - cpu

@@ -419,7 +419,12 @@ class Store(CatalogMixin, KeysMixin):
                 if d.document_id in marked_ids:  # listed twice: its chunks are written already
                     continue
                 marked_ids.add(d.document_id)
-                title = lexical.title(orjson.loads(stored[1]), fields) if on and fields else ""
+                meta = stored[1]
+                title = (
+                    lexical.title(orjson.loads(meta), fields)
+                    if on and fields and meta != "{}"
+                    else ""
+                )
                 old = old_chunks.get(d.document_id, {})
                 for ch in d.chunks:
                     if old.pop((ch.ordinal, ch.hash), None) is not None:

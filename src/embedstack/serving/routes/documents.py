@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,10 +57,12 @@ def checked_vector(
             f"{record.name!r} holds {dim}-dim vectors ({metric})"
         )
     vec = np.asarray(values, dtype=np.float32)
-    if not np.all(np.isfinite(vec)):
+    # one pass: the sum of squares is finite iff every value is (unless it overflows)
+    square = float(np.dot(vec, vec))
+    if not math.isfinite(square) and not np.isfinite(vec).all():
         raise InvalidInput(f"{where} contains NaN or infinity: every component must be finite")
     if metric == "cosine":
-        if float(np.linalg.norm(vec)) == 0.0:
+        if square == 0.0 and not vec.any():
             raise InvalidInput(f"{where} is all zeros: a cosine vector needs a direction")
         vec = unit_rows(vec)
     return vec
@@ -80,6 +83,8 @@ def _depth(value: Any) -> int:
 
 def check_metadata(metadata: dict[str, Any], where: str, max_bytes: int, max_depth: int) -> None:
     """Metadata is parsed on every query hit: bound its nesting and its size."""
+    if not metadata:  # {}: nothing to bound (most bulk vectors)
+        return
     depth = _depth(metadata)
     if depth > max_depth:
         raise InvalidInput(

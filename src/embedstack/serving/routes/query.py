@@ -118,9 +118,23 @@ async def query_inputs(
     return await embed(text), text
 
 
+DENSE = Retrieval(mode="dense")
+
+
 def retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
     """How a query searches: its own mode, fusion, alpha and doc_scoring, else the collection's
     search settings, else the server defaults (registry/hybrid.py)."""
+    if (
+        body.vector is not None
+        and body.group_by is None
+        and body.mode is None
+        and body.fusion is None
+        and body.alpha is None
+        and body.doc_scoring is None
+    ):
+        # the hot path: a plain vector query is dense, and a dense search of chunks reads
+        # none of the fusion and scoring settings (checked when the collection was made)
+        return DENSE
     asked = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha,
              "doc_scoring": body.doc_scoring}  # fmt: skip
     cfg = record.config
@@ -189,23 +203,26 @@ async def query(
     )  # fmt: skip
 
 
-# a search measured (EWMA) at most this long runs on the event loop when no other search is
-# running or queued: a hop to the search pool and back costs more than the search itself
+# a search costing (EWMA of its CPU time) at most this much runs on the event loop when no
+# other search is running or queued: a hop to the search pool and back costs more than the
+# search itself, and on a loaded machine each hop waits for the scheduler. CPU time, not wall
+# time, decides: a search stretched by other processes is no more work, and sending it to the
+# pool for that would only add two waits for a CPU
 INLINE_SEARCH_S = 0.002
 
 
 def _inline(gate: SearchGate) -> bool:
-    estimate = gate.estimate()
-    return gate.inflight == 0 and estimate is not None and estimate <= INLINE_SEARCH_S
+    cost = gate.cpu_cost
+    return gate.inflight == 0 and cost is not None and cost <= INLINE_SEARCH_S
 
 
 def _search_inline(gate: SearchGate, args: tuple[Any, ...], deadline: float) -> list[Any]:
     """hybrid.search(*args) right here, admitted and timed by the gate like a pooled search (an
     idle gate admits any search whose deadline has not passed)."""
     gate.check(deadline if time.monotonic() >= deadline else None)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     hits = hybrid.search(*args)
-    gate.observe(time.perf_counter() - started)
+    gate.observe(time.perf_counter() - started, time.thread_time() - cpu)
     return hits
 
 
