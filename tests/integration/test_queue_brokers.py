@@ -106,10 +106,13 @@ def test_kafka_crash_redelivers_unfinished_jobs_from_the_log(
     first.ack("j0", job.lease_id, {})
     assert _committed(first, {0: 1}) == {0: 1}
     _lease(first)  # j1 leased, then the process "dies" with its state table: no close()
-    # a new process on another state table: the log redelivers every unfinished job
-    with _kafka(kafka_broker, tmp_path / "fresh.db", topic, topic) as second:
-        assert sorted(_drain(second)) == ["j1", "j2", "j3"]
-        assert _committed(second, {0: 4}) == {0: 4}
+    try:
+        # a new process on another state table: the log redelivers every unfinished job
+        with _kafka(kafka_broker, tmp_path / "fresh.db", topic, topic) as second:
+            assert sorted(_drain(second)) == ["j1", "j2", "j3"]
+            assert _committed(second, {0: 4}) == {0: 4}
+    finally:  # only now: its client would outlive the broker and log refused connections
+        first.close()
 
 
 def test_kafka_redelivered_finished_job_is_skipped_by_id(
@@ -136,6 +139,7 @@ def test_kafka_message_from_another_producer_is_leased(
         body = {"id": "foreign", "payload": {"doc": "x"}, "priority": 0}
         producer.produce(topic, key=b"foreign", value=json.dumps(body).encode(), partition=0)
         assert producer.flush(10) == 0
+        del producer  # its client threads end with it (not at the end of the session)
         assert _drain(q) == ["foreign"]
         assert q.get("foreign").payload == {"doc": "x"}
 
