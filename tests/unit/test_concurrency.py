@@ -61,7 +61,16 @@ def test_a_roomy_budget_waits_for_a_slot_and_a_tight_one_is_refused_at_once() ->
     asyncio.run(run())
 
 
-def test_limits_keep_one_per_model() -> None:
-    limits = Limits(initial=4)
+def test_limits_keep_one_per_model_and_tell_each_limit_as_it_moves() -> None:
+    told: list[tuple[str | None, int]] = []
+    limits = Limits(initial=4, on_change=lambda key, n: told.append((key, n)))
     assert limits.get("m") is limits.get("m") and limits.get(None) is not limits.get("m")
     assert limits.get("x").limit == 4
+    assert told == [("m", 4), (None, 4), ("x", 4)]  # once each, when made
+    slow = limits.get("m")
+    slow.window = 2
+    _answer(slow, 2, 0.95)  # x0.8 -> 3
+    _answer(slow, 2, 0.95)  # 3 -> 2
+    assert told[3:] == [("m", 3), ("m", 2)]
+    _answer(slow, 2, 0.95)  # at the minimum: no move, nothing told
+    assert len(told) == 5

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ROOMY = 10.0  # a budget this many typical latencies long may wait for a slot
@@ -43,6 +44,7 @@ class AdaptiveLimit:
     low: float = 0.5  # under this (and the limit bound someone): grow
     decrease: float = 0.8
     max_waiting: int = 256
+    on_change: Callable[[int], None] | None = None  # told the limit when it is set or moves
     limit: int = field(init=False)
     inflight: int = field(init=False, default=0)
     typical: float = field(init=False, default=0.0)  # EWMA of answered latency, seconds
@@ -52,6 +54,13 @@ class AdaptiveLimit:
 
     def __post_init__(self) -> None:
         self.limit = self.initial
+        if self.on_change is not None:
+            self.on_change(self.limit)
+
+    def _set(self, limit: int) -> None:
+        if limit != self.limit and self.on_change is not None:
+            self.on_change(limit)
+        self.limit = limit
 
     def acquire(self) -> bool:
         """Take a slot; False (refuse the query) when `limit` are in flight."""
@@ -112,26 +121,32 @@ class AdaptiveLimit:
         ratios = sorted(self._ratios)
         p90 = ratios[min(len(ratios) - 1, int(0.9 * len(ratios)))]
         if p90 > self.high:
-            self.limit = max(self.minimum, int(self.limit * self.decrease))
+            self._set(max(self.minimum, int(self.limit * self.decrease)))
         elif p90 < self.low and self._bound:
-            self.limit = min(self.maximum, self.limit + max(1, self.limit // 8))
+            self._set(min(self.maximum, self.limit + max(1, self.limit // 8)))
         self._ratios.clear()
         self._bound = 0
 
 
 class Limits:
-    """One AdaptiveLimit per key, made on first use with the same settings."""
+    """One AdaptiveLimit per key, made on first use with the same settings; `on_change(key,
+    limit)` is told each limit when it is made and whenever it moves (a gauge, say)."""
 
-    def __init__(self, initial: int = 16, maximum: int = 1024) -> None:
+    def __init__(
+        self, initial: int = 16, maximum: int = 1024,
+        on_change: Callable[[str | None, int], None] | None = None,
+    ) -> None:  # fmt: skip
         self._initial = initial
         self._maximum = maximum
+        self._on_change = on_change
         self._limits: dict[str | None, AdaptiveLimit] = {}
 
     def get(self, key: str | None) -> AdaptiveLimit:
         found = self._limits.get(key)
         if found is None:
-            found = self._limits[key] = AdaptiveLimit(self._initial, maximum=self._maximum)
+            tell = self._on_change
+            found = self._limits[key] = AdaptiveLimit(
+                self._initial, maximum=self._maximum,
+                on_change=None if tell is None else lambda limit: tell(key, limit),
+            )  # fmt: skip
         return found
-
-    def items(self) -> list[tuple[str | None, AdaptiveLimit]]:
-        return list(self._limits.items())

@@ -214,11 +214,12 @@ class Services:
             store, queue, models, indexes, collections,
             lambda model, texts: services.embed_bulk(model, texts), metrics,
         )  # fmt: skip
+        quality_cfg = quality_config(settings)
         feedback = FeedbackLog(
-            settings.feedback_max_queries, quality_config(settings).recall_k,
-            FeedbackStore(data / FEEDBACK) if settings.quality_feedback else None,
+            quality_cfg.feedback_max_queries, quality_cfg.recall_k,
+            FeedbackStore(data / FEEDBACK) if quality_cfg.feedback else None,
         )  # fmt: skip
-        quality = QualityObserver(store, indexes, metrics, quality_config(settings), feedback)
+        quality = QualityObserver(store, indexes, metrics, quality_cfg, feedback)
         services = cls(
             settings, metrics, store, queue, models, indexes, collections, pool, gate, upgrades,
             quality,

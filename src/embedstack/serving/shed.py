@@ -227,7 +227,8 @@ class QueryShedder:
         self.status = status
         self.body_of = body_of
         self.overhead = Overhead()
-        self.limits = Limits()
+        gauge = services.metrics.query_concurrency_limit
+        self.limits = Limits(on_change=lambda model, n: gauge.labels(model or "").set(n))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)
@@ -280,7 +281,6 @@ class QueryShedder:
             if limit is not None:
                 latency = answered[0] if answered else None
                 limit.release(latency, ask.deadline - arrived)
-                services.metrics.query_concurrency_limit.labels(ask.model or "").set(limit.limit)
 
     def _timed(
         self, send: Send, arrived: float, predicted: float | None, answered: list[float]
