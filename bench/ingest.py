@@ -98,6 +98,12 @@ def parse_args() -> argparse.Namespace:
         default=20_000.0,
         help="pipeline ceiling target in chunks/s (default 20,000)",
     )
+    p.add_argument(
+        "--hash-index",
+        default="",
+        help="index type of the hashing run's collection (default: the server's choice, HNSW); "
+        "e.g. flat, to see the pipeline's ceiling without HNSW inserts",
+    )
     p.add_argument("--skip-model", action="store_true", help="only run the hashing ceiling")
     p.add_argument("--skip-hash", action="store_true", help="only run the model comparison")
     p.add_argument(
@@ -198,8 +204,11 @@ def model_seconds(client: httpx.Client) -> float:
     return metric_sum(client, "embedstack_inference_duration_seconds_sum", "MiniLM")
 
 
-def create(client: httpx.Client, name: str, model: str) -> None:
-    post(client, "/v1/collections", {"name": name, "model": model, "chunking": CHUNKING})
+def create(client: httpx.Client, name: str, model: str, index: str = "") -> None:
+    body: dict[str, Any] = {"name": name, "model": model, "chunking": CHUNKING}
+    if index:
+        body["index"] = {"type": index}
+    post(client, "/v1/collections", body)
 
 
 def model_run(args: argparse.Namespace, workdir: Path) -> None:
@@ -269,13 +278,13 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
     base = load_docs(args.corpus, 200_000)
     env = server_env(EMBEDSTACK_ENABLE_TEST_MODELS="1", **workers(args))
     with Server(workdir / "hash", env, args.profile) as server, server.client() as client:
-        create(client, "calibrate", HASH_MODEL)
+        create(client, "calibrate", HASH_MODEL, args.hash_index)
         cal = write_path(client, "calibrate", bodies(hash_docs(base, CALIBRATION_DOCS, "c"), 1000))
         rate = cal["documents"] / cal["seconds"]
         n = min(args.hash_max_docs, max(CALIBRATION_DOCS, int(rate * args.hash_seconds * 1.2)))
         say(f"calibration: {rate:,.0f} docs/s; measuring {n:,} documents ... {load_note()}")
         payloads = bodies(hash_docs(base, n, "m"), 1000)
-        create(client, "hash", HASH_MODEL)
+        create(client, "hash", HASH_MODEL, args.hash_index)
         post_before = metric_sum(client, "embedstack_http_request_duration_seconds_sum", "POST")
         model_before = metric_sum(client, "embedstack_inference_duration_seconds_sum", HASH_MODEL)
         if args.profile is not None:

@@ -20,6 +20,7 @@ from embedstack.inference.engines.hashing import RegexTokenizer
 from embedstack.inference.engines.hf_tokenizer import HFTokenizer
 from embedstack.ingest.chunking import (
     chunk_text,
+    chunk_texts,
     content_hash,
     split_sentences,
     validate_chunking,
@@ -387,6 +388,40 @@ class OffsetsOnly:
 def test_offset_arrays_chunk_exactly_like_offsets(text: str, spec: ChunkingSpec) -> None:
     slow = OffsetsOnly()
     assert chunk_text("d", text, RegexTokenizer(), spec) == chunk_text("d", text, slow, spec)  # type: ignore[arg-type]
+
+
+ODD_SPACE = st.sampled_from([" ", "\n", "\u00a0", "\u2028", "\u200b", "\x1c", "\u3000", "\ufeff"])
+
+
+@pytest.mark.parametrize("tok", tokenizers(), ids=TOKENIZER_IDS)
+@settings(max_examples=100, deadline=None)
+@given(
+    texts=st.lists(
+        st.one_of(
+            documents(),
+            st.text(max_size=120),
+            st.tuples(ODD_SPACE, documents(), ODD_SPACE).map("".join),
+        ),
+        max_size=8,
+    ),
+    spec=specs(),
+)
+def test_batch_chunking_equals_one_document_at_a_time(
+    tok: Tokenizer, texts: list[str], spec: ChunkingSpec
+) -> None:
+    """The batch fast path (one-window documents bounded in one call) gives exactly the chunks
+    chunk_text gives, for short, long, blank and whitespace-wrapped documents alike."""
+    docs = [(f"d{i}", t) for i, t in enumerate(texts)]
+    assert chunk_texts(docs, tok, spec) == [chunk_text(i, t, tok, spec) for i, t in docs]
+
+
+def test_batch_chunking_without_span_bounds_falls_back() -> None:
+    docs = [("a", "one short text."), ("b", "   "), ("c", PARAGRAPH)]
+    spec = ChunkingSpec("tokens", 20, 4)
+    slow = OffsetsOnly()
+    expected = [chunk_text(i, t, RegexTokenizer(), spec) for i, t in docs]
+    assert chunk_texts(docs, slow, spec) == expected  # type: ignore[arg-type]
+    assert [len(c) for c in expected][:2] == [1, 0] and len(expected[2]) > 1
 
 
 # ---------------------------------------------------------------- validation and hashes

@@ -373,19 +373,60 @@ def chunk_text(
         ranges = windows(0, doc.n)
     else:
         ranges = _sentence_chunks(doc, budget, spec.overlap, windows)
-    chunks: list[Chunk] = []
-    for ordinal, (s, e, count) in enumerate(ranges):
-        start, end = doc.span(s, e)
-        piece = text[start:end]
-        chunks.append(
-            Chunk(
-                document_id=document_id,
-                ordinal=ordinal,
-                text=piece,
-                start=start,
-                end=end,
-                token_count=count,
-                hash=hashlib.sha256(piece.encode("utf-8", "surrogatepass")).hexdigest(),
-            )
-        )
-    return chunks
+    return [
+        _chunk(document_id, ordinal, text, *doc.span(s, e), count)
+        for ordinal, (s, e, count) in enumerate(ranges)
+    ]
+
+
+def _chunk(document_id: str, ordinal: int, text: str, start: int, end: int, count: int) -> Chunk:
+    piece = text[start:end]
+    return Chunk(
+        document_id=document_id,
+        ordinal=ordinal,
+        text=piece,
+        start=start,
+        end=end,
+        token_count=count,
+        hash=hashlib.sha256(piece.encode("utf-8", "surrogatepass")).hexdigest(),
+    )
+
+
+def chunk_texts(
+    docs: Sequence[tuple[str, str]], tokenizer: Tokenizer, spec: ChunkingSpec
+) -> list[list[Chunk]]:
+    """`chunk_text` of each (document_id, text): the same chunks, found in batches.
+
+    A document of at most one window (most documents of a bulk load) is one chunk, the text
+    from its first token's start to its last token's end. With a tokenizer that has
+    `span_bounds` (token count and that span of many texts in one call), such documents are
+    chunked without the per-document token arrays and window planning of `chunk_text`; the
+    rest (longer documents, texts the tokenizer cannot bound cheaply) go through `chunk_text`.
+    """
+    special = tokenizer.num_special_tokens
+    _check_shape(spec, special)
+    bounds_of = getattr(tokenizer, "span_bounds", None)
+    out: list[list[Chunk] | None] = [[] if not text.strip() else None for _, text in docs]
+    todo = [k for k, chunks in enumerate(out) if chunks is None]
+    if bounds_of is not None and todo:
+        budget = spec.size - special
+        single: list[tuple[int, int, int, int]] = []  # (doc, start, end, count or -1)
+        for k, bounds in zip(todo, bounds_of([docs[k][1] for k in todo]), strict=True):
+            if bounds is None or bounds[0] > budget:
+                continue
+            n, start, end = bounds
+            if n == 0:
+                out[k] = []
+            else:  # a span short of the whole text is counted on its own, as chunk_text does
+                whole = (start, end) == (0, len(docs[k][1]))
+                single.append((k, start, end, n + special if whole else -1))
+        uncounted = [(k, start, end) for k, start, end, count in single if count < 0]
+        counted = iter(tokenizer.count_tokens([docs[k][1][a:b] for k, a, b in uncounted]))
+        for k, start, end, count in single:
+            count = count if count >= 0 else next(counted)
+            if count <= spec.size:
+                out[k] = [_chunk(docs[k][0], 0, docs[k][1], start, end, count)]
+    return [
+        chunks if chunks is not None else chunk_text(doc_id, text, tokenizer, spec)
+        for (doc_id, text), chunks in zip(docs, out, strict=True)
+    ]

@@ -22,7 +22,7 @@ import numpy as np
 from embedstack.errors import EmbedStackError, NotFound, Overloaded
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
-from embedstack.ingest.chunking import chunk_text, chunking_for_model
+from embedstack.ingest.chunking import chunk_texts, chunking_for_model
 from embedstack.ingest.queue import Job, Queue
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.catalog import SpaceInfo
@@ -162,7 +162,7 @@ class DocumentIndexer:
         spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
         tok = embedder.tokenizer
         chunked = await asyncio.to_thread(
-            lambda: [chunk_text(d.id, d.text, tok, spec) for d in docs]
+            lambda: chunk_texts([(d.id, d.text) for d in docs], tok, spec)
         )
         hashes = [c.hash for chunks in chunked for c in chunks]
         known = await asyncio.to_thread(

@@ -105,6 +105,13 @@ class RegexTokenizer:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]
 
+    def span_bounds(self, texts: Sequence[str]) -> list[tuple[int, int, int] | None]:
+        """Per text: (tokens, first token's start, last token's end). Every character outside
+        `\\s` is in a token, so the span is the text without surrounding whitespace (`\\s` and
+        str.strip agree on what whitespace is)."""
+        findall = _TOKEN.findall
+        return [(len(findall(t)), len(t) - len(t.lstrip()), len(t.rstrip())) for t in texts]
+
     def encode_packed(self, texts: Sequence[str]) -> Packed:
         """Each text's tokens, truncated like a model's, as ids: the CRC-32 of the lowercased
         token, between two notional special tokens (id -1). The embedder hashes these ids, so a

@@ -151,6 +151,22 @@ class HFTokenizer:
         (enc,) = self._encode_batch_raw([text], add_special_tokens=False)
         return list(enc.offsets)
 
+    def span_bounds(self, texts: Sequence[str]) -> list[tuple[int, int, int] | None]:
+        """Per text: (tokens, first token's start, last token's end), clipped to the text as
+        chunking clips offsets; None for a text long enough to be encoded in pieces."""
+        out: list[tuple[int, int, int] | None] = [None] * len(texts)
+        small = [i for i, t in enumerate(texts) if len(t) <= _PIECE_THRESHOLD]
+        encs = self._encode_batch_raw([texts[i] for i in small], add_special_tokens=False)
+        for i, enc in zip(small, encs, strict=True):
+            offsets, size = enc.offsets, len(texts[i])
+            if not offsets:
+                out[i] = (0, 0, 0)
+                continue
+            start = min(max(offsets[0][0], 0), size)
+            end = min(max(max(max(a, b) for a, b in offsets), start), size)
+            out[i] = (len(offsets), start, end)
+        return out
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts including special tokens, not truncated."""
         texts = list(texts)
