@@ -7,8 +7,10 @@ an API node, then kill a node under load, then add a node."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import io
 import json
 import random
 import socket
@@ -33,7 +35,7 @@ from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
 from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
 from embedstack.serving.cluster_inference import ServeQueryEmbedder
-from embedstack.serving.responses import CollectionOut, DocumentOut, UpgradeOut
+from embedstack.serving.responses import CollectionOut, DocumentOut, EmbeddingsOut, UpgradeOut
 from embedstack.serving.services import build_models
 from embedstack.storage.store import DocumentRow
 from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
@@ -488,9 +490,7 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
 
     # single-node-only routes: a clear 501 naming cluster mode, never a 404 or a 500
     for method, path in (
-        ("post", "/v1/collections/up/vectors"),
         ("get", "/v1/collections/up/stats"),
-        ("post", "/v1/embeddings"),
         ("get", "/v1/audit"),
     ):
         r = c.request(method.upper(), path, json={})
@@ -652,10 +652,16 @@ def test_queries_embed_through_the_shared_inference_service(
                     same_hits(
                         got.json(), api_node.post("/v1/collections/docs/query", json=body).json()
                     )
+            # POST /v1/embeddings through the same deployment: the API node's own vectors
+            body = {"input": QUERIES[:2], "model": "hashing-test"}
+            served = c.post("/v1/embeddings", json=body)
+            assert served.status_code == 200, served.text
+            assert served.json() == api_node.post("/v1/embeddings", json=body).json()
         handle = serve.get_app_handle(app_name("hashing-test"))
-        assert handle.embedded.remote().result(timeout_s=30) == 6  # one replica, every query
+        assert handle.embedded.remote().result(timeout_s=30) == 8  # one replica, every text
         print(
-            f"6 queries through Ray Serve, deployment included: {time.monotonic() - started:.1f} s"
+            f"6 queries and 2 texts through Ray Serve, deployment included: "
+            f"{time.monotonic() - started:.1f} s"
         )
     finally:
         router.on_round[:] = hooks
@@ -693,6 +699,355 @@ def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Clie
         for a, b in zip(got["hits"], want["hits"], strict=True):
             assert abs(a["score"] - b["score"]) < 1e-4
     assert c.delete("/v1/collections/grow").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def single_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A real single-node server (hashing model) the cluster's answers are compared with."""
+    env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
+    server = Server(tmp_path_factory.mktemp("single-writes"), env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+def same_error(cluster: httpx.Response, single: httpx.Response) -> None:
+    """The single node's 4xx: same status, same message."""
+    assert 400 <= single.status_code < 500, (single.request.content[:300], single.text)
+    assert cluster.status_code == single.status_code, (cluster.text, single.text)
+    assert cluster.json()["error"]["message"] == single.json()["error"]["message"]
+
+
+def both(clients: tuple[httpx.Client, httpx.Client], method: str, path: str, **kw: Any) -> Any:
+    return tuple(c.request(method, path, **kw) for c in clients)
+
+
+VEC_DIM = 16
+
+
+def _vectors(n: int, seed: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((n, VEC_DIM)).astype(np.float32)
+
+
+def _npy(array: Any) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_bulk_vectors_through_the_log_equal_single_node(
+    api_node: httpx.Client, single_node: httpx.Client
+) -> None:
+    """POST vectors on an API node (JSON base64 and multipart .npy): through the log, applied by
+    every replica unembedded; the same hits as single node on the same vectors (flat index),
+    with and without a filter; a bad body gets the single node's 4xx and message."""
+    import numpy as np
+
+    pair = (api_node, single_node)
+    body = {"name": "vecs", "dim": VEC_DIM, "metric": "cosine", "index": {"type": "exact"}}
+    for r in both(pair, "POST", "/v1/collections", json=body):
+        assert r.status_code == 201, r.text
+    vecs = _vectors(200, 7)
+    ids, texts = [f"v{i}" for i in range(200)], [f"vector number {i}" for i in range(200)]
+    metas = [{"group": i % 5} for i in range(200)]
+    as_json = {"ids": ids[:100], "vectors": base64.b64encode(vecs[:100].tobytes()).decode(),
+               "texts": texts[:100], "metadata": metas[:100]}  # fmt: skip
+    meta = json.dumps({"ids": ids[100:], "texts": texts[100:], "metadata": metas[100:]})
+    files = {"vectors": ("v.npy", _npy(vecs[100:]), "application/x-npy")}
+    for c in pair:
+        for kw in ({"json": as_json}, {"files": files, "data": {"meta": meta}}):
+            r = c.post("/v1/collections/vecs/vectors", **kw)
+            assert r.status_code == 202 and r.json()["documents"] == 100, r.text
+            assert wait_job(c, r.json()["job_id"], timeout=120)["status"] == "done"
+    described = api_node.get("/v1/collections/vecs").json()
+    assert described["documents"] == described["vectors"] == described["chunks"] == 200
+    got = api_node.get("/v1/collections/vecs/documents/v150").json()
+    assert got["text"] == texts[150] and got["metadata"] == metas[150] and got["indexed"]
+    top = api_node.post("/v1/collections/vecs/query", json={"vector": vecs[3].tolist(), "k": 1})
+    assert top.json()["hits"][0]["document_id"] == "v3"
+    assert abs(top.json()["hits"][0]["score"] - 1.0) < 1e-5
+    for i, q in enumerate(_vectors(6, 8)):
+        query: dict[str, Any] = {"vector": q.tolist(), "k": 10}
+        if i % 2:
+            query["filter"] = {"group": 2}
+        got_q, want_q = both(pair, "POST", "/v1/collections/vecs/query", json=query)
+        assert got_q.status_code == want_q.status_code == 200, got_q.text
+        same_hits(got_q.json(), want_q.json())
+        assert got_q.json()["hits"]
+
+    nan = np.full((1, VEC_DIM), np.nan, np.float32)
+    b64 = lambda a: base64.b64encode(np.asarray(a, np.float32).tobytes()).decode()  # noqa: E731
+    one = {"ids": ["x"], "vectors": b64(vecs[:1])}
+    bad: list[dict[str, Any]] = [
+        {"json": {"ids": [], "vectors": ""}},
+        {"json": {"ids": ["a", "a"], "vectors": b64(vecs[:2])}},
+        {"json": {"ids": ["a"], "vectors": "not base64!"}},
+        {"json": {"ids": ["a", "b"], "vectors": b64(vecs[:1])}},
+        {"json": {**one, "texts": ["a", "b"]}},
+        {"json": {"ids": ["x"], "vectors": b64(nan)}},
+        {"json": {"ids": ["x"], "vectors": b64(np.zeros((1, VEC_DIM)))}},
+        {"json": {**one, "space_id": "sp_other"}},
+        {"json": {**one, "metadata": [functools.reduce(lambda v, _: {"k": v}, range(20), {})]}},
+        {"json": {"ids": "x", "vectors": 5}},
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        {"content": b"ids=x", "headers": {"content-type": "text/plain"}},
+        {"files": {"vectors": ("v.npy", _npy(vecs[:2]), "application/x-npy")}},
+        {"files": {"vectors": ("v.npy", b"garbage", "application/x-npy")},
+         "data": {"meta": json.dumps({"ids": ["a"]})}},
+        {"files": {"vectors": ("v.npy", _npy(vecs[:2]), "application/x-npy")},
+         "data": {"meta": json.dumps({"ids": ["a"]})}},
+        {"files": {"vectors": ("v.npy", _npy(np.ones((1, VEC_DIM), np.int32)), "x")},
+         "data": {"meta": json.dumps({"ids": ["a"]})}},
+        {"files": {"vectors": ("v.npy", _npy(vecs[:1]), "application/x-npy")},
+         "data": {"meta": "{broken"}},
+    ]  # fmt: skip
+    for kw in bad:
+        same_error(*both(pair, "POST", "/v1/collections/vecs/vectors", **kw))
+    assert api_node.post("/v1/collections/nope/vectors", json=one).status_code == 404
+
+
+def test_records_as_on_single_node(api_node: httpx.Client, single_node: httpx.Client) -> None:
+    """POST records on an API node: the template (set at creation, as on single node) makes
+    documents, rejected records are counted in the 202 and listed with the job (a request of
+    rejections only still gets a job, done at once); the same hits as single node; the
+    single node's 4xx for bad requests."""
+    pair = (api_node, single_node)
+    template = {"id": "sku", "text": ["title", "body"], "metadata": ["brand"]}
+    body = {"name": "recs", "model": "hashing-test", "index": {"type": "exact"},
+            "record": template}  # fmt: skip
+    plain = {"name": "plain", "model": "hashing-test", "index": {"type": "exact"}}
+    for b in (body, plain):
+        for r in both(pair, "POST", "/v1/collections", json=b):
+            assert r.status_code == 201, r.text
+    assert api_node.get("/v1/collections/recs").json()["record"] == template | {"separator": "\n"}
+    records: list[Any] = [
+        {"sku": f"s{i}", "title": f"product {i}", "body": _doc(i)["text"], "brand": f"b{i % 3}"}
+        for i in range(60)
+    ]
+    records += [["not", "an object"], {"title": "no id"}, {"sku": "s1", "title": "again"},
+                {"sku": "blank", "title": " ", "body": ""}]  # fmt: skip
+    answers = []
+    for c in pair:
+        r = c.post("/v1/collections/recs/records", json={"records": records})
+        assert r.status_code == 202, r.text
+        answers.append((r.json(), wait_job(c, r.json()["job_id"], timeout=120)))
+    (cluster, cluster_job), (single, single_job) = answers
+    assert (cluster["documents"], cluster["rejected"]) == (single["documents"], single["rejected"])
+    assert cluster["rejected"] == 4 and cluster_job["status"] == "done"
+    assert cluster_job["rejected"] == single_job["rejected"]
+    assert cluster_job["rejected"][0]["where"] == "records[60]"
+    only_bad = api_node.post("/v1/collections/recs/records", json={"records": [[1]]})
+    assert only_bad.status_code == 202 and only_bad.json()["documents"] == 0
+    job = wait_job(api_node, only_bad.json()["job_id"], timeout=30)
+    assert job["status"] == "done" and len(job["rejected"]) == 1  # type: ignore[arg-type]
+    assert api_node.get("/v1/collections/recs/documents/s7").json()["metadata"] == {"brand": "b1"}
+    for q in [*QUERIES[:2], "product 7"]:
+        for extra in ({"mode": "dense"}, {}):
+            got, want = both(pair, "POST", "/v1/collections/recs/query",
+                             json={"text": q, "k": 5, **extra})  # fmt: skip
+            same_hits(got.json(), want.json())
+    too_many = [{"sku": str(i)} for i in range(Settings().max_documents_per_request + 1)]
+    for path, b in (
+        ("/v1/collections/plain/records", {"records": records[:2]}),
+        ("/v1/collections/recs/records", {"records": []}),
+        ("/v1/collections/recs/records", {"records": too_many}),
+        ("/v1/collections/recs/records", {"records": "x"}),
+        ("/v1/collections/recs/records", {"items": []}),
+        ("/v1/collections/vecs/records", {"records": records[:2]}),
+    ):
+        same_error(*both(pair, "POST", path, json=b))
+    one = {"ids": ["x"], "vectors": base64.b64encode(bytes(4 * 384)).decode()}
+    same_error(*both(pair, "POST", "/v1/collections/recs/vectors", json=one))
+
+
+def test_patch_changes_settings_on_every_replica(
+    api_node: httpx.Client, single_node: httpx.Client, local_cluster: LocalCluster
+) -> None:
+    """PATCH of a collection on an API node: query defaults apply to the next query; an index
+    change is rebuilt by every replica (`rebuilding` until each has, then each serves HNSW);
+    the single node's answers and 4xx."""
+    pair = (api_node, single_node)
+    body = {"name": "tune", "model": "hashing-test", "index": {"type": "exact"}}
+    docs = [_doc(i) for i in range(80)]
+    for c in pair:
+        assert c.post("/v1/collections", json=body).status_code == 201
+        r = c.post("/v1/collections/tune/documents", json={"documents": docs})
+        assert wait_job(c, r.json()["job_id"], timeout=120)["status"] == "done"
+    got, want = both(pair, "PATCH", "/v1/collections/tune", json={"search": {"mode": "lexical"}})
+    assert got.status_code == want.status_code == 202, got.text
+    CollectionOut.model_validate(got.json())
+    assert got.json()["search"] == want.json()["search"] and got.json()["rebuilding"] is False
+    assert api_node.get("/v1/collections/tune").json()["search"]["mode"] == "lexical"
+    q = {"text": docs[3]["text"], "k": 5}
+    got, want = both(pair, "POST", "/v1/collections/tune/query", json=q)
+    assert got.json()["mode"] == "lexical"
+    same_hits(got.json(), want.json())
+
+    index = {"index": {"type": "hnsw", "M": 8}, "search": {"mode": None}}
+    got, want = both(pair, "PATCH", "/v1/collections/tune", json=index)
+    assert got.status_code == want.status_code == 202, got.text
+    assert got.json()["rebuilding"] is True
+    assert got.json()["index"] == want.json()["index"] and got.json()["index"]["type"] == "hnsw"
+    assert got.json()["search"] == want.json()["search"]
+    deadline = time.monotonic() + 60
+    while api_node.get("/v1/collections/tune").json()["rebuilding"]:
+        assert time.monotonic() < deadline, "the replicas did not rebuild in 60 s"
+        time.sleep(0.1)
+    space = got.json()["space_id"]
+    statuses = replica_statuses(local_cluster.router, "tune")
+    assert len(statuses) == SHARDS * REPLICAS
+    assert {st["stats"]["indexes"][space] for st in statuses.values()} == {"hnsw"}
+    described = api_node.get("/v1/collections/tune").json()
+    assert described["index"]["type"] == "hnsw" and described["last_rebuild_error"] is None
+    assert described["vectors"] == 80
+    time.sleep(0.5)  # the single node's rebuild runs in its background
+    for q_text in QUERIES[:3]:
+        got, want = both(pair, "POST", "/v1/collections/tune/query",
+                         json={"text": q_text, "k": 10, "mode": "dense"})  # fmt: skip
+        assert got.json()["mode"] == want.json()["mode"] == "dense"
+        assert [h["document_id"] for h in got.json()["hits"]][:3] == [
+            h["document_id"] for h in want.json()["hits"]
+        ][:3] or _ties(got.json()["hits"], want.json()["hits"])
+    for b in (
+        {},
+        {"index": {"type": "nope"}},
+        {"index": {"type": "hnsw", "M": "many"}},
+        {"index": {"type": "ivf_pq", "m": 7}},
+        {"search": {"mode": "weird"}},
+        {"search": {"alpha": 7}},
+        {"color": "red"},
+        [],
+    ):
+        same_error(*both(pair, "PATCH", "/v1/collections/tune", json=b))
+    assert api_node.patch("/v1/collections/nope", json={"search": {}}).status_code == 404
+
+
+def test_embeddings_equal_single_node(api_node: httpx.Client, single_node: httpx.Client) -> None:
+    """POST /v1/embeddings on an API node (no inference service: its own model behind the
+    single-node batcher): the single node's vectors, usage and 4xx/429; with the bundled model,
+    the vectors of stored texts find those documents in a collection the replicas embedded."""
+    import numpy as np
+
+    pair = (api_node, single_node)
+    texts = [QUERIES[0], "ünïcode text ✓", "long " * 300]
+
+    def vectors(out: dict[str, Any]) -> Any:
+        items = [d["embedding"] for d in out["data"]]
+        if isinstance(items[0], str):
+            return np.stack([np.frombuffer(base64.b64decode(s), "<f4") for s in items])
+        return np.asarray(items, np.float32)
+
+    for body in (
+        {"input": texts},
+        {"input": texts[0]},
+        {"input": texts, "encoding_format": "base64"},
+        {"input": texts[:2], "model": "hashing-test-b", "dimensions": 384},
+    ):
+        got, want = both(pair, "POST", "/v1/embeddings", json=body)
+        assert got.status_code == want.status_code == 200, got.text
+        EmbeddingsOut.model_validate(got.json())
+        assert got.json()["model"] == want.json()["model"]
+        assert got.json()["usage"] == want.json()["usage"]
+        np.testing.assert_allclose(vectors(got.json()), vectors(want.json()), atol=1e-6)
+    limit = Settings().max_inputs_per_embedding_request
+    for body in (
+        {"input": []},
+        {"input": "   "},
+        {"input": ["ok", ""]},
+        {"input": 5},
+        {"input": "x", "dimensions": 3},
+        {"input": ["a"] * (limit + 1)},
+        {"input": "x" * (Settings().max_document_chars + 1)},
+        {"input": "x", "model": "no-such-model"},
+        {"input": "x", "encoding_format": "hex"},
+    ):
+        same_error(*both(pair, "POST", "/v1/embeddings", json=body))
+    # admission: a budget the batcher cannot meet is a 429 with Retry-After, as on single node
+    hurry = {"X-Request-Budget-Ms": "0.001"}
+    got, want = both(pair, "POST", "/v1/embeddings", json={"input": texts}, headers=hurry)
+    assert got.status_code == want.status_code == 429, got.text
+    assert int(got.headers["Retry-After"]) >= 1
+
+    real = {"name": "emb-real", "model": "all-MiniLM-L6-v2", "index": {"type": "exact"}}
+    assert api_node.post("/v1/collections", json=real).status_code == 201
+    sentences = ["The cat sat on the warm mat.", "Sockets carry bytes between hosts.",
+                 "Regular expressions match patterns in text.", "A thread runs code at once."]  # fmt: skip
+    docs = [{"id": f"e{i}", "text": t} for i, t in enumerate(sentences)]
+    r = api_node.post("/v1/collections/emb-real/documents", json={"documents": docs})
+    assert wait_job(api_node, r.json()["job_id"], timeout=300)["status"] == "done"
+    body = {"input": sentences, "model": "all-MiniLM-L6-v2"}
+    out = api_node.post("/v1/embeddings", json=body).json()
+    space = api_node.get("/v1/collections/emb-real").json()["space_id"]
+    for doc, vec in zip(docs, vectors(out), strict=True):
+        query = {"vector": vec.tolist(), "space_id": space, "k": 1, "mode": "dense"}
+        top = api_node.post("/v1/collections/emb-real/query", json=query).json()["hits"][0]
+        assert top["document_id"] == doc["id"] and top["score"] > 0.999, top
+    assert api_node.delete("/v1/collections/emb-real").status_code == 200
+
+
+def test_malformed_and_huge_bodies_on_the_write_routes_are_4xx(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """An API node with a 4 KiB body limit: bodies over it (declared or chunked), broken JSON,
+    deep nesting, wrong types and content types on every route of cluster_writes.py are 4xx
+    with a message, never a 500."""
+    router = local_cluster.router
+    for body in (
+        {"name": "vecs", "dim": VEC_DIM, "metric": "cosine", "index": {"type": "exact"}},
+        {"name": "recs", "model": "hashing-test",
+         "record": {"id": "sku", "text": ["title"], "metadata": []}},
+        {"name": "tune", "model": "hashing-test"},
+    ):  # fmt: skip
+        assert api_node.post("/v1/collections", json=body).status_code in (201, 409)
+    hooks = list(router.on_round)
+    try:
+        app = create_cluster_app(router, api_settings(local_cluster, max_body_bytes=4096))
+        with (
+            serving(app) as url,
+            httpx.Client(base_url=url, timeout=60, headers=api_node.headers) as c,
+        ):
+
+            def chunked() -> Iterator[bytes]:
+                yield b'{"input": ["'
+                for _ in range(100):
+                    yield b"a" * 100
+                yield b'"]}'
+
+            js = {"content-type": "application/json"}
+            attempts: list[dict[str, Any]] = [
+                {"content": b"[" + b"1," * 4000 + b"1]", "headers": js},
+                {"content": chunked(), "headers": js},
+                {"content": b"{not json", "headers": js},
+                {"content": b"\xff\xfe\x00\x01", "headers": js},
+                {"content": b"[" * 1900 + b"]" * 1900, "headers": js},
+                {"json": []},
+                {"json": "a string"},
+                {"json": {"ids": ["a"], "vectors": "AAAA", "records": [{}], "input": [["a"]],
+                          "index": {"type": 1}, "search": {"mode": 3}}},
+                {"content": b"--x\r\nbroken", "headers": {
+                    "content-type": "multipart/form-data; boundary=x"}},
+                {"content": b"\x93NUMPY", "headers": {"content-type": "application/x-npy"}},
+            ]  # fmt: skip
+            for method, path in (
+                ("POST", "/v1/collections/vecs/vectors"),
+                ("POST", "/v1/collections/recs/records"),
+                ("PATCH", "/v1/collections/tune"),
+                ("POST", "/v1/embeddings"),
+            ):
+                for kw in attempts:
+                    r = c.request(method, path, **kw)
+                    assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+                    assert r.json()["error"]["message"]
+                r = c.request(method, path, content=b"x" * 5000, headers=js)
+                assert r.status_code == 413 and "4096-byte limit" in r.text
+    finally:
+        router.on_round[:] = hooks
 
 
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:

@@ -43,12 +43,16 @@ def test_every_single_node_route_is_served_or_refused_with_501() -> None:
         ("/v1/aliases", "GET"),
         ("/v1/keys", "POST"),
         ("/v1/collections/{name}", "GET"),
+        ("/v1/collections/{name}", "PATCH"),
+        ("/v1/collections/{name}/vectors", "POST"),
+        ("/v1/collections/{name}/records", "POST"),
+        ("/v1/embeddings", "POST"),
     }
     for path, method in served:
         summary = openapi["paths"][path][method.lower()].get("summary", "")
         assert "single node only" not in summary, (path, method)
     with TestClient(app, base_url="http://localhost") as client:
-        r = client.post("/v1/collections/x/vectors", json={})
+        r = client.get("/v1/audit")
         assert r.status_code == 501
         assert "cluster mode" in r.json()["error"]["message"]
         for path in ("/v1/collections/x/stats", "/dashboard"):
@@ -63,3 +67,7 @@ def test_a_routes_scope_is_the_one_single_node_declares() -> None:
     assert scope_for("POST", "/v1/collections") == "admin"
     assert scope_for("POST", "/v1/collections/docs/upgrade/cutover") == "admin"
     assert scope_for("GET", "/v1/keys") == "admin"
+    assert scope_for("POST", "/v1/collections/docs/vectors") == "write"
+    assert scope_for("POST", "/v1/collections/docs/records") == "write"
+    assert scope_for("PATCH", "/v1/collections/docs") == "admin"
+    assert scope_for("POST", "/v1/embeddings") == "read"

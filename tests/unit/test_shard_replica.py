@@ -183,3 +183,44 @@ def test_a_new_replica_gets_the_catalogs_spaces(
     assert replica.stats()["vectors"] == {coll.space_id: 1, new: 1}
     assert replica.spaces()["spaces"] == {coll.space_id: "previous", new: "serving"}
     replica.close()
+
+
+def test_a_config_record_rebuilds_the_index_and_survives_a_restart(
+    setup: tuple[ClusterCollection, functools.partial[ShardReplica]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PATCH of a cluster collection: a `config` record stores the new query defaults and index
+    settings and rebuilds the index (exact -> hnsw) before the position passes it; a restarted
+    replica keeps them; a rebuild that fails keeps the old index serving and is reported."""
+    coll, make = setup
+    replica = make()
+    docs = [row(f"d{i}", f"document {i} about topic {i % 7}") for i in range(40)]
+    replica.apply([(0, LogRecord("put", tuple(docs)).encode())])
+    vec = np.asarray(replica._models.get("hashing-test").embed_batch(["topic 3"])[0])
+    scores = lambda: [round(h["score"], 5) for h in replica.search(vec, 5, None, False)]  # noqa: E731
+    before = scores()
+    hnsw = {"type": "hnsw", "params": {"M": 8, "ef_construction": 100, "ef_search": 64}}
+    change = {"index": hnsw, "search": {"mode": "dense"}}
+    assert LogRecord.decode(LogRecord("config", config=change).encode()).config == change
+    assert replica.apply([(1, LogRecord("config", config=change).encode())]) == 2
+    live = replica._indexes.get("docs", coll.space_id)
+    assert live.config.type == "hnsw" and live.config.params["M"] == 8
+    assert replica.coll.config.index.type == "hnsw"
+    assert replica.coll.config.search == {"mode": "dense"}
+    assert scores() == before  # the same answers (up to the order of ties) from the new index
+    assert replica.stats()["rebuild_error"] is None
+    replica.close()
+
+    again = make()  # the actor's saved assignment still has the old settings
+    assert again.coll.config.index.type == "hnsw" and again.position == 2
+    assert again._indexes.get("docs", coll.space_id).config.type == "hnsw"
+
+    def broken(record: object) -> None:
+        raise RuntimeError("out of memory while training")
+
+    monkeypatch.setattr(again._collections, "rebuild", broken)
+    flat = {"index": {"type": "exact", "params": {}}, "search": {}}
+    assert again.apply([(2, LogRecord("config", config=flat).encode())]) == 3
+    assert "out of memory" in again.stats()["rebuild_error"]
+    assert again._indexes.get("docs", coll.space_id).config.type == "hnsw"  # still serving
+    again.close()

@@ -6,7 +6,7 @@ own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -185,15 +185,20 @@ class RedisCatalog:
             raise NotFound(f"alias {alias!r} does not exist")
 
     def put_job(
-        self, job_id: str, collection: str, topic: str, offsets: dict[int, int], documents: int
-    ) -> None:
-        value = {
+        self, job_id: str, collection: str, topic: str, offsets: dict[int, int], documents: int,
+        rejected: Sequence[dict[str, str]] = (),
+    ) -> None:  # fmt: skip
+        """`rejected`: the inputs of the submission that became no document, and why (as a
+        single-node job keeps them)."""
+        value: dict[str, Any] = {
             "collection": collection,
             "topic": topic,
             "offsets": offsets,
             "documents": documents,
             "created_at": time.time(),
         }
+        if rejected:
+            value["rejected"] = list(rejected)
         self._r.set(self._jobs + job_id, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
         self._r.expire(self._jobs + job_id, JOB_TTL_S)
 

@@ -32,18 +32,22 @@ def kafka_bootstrap(url: str) -> str:
 class LogRecord:
     """One entry of a shard's log: documents to upsert, one document id to delete, or a change
     of the collection's embedding spaces (`space`: {"action": shadow | cutover | rollback |
-    retire, "space_id", "model"}), which every replica applies in log order."""
+    retire, "space_id", "model"}), or new collection settings (`config`: {"index", "search"},
+    PATCH of a collection), which every replica applies in log order."""
 
-    op: str  # "put" | "delete" | "space"
+    op: str  # "put" | "delete" | "space" | "config"
     documents: tuple[DocumentRow, ...] = ()
     document_id: str = ""
     space: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         if self.op == "delete":
             return orjson.dumps({"op": "delete", "id": self.document_id})
         if self.op == "space":
             return orjson.dumps({"op": "space", "space": self.space})
+        if self.op == "config":
+            return orjson.dumps({"op": "config", "config": self.config})
         docs = [
             {
                 "id": d.id,
@@ -63,6 +67,8 @@ class LogRecord:
             return cls("delete", document_id=str(data["id"]))
         if data["op"] == "space":
             return cls("space", space=dict(data["space"]))
+        if data["op"] == "config":
+            return cls("config", config=dict(data["config"]))
         docs = tuple(
             DocumentRow(
                 d["id"],

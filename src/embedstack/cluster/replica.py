@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,9 @@ from embedstack.registry.upgrade import sample_texts
 from embedstack.storage.backup import sqlite_copy
 from embedstack.storage.lexical import LexicalStats
 from embedstack.storage.store import DocumentRow, Store
+from embedstack.types import CollectionConfig
+
+log = logging.getLogger(__name__)
 
 BACKFILL_BATCH = 128  # documents re-embedded per step, between two reads of the log
 
@@ -70,6 +74,8 @@ class ShardReplica:
             self._create(coll)
             record = self._store.get_collection(coll.name)
         self._collections.open(record)
+        self.coll = _with_settings(coll, record.config)  # a PATCH applied before a restart
+        self.rebuild_error: str | None = None  # the last settings change's rebuild failure
         up = self._store.latest_upgrade(coll.name)
         self._backfilling = up is not None and up.state == "backfilling"  # skip the poll if not
         self._indexer = DocumentIndexer(
@@ -133,6 +139,10 @@ class ShardReplica:
                 assert rec.space is not None
                 self._space(rec.space)
                 continue
+            if rec.op == "config":
+                assert rec.config is not None
+                self._configure(rec.config)
+                continue
             with contextlib.suppress(NotFound):
                 self._store.delete_document(self.coll.name, rec.document_id)
         self._put(list(run.values()))
@@ -155,6 +165,29 @@ class ShardReplica:
             totals = asyncio.run(self._indexer.process(payload))
             if totals.errors:
                 raise RuntimeError("; ".join(totals.errors))
+
+    def _configure(self, change: dict[str, Any]) -> None:
+        """Apply a `config` record (PATCH of the collection): new query defaults and index
+        settings stored; when the index settings changed, every space's index is rebuilt aside
+        and swapped (the single-node rebuild), here in the feed, so the record's position is
+        written only once the new indexes serve. A rebuild that fails keeps the old indexes
+        serving and is reported (`rebuild_error` in stats), as on single node; idempotent."""
+        name = self.coll.name
+        record = self._store.get_collection(name)
+        stored = {**record.config.to_json(), "index": change["index"], "search": change["search"]}
+        config = CollectionConfig.from_json(stored)
+        self.coll = _with_settings(self.coll, config)
+        if config == record.config:
+            return
+        self._store.update_collection_config(name, config)
+        if config.index == record.config.index:
+            return
+        try:
+            self._collections.rebuild(self._store.get_collection(name))
+            self.rebuild_error = None
+        except Exception as exc:
+            log.exception("index rebuild of %s/%s failed; the old index serves", name, self.shard)
+            self.rebuild_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
 
     # -- spaces (model upgrades) -----------------------------------------------------------
     def _space(self, change: dict[str, Any]) -> None:
@@ -303,11 +336,15 @@ class ShardReplica:
         if cached is not None:
             return cached
         out: dict[str, Any] = dict(self._store.collection_stats(self.coll.name))
-        vectors = {}
+        vectors, indexes = {}, {}
         for key in self._indexes.open_keys():
             if key[0] == self.coll.name:
-                vectors[key[1]] = self._indexes.get(*key).index.count()
+                live = self._indexes.get(*key)
+                vectors[key[1]] = live.index.count()
+                indexes[key[1]] = live.config.type
         out["vectors"] = vectors
+        out["indexes"] = indexes  # the index type serving each space (a PATCH rebuilds them)
+        out["rebuild_error"] = self.rebuild_error
         out["chunks_by_space"] = self._store.chunks_by_space(self.coll.name)
         if changes == self._changes:  # nothing changed while counting: keep it
             self._stats = out
@@ -329,3 +366,10 @@ class ShardReplica:
     def close(self) -> None:
         self._indexes.snapshot_all()
         self._store.close()
+
+
+def _with_settings(coll: ClusterCollection, config: CollectionConfig) -> ClusterCollection:
+    """`coll` with the index and query settings of `config` (a store's config may name another
+    model than the catalog's: only the settings a PATCH changes are taken)."""
+    settings = replace(coll.config, index=config.index, search=config.search)
+    return replace(coll, config=settings)

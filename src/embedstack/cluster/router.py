@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,16 @@ from embedstack.cluster.fused import ShardCandidates, total_stats
 from embedstack.cluster.log import LogRecord, ShardLog
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.shards import Placement, check_layout, place, shard_of
-from embedstack.errors import EmbedStackError, InvalidInput, SpaceMismatch, Unavailable
+from embedstack.errors import EmbedStackError, InvalidInput, NotFound, SpaceMismatch, Unavailable
 from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
+from embedstack.ingest.records import Rejected
+from embedstack.ingest.submit import rejection_entry
 from embedstack.registry.collections import CollectionConfigs
 from embedstack.registry.hybrid import Retrieval, check_inputs, fused_search
-from embedstack.storage.store import DocumentRow
+from embedstack.storage.catalog import SpaceInfo, UpgradeRecord
+from embedstack.storage.store import CollectionRecord, DocumentRow
+from embedstack.types import CollectionConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +126,12 @@ class ClusterRouter:
             self.log.delete_topic(coll.topic)
 
     # -- writes --------------------------------------------------------------------------------
-    def put_documents(self, name: str, rows: Sequence[DocumentRow]) -> str:
-        """Append to the log; returns the job id once the broker acknowledged every record."""
+    def put_documents(
+        self, name: str, rows: Sequence[DocumentRow], rejected: Sequence[Rejected] = ()
+    ) -> str:
+        """Append to the log; returns the job id once the broker acknowledged every record.
+        `rejected`: inputs of the same submission that became no document, kept with the job
+        (a submission of rejections only still gets its job, done at once)."""
         coll = self.catalog.resolve(name)
         by_shard: dict[int, list[DocumentRow]] = {}
         for row in rows:
@@ -133,10 +141,50 @@ class ClusterRouter:
             for shard, docs in by_shard.items()
             for i in range(0, len(docs), RECORD_DOCUMENTS)
         ]
-        offsets = self.log.append(coll.topic, records)
+        offsets = self.log.append(coll.topic, records) if records else {}
         job_id = uuid.uuid4().hex
-        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, len(rows))
+        entries = [rejection_entry(r) for r in rejected]
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, len(rows), entries)
         return job_id
+
+    def change_settings(
+        self, name: str, change: Callable[[CollectionConfig], CollectionConfig]
+    ) -> ClusterCollection:
+        """New index and query settings (PATCH of a collection): `change` (which raises to
+        refuse) makes the new config from the catalog's; the catalog takes it and a `config`
+        record goes to every shard partition in one step, so every replica applies it in log
+        order (rebuilding its indexes when the index settings changed). The record is appended
+        inside the catalog transaction, before its commit: of two concurrent changes the one
+        the catalog keeps is also the last in every partition. `settings_pending` says when
+        every replica has applied an index change."""
+        offsets: dict[int, int] = {}
+        rebuilds = [False]
+
+        def apply(
+            coll: ClusterCollection, up: UpgradeRecord | None
+        ) -> tuple[ClusterCollection, UpgradeRecord | None]:
+            config = change(coll.config)
+            body = {"index": config.to_json()["index"], "search": dict(config.search)}
+            record = LogRecord("config", config=body).encode()
+            offsets.clear()
+            appended = self.log.append(coll.topic, [(s, "", record) for s in range(coll.shards)])
+            offsets.update(appended)
+            rebuilds[0] = config.index != coll.config.index
+            return replace(coll, config=config), up
+
+        coll, _ = self.catalog.update(name, apply)
+        if rebuilds[0]:  # query defaults alone rebuild nothing: they apply at once
+            self.catalog.put_job(_settings_job(coll), coll.name, coll.topic, offsets, 0)
+        return coll
+
+    def settings_pending(self, coll: ClusterCollection) -> bool:
+        """Whether the latest index change of the collection is not yet applied by every placed
+        live replica of every shard (GET collection's `rebuilding`: its indexes are being
+        rebuilt)."""
+        try:
+            return bool(self.job(_settings_job(coll))["status"] != "done")
+        except NotFound:
+            return False
 
     def delete_document(self, name: str, document_id: str) -> str:
         coll = self.catalog.resolve(name)
@@ -225,9 +273,9 @@ class ClusterRouter:
             wanted = placement.get(shard, ())
             applied = [n for n in wanted if n in states and states[n].position > offset]
             shards[shard] = {"replicas": list(wanted), "applied": applied}
-        done = bool(shards) and all(
+        done = all(
             s["replicas"] and len(s["applied"]) == len(s["replicas"]) for s in shards.values()
-        )
+        )  # a job of rejections only wrote nothing: done
         return {
             "id": job_id,
             "status": "done" if done else "running",
@@ -235,9 +283,20 @@ class ClusterRouter:
             "documents": job["documents"],
             "created_at": job["created_at"],
             "shards": shards,
+            "rejected": job.get("rejected", []),
         }
 
     # -- reads ---------------------------------------------------------------------------------
+    def single_node_view(
+        self, coll: ClusterCollection, space_id: str | None = None
+    ) -> tuple[CollectionRecord, SpaceInfo]:
+        """The single-node view of a cluster collection and one of its spaces (default: the
+        serving one), for the input checks shared with single node."""
+        record = CollectionRecord(coll.name, coll.config, coll.space_id, coll.created_at)
+        space, model = self.space_of(coll, space_id)
+        spec = self._models.get(model).spec if model else None
+        return record, SpaceInfo(coll.name, space, model, spec, "serving", 0.0)
+
     def space_of(self, coll: ClusterCollection, space_id: str | None) -> tuple[str, str | None]:
         """(space id, model) of the serving space, or of the named shadow or previous space
         (as single node lets a query name one); SpaceMismatch for any other."""
@@ -512,6 +571,11 @@ class ClusterRouter:
 
     async def aquery(self, name: str, **kwargs: Any) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.query, name, **kwargs)
+
+
+def _settings_job(coll: ClusterCollection) -> str:
+    """The job id of a collection's latest settings change (one per collection incarnation)."""
+    return f"settings.{coll.topic}"
 
 
 def _get(ref: Any, timeout: float) -> Any:

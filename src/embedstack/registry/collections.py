@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -201,23 +202,22 @@ class CollectionService(CollectionConfigs):
     def change_index(self, name: str, index: dict[str, Any]) -> CollectionRecord:
         """Store new index settings; `rebuild` then builds and swaps the indexes."""
         record = self.resolve(name)
-        spec = _index_spec(index, record.config.index.type)
+        shapes = []
         for space in self._store.spaces(record.name):
             cfg = self.index_config(record, space)
-            _check_buildable(spec, cfg.dim, cfg.metric)
-        if is_quantized(spec.type):
-            self._check_floor(record, spec.type, spec.params)
-        self._store.update_collection_config(record.name, record.config.with_index(spec))
+            shapes.append((cfg.dim, cfg.metric))
+        config = indexed_config(record.config, index, shapes)
+        if is_quantized(config.index.type):
+            self._check_floor(record, config.index.type, config.index.params)
+        self._store.update_collection_config(record.name, config)
         return self._store.get_collection(record.name)
 
     def change_search(self, name: str, search: dict[str, Any]) -> CollectionRecord:
         """Store new query defaults (mode, fusion, alpha, doc_scoring): merged over the old ones,
         a null value removing its key; they apply to the next query."""
         record = self.resolve(name)
-        merged = {**record.config.search, **search}
-        merged = check_settings({k: v for k, v in merged.items() if v is not None})
-        require_lexical(merged.get("mode", "dense"), record.config.lexical, record.name)
-        self._store.update_collection_config(record.name, record.config.with_search(merged))
+        config = searched_config(record.config, record.name, search)
+        self._store.update_collection_config(record.name, config)
         return self._store.get_collection(record.name)
 
     def _check_floor(
@@ -357,6 +357,28 @@ class CollectionService(CollectionConfigs):
             else:
                 out[space.state] = info
         return out
+
+
+def indexed_config(
+    config: CollectionConfig, index: dict[str, Any], shapes: Sequence[tuple[int, str]]
+) -> CollectionConfig:
+    """`config` with new index settings (PATCH), checked for their family and buildable for
+    every (dim, metric) of the collection's spaces (shared by single node and cluster)."""
+    spec = _index_spec(index, config.index.type)
+    for dim, metric in shapes:
+        _check_buildable(spec, dim, metric)
+    return config.with_index(spec)
+
+
+def searched_config(
+    config: CollectionConfig, name: str, search: dict[str, Any]
+) -> CollectionConfig:
+    """`config` with new query defaults merged over the old ones, a null value removing its key
+    (shared by single node and cluster)."""
+    merged = {**config.search, **search}
+    merged = check_settings({k: v for k, v in merged.items() if v is not None})
+    require_lexical(merged.get("mode", "dense"), config.lexical, name)
+    return config.with_search(merged)
 
 
 def describe_config(record: CollectionRecord) -> dict[str, Any]:

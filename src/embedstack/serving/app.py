@@ -147,6 +147,55 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return JSON(error_body("InternalError", "internal error; see the server log"), status_code=500)
 
 
+async def refuse_declared_size(limit: int, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer 413 (True) when the request declares a body over `limit` bytes."""
+    length = dict(scope.get("headers", [])).get(b"content-length")
+    if length is None or not length.isdigit() or int(length) <= limit:
+        return False
+    body = error_body(
+        "PayloadTooLarge",
+        f"request body is {int(length)} bytes, over the {limit}-byte limit: "
+        "split it into several requests",
+    )
+    await JSON(body, status_code=413)(scope, receive, send)
+    return True
+
+
+def capped(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises PayloadTooLarge once the body read passes `limit` bytes (a body
+    sent without a length, or with a false one)."""
+    received = [0]
+
+    async def limited_receive() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            received[0] += len(message.get("body", b""))
+            if received[0] > limit:
+                raise PayloadTooLarge(
+                    f"request body is over the {limit}-byte limit: split it into several requests"
+                )
+        return message
+
+    return limited_receive
+
+
+class BodyLimit:
+    """Pure ASGI middleware: the request body cap of MetricsAndLimits alone (cluster API nodes,
+    which have no single-node Services)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if await refuse_declared_size(self.limit, scope, receive, send):
+            return
+        await self.app(scope, capped(receive, self.limit), send)
+
+
 class MetricsAndLimits:
     """Pure ASGI middleware: latency histogram per route template, and a request body cap."""
 
@@ -159,31 +208,13 @@ class MetricsAndLimits:
             await self.app(scope, receive, send)
             return
         limit = self.services.settings.max_body_bytes
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            body = error_body(
-                "PayloadTooLarge",
-                f"request body is {int(length)} bytes, over the {limit}-byte limit: "
-                "split it into several requests",
-            )
-            await JSON(body, status_code=413)(scope, receive, send)
+        if await refuse_declared_size(limit, scope, receive, send):
             return
         started = time.perf_counter()
         # latency budgets count from here (routes read request.state.arrived)
         scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = [500]
-        received = [0]
-
-        async def limited_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                received[0] += len(message.get("body", b""))
-                if received[0] > limit:
-                    raise PayloadTooLarge(
-                        f"request body is over the {limit}-byte limit: split it into several"
-                        " requests"
-                    )
-            return message
+        limited_receive = capped(receive, limit)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":

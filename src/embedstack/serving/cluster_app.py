@@ -4,7 +4,8 @@ The same request bodies, response models and error table as single node for the 
 mode serves: create / list / get / delete a collection, add documents (202 once the log has
 them), job status, delete a document, query (dense, lexical, hybrid; filter, group_by), aliases
 (set, list, delete: resolved in the shared catalog), model upgrades (start, status, cutover,
-rollback, retire). Every other single-node route answers 501 naming cluster mode, never 404.
+rollback, retire); bulk vectors, records, PATCH of a collection and /v1/embeddings
+(cluster_writes.py). Every other single-node route answers 501 naming cluster mode, never 404.
 Stateless: the catalog is in Redis, the data in the shard replicas, so any number of API nodes
 can run side by side."""
 
@@ -28,11 +29,12 @@ from embedstack.cluster.upgrades import ClusterUpgrades
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, NotSupported, Unavailable
 from embedstack.registry.collections import NAME_RE, check_name, describe_config
-from embedstack.serving.app import ROUTE_MODULES, install_error_handlers
+from embedstack.serving.app import ROUTE_MODULES, BodyLimit, install_error_handlers
 from embedstack.serving.auth import Principal
 from embedstack.serving.cluster_auth import ClusterAccess, ClusterGate, access_of, key_routes
 from embedstack.serving.cluster_inference import ServeQueryEmbedder
 from embedstack.serving.cluster_upgrades import upgrade_routes
+from embedstack.serving.cluster_writes import write_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter, check_filter
 from embedstack.serving.responses import (
@@ -81,7 +83,10 @@ def _out(router: ClusterRouter, c: ClusterCollection, caller: Principal) -> dict
     out = describe_config(CollectionRecord(c.name, c.config, c.space_id, c.created_at))
     counts = {"documents": 0, "documents_pending": 0, "chunks": 0}
     vectors: dict[str, int] = {}
+    rebuild_error = None
     for states in router.replica_states(c).values():
+        rebuild_error = next((r.stats["rebuild_error"] for r in states
+                              if r.stats.get("rebuild_error")), rebuild_error)  # fmt: skip
         if not states:
             continue
         stats = max(states, key=lambda r: r.position).stats
@@ -96,10 +101,10 @@ def _out(router: ClusterRouter, c: ClusterCollection, caller: Principal) -> dict
         model=c.model,
         vectors=vectors.get(c.space_id),
         index_memory_bytes=None,
-        rebuilding=False,
+        rebuilding=router.settings_pending(c),  # a PATCH not yet applied by every replica
         state="ready",
         error=None,
-        last_rebuild_error=None,
+        last_rebuild_error=rebuild_error,
         shards=c.shards,
         replicas=c.replicas,
         topic=c.topic,
@@ -121,10 +126,7 @@ def _record(
 ) -> tuple[CollectionRecord, SpaceInfo]:
     """The single-node view of a cluster collection and one of its spaces (default: the serving
     one), for the shared input checks."""
-    record = CollectionRecord(c.name, c.config, c.space_id, c.created_at)
-    space, model = router.space_of(c, space_id)
-    spec = router.models.get(model).spec if model else None
-    return record, SpaceInfo(c.name, space, model, spec, "serving", 0.0)
+    return router.single_node_view(c, space_id)
 
 
 def cluster_routes(
@@ -278,6 +280,7 @@ def cluster_routes(
                 "attempts": 1,
                 "result": {"shards": {str(k): v for k, v in job["shards"].items()}},
                 "error": None,
+                "rejected": job["rejected"],
                 "created_at": job["created_at"],
                 "updated_at": now,
             }
@@ -388,6 +391,7 @@ def create_cluster_app(
         cluster_routes(router, settings, access, embedder),
         upgrade_routes(cluster_upgrades, access),
         key_routes(keys),
+        write_routes(router, settings, access, _out, embedder),
     ]
     return mount(app, served, errors, keys, settings, limiter)
 
@@ -403,6 +407,7 @@ def creation_args(body: CollectionCreate, settings: Settings) -> dict[str, Any]:
         "chunking": body.chunking.model_dump() if body.chunking else None,
         "index": body.index,
         "search": body.search.model_dump(exclude_none=True) if body.search else None,
+        "template": body.record.model_dump() if body.record else None,
     }
 
 
@@ -422,5 +427,6 @@ def mount(
         for m in r.methods or ()
     }
     app.include_router(unsupported_routes(paths), responses=errors)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(ClusterGate, keys=keys, settings=settings, limiter=limiter)
     return app

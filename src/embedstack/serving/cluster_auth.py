@@ -50,7 +50,9 @@ def scope_for(method: str, path: str) -> str:
         return "admin"
     if method in ("GET", "HEAD") or (method == "POST" and path.endswith("/query")):
         return "read"
-    if "/documents" in path or path.endswith("/vectors"):
+    if method == "POST" and path == "/v1/embeddings":
+        return "read"
+    if "/documents" in path or path.endswith(("/vectors", "/records")):
         return "write"
     return "admin"
 

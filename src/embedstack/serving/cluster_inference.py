@@ -27,7 +27,8 @@ from embedstack.ingest.pipeline import EmbedFn
 
 class ServeQueryEmbedder:
     """Query vectors from a Batcher per model made by `make` (a ServeBatcher: deployed on the
-    cluster's Ray on first use, or found running and reused), query lane."""
+    cluster's Ray on first use, or found running and reused; or a local Batcher, see
+    `local_embedder`), query lane."""
 
     def __init__(self, router: ClusterRouter, make: Callable[[str], Batcher]) -> None:
         self._router = router
@@ -50,13 +51,31 @@ class ServeQueryEmbedder:
         """The query in the serving (or named) space, parity checked here, embedded by the
         space's model deployment."""
         _, model = await asyncio.to_thread(self._router.query_model, coll, space_id)
-        batcher = await self._batcher(model)
-        vectors, _ = await batcher.embed_counted([text], "query", deadline)
+        vectors, _ = await self.embed_texts(model, [text], deadline)
         return np.asarray(vectors[0], np.float32)
+
+    async def embed_texts(
+        self, model: str, texts: Sequence[str], deadline: float | None
+    ) -> tuple[np.ndarray, int]:
+        """Texts embedded by `model`'s batcher in the query lane (POST /v1/embeddings, as single
+        node embeds them): vectors and the tokens read; Overloaded (429) past its admission."""
+        batcher = await self._batcher(model)
+        return await batcher.embed_counted(list(texts), "query", deadline)
 
     async def stop(self) -> None:
         for batcher in self._batchers.values():
             await batcher.stop()
+
+
+def local_embedder(router: ClusterRouter, settings: Settings) -> ServeQueryEmbedder:
+    """An API node's own models behind the single-node Batcher (its admission: Overloaded, 429,
+    past max_pending), for an API node without the shared inference service."""
+    from embedstack.serving.services import batcher_config
+
+    def make(model: str) -> Batcher:
+        return Batcher(router.models.get(model), batcher_config(settings))
+
+    return ServeQueryEmbedder(router, make)
 
 
 class ServeEmbed:

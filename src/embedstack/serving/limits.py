@@ -1,8 +1,9 @@
 """Per-key rate limits (token buckets) and the request limits Settings did not already hold.
 
-Limits that exist elsewhere are not repeated here: body size (MetricsAndLimits in app.py),
-documents and inputs per request, text length and `k` (the routes, from Settings), vector
-dimension, NaN/inf and space (routes/documents.checked_vector), metadata size and depth (ingest).
+Limits that exist elsewhere are not repeated here: body size (MetricsAndLimits, and BodyLimit on
+cluster API nodes, in app.py), documents and inputs per request, text length and `k` (the routes,
+from Settings), vector dimension, NaN/inf and space (routes/documents.checked_vector), metadata
+size and depth (ingest).
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from embedstack.errors import InvalidInput, Overloaded
 
 # a filter is {field: value} or {field: {op: value}} with $in/$nin lists: three levels at most
 MAX_FILTER_DEPTH = 3
+
+
+def budget_seconds(s: Settings, requested_ms: float | None) -> float:
+    """A request's latency budget: its own (bounded) or the server default."""
+    if requested_ms is None:
+        return s.query_budget_ms / 1000.0
+    if not 0 < requested_ms <= s.max_query_budget_ms:
+        raise InvalidInput(
+            f"latency budget {requested_ms:g} ms is out of range: send more than 0 and at "
+            f"most {s.max_query_budget_ms:g} ms"
+        )
+    return requested_ms / 1000.0
 
 
 def check_filter(flt: dict[str, Any] | None, max_conditions: int) -> None:

@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 
 from embedstack.config import Settings
-from embedstack.errors import ConfigError, InvalidInput, Unavailable
+from embedstack.errors import ConfigError, Unavailable
 from embedstack.inference.autoscale import AutoscalePolicy
 from embedstack.inference.backend import ModelEntry, ModelRegistry
 from embedstack.inference.batching.batcher import Batcher, BatcherConfig, Lane
@@ -32,6 +32,7 @@ from embedstack.registry.collections import CollectionService
 from embedstack.registry.indexes import IndexManager
 from embedstack.registry.quality import QualityConfig, QualityObserver
 from embedstack.registry.upgrade import UpgradeService
+from embedstack.serving.limits import budget_seconds
 from embedstack.serving.search_gate import SearchGate
 from embedstack.storage.feedback import FEEDBACK, FeedbackStore
 from embedstack.storage.store import CollectionRecord, Store
@@ -278,15 +279,7 @@ class Services:
 
     def budget_seconds(self, requested_ms: float | None) -> float:
         """A request's latency budget: its own (bounded) or the server default."""
-        s = self.settings
-        if requested_ms is None:
-            return s.query_budget_ms / 1000.0
-        if not 0 < requested_ms <= s.max_query_budget_ms:
-            raise InvalidInput(
-                f"latency budget {requested_ms:g} ms is out of range: send more than 0 and at "
-                f"most {s.max_query_budget_ms:g} ms"
-            )
-        return requested_ms / 1000.0
+        return budget_seconds(self.settings, requested_ms)
 
     async def embed_bulk(self, model: str, texts: Sequence[str]) -> np.ndarray:
         return await self.embed(model, texts, "bulk")

@@ -219,21 +219,30 @@ async def add_vectors(
     metadata, space_id); stored and acknowledged like POST documents (one job), checked a
     whole array at a time."""
     record = await access.resolve(name)
-    body, data, fmt = await vector_bodies.read_vectors(request, services.settings.max_body_bytes)
+    body, data, fmt = await read_vector_upload(request, services.settings)
+    access.charge_texts(len(body.ids))
+    space = services.collections.space(record)
+    rows = await asyncio.to_thread(vector_rows, body, data, fmt, record, space, services.settings)
+    return await accepted(services, access, record.name, rows)
+
+
+async def read_vector_upload(
+    request: Request, settings: Settings
+) -> tuple[VectorsMeta, bytes, str]:
+    """A bulk vector upload's meta, undecoded vectors and their format, with the count checks
+    (shared by single node and cluster API nodes)."""
+    body, data, fmt = await vector_bodies.read_vectors(request, settings.max_body_bytes)
     n = len(body.ids)
-    check_count(n, services.settings.max_vectors_per_request, "vectors", "ids")
+    check_count(n, settings.max_vectors_per_request, "vectors", "ids")
     if len(set(body.ids)) != n:
         raise InvalidInput("'ids' repeats an id: each vector needs its own id")
     for field, values in (("texts", body.texts), ("metadata", body.metadata)):
         if values is not None and len(values) != n:
             raise InvalidInput(f"'{field}' has {len(values)} entries for {n} ids: send one per id")
-    access.charge_texts(n)
-    space = services.collections.space(record)
-    rows = await asyncio.to_thread(_vector_rows, body, data, fmt, record, space, services.settings)
-    return await accepted(services, access, record.name, rows)
+    return body, data, fmt
 
 
-def _vector_rows(
+def vector_rows(
     body: VectorsMeta, data: bytes, fmt: str, record: CollectionRecord, space: SpaceInfo,
     settings: Settings,
 ) -> list[DocumentRow]:  # fmt: skip

@@ -35,24 +35,28 @@ async def add_records(
     every rejection."""
     record = await access.resolve(name)
     check_count(len(body.records), services.settings.max_documents_per_request, "records")
-    template = _template_of(record, access.display(record.name))
-    if not services.collections.space(record).model:
-        raise InvalidInput(
-            f"collection {access.display(record.name)!r} has no model, and records become text "
-            "documents: create the collection with a model, or POST vectors"
-        )
+    has_model = bool(services.collections.space(record).model)
+    template = template_of(record, has_model, access.display(record.name))
     access.charge_texts(len(body.records))
     rows, rejected = documents_of(template, body.records, services.settings)
     return await accepted(services, access, record.name, rows, rejected)
 
 
-def _template_of(record: CollectionRecord, shown: str) -> RecordTemplate:
+def template_of(record: CollectionRecord, has_model: bool, shown: str) -> RecordTemplate:
+    """The template records of collection `record` (`shown`: its name as the caller sees it)
+    become documents by; InvalidInput naming the fix when it has none or no model (shared by
+    single node and cluster API nodes)."""
     if record.config.record is None:
         raise InvalidInput(
             f"collection {shown!r} has no record template, so records cannot become documents: "
             'create a collection with "record": {"id": FIELD, "text": [FIELDS], "metadata": '
             "[FIELDS]} (a template is fixed at creation), or POST documents "
             '({"id", "text", "metadata"}) to this one'
+        )
+    if not has_model:
+        raise InvalidInput(
+            f"collection {shown!r} has no model, and records become text documents: create the "
+            "collection with a model, or POST vectors"
         )
     return record.config.record
 
