@@ -303,11 +303,13 @@ class ShardReplica:
         if cached is not None:
             return cached
         out: dict[str, Any] = dict(self._store.collection_stats(self.coll.name))
-        vectors = {}
+        vectors, index_bytes = {}, {}
         for key in self._indexes.open_keys():
             if key[0] == self.coll.name:
-                vectors[key[1]] = self._indexes.get(*key).index.count()
+                index = self._indexes.get(*key).index
+                vectors[key[1]], index_bytes[key[1]] = index.count(), index.memory_bytes()
         out["vectors"] = vectors
+        out["index_bytes"] = index_bytes
         out["chunks_by_space"] = self._store.chunks_by_space(self.coll.name)
         if changes == self._changes:  # nothing changed while counting: keep it
             self._stats = out
