@@ -134,8 +134,25 @@ class ClusterObs:
 
     # -- gauges ---------------------------------------------------------------------------------
     def export(self) -> None:
-        """Set the gauges gathered from elsewhere: the shard replicas (their last status round,
-        the log's end offsets) and this node's drift and feedback per space."""
+        """Set the drift and feedback gauges of the spaces this node answered queries for."""
+        m = self.metrics
+        self.drift.check_generations()
+        for (topic, space), name in list(self._names.items()):
+            if self.quality.drift:
+                report = self.drift.evaluate(topic, space)
+                for signal, value in report.psi.items():
+                    m.drift_psi.labels(name, space, signal).set(value)
+                    m.drift_ks.labels(name, space, signal).set(report.ks[signal])
+                m.drift_alert.labels(name, space).set(1 if report.alert else 0)
+            if self.quality.feedback:
+                stats = self.feedback.stats(topic, space)
+                m.click_through.labels(name, space).set(stats.click_through)
+                if stats.clicked_mrr is not None:
+                    m.clicked_mrr.labels(name, space).set(stats.clicked_mrr)
+
+    def export_replicas(self) -> None:
+        """Set the gauges of the shard replicas: from their last status round, and the log's
+        end offsets for their lag (asked of the broker: on a scrape only)."""
         m = self.metrics
         rows: list[tuple[str, str, ReplicaState, int | None]] = []
         for coll in self.router.catalog.list():
@@ -162,22 +179,10 @@ class ClusterObs:
                 m.replica_position.labels(*labels).set(r.position)
                 if last is not None:
                     m.replica_lag.labels(*labels).set(max(0, last - r.position))
-        self.drift.check_generations()
-        for (topic, space), name in list(self._names.items()):
-            if self.quality.drift:
-                report = self.drift.evaluate(topic, space)
-                for signal, value in report.psi.items():
-                    m.drift_psi.labels(name, space, signal).set(value)
-                    m.drift_ks.labels(name, space, signal).set(report.ks[signal])
-                m.drift_alert.labels(name, space).set(1 if report.alert else 0)
-            if self.quality.feedback:
-                stats = self.feedback.stats(topic, space)
-                m.click_through.labels(name, space).set(stats.click_through)
-                if stats.clicked_mrr is not None:
-                    m.clicked_mrr.labels(name, space).set(stats.clicked_mrr)
 
     def scrape(self) -> bytes:
         self.export()
+        self.export_replicas()
         with self._export:
             return generate_latest(self.metrics.registry)
 
