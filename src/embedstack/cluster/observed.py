@@ -228,18 +228,25 @@ class ClusterAudit:
         return int(self._add(keys=[self._stream + tenant, self._ids],
                              args=[body, self.max_entries]))  # fmt: skip
 
-    def audit(self, tenant: str, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
-        """The tenant's entries, newest first (older than id `before` when given)."""
-        top = "+" if before is None else f"{before - 1}-1"
+    def audit(
+        self, tenant: str | None, limit: int = 100, before: int | None = None
+    ) -> list[AuditEntry]:
+        """A tenant's entries (None: every tenant's), newest first, older than id `before`
+        when given."""
         if before is not None and before <= 1:
             return []
-        rows = self._r.xrevrange(self._stream + tenant, top, "-", count=limit)
+        top = "+" if before is None else f"{before - 1}-1"
+        if tenant is not None:
+            streams = [self._stream + tenant]
+        else:
+            streams = sorted(k.decode() for k in self._r.scan_iter(match=self._stream + "*"))
         out = []
-        for entry_id, fields in rows:
-            data = orjson.loads(fields[b"e"])
-            data["id"] = int(entry_id.decode().split("-")[0])
-            out.append(AuditEntry(**data))
-        return out
+        for stream in streams:
+            for entry_id, fields in self._r.xrevrange(stream, top, "-", count=limit):
+                data = orjson.loads(fields[b"e"])
+                data["id"] = int(entry_id.decode().split("-")[0])
+                out.append(AuditEntry(**data))
+        return sorted(out, key=lambda e: -e.id)[:limit]
 
 
 @dataclass
