@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     cluster_shards: int = Field(8, ge=1, le=1024, description="virtual shards per collection")
     cluster_replicas: int = Field(2, ge=1, le=16, description="replicas of each shard")
     cluster_replica_timeout_s: float = Field(1.0, gt=0, description="per replica, per query")
+    cluster_audit_max_entries: int = Field(
+        100_000, ge=100, description="audit entries kept per tenant (a capped Redis stream)"
+    )
     # federated regions (serve --cluster --queue eu=kafka://...,us=kafka://...): this API node's
     # region (queries default to it; None: every query names its caller's region) and how long
     # it waits on a region's gateway before answering 503 naming the region

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from embedstack.cluster.catalog import RedisCatalog
 from embedstack.cluster.log import ShardLog
@@ -33,6 +34,7 @@ from embedstack.cluster.shards import moves, place, shard_of
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess
 from embedstack.ingest.chunking import content_hash
+from embedstack.serving.app import ROUTE_MODULES
 from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
 from embedstack.serving.cluster_inference import ServeQueryEmbedder
 from embedstack.serving.responses import CollectionOut, DocumentOut, EmbeddingsOut, UpgradeOut
@@ -488,13 +490,17 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     assert st["report"]["queries"] > 0
     assert c.get("/v1/collections/up").json()["model"] == "hashing-test-b"
 
-    # single-node-only routes: a clear 501 naming cluster mode, never a 404 or a 500
-    for method, path in (
-        ("get", "/v1/collections/up/stats"),
-        ("get", "/v1/audit"),
-    ):
-        r = c.request(method.upper(), path, json={})
-        assert r.status_code == 501 and "cluster mode" in r.json()["error"]["message"], r.text
+    # every single-node route is served in cluster mode: none answers the 501 of a route left
+    # out (asked about a collection, alias, job or key that does not exist, with a body of an
+    # unknown field: nothing changes)
+    names = {"name": "no-such", "doc_id": "d0", "alias": "no-such", "job_id": "no-such",
+             "prefix": "no-such"}  # fmt: skip
+    for module in ROUTE_MODULES:
+        for route in module.router.routes:
+            assert isinstance(route, APIRoute)
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                r = c.request(method, route.path.format(**names), json={"_": 0})
+                assert r.status_code != 501, (method, route.path, r.text)
     # documents by id, as on single node: read from a replica of the shard; a delete answers
     # 200 once every placed replica applied it
     got = c.get("/v1/collections/up/documents/d5").json()
@@ -1048,6 +1054,272 @@ def test_malformed_and_huge_bodies_on_the_write_routes_are_4xx(
                 assert r.status_code == 413 and "4096-byte limit" in r.text
     finally:
         router.on_round[:] = hooks
+
+
+def _samples(text: str) -> list[Any]:
+    """Every sample of a Prometheus text exposition (prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _value(samples: list[Any], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _obs_collection(c: httpx.Client) -> list[dict[str, Any]]:
+    """The collection "obs" (hashing model, exact index) with 40 one-chunk documents."""
+    docs = [_doc(i) for i in range(1000, 1040)]
+    if c.get("/v1/collections/obs").status_code == 404:
+        body = {"name": "obs", "model": "hashing-test", "index": {"type": "exact"}}
+        assert c.post("/v1/collections", json=body).status_code == 201
+        job = c.post("/v1/collections/obs/documents", json={"documents": docs}).json()["job_id"]
+        _wait_http_job(c, job)
+    return docs
+
+
+def test_metrics_stats_and_dashboard_on_an_api_node(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """/metrics parses and carries the API node's request, router and embedding metrics and
+    the replicas' gauges; stats count every shard once; the dashboard and its history serve."""
+    from embedstack.serving.responses import HistoryOut, StatsOut
+
+    c = api_node
+    docs = _obs_collection(c)
+    for d in docs[:6]:
+        r = c.post("/v1/collections/obs/query", json={"text": d["text"], "k": 3})
+        assert r.status_code == 200 and len(r.json()["query_id"]) == 32, r.text
+        assert r.json()["hits"][0]["document_id"] == d["id"]
+    text = c.get("/metrics")
+    assert text.status_code == 200, text.text
+    got = _samples(text.text)
+    query = {"route": "/v1/collections/{name}/query", "method": "POST", "status": "200"}
+    assert _value(got, "embedstack_http_request_duration_seconds_count", **query) >= 6
+    for shard in map(str, range(SHARDS)):  # every query reached every shard at least once
+        calls = _value(got, "embedstack_cluster_shard_calls_total", collection="obs", shard=shard)
+        assert calls >= 6, (shard, calls)
+    assert _value(got, "embedstack_cluster_scatter_seconds_count", collection="obs") >= 6
+    embeds = _value(got, "embedstack_cluster_query_embed_seconds_count", model="hashing-test")
+    assert embeds >= 6
+    # the replicas' gauges: every placed replica holds its shard's documents, applied all of
+    # its partition (lag 0) and indexes one vector per (one-chunk) document
+    expected = {s: 0 for s in range(SHARDS)}
+    for d in docs:
+        expected[shard_of(d["id"], SHARDS)] += 1
+    held = [s for s in got if s.name == "embedstack_cluster_replica_documents"
+            and s.labels["collection"] == "obs"]  # fmt: skip
+    assert len(held) == SHARDS * REPLICAS
+    for s in held:
+        assert s.value == expected[int(s.labels["shard"])], s
+        replica = {k: s.labels[k] for k in ("collection", "shard", "node")}
+        assert _value(got, "embedstack_cluster_replica_log_lag", **replica) == 0
+        assert _value(got, "embedstack_cluster_replica_log_position", **replica) > 0
+        assert _value(got, "embedstack_cluster_replica_vectors", **replica) == s.value
+        assert _value(got, "embedstack_cluster_replica_index_bytes", **replica) > 0
+    # stats: the single-node model, vectors summed over one replica per shard
+    stats = c.get("/v1/collections/obs/stats")
+    assert stats.status_code == 200, stats.text
+    StatsOut.model_validate(stats.json())
+    (space,) = stats.json()["spaces"]
+    assert space["active"] and space["index_type"] == "exact"
+    assert space["vectors"] == sum(expected.values()) == len(docs)
+    assert space["vectors"] == c.get("/v1/collections/obs").json()["vectors"]
+    assert space["feedback"]["queries"] >= 6 and space["drift"]["baseline_queries"] >= 6
+    # the dashboard: the single-node page (open), its history from this node's sampler
+    page = httpx.get(f"{c.base_url}/dashboard", timeout=30)
+    assert (
+        page.status_code == 200 and "connect-src 'self'" in page.headers["content-security-policy"]
+    )
+    history = c.get("/v1/metrics/history")
+    assert history.status_code == 200, history.text
+    assert HistoryOut.model_validate(history.json()).samples
+
+
+def rendered_dom(url: str, key: str, tmp_path: Path) -> str:
+    """The DOM of an API node's /dashboard after its scripts ran in headless Chromium (the
+    key in the URL fragment, as a user would pass it)."""
+    import subprocess
+
+    from embedstack.testing import CHROMIUM, ensure_binary
+
+    browser = ensure_binary(CHROMIUM, "chromium")
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'dom-profile'}", "--virtual-time-budget=3000",
+         "--dump-dom", f"{url}/dashboard#key={key}"],
+        capture_output=True, timeout=120, text=True,
+    ).stdout  # fmt: skip
+
+
+@contextlib.contextmanager
+def other_api_node(
+    local_cluster: LocalCluster, settings: Settings, headers: Any
+) -> Iterator[httpx.Client]:
+    """Another API node of the module's cluster: its own router (and metrics), app and port,
+    the same catalog; leaving the block stops it."""
+    router = ClusterRouter(
+        local_cluster.router.catalog, ShardLog(local_cluster.bootstrap), RayNodes(),
+        local_cluster.factory(), "hashing-test",
+    )  # fmt: skip
+    router.wait_for_nodes(3)
+    router.start(period=0.5)
+    try:
+        with (
+            serving(create_cluster_app(router, settings)) as url,
+            httpx.Client(base_url=url, timeout=60, headers=headers) as client,
+        ):
+            yield client
+    finally:
+        router.stop()
+
+
+def test_feedback_and_drift_baseline_are_shared_by_api_nodes(
+    local_cluster: LocalCluster, api_node: httpx.Client, tmp_path: Path
+) -> None:
+    """Feedback on a query one API node answered is taken by another, is seen by both, and
+    survives a restart of the one that took it; the drift baseline is shared: filled by the
+    queries of any node, reset by any node for every node."""
+    c = api_node
+    docs = _obs_collection(c)
+    settings = api_settings(
+        local_cluster, drift_baseline_queries=20, drift_window_queries=20, history_interval_s=0.5
+    )
+    answered = c.post("/v1/collections/obs/query", json={"text": docs[7]["text"], "k": 5}).json()
+    qid, second = answered["query_id"], answered["hits"][1]["document_id"]
+    with other_api_node(local_cluster, settings, c.headers) as b:
+        r = b.post("/v1/feedback", json={"query_id": qid, "document_id": second})
+        assert r.status_code == 200 and r.json()["rank"] == 2, r.text
+        # drift: a new shared baseline (reset on node A), filled by node B's queries
+        assert c.post("/v1/collections/obs/drift/baseline").status_code == 200
+        for d in docs[:20]:
+            body = {"text": d["text"], "mode": "dense"}
+            assert b.post("/v1/collections/obs/query", json=body).is_success
+        drift = b.get("/v1/collections/obs/stats").json()["spaces"][0]["drift"]
+        assert drift["state"] == "collecting window" and drift["baseline_queries"] == 20
+        # unlike the baseline (the corpus' own texts, top-1 score 1.0), the window's
+        # queries are words no document has: node B sees the drift
+        for i in range(20):
+            body = {"text": f"zz{i} unseen vocabulary {i * 7919}", "mode": "dense"}
+            assert b.post("/v1/collections/obs/query", json=body).is_success
+        drift = b.get("/v1/collections/obs/stats").json()["spaces"][0]["drift"]
+        assert drift["state"] == "drift" and drift["alert"], drift
+        assert drift["psi"]["top1_score"] >= 0.25
+        alert = _value(_samples(b.get("/metrics").text), "embedstack_drift_alert",
+                       collection="obs")  # fmt: skip
+        assert alert == 1
+        # the dashboard, rendered by headless Chromium: this node's history plotted in SVG
+        dom = rendered_dom(str(b.base_url), b.headers["Authorization"].split()[1], tmp_path)
+        assert "<svg" in dom and "<polyline" in dom, dom[-2000:]
+        # a reset on node A starts a new baseline for node B too
+        assert c.post("/v1/collections/obs/drift/baseline").status_code == 200
+        drift = b.get("/v1/collections/obs/stats").json()["spaces"][0]["drift"]
+        assert drift["state"] == "collecting baseline" and drift["baseline_queries"] == 0
+    # node B is gone: its feedback is in the catalog, seen by node A and by a restarted B
+    fb = c.get("/v1/collections/obs/stats").json()["spaces"][0]["feedback"]
+    assert fb["clicked"] >= 1 and fb["clicked_mrr"] is not None and fb["clicked_mrr"] <= 1.0
+    with other_api_node(local_cluster, settings, c.headers) as b:
+        assert b.get("/v1/collections/obs/stats").json()["spaces"][0]["feedback"] == fb
+        top = answered["hits"][0]["document_id"]
+        r = b.post("/v1/feedback", json={"query_id": qid, "document_id": top})
+        assert r.status_code == 200 and r.json()["rank"] == 1
+        after = b.get("/v1/collections/obs/stats").json()["spaces"][0]["feedback"]
+        assert after["clicked"] == fb["clicked"]  # the same query, clicked higher up
+        assert after["clicked_mrr"] > fb["clicked_mrr"]
+
+
+def test_audit_and_tenant_scoping_on_api_nodes(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """Key and collection writes (and refusals) are in the audit log of their tenant, newest
+    first, on every API node; another tenant sees neither those entries, nor the default
+    tenant's stats, nor its queries' feedback."""
+    from embedstack.serving.responses import AuditOut
+
+    c = api_node
+    docs = _obs_collection(c)
+    made = c.post("/v1/keys", json={"scopes": ["read"], "name": "audited"})
+    assert made.status_code == 201
+    prefix = made.json()["prefix"]
+    assert c.post("/v1/collections", json={"name": "audited", "model": "hashing-test"}).is_success
+    assert c.delete("/v1/collections/audited").status_code == 200
+    with httpx.Client(
+        base_url=str(c.base_url),
+        timeout=30,
+        headers={"Authorization": f"Bearer {made.json()['key']}"},
+    ) as reader:
+        assert reader.post("/v1/collections", json={"name": "nope"}).status_code == 403
+        assert reader.post("/v1/collections/obs/drift/baseline").status_code == 403
+    listed = c.get("/v1/audit", params={"limit": 50})
+    assert listed.status_code == 200, listed.text
+    entries = AuditOut.model_validate(listed.json()).entries
+    ids = [e.id for e in entries]
+    assert ids == sorted(ids, reverse=True)
+    actions = [(e.action, e.collection, e.status, e.key) for e in entries]
+    me = c.headers["Authorization"].split("_")[1]  # the fixture's admin key: es_<prefix>_...
+    assert ("POST /v1/keys", None, 201, me) in actions
+    assert next(e for e in entries if e.action == "POST /v1/keys").detail["key"] == prefix
+    assert ("POST /v1/collections", "audited", 201, me) in actions
+    assert ("DELETE /v1/collections/{name}", "audited", 200, me) in actions
+    assert ("POST /v1/collections", None, 403, prefix) in actions  # refused by the gate
+    assert all(e.tenant == "default" for e in entries)
+    older = c.get("/v1/audit", params={"limit": 2, "before": ids[0]}).json()["entries"]
+    assert [e["id"] for e in older] == ids[1:3]
+    # another tenant: its own entries only; the default tenant's stats and queries are unknown
+    acme_key, _ = local_cluster.router.catalog.keys().create_key(tenant="acme", scopes=["admin"])
+    qid = c.post("/v1/collections/obs/query", json={"text": docs[0]["text"]}).json()["query_id"]
+    with httpx.Client(
+        base_url=str(c.base_url), timeout=30, headers={"Authorization": f"Bearer {acme_key}"}
+    ) as acme:
+        assert acme.post("/v1/keys", json={"scopes": ["read"]}).status_code == 201
+        theirs = acme.get("/v1/audit").json()["entries"]
+        assert theirs and {e["tenant"] for e in theirs} == {"acme"}
+        assert not {e["id"] for e in theirs} & set(ids)
+        assert acme.get("/v1/collections/obs/stats").status_code == 404
+        assert acme.post("/v1/collections/obs/drift/baseline").status_code == 404
+        r = acme.post("/v1/feedback", json={"query_id": qid, "document_id": docs[0]["id"]})
+        assert r.status_code == 404, r.text
+        assert acme.get("/metrics").status_code == 403  # every tenant's names: operator only
+    assert c.post("/v1/feedback", json={"query_id": qid, "document_id": docs[0]["id"]}).is_success
+
+
+def test_malformed_feedback_and_baseline_requests_are_4xx(api_node: httpx.Client) -> None:
+    c = api_node
+    docs = _obs_collection(c)
+    answered = c.post("/v1/collections/obs/query", json={"text": docs[1]["text"]}).json()
+    qid, doc = answered["query_id"], answered["hits"][0]["document_id"]
+    bad: list[tuple[Any, int]] = [
+        ({}, 422),
+        ({"query_id": qid}, 422),
+        ({"query_id": 5, "document_id": doc}, 422),
+        ({"query_id": qid, "document_id": doc, "kind": "like"}, 422),
+        ({"query_id": qid, "document_id": doc, "kind": "grade", "grade": 7}, 422),
+        ({"query_id": qid, "document_id": doc, "extra": 1}, 422),
+        ({"query_id": qid, "document_id": doc, "kind": "grade"}, 422),  # no grade
+        ({"query_id": qid, "document_id": doc, "grade": 2}, 422),  # a click has no grade
+        ({"query_id": qid, "document_id": "not-a-hit"}, 422),
+        ({"query_id": "0" * 32, "document_id": doc}, 404),
+        ({"query_id": "x" * 100_000, "document_id": doc}, 404),
+        ([1, 2, 3], 422),
+    ]
+    for body, status in bad:
+        r = c.post("/v1/feedback", json=body)
+        assert r.status_code == status, (body if len(str(body)) < 200 else "long", r.text[:300])
+        assert "error" in r.json()
+    r = c.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    for name, status in (("missing", 404), ("default:obs", 404), ("a" * 300, 404)):
+        r = c.post(f"/v1/collections/{name}/drift/baseline")
+        assert r.status_code == status, (name, r.text)
+    r = c.post("/v1/collections/obs/drift/baseline", content=b"\x00garbage")
+    assert r.status_code == 200  # the route takes no body (as on single node): it is ignored
+    graded = {"query_id": qid, "document_id": doc, "kind": "grade", "grade": 0}
+    assert c.post("/v1/feedback", json=graded).json()["recorded"] == "grade"
 
 
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:

@@ -3,6 +3,7 @@ local cluster, started by the CLI as a user would (real processes, loopback)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -87,6 +88,16 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 env=env, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             assert prefix in listed.stdout, listed.stdout + listed.stderr
+            # and its audit log: the API node's writes and the CLI's own key creation
+            audit = subprocess.run(
+                [*EMBEDSTACK, "keys", "audit", "--catalog", catalog, "--limit", "1000"],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            entries = [json.loads(line) for line in audit.stdout.splitlines()]
+            assert entries[0]["action"] == "cli keys create", audit.stdout + audit.stderr
+            assert entries[0]["detail"]["key"] == prefix
+            deleted = [e for e in entries if e["action"] == "DELETE /v1/collections/{name}"]
+            assert deleted and deleted[0]["collection"] == "docs" and deleted[0]["status"] == 200
         finally:
             server.stop()
     finally:

@@ -4,8 +4,9 @@ These work on the store directly (like `embedstack ingest --data-dir`), for ever
 without a running server: a server checks keys in the store on every request, so a revoked key
 is refused at once. An admin key can do the same over HTTP for its own tenant (/v1/keys).
 The full key is printed once, on stdout, at create and rotate; the store keeps a salted hash.
-With --catalog redis://HOST:PORT/DB, create, list and revoke work on a cluster's keys (in its
-Redis catalog, checked by every API node of `embedstack serve --cluster`) instead.
+With --catalog redis://HOST:PORT/DB, create, list, revoke and audit work on a cluster's keys and
+audit log (in its Redis catalog, shared by every API node of `embedstack serve --cluster`)
+instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from embedstack.storage.keys import DEFAULT_TENANT, SCOPES
 from embedstack.storage.store import Store
 
 if TYPE_CHECKING:
+    from embedstack.cluster.catalog import RedisCatalog
     from embedstack.cluster.keys import RedisKeys
+    from embedstack.cluster.observed import ClusterAudit
 
 
 def _store(config: Path | None, data_dir: Path | None) -> Store:
@@ -32,11 +35,23 @@ def _store(config: Path | None, data_dir: Path | None) -> Store:
 
 
 def _cluster_keys(catalog: str) -> RedisKeys:
+    return _catalog(catalog).keys()
+
+
+def _cluster_audit(catalog: str, config: Path | None) -> ClusterAudit:
+    from embedstack.cluster.observed import ClusterAudit
+
+    found = _catalog(catalog)
+    size = load_settings(config).cluster_audit_max_entries
+    return ClusterAudit(found.client(), found.prefix, size)
+
+
+def _catalog(catalog: str) -> RedisCatalog:
     from embedstack.cluster.catalog import RedisCatalog
 
     if not catalog.startswith("redis://"):
         raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
-    return RedisCatalog.from_url(catalog).keys()
+    return RedisCatalog.from_url(catalog)
 
 
 catalog_option = click.option(
@@ -83,6 +98,8 @@ def create(
         full, record = _cluster_keys(catalog).create_key(
             tenant, scopes, collections or None, rps, texts_per_s, name
         )
+        _cluster_audit(catalog, config).add_audit(None, tenant, "cli keys create", detail={
+            "key": record.prefix, "scopes": list(record.scopes)})  # fmt: skip
     else:
         store = _store(config, data_dir)
         try:
@@ -158,6 +175,9 @@ def revoke(prefix: str, data_dir: Path | None, catalog: str | None, config: Path
     """Revoke a key now: a running server refuses it from its next request."""
     if catalog is not None:
         record = _cluster_keys(catalog).revoke_key(prefix)
+        _cluster_audit(catalog, config).add_audit(
+            None, record.tenant, "cli keys revoke", detail={"key": prefix}
+        )
     else:
         store = _store(config, data_dir)
         try:
@@ -172,13 +192,20 @@ def revoke(prefix: str, data_dir: Path | None, catalog: str | None, config: Path
 @data_dir_option
 @click.option("--tenant", default=None, help="Only this tenant's entries.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@catalog_option
 @config_option
-def audit(data_dir: Path | None, tenant: str | None, limit: int, config: Path | None) -> None:
+def audit(
+    data_dir: Path | None, tenant: str | None, limit: int, catalog: str | None,
+    config: Path | None,
+) -> None:  # fmt: skip
     """The audit log, newest first: who (key prefix, tenant), what, when, with what status."""
-    store = _store(config, data_dir)
-    try:
-        entries = store.audit(tenant, limit)
-    finally:
-        store.close()
+    if catalog is not None:
+        entries = _cluster_audit(catalog, config).audit(tenant, limit)
+    else:
+        store = _store(config, data_dir)
+        try:
+            entries = store.audit(tenant, limit)
+        finally:
+            store.close()
     for e in entries:
         click.echo(orjson.dumps({**e.public(), "at": _when(e.at)}).decode())

@@ -105,6 +105,10 @@ class RedisCatalog:
 
         return cls(redis.Redis.from_url(url, socket_timeout=5.0))
 
+    def client(self) -> Any:
+        """The Redis client, for what lives beside the catalog (cluster/observed.py)."""
+        return self._r
+
     def keys(self) -> RedisKeys:
         """The cluster's API keys, in the same Redis."""
         return RedisKeys(self._r, self.prefix)

@@ -336,13 +336,15 @@ class ShardReplica:
         if cached is not None:
             return cached
         out: dict[str, Any] = dict(self._store.collection_stats(self.coll.name))
-        vectors, indexes = {}, {}
+        vectors, indexes, index_bytes = {}, {}, {}
         for key in self._indexes.open_keys():
             if key[0] == self.coll.name:
                 live = self._indexes.get(*key)
                 vectors[key[1]] = live.index.count()
+                index_bytes[key[1]] = live.index.memory_bytes()
                 indexes[key[1]] = live.config.type
         out["vectors"] = vectors
+        out["index_bytes"] = index_bytes
         out["indexes"] = indexes  # the index type serving each space (a PATCH rebuilds them)
         out["rebuild_error"] = self.rebuild_error
         out["chunks_by_space"] = self._store.chunks_by_space(self.coll.name)

@@ -35,6 +35,7 @@ from embedstack.inference.backend import ModelRegistry
 from embedstack.inference.parity import check_parity
 from embedstack.ingest.records import Rejected
 from embedstack.ingest.submit import rejection_entry
+from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionConfigs
 from embedstack.registry.hybrid import Retrieval, check_inputs, fused_search
 from embedstack.storage.catalog import SpaceInfo, UpgradeRecord
@@ -78,8 +79,11 @@ class ClusterRouter:
         default_model: str,
         replica_timeout: float = 1.0,
         status_timeout: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.catalog = catalog
+        # shard calls, retries and timeouts (the API node's /metrics exports the registry)
+        self.metrics = metrics if metrics is not None else Metrics()
         self.log = log
         self._nodes = nodes
         self._models = models
@@ -409,6 +413,8 @@ class ClusterRouter:
         first; the next on failure or after replica_timeout); the answers in shard order."""
         import ray
 
+        began = time.perf_counter()
+        m, name = self.metrics, coll.name
         handles = self._view.handles  # queries never wait on the GCS for actor lookups
         candidates = {
             s: [n for n in self._candidates(coll, s) if n in handles] for s in range(coll.shards)
@@ -420,6 +426,7 @@ class ClusterRouter:
         def launch(shard: int, attempt: int, why: str | None) -> None:
             if why is not None:
                 failures.setdefault(shard, []).append(why)
+                m.shard_retries.labels(name, str(shard)).inc()
             if attempt >= len(candidates[shard]):
                 tried = "; ".join(failures.get(shard, [])) or "no live replica"
                 raise Unavailable(
@@ -446,18 +453,23 @@ class ClusterRouter:
                 shard, attempt, _ = settle(ref)
                 try:
                     results[shard] = ray.get(ref)
+                    m.shard_calls.labels(name, str(shard), "ok").inc()
                 except EmbedStackError as exc:
                     if not isinstance(exc, Unavailable):
                         raise _plain(exc) from None  # the query's own fault, not the replica's
+                    m.shard_calls.labels(name, str(shard), "error").inc()
                     launch(shard, attempt + 1, exc.message)
                 except Exception as exc:  # the replica died or its node went away
+                    m.shard_calls.labels(name, str(shard), "error").inc()
                     launch(shard, attempt + 1, type(exc).__name__)
             now = time.monotonic()
             for ref, (shard, attempt, started) in list(pending.items()):
                 if now - started > self.replica_timeout:
                     settle(ref)
                     node = candidates[shard][attempt]
+                    m.shard_calls.labels(name, str(shard), "timeout").inc()
                     launch(shard, attempt + 1, f"{node} timed out")
+        m.scatter_seconds.labels(name, method).observe(time.perf_counter() - began)
         return [results[s] for s in range(coll.shards)]
 
     # -- placement -----------------------------------------------------------------------------

@@ -134,17 +134,22 @@ class DriftMonitor:
             return DriftReport("collecting baseline", len(baseline), len(window))
         if len(window) < self.min_window:
             return DriftReport("collecting window", len(baseline), len(window))
-        base, cur = self._signals(baseline), self._signals(window)
-        report = DriftReport("ok", len(baseline), len(window))
-        report.ks_critical = ks_critical(len(baseline), len(window))
-        drifted = False
-        for name in SIGNALS:
-            if name not in base:
-                continue
-            report.psi[name] = psi(base[name], cur[name])
-            report.ks[name] = ks_statistic(base[name], cur[name])
-            if report.psi[name] >= self.psi_alert and report.ks[name] > report.ks_critical:
-                drifted = True
-        if drifted:
+        return compare(self._signals(baseline), self._signals(window), self.psi_alert)
+
+
+def compare(
+    base: dict[str, np.ndarray], cur: dict[str, np.ndarray], psi_alert: float
+) -> DriftReport:
+    """The report of a window's signals against a baseline's (each: signal -> one value per
+    query; a signal missing from either is skipped): "drift" when PSI and KS agree on one."""
+    n, m = len(base["top1_score"]), len(cur["top1_score"])
+    critical = ks_critical(n, m)
+    report = DriftReport("ok", n, m, ks_critical=critical)
+    for name in SIGNALS:
+        if name not in base or name not in cur:
+            continue
+        report.psi[name] = psi(base[name], cur[name])
+        report.ks[name] = ks_statistic(base[name], cur[name])
+        if report.psi[name] >= psi_alert and report.ks[name] > critical:
             report.state = "drift"
-        return report
+    return report

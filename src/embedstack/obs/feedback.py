@@ -67,12 +67,56 @@ class FeedbackStats:
 
 
 @dataclass
-class _Totals:
+class Totals:
+    """The counts behind FeedbackStats over a set of remembered queries."""
+
     queries: int = 0
     clicked: int = 0
     within_k: int = 0
     reciprocal: float = 0.0
     graded: int = 0
+
+    def add(self, query: QueryRow, sign: int, k: int) -> None:
+        """Add (sign 1) or take away (sign -1) a query and its marks."""
+        self.queries += sign
+        if query.first_click is not None:
+            self.clicked += sign
+            self.within_k += sign * (query.first_click <= k)
+            self.reciprocal += sign / query.first_click
+        self.graded += sign * bool(query.grades)
+
+    def stats(self) -> FeedbackStats:
+        """Click-through@k (queries with a positive hit at rank <= k, over remembered queries)
+        and the MRR of the first positive hit over the queries that have one."""
+        ctr = self.within_k / self.queries if self.queries else 0.0
+        mrr = self.reciprocal / self.clicked if self.clicked else None
+        return FeedbackStats(self.queries, self.clicked, ctr, mrr, self.graded)
+
+
+def check_mark(kind: str, grade: int | None) -> None:
+    if kind not in ("click", "grade"):
+        raise InvalidInput(f"feedback kind {kind!r} is unknown; use 'click' or 'grade'")
+    if kind == "grade" and grade is None:
+        raise InvalidInput("feedback kind 'grade' needs 'grade' (0 = not relevant .. 3)")
+
+
+def marked(query: QueryRow, document_id: str, kind: str, grade: int | None) -> tuple[QueryRow, int]:
+    """A copy of `query` with a click or grade on `document_id`, and the hit's 1-based rank;
+    InvalidInput when the document is not among the query's hits."""
+    if document_id not in query.documents:
+        raise InvalidInput(
+            f"document {document_id!r} is not among the hits of query {query.query_id}: "
+            "send the document_id of one of its hits"
+        )
+    rank = query.documents.index(document_id) + 1
+    out = replace(query, grades=dict(query.grades))
+    if kind == "grade":
+        assert grade is not None
+        out.grades[document_id] = grade
+    positive = kind == "click" or (grade is not None and grade > 0)
+    if positive and (out.first_click is None or rank < out.first_click):
+        out.first_click = rank
+    return out, rank
 
 
 class FeedbackLog:
@@ -84,7 +128,7 @@ class FeedbackLog:
         self._k = k
         self._durable = durable
         self._queries: OrderedDict[str, QueryRow] = OrderedDict()
-        self._totals: dict[Key, _Totals] = {}
+        self._totals: dict[Key, Totals] = {}
         self._unflushed: list[QueryRow] = []
         self._lock = threading.Lock()  # the in-memory state
         self._marking = threading.Lock()  # marks, one at a time, in the order they are made
@@ -94,7 +138,7 @@ class FeedbackLog:
 
     def _add(self, row: QueryRow) -> None:
         self._queries[row.query_id] = row
-        self._totals.setdefault(row.key, _Totals())
+        self._totals.setdefault(row.key, Totals())
         self._count(row, 1)
         while len(self._queries) > self._max:
             self._count(self._queries.popitem(last=False)[1], -1)
@@ -124,12 +168,7 @@ class FeedbackLog:
     def _count(self, query: QueryRow, sign: int) -> None:
         """Add (sign 1) or take away (sign -1) a query and its marks from its totals."""
         totals = self._totals[query.key]
-        totals.queries += sign
-        if query.first_click is not None:
-            totals.clicked += sign
-            totals.within_k += sign * (query.first_click <= self._k)
-            totals.reciprocal += sign / query.first_click
-        totals.graded += sign * bool(query.grades)
+        totals.add(query, sign, self._k)
         if totals.queries == 0:
             del self._totals[query.key]
 
@@ -139,10 +178,7 @@ class FeedbackLog:
         """Record a click (kind "click") or a relevance grade (kind "grade", 0 = not relevant)
         on `document_id` among the hits of `query_id`; returns the query's (collection, space)
         and the hit's 1-based rank. With a durable side, the mark is committed there first."""
-        if kind not in ("click", "grade"):
-            raise InvalidInput(f"feedback kind {kind!r} is unknown; use 'click' or 'grade'")
-        if kind == "grade" and grade is None:
-            raise InvalidInput("feedback kind 'grade' needs 'grade' (0 = not relevant .. 3)")
+        check_mark(kind, grade)
         with self._marking:
             with self._lock:
                 query = self._queries.get(query_id)
@@ -152,26 +188,14 @@ class FeedbackLog:
                         f"the last {self._max} queries): send the query_id of a recent query "
                         "response"
                     )
-                if document_id not in query.documents:
-                    raise InvalidInput(
-                        f"document {document_id!r} is not among the hits of query {query_id}: "
-                        "send the document_id of one of its hits"
-                    )
-                rank = query.documents.index(document_id) + 1
-                marked = replace(query, grades=dict(query.grades))
-            if kind == "grade":
-                assert grade is not None
-                marked.grades[document_id] = grade
-            positive = kind == "click" or (grade is not None and grade > 0)
-            if positive and (marked.first_click is None or rank < marked.first_click):
-                marked.first_click = rank
+                mark, rank = marked(query, document_id, kind, grade)
             if self._durable is not None:
-                self._durable.mark(marked)  # committed before anything is acknowledged
+                self._durable.mark(mark)  # committed before anything is acknowledged
             with self._lock:
                 if self._queries.get(query_id) is query:  # not forgotten meanwhile
                     self._count(query, -1)
-                    self._totals.setdefault(query.key, _Totals())
-                    query.first_click, query.grades = marked.first_click, marked.grades
+                    self._totals.setdefault(query.key, Totals())
+                    query.first_click, query.grades = mark.first_click, mark.grades
                     self._count(query, 1)
             return query.key, rank
 
@@ -191,13 +215,9 @@ class FeedbackLog:
             return None if query is None else query.key
 
     def stats(self, key: Key) -> FeedbackStats:
-        """Click-through@k (queries with a positive hit at rank <= k, over remembered queries)
-        and the MRR of the first positive hit over the queries that have one."""
+        """Totals.stats of the remembered queries of one (collection, space)."""
         with self._lock:
-            t = self._totals.get(key, _Totals())
-            ctr = t.within_k / t.queries if t.queries else 0.0
-            mrr = t.reciprocal / t.clicked if t.clicked else None
-            return FeedbackStats(t.queries, t.clicked, ctr, mrr, t.graded)
+            return self._totals.get(key, Totals()).stats()
 
     def keys(self) -> set[Key]:
         with self._lock:

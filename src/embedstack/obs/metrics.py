@@ -257,6 +257,56 @@ class Metrics:
             "by kind.", ["from_region", "to_region", "kind"], registry=r,
         )  # fmt: skip
 
+        # cluster mode, on an API node (cluster/router.py, serving/cluster_obs.py): the router's
+        # calls to shard replicas, query embedding, and gauges gathered from the shard replicas
+        self.shard_calls = Counter(
+            "embedstack_cluster_shard_calls_total",
+            "Calls of the router to a shard replica, by collection, shard and outcome: ok, error "
+            "(the replica failed; retried on another) or timeout (no answer within "
+            "cluster_replica_timeout_s; retried on another).",
+            ["collection", "shard", "outcome"], registry=r,
+        )  # fmt: skip
+        self.shard_retries = Counter(
+            "embedstack_cluster_shard_retries_total",
+            "Shard calls sent to another replica after one failed or timed out.",
+            ["collection", "shard"], registry=r,
+        )  # fmt: skip
+        self.scatter_seconds = Histogram(
+            "embedstack_cluster_scatter_seconds",
+            "Time of one scatter/gather over every shard of a collection, by replica method "
+            "(its count is the number of scatters: fan-out = shard calls / scatters).",
+            ["collection", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.query_embed_seconds = Histogram(
+            "embedstack_cluster_query_embed_seconds",
+            "Query embedding on an API node, by model, where (service: the shared inference "
+            "service; local: a model in the API node) and outcome (ok, error).",
+            ["model", "via", "outcome"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        replica = ["collection", "shard", "node"]
+        self.replica_documents = Gauge(
+            "embedstack_cluster_replica_documents", "Documents stored by a shard replica.",
+            replica, registry=r,
+        )  # fmt: skip
+        self.replica_vectors = Gauge(
+            "embedstack_cluster_replica_vectors", "Live vectors of a shard replica, per space.",
+            [*replica, "space"], registry=r,
+        )  # fmt: skip
+        self.replica_index_bytes = Gauge(
+            "embedstack_cluster_replica_index_bytes",
+            "Index memory of a shard replica, per space.", [*replica, "space"], registry=r,
+        )  # fmt: skip
+        self.replica_position = Gauge(
+            "embedstack_cluster_replica_log_position",
+            "The next log offset a shard replica applies (its applied position).",
+            replica, registry=r,
+        )  # fmt: skip
+        self.replica_lag = Gauge(
+            "embedstack_cluster_replica_log_lag",
+            "Log records of its shard partition a replica has not applied yet.",
+            replica, registry=r,
+        )  # fmt: skip
+
     def forget_space(self, collection: str, space: str) -> None:
         """Drop the per-index label sets of a space whose index was dropped (retired)."""
         for metric in (self.vectors, self.index_memory, self.tombstones, *self._quality()):

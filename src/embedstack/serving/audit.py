@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Scope
-
-from embedstack.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 AUDITED_SCOPES = frozenset({"write", "admin"})
+NOTES = "audit_notes"  # the request state's entry where a cluster route notes counts and names
+
+
+class AuditLog(Protocol):
+    """Where entries go: the store (single node) or the catalog's Redis (cluster)."""
+
+    def add_audit(
+        self, key_prefix: str | None, tenant: str, action: str, collection: str | None = None,
+        status: int | None = None, detail: dict[str, Any] | None = None,
+    ) -> Any: ...  # fmt: skip
+
+
+def notes_of(scope: Scope) -> dict[str, Any]:
+    """The counts and names a route noted for this request's entry (a cluster API node's;
+    single node's routes note on their Access)."""
+    notes: dict[str, Any] = scope.setdefault("state", {}).setdefault(NOTES, {})
+    return notes
 
 
 async def record_action(
-    store: Store, scope: Scope, key: str | None, tenant: str, needed: str, status: int,
+    store: AuditLog, scope: Scope, key: str | None, tenant: str, needed: str, status: int,
     detail: dict[str, Any],
 ) -> None:  # fmt: skip
     """Append the entry for one request, if it is a write or admin action or was refused."""

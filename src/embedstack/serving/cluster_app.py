@@ -2,10 +2,12 @@
 
 The same request bodies, response models and error table as single node for the routes cluster
 mode serves: create / list / get / delete a collection, add documents (202 once the log has
-them), job status, delete a document, query (dense, lexical, hybrid; filter, group_by), aliases
-(set, list, delete: resolved in the shared catalog), model upgrades (start, status, cutover,
-rollback, retire); bulk vectors, records, PATCH of a collection and /v1/embeddings
-(cluster_writes.py). Every other single-node route answers 501 naming cluster mode, never 404.
+them), job status, delete a document, query (dense, lexical, hybrid; filter, group_by; with a
+query_id), aliases (set, list, delete: resolved in the shared catalog), model upgrades (start,
+status, cutover, rollback, retire), API keys; bulk vectors, records, PATCH of a collection and
+/v1/embeddings (cluster_writes.py); and observability (serving/cluster_obs.py): /metrics,
+collection stats, the drift baseline, feedback, the metrics history and dashboard, and the audit
+log. Every other single-node route answers 501 naming cluster mode, never 404.
 Stateless: the catalog is in Redis, the data in the shard replicas, so any number of API nodes
 can run side by side."""
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,6 +36,7 @@ from embedstack.serving.app import ROUTE_MODULES, BodyLimit, install_error_handl
 from embedstack.serving.auth import Principal
 from embedstack.serving.cluster_auth import ClusterAccess, ClusterGate, access_of, key_routes
 from embedstack.serving.cluster_inference import ServeQueryEmbedder
+from embedstack.serving.cluster_obs import ClusterObs
 from embedstack.serving.cluster_upgrades import upgrade_routes
 from embedstack.serving.cluster_writes import write_routes
 from embedstack.serving.http import JSON
@@ -131,11 +135,12 @@ def _record(
 
 def cluster_routes(
     router: ClusterRouter, settings: Settings, access_of: Callable[..., ClusterAccess],
-    embedder: ServeQueryEmbedder | None = None,
+    embedder: ServeQueryEmbedder | None = None, obs: ClusterObs | None = None,
 ) -> APIRouter:  # fmt: skip
     """The routes an API node serves; each sees its caller through `access_of` (a dependency:
     names resolve in the key's tenant, grants are checked, texts charged). Query text is
-    embedded by `embedder` (the shared inference service) when given, else by the router."""
+    embedded by `embedder` (the shared inference service) when given, else by the router;
+    `obs` remembers answered queries (feedback, drift) and times query embedding."""
     api = APIRouter()
     caller = Depends(access_of)
 
@@ -160,6 +165,7 @@ def cluster_routes(
     async def create_collection(body: CollectionCreate, access: ClusterAccess = caller) -> Response:
         check_name(body.name)
         access.principal.grant(body.name)
+        access.note(collection=body.name)
         coll = await asyncio.to_thread(
             router.create_collection,
             access.principal.qualify(body.name),
@@ -237,6 +243,7 @@ def cluster_routes(
             rows.append(_document_row(d, i, record, space, settings))
         access.charge_texts(len(rows))
         job_id = await asyncio.to_thread(router.put_documents, coll.name, rows)
+        access.note(documents=len(rows), job=job_id)
         body_out = {"job_id": job_id, "documents": len(rows), "unchanged": 0}
         return JSON(body_out, status_code=202)
 
@@ -305,8 +312,11 @@ def cluster_routes(
 
         def embed(text: str) -> Awaitable[np.ndarray]:
             if embedder is not None:
-                return embedder.embed(coll, text, space_id, None)
-            return asyncio.to_thread(router.embed_query, coll, text, space_id)
+                call = embedder.embed(coll, text, space_id, None)
+            else:
+                call = asyncio.to_thread(router.embed_query, coll, text, space_id)
+            via = "service" if embedder is not None else "local"
+            return obs.timed_embed(space.model, via, call) if obs is not None else call
 
         vec, text = await query_inputs(body, how, record, space, embed, settings.max_document_chars)
         if how.mode == "dense" and (not group or how.doc_scoring == "max"):
@@ -318,6 +328,11 @@ def cluster_routes(
             hits = await asyncio.to_thread(
                 router.fused_search, coll, space_id, vec, text, body.k, body.filter, group, how
             )
+        query_id = (
+            await asyncio.to_thread(obs.observe, coll, space_id, vec, hits)
+            if obs is not None
+            else uuid.uuid4().hex
+        )
         took = (time.perf_counter() - started) * 1000
         return JSON(
             {
@@ -327,6 +342,7 @@ def cluster_routes(
                 "mode": how.mode,
                 "took_ms": took,
                 "budget_ms": settings.cluster_replica_timeout_s * 1000,
+                "query_id": query_id,
             }
         )
 
@@ -387,13 +403,15 @@ def create_cluster_app(
     keys = keys if keys is not None else router.catalog.keys()
     limiter = RateLimiter.of(settings)
     access = access_of(router.catalog, limiter)
+    obs = ClusterObs(router, settings)
     served = [
-        cluster_routes(router, settings, access, embedder),
+        cluster_routes(router, settings, access, embedder, obs),
         upgrade_routes(cluster_upgrades, access),
         key_routes(keys),
         write_routes(router, settings, access, _out, embedder),
+        obs.routes(access),
     ]
-    return mount(app, served, errors, keys, settings, limiter)
+    return obs.install(mount(app, served, errors, keys, settings, limiter))
 
 
 def creation_args(body: CollectionCreate, settings: Settings) -> dict[str, Any]:

@@ -8,14 +8,16 @@ query) need `read`, document writes `write`, everything else (collections, alias
 keys) `admin`. Open without a key: the single-node open paths (/healthz, /readyz, /docs, ...).
 Routes see the caller as a `ClusterAccess`: collection and alias names resolve in the key's
 tenant (stored as "<tenant>:<name>" in the catalog, as on single node), grants are checked and
-texts charged by the single-node Principal. Not yet in cluster mode: the audit log.
+texts charged by the single-node Principal. The audit log: serving/cluster_obs.py writes an
+entry per write or admin request and per 403 (routes note counts and names with `note`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
@@ -26,6 +28,7 @@ from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.keys import RedisKeys
 from embedstack.config import Settings
 from embedstack.errors import NotFound
+from embedstack.serving.audit import notes_of
 from embedstack.serving.auth import (
     INSECURE,
     OPEN_PATHS,
@@ -48,9 +51,11 @@ def scope_for(method: str, path: str) -> str:
     """The scope a cluster route needs (the one single node declares for it)."""
     if path.startswith(("/v1/keys", "/v1/audit")):
         return "admin"
+    if path in ("/metrics", "/v1/metrics/history"):
+        return "metrics"
     if method in ("GET", "HEAD") or (method == "POST" and path.endswith("/query")):
         return "read"
-    if method == "POST" and path == "/v1/embeddings":
+    if method == "POST" and path in ("/v1/embeddings", "/v1/feedback"):
         return "read"
     if "/documents" in path or path.endswith(("/vectors", "/records")):
         return "write"
@@ -64,6 +69,7 @@ class ClusterAccess:
     principal: Principal
     catalog: RedisCatalog
     limiter: RateLimiter
+    detail: dict[str, Any] = field(default_factory=dict)  # the request's audit notes
 
     def resolve(self, name: str) -> ClusterCollection:
         """This tenant's collection `name` (or the one its alias `name` points to)."""
@@ -74,12 +80,17 @@ class ClusterAccess:
     def charge_texts(self, n: int) -> None:
         self.principal.charge(self.limiter, "texts", n)
 
+    def note(self, **detail: Any) -> None:
+        """Counts and names for this request's audit entry (never text, vectors or secrets)."""
+        self.detail.update(detail)
+
 
 def access_of(catalog: RedisCatalog, limiter: RateLimiter) -> Callable[[Request], ClusterAccess]:
     """The dependency that hands a route its ClusterAccess (the gate set the principal)."""
 
     def dependency(request: Request) -> ClusterAccess:
-        return ClusterAccess(principal_of(request) or INSECURE, catalog, limiter)
+        principal = principal_of(request) or INSECURE
+        return ClusterAccess(principal, catalog, limiter, notes_of(request.scope))
 
     return dependency
 
@@ -109,6 +120,7 @@ class ClusterGate:
         if key:
             record = await asyncio.to_thread(self.keys.verify_key, key)
             principal = Principal.of(record) if record is not None else None
+        scope.setdefault("state", {})["principal"] = principal  # also for a refusal's audit
         if path not in OPEN_PATHS:
             if principal is None:
                 await refuse_unauthorized(key, scope, receive, send)
@@ -121,7 +133,6 @@ class ClusterGate:
                 return
             if await refuse_over_rate(principal, self.limiter, scope, receive, send):
                 return
-        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
@@ -137,6 +148,7 @@ def key_routes(keys: RedisKeys) -> APIRouter:
             keys.create_key, principal.tenant, body.scopes, body.collections, body.rate_rps,
             body.rate_texts, body.name,
         )  # fmt: skip
+        notes_of(request.scope).update(key=record.prefix, scopes=list(record.scopes))
         return JSON({**record.public(), "key": full}, status_code=201)
 
     @api.get("/v1/keys", response_model=KeysOut)
@@ -161,11 +173,13 @@ def key_routes(keys: RedisKeys) -> APIRouter:
         await own(request, prefix)
         grace = (body or RotateIn()).grace_s
         full, record = await asyncio.to_thread(keys.rotate_key, prefix, grace)
+        notes_of(request.scope).update(key=prefix, new_key=record.prefix, grace_s=grace)
         return JSON({**record.public(), "key": full}, status_code=201)
 
     @api.delete("/v1/keys/{prefix}", response_model=KeyOut)
     async def revoke_key(prefix: str, request: Request) -> Response:
         await own(request, prefix)
+        notes_of(request.scope).update(key=prefix)
         return JSON((await asyncio.to_thread(keys.revoke_key, prefix)).public())
 
     return api

@@ -10,6 +10,7 @@ which browsers never send to the server) and sends it as a Bearer header.
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse, Response
@@ -42,8 +43,10 @@ async def metrics_history(
     since: float | None = Query(None, description="only samples after this unix time"),
     _: Access = Depends(scraping),
 ) -> Response:
-    history: History = request.app.state.history
+    return JSON(history_body(request.app.state.history, since))
+
+
+def history_body(history: History, since: float | None) -> dict[str, Any]:
+    """HistoryOut of the samples after `since` (all when None)."""
     samples = [{"t": s.t, "values": s.values} for s in history.since(since)]
-    return JSON(
-        {"interval_s": history.interval_s, "window_s": history.window_s, "samples": samples}
-    )
+    return {"interval_s": history.interval_s, "window_s": history.window_s, "samples": samples}
