@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # to confirm it (else 503), and how long a command waits out a failover of its primary
     cluster_catalog_ack_ms: int = Field(2000, ge=1, description="replica confirmation wait")
     cluster_catalog_failover_s: float = Field(20.0, ge=0, description="failover retry budget")
+    # log retention: delete the log records every replica of a shard is past. Redis Streams logs
+    # always do; a Kafka broker only with this on (DeleteRecords; tansu's memory engine lacks it)
+    cluster_log_trim: bool = False
     # shard transfer (a replica new to a node starts from a snapshot of a live one): the size of
     # each piece of the snapshot sent between nodes, so memory stays bounded for any shard size
     cluster_transfer_piece_bytes: int = Field(8 << 20, ge=4096, description="snapshot piece")

@@ -40,14 +40,14 @@ def models_factory(settings: Settings) -> Any:
 
 def build_router(settings: Settings, queue: str, catalog: str) -> Any:
     from embedstack.cluster.catalog import RedisCatalog
-    from embedstack.cluster.log import ShardLog, kafka_bootstrap
+    from embedstack.cluster.logs import shard_log
     from embedstack.cluster.ray.nodes import RayNodes
     from embedstack.cluster.router import ClusterRouter
 
     ack_ms, failover_s = settings.cluster_catalog_ack_ms, settings.cluster_catalog_failover_s
     return ClusterRouter(
         RedisCatalog.from_url(catalog, ack_ms=ack_ms, failover_s=failover_s),
-        ShardLog(kafka_bootstrap(queue)),
+        shard_log(queue, trims=settings.cluster_log_trim),
         RayNodes(),
         models_factory(settings)(),
         settings.default_model,

@@ -15,6 +15,7 @@ start. With no source that answers, it replays the log from offset 0."""
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -26,7 +27,8 @@ import numpy as np
 import orjson
 
 from embedstack.cluster.catalog import ClusterCollection
-from embedstack.cluster.log import PartitionReader
+from embedstack.cluster.log import LogTrimmed
+from embedstack.cluster.logs import Reader, open_reader
 from embedstack.cluster.replica import ShardReplica
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
@@ -53,7 +55,7 @@ class _Feed:
     """A replica and the thread that applies its partition to it."""
 
     def __init__(
-        self, replica: ShardReplica, reopen: Callable[[], PartitionReader],
+        self, replica: ShardReplica, reopen: Callable[[], Reader],
         transfer: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.replica = replica
@@ -120,8 +122,8 @@ class ShardNode:
         replica = ShardReplica(root, coll, shard, self._models, self._embed)
         group = f"{coll.topic}.shard-{shard}.{self.name}"
 
-        def reader() -> PartitionReader:
-            return PartitionReader(self._bootstrap, coll.topic, shard, replica.position, group)
+        def reader() -> Reader:
+            return open_reader(self._bootstrap, coll.topic, shard, replica.position, group)
 
         noted = root / TRANSFER_FILE
         transfer = orjson.loads(noted.read_bytes()) if noted.exists() else None
@@ -184,6 +186,21 @@ class ShardNode:
             self._transfer(coll, shard, sources or [])
             self._open(coll, shard)
             self._save()
+            return True
+
+    def resync(self, coll_json: dict[str, Any], shard: int, sources: list[str]) -> bool:
+        """Start a replica whose log position was deleted (LogTrimmed: it was behind when every
+        live replica's position let the log be trimmed) again from a snapshot of a live replica
+        on `sources`: its files go, the snapshot's come (see _transfer). True when it was."""
+        coll = ClusterCollection.from_json(coll_json)
+        with self._lock:
+            feed = self._feeds.get((coll.name, shard))
+            if feed is None or LogTrimmed.__name__ not in (feed.error or ""):
+                return False
+            self._close(coll.name, shard)
+            shutil.rmtree(self._dir(coll, shard), ignore_errors=True)
+            self._transfer(coll, shard, sources)
+            self._open(coll, shard)
             return True
 
     def _close(self, name: str, shard: int) -> None:
