@@ -43,6 +43,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 SHARDS, REPLICAS = 4, 2
+PIECE = 64 << 10  # shard transfer piece size
 PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # the same backend on both sides, gated once
 CORPUS = [r for r in load_jsonl(DATA / "pydoc_sections.jsonl")][:400]
 QUERIES = [
@@ -70,7 +71,8 @@ class LocalCluster:
         self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={node_resource(name): 1})
 
     def start_actor(self, name: str) -> None:
-        start_node_actor(name, str(self.root), self.bootstrap, self.factory)
+        # small snapshot pieces: a shard transfer takes several (each shard's store is ~1 MB)
+        start_node_actor(name, str(self.root), self.bootstrap, self.factory, None, PIECE)
 
 
 @pytest.fixture(scope="module")
@@ -870,6 +872,9 @@ def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) ->
         transfer = states[key]["transfer"]
         assert transfer is not None and transfer["source"] != "n3", states[key]
         assert transfer["position"] > 0 and transfer["bytes"] > 0
+        # sent in pieces of PIECE bytes, checked against the source's sha256
+        assert transfer["pieces"] == -(-transfer["bytes"] // PIECE) > 1, transfer
+        assert len(transfer["sha256"]) == 64
         others = [c for (n, s), c in counts.items() if s == key[1] and n != "n3"]
         assert others and all(counts[key] == c for c in others), (key, counts)
     print("transfers:", {f"{n}/{s}": states[(n, s)]["transfer"] for n, s in new})

@@ -183,8 +183,9 @@ def up(
             embed = ServeEmbed(settings)
         for i in range(nodes):
             start_node_actor(
-                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed
-            )
+                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed,
+                settings.cluster_transfer_piece_bytes,
+            )  # fmt: skip
         queue, catalog = f"kafka://{kafka.address}", redis.url(0)
         router = build_router(settings, queue, catalog)
         router.wait_for_nodes(nodes, timeout=300)
