@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from embedstack.config import Settings
-from embedstack.infra.local import LocalProcess, start_kafka, start_redis
+from embedstack.infra.local import LocalProcess, RedisHA, start_kafka, start_redis, start_redis_ha
 from embedstack.testing import ServerProcess
 from embedstack.vectors import unit_rows
 
@@ -155,3 +155,11 @@ def redis_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProc
     """A real redis-server (from the `brokers` extra) on loopback for the session, fsync per write."""
     with start_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
+    """A replicated Redis on loopback for the session (a primary, 2 replicas, 3 Sentinels: the
+    cluster catalog `embedstack cluster up` starts); a test that kills a server restarts it."""
+    with start_redis_ha(tmp_path_factory.mktemp("redis-ha")) as ha:
+        yield ha

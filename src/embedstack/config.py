@@ -82,6 +82,16 @@ class Settings(BaseSettings):
     cluster_audit_max_entries: int = Field(
         100_000, ge=100, description="audit entries kept per tenant (a capped Redis stream)"
     )
+    # a replicated catalog (--catalog redis+sentinel://...): how long a write waits for a replica
+    # to confirm it (else 503), and how long a command waits out a failover of its primary
+    cluster_catalog_ack_ms: int = Field(2000, ge=1, description="replica confirmation wait")
+    cluster_catalog_failover_s: float = Field(20.0, ge=0, description="failover retry budget")
+    # log retention: delete the log records every replica of a shard is past. Redis Streams logs
+    # always do; a Kafka broker only with this on (DeleteRecords; tansu's memory engine lacks it)
+    cluster_log_trim: bool = False
+    # shard transfer (a replica new to a node starts from a snapshot of a live one): the size of
+    # each piece of the snapshot sent between nodes, so memory stays bounded for any shard size
+    cluster_transfer_piece_bytes: int = Field(8 << 20, ge=4096, description="snapshot piece")
     # federated regions (serve --cluster --queue eu=kafka://...,us=kafka://...): this API node's
     # region (queries default to it; None: every query names its caller's region) and how long
     # it waits on a region's gateway before answering 503 naming the region

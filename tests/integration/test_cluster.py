@@ -1,5 +1,6 @@
 """Cluster mode on a real local Ray cluster (3 simulated nodes on loopback), a real Kafka-protocol
-log (tansu) and a real Redis catalog: 4 virtual shards x replication factor 2.
+log (tansu) and a real replicated Redis catalog (primary, 2 replicas, 3 Sentinels): 4 virtual
+shards x replication factor 2.
 
 One cluster for the module (Ray takes 10-40 s to start on a loaded 2-core box); the tests run in
 order: ingest and compare with a real single-node server, a model upgrade over the HTTP API of
@@ -32,7 +33,7 @@ from embedstack.cluster.ray.nodes import RayNodes, start_node_actor
 from embedstack.cluster.router import ClusterRouter
 from embedstack.cluster.shards import moves, place, shard_of
 from embedstack.config import Settings
-from embedstack.infra.local import LocalProcess
+from embedstack.infra.local import LocalProcess, RedisHA
 from embedstack.ingest.chunking import content_hash
 from embedstack.serving.app import ROUTE_MODULES
 from embedstack.serving.cluster_app import ClusterCollectionOut, create_cluster_app
@@ -46,6 +47,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 SHARDS, REPLICAS = 4, 2
+PIECE = 64 << 10  # shard transfer piece size
 PINNED = '{"all-MiniLM-L6-v2": "onnx-fp32"}'  # the same backend on both sides, gated once
 CORPUS = [r for r in load_jsonl(DATA / "pydoc_sections.jsonl")][:400]
 QUERIES = [
@@ -73,14 +75,15 @@ class LocalCluster:
         self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={node_resource(name): 1})
 
     def start_actor(self, name: str) -> None:
-        start_node_actor(name, str(self.root), self.bootstrap, self.factory)
+        # small snapshot pieces: a shard transfer takes several (each shard's store is ~1 MB)
+        start_node_actor(name, str(self.root), self.bootstrap, self.factory, None, PIECE)
 
 
 @pytest.fixture(scope="module")
 def local_cluster(
     tmp_path_factory: pytest.TempPathFactory,
     kafka_broker: LocalProcess,
-    redis_broker: LocalProcess,
+    redis_ha: RedisHA,
 ) -> Iterator[LocalCluster]:
     from ray.cluster_utils import Cluster
 
@@ -94,7 +97,7 @@ def local_cluster(
         model_backends=json.loads(PINNED),
     )
     factory = functools.partial(build_models, settings, {})
-    catalog = RedisCatalog.from_url(f"redis://{redis_broker.address}/1")
+    catalog = RedisCatalog.from_url(redis_ha.url(1))
     router = ClusterRouter(
         catalog, ShardLog(kafka_broker.address), RayNodes(), factory(), "hashing-test"
     )
@@ -538,6 +541,56 @@ def test_api_keys_in_the_catalog(api_node: httpx.Client) -> None:
         revoked = api_node.delete(f"/v1/keys/{made.json()['prefix']}")
         assert revoked.status_code == 200 and not revoked.json()["active"]
         assert c.get("/v1/collections/docs").status_code == 401
+
+
+def test_catalog_primary_killed_while_an_api_node_serves(
+    api_node: httpx.Client, redis_ha: RedisHA
+) -> None:
+    """kill -9 of the catalog's primary under continuous queries: queries pause for the
+    failover (bounded by cluster_catalog_failover_s) and none fails; a collection created before
+    the kill is there after it; creating one after it works."""
+    c = api_node
+    made = c.post("/v1/collections", json={"name": "ha-before", "model": "hashing-test"})
+    assert made.status_code == 201, made.text
+    docs = [_doc(i) for i in range(20)]
+    job = c.post("/v1/collections/ha-before/documents", json={"documents": docs})
+    _wait_http_job(c, job.json()["job_id"])
+    answered: list[tuple[float, int, float]] = []  # (started, status, seconds)
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            r = c.post("/v1/collections/ha-before/query", json={"text": docs[0]["text"]})
+            answered.append((t0, r.status_code, time.monotonic() - t0))
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    old = redis_ha.primary()
+    try:
+        time.sleep(0.5)
+        old.kill()
+        killed = time.monotonic()
+        new = redis_ha.primary(30)
+        time.sleep(1.0)  # queries after the failover
+        stop.set()
+        prober.join(timeout=60)
+        failed = [a for a in answered if a[1] != 200]
+        assert not failed, failed[:5]
+        after = [a for a in answered if a[0] > killed]
+        assert len(after) >= 3 and max(a[2] for a in answered) < 30, answered[-5:]
+        assert new.port != old.port
+        assert c.get("/v1/collections/ha-before").json()["documents"] == 20
+        r = c.post("/v1/collections", json={"name": "ha-after", "model": "hashing-test"})
+        assert r.status_code == 201, r.text
+        names = {x["name"] for x in c.get("/v1/collections").json()["collections"]}
+        assert {"ha-before", "ha-after"} <= names
+    finally:
+        stop.set()
+        redis_ha.restart(old)  # back as a replica, so later tests have three again
+        redis_ha.wait_ready()
+        for name in ("ha-before", "ha-after"):
+            c.delete(f"/v1/collections/{name}")
 
 
 def test_tenants_grants_and_rate_limits(
@@ -1446,6 +1499,9 @@ def test_add_a_node_moves_only_reassigned_shards(local_cluster: LocalCluster) ->
         transfer = states[key]["transfer"]
         assert transfer is not None and transfer["source"] != "n3", states[key]
         assert transfer["position"] > 0 and transfer["bytes"] > 0
+        # sent in pieces of PIECE bytes, checked against the source's sha256
+        assert transfer["pieces"] == -(-transfer["bytes"] // PIECE) > 1, transfer
+        assert len(transfer["sha256"]) == 64
         others = [c for (n, s), c in counts.items() if s == key[1] and n != "n3"]
         assert others and all(counts[key] == c for c in others), (key, counts)
     print("transfers:", {f"{n}/{s}": states[(n, s)]["transfer"] for n, s in new})

@@ -1,5 +1,6 @@
 """`embedstack cluster up`: a local development cluster on loopback (Ray head + nodes, a
-Kafka-protocol log broker, a Redis catalog); and the cluster side of `embedstack serve`."""
+Kafka-protocol log broker, a replicated Redis catalog behind Sentinel); and the cluster side of
+`embedstack serve`."""
 
 from __future__ import annotations
 
@@ -39,15 +40,14 @@ def models_factory(settings: Settings) -> Any:
 
 def build_router(settings: Settings, queue: str, catalog: str) -> Any:
     from embedstack.cluster.catalog import RedisCatalog
-    from embedstack.cluster.log import ShardLog, kafka_bootstrap
+    from embedstack.cluster.logs import shard_log
     from embedstack.cluster.ray.nodes import RayNodes
     from embedstack.cluster.router import ClusterRouter
 
-    if not catalog.startswith("redis://"):
-        raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
+    ack_ms, failover_s = settings.cluster_catalog_ack_ms, settings.cluster_catalog_failover_s
     return ClusterRouter(
-        RedisCatalog.from_url(catalog),
-        ShardLog(kafka_bootstrap(queue)),
+        RedisCatalog.from_url(catalog, ack_ms=ack_ms, failover_s=failover_s),
+        shard_log(queue, trims=settings.cluster_log_trim),
         RayNodes(),
         models_factory(settings)(),
         settings.default_model,
@@ -66,7 +66,8 @@ def serve_cluster(settings: Settings, address: str, queue: str | None, catalog: 
     if queue is None or catalog is None:
         raise ConfigError(
             "serve --cluster needs --queue kafka://HOST:PORT (the shard log) and --catalog "
-            "redis://HOST:PORT/DB (the shared catalog); `embedstack cluster up` prints both"
+            "redis+sentinel://HOST:PORT,.../MASTER/DB or redis://HOST:PORT/DB (the shared "
+            "catalog); `embedstack cluster up` prints both"
         )
     check_bind(settings)  # --insecure-no-auth only on loopback, as on single node
     _ray_init(address)
@@ -114,8 +115,9 @@ def serve_query_batcher(settings: Settings, router: ClusterRouter, model: str) -
 def cluster() -> None:
     """Cluster mode on one machine, for development and trying it out.
 
-    `cluster up` starts Ray nodes, a Kafka-protocol log broker and a Redis catalog on loopback
-    and prints the `embedstack serve --cluster ...` command of an API node. Collections are
+    `cluster up` starts Ray nodes, a Kafka-protocol log broker and a replicated Redis catalog
+    (primary + 2 replicas + 3 Sentinels) on loopback and prints the `embedstack serve
+    --cluster ...` command of an API node. Collections are
     split into virtual shards (cluster_shards, default 8) with cluster_replicas (default 2)
     replicas each, placed on nodes by rendezvous hashing. `cluster up --regions eu:2,us:2`
     starts a federation instead: nodes and a broker per region, data kept in its region.
@@ -143,18 +145,22 @@ def up(
 ) -> None:
     """Start a cluster on this machine, on loopback, until Ctrl-C: a Ray head plus NODES-1
     simulated nodes (ray.cluster_utils), a Kafka-protocol broker (tansu) as the shard write log,
-    a Redis server as the catalog, and a shard node actor on every node. Prints the
-    `embedstack serve --cluster ...` command that starts an API node against it.
+    the catalog as a Redis primary with 2 replicas and 3 Sentinels (every catalog write is
+    confirmed by a replica before it is acknowledged, and the catalog survives kill -9 of any
+    one of those processes: clients follow the Sentinels to the new primary after a pause of
+    a few seconds), and a shard node actor on every node. Prints the `embedstack serve
+    --cluster ...` command that starts an API node against it; its --catalog is the
+    redis+sentinel://SENTINEL,SENTINEL,SENTINEL/MASTER/DB URL.
 
     For trying cluster mode on one machine; production points `serve --cluster` at an existing
-    Ray cluster, Kafka and Redis instead.
+    Ray cluster, Kafka and Redis Sentinel (or a plain redis://HOST:PORT/DB, not replicated).
     """
     import ray
     from ray.cluster_utils import Cluster
 
     from embedstack.cluster.ray.node import node_resource
     from embedstack.cluster.ray.nodes import start_node_actor
-    from embedstack.infra.local import start_kafka, start_redis
+    from embedstack.infra.local import start_kafka, start_redis_ha
     from embedstack.serving.cluster_inference import ServeEmbed
 
     settings = load_settings(config, data_dir=data_dir)
@@ -164,7 +170,7 @@ def up(
 
         return up_federation(settings, regions, root)
     kafka = start_kafka(root / "kafka")
-    redis = start_redis(root / "redis")
+    redis = start_redis_ha(root / "catalog")
     head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}
     local = Cluster(initialize_head=True, head_node_args=head)
     try:
@@ -177,11 +183,12 @@ def up(
             embed = ServeEmbed(settings)
         for i in range(nodes):
             start_node_actor(
-                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed
-            )
-        router = build_router(settings, f"kafka://{kafka.address}", f"redis://{redis.address}/0")
+                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed,
+                settings.cluster_transfer_piece_bytes,
+            )  # fmt: skip
+        queue, catalog = f"kafka://{kafka.address}", redis.url(0)
+        router = build_router(settings, queue, catalog)
         router.wait_for_nodes(nodes, timeout=300)
-        queue, catalog = f"kafka://{kafka.address}", f"redis://{redis.address}/0"
         click.echo(f"ray: {local.address}\nqueue: {queue}\ncatalog: {catalog}")
         click.echo(  # a development cluster on loopback: no keys, like `make run`
             f"embedstack serve --cluster {local.address} --queue {queue} --catalog {catalog} "

@@ -59,16 +59,14 @@ def wait_gateways(gateways: dict[str, Any], nodes: dict[str, int], timeout: floa
 
 def build_federation(settings: Settings, queue: str, catalog: str) -> Any:
     """The API node's federated router: gateways of the regions `queue` names (REGION=URL,...)."""
-    import redis
-
     from embedstack.cli.cluster import models_factory
+    from embedstack.cluster.coordination import catalog_client
     from embedstack.cluster.federation import FederatedRouter
     from embedstack.cluster.ray.regions import RegionMap
     from embedstack.cluster.residency import check_region, parse_brokers
     from embedstack.obs.metrics import Metrics
 
-    if not catalog.startswith("redis://"):
-        raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
+    client = catalog_client(catalog)  # ConfigError for a URL it does not take
     brokers = parse_brokers(queue)
     if settings.region is not None:
         check_region(settings.region, "setting 'region'")
@@ -81,7 +79,7 @@ def build_federation(settings: Settings, queue: str, catalog: str) -> Any:
     gateways = start_gateways(settings, brokers, catalog, factory)  # not waited on: a region
     # that is down makes only what needs it fail (503 naming it), not the API node's start
     return FederatedRouter(
-        redis.Redis.from_url(catalog, socket_timeout=5.0), gateways, RegionMap().live_regions,
+        client, gateways, RegionMap().live_regions,
         factory(), settings.default_model, Metrics(), home=settings.region,
         timeout=settings.region_timeout_s,
     )  # fmt: skip

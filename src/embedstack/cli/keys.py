@@ -19,7 +19,6 @@ import click
 import orjson
 
 from embedstack.cli.common import Command, Group, config_option, data_dir_option, load_settings
-from embedstack.errors import ConfigError
 from embedstack.storage.keys import DEFAULT_TENANT, SCOPES
 from embedstack.storage.store import Store
 
@@ -49,14 +48,13 @@ def _cluster_audit(catalog: str, config: Path | None) -> ClusterAudit:
 def _catalog(catalog: str) -> RedisCatalog:
     from embedstack.cluster.catalog import RedisCatalog
 
-    if not catalog.startswith("redis://"):
-        raise ConfigError(f"catalog URL {catalog!r} is not a Redis URL: use redis://HOST:PORT/DB")
     return RedisCatalog.from_url(catalog)
 
 
 catalog_option = click.option(
     "--catalog", default=None, metavar="URL",
-    help="A cluster's catalog (redis://HOST:PORT/DB): its keys instead of the data dir's.",
+    help="A cluster's catalog (redis://HOST:PORT/DB, or redis+sentinel://HOST:PORT,...,"
+    "HOST:PORT/MASTER/DB for a replicated one): its keys instead of the data dir's.",
 )  # fmt: skip
 
 

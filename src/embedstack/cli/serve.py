@@ -50,7 +50,9 @@ WORKER_CONCURRENCY = 1  # a worker process's own count: the server's `workers` s
               "Ray Client, HOST:PORT for the GCS address); needs --queue and --catalog. "
               "`embedstack cluster up` starts a local one.")  # fmt: skip
 @click.option("--catalog", "catalog_url", default=None, metavar="URL",
-              help="With --cluster: the shared catalog, redis://HOST:PORT/DB.")  # fmt: skip
+              help="With --cluster: the shared catalog, redis+sentinel://HOST:PORT,HOST:PORT,"
+              "HOST:PORT/MASTER/DB (a primary and replicas behind Sentinel: survives the loss "
+              "of any one process) or redis://HOST:PORT/DB (one server, development).")  # fmt: skip
 @click.option("--inference", "inference", default=None, metavar="ADDRESS",
               help="Run the models as an autoscaled Ray Serve deployment on this Ray cluster "
               "(ray://HOST:PORT for Ray Client, HOST:PORT for the GCS address) instead of in "

@@ -1,7 +1,9 @@
 """The cluster catalog in Redis: collections (config, spaces, topic, shard layout), aliases, jobs
-and model upgrades, shared by every API node. Redis is the coordination store (durable with an
-fsync-per-write append-only file, see infra/local.py); no API node holds catalog state of its
-own."""
+and model upgrades, shared by every API node. Redis is the coordination store: a primary with
+replicas behind Sentinel, every write confirmed by a replica before it returns, so the catalog
+survives the loss of any one of its processes (cluster/coordination.py; one plain server for
+development); each server keeps an fsync-per-write append-only file (infra/local.py). No API
+node holds catalog state of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from embedstack.cluster.coordination import CatalogRedis, catalog_client
 from embedstack.cluster.keys import RedisKeys
 from embedstack.errors import Conflict, NotFound, Unavailable
 from embedstack.storage.catalog import UpgradeRecord
@@ -91,7 +94,7 @@ Change = Callable[
 
 
 class RedisCatalog:
-    def __init__(self, client: Any, prefix: str = "embedstack") -> None:
+    def __init__(self, client: CatalogRedis, prefix: str = "embedstack") -> None:
         self._r = client
         self.prefix = prefix
         self._collections = f"{prefix}:collections"
@@ -100,10 +103,10 @@ class RedisCatalog:
         self._upgrades = f"{prefix}:upgrade:"  # + collection name: its latest upgrade
 
     @classmethod
-    def from_url(cls, url: str) -> RedisCatalog:
-        import redis
-
-        return cls(redis.Redis.from_url(url, socket_timeout=5.0))
+    def from_url(cls, url: str, **options: Any) -> RedisCatalog:
+        """`url`: redis://... or redis+sentinel://... (coordination.URL_FORMS); `options`:
+        catalog_client's (ack_ms, failover_s)."""
+        return cls(catalog_client(url, **options))
 
     def client(self) -> Any:
         """The Redis client, for what lives beside the catalog (cluster/observed.py)."""
@@ -154,25 +157,28 @@ class RedisCatalog:
         `change` raises to refuse."""
         import redis
 
-        with self._r.pipeline() as pipe:
-            for _ in range(WATCH_RETRIES):
-                try:
-                    pipe.watch(self._collections, self._upgrades + name)
-                    raw = pipe.hget(self._collections, name)
-                    if raw is None:
-                        raise NotFound(f"collection {name!r} does not exist")
-                    up_raw = pipe.get(self._upgrades + name)
-                    up = UpgradeRecord(**orjson.loads(up_raw)) if up_raw is not None else None
-                    coll, new_up = change(ClusterCollection.from_json(orjson.loads(raw)), up)
-                    pipe.multi()
-                    pipe.hset(self._collections, name, orjson.dumps(coll.to_json()))
-                    if new_up is not None:
-                        pipe.set(self._upgrades + name, orjson.dumps(asdict(new_up)))
-                    pipe.execute()
-                    return coll, new_up
-                except redis.WatchError:
-                    continue
-        raise Unavailable(f"the catalog entry of {name!r} kept changing under us: retry")
+        def attempt(client: Any) -> tuple[ClusterCollection, UpgradeRecord | None]:
+            with client.pipeline() as pipe:
+                for _ in range(WATCH_RETRIES):
+                    try:
+                        pipe.watch(self._collections, self._upgrades + name)
+                        raw = pipe.hget(self._collections, name)
+                        if raw is None:
+                            raise NotFound(f"collection {name!r} does not exist")
+                        up_raw = pipe.get(self._upgrades + name)
+                        up = UpgradeRecord(**orjson.loads(up_raw)) if up_raw is not None else None
+                        coll, new_up = change(ClusterCollection.from_json(orjson.loads(raw)), up)
+                        pipe.multi()
+                        pipe.hset(self._collections, name, orjson.dumps(coll.to_json()))
+                        if new_up is not None:
+                            pipe.set(self._upgrades + name, orjson.dumps(asdict(new_up)))
+                        pipe.execute()
+                        return coll, new_up
+                    except redis.WatchError:
+                        continue
+            raise Unavailable(f"the catalog entry of {name!r} kept changing under us: retry")
+
+        return self._r.write(attempt)
 
     def set_alias(self, alias: str, target: str) -> None:
         self.get(target)
@@ -203,8 +209,8 @@ class RedisCatalog:
         }
         if rejected:
             value["rejected"] = list(rejected)
-        self._r.set(self._jobs + job_id, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
-        self._r.expire(self._jobs + job_id, JOB_TTL_S)
+        raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        self._r.set(self._jobs + job_id, raw, ex=JOB_TTL_S)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         raw = self._r.get(self._jobs + job_id)

@@ -37,9 +37,9 @@ class RedisKeys:
 
     @classmethod
     def from_url(cls, url: str) -> RedisKeys:
-        import redis
+        from embedstack.cluster.coordination import catalog_client
 
-        return cls(redis.Redis.from_url(url, socket_timeout=5.0))
+        return cls(catalog_client(url))
 
     def create_key(
         self,

@@ -21,6 +21,11 @@ from embedstack.errors import ConfigError, Unavailable
 from embedstack.storage.store import DocumentRow
 
 
+class LogTrimmed(Unavailable):
+    """A reader's position is before the first record its partition still holds (retention
+    deleted what it had not applied): its replica must start again from a snapshot."""
+
+
 def kafka_bootstrap(url: str) -> str:
     """host:port[,host:port] from a kafka:// URL."""
     if not url.startswith("kafka://") or not url.removeprefix("kafka://"):
@@ -83,9 +88,11 @@ class LogRecord:
 
 
 class ShardLog:
-    """The producing side: create a collection's topic, append records to shard partitions."""
+    """The producing side: create a collection's topic, append records to shard partitions,
+    and delete the records every replica is past (`trim`, when `trims`: Kafka's DeleteRecords;
+    off for brokers without it, such as tansu's in-memory engine of `cluster up`)."""
 
-    def __init__(self, bootstrap: str, timeout: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, timeout: float = 10.0, trims: bool = False) -> None:
         from confluent_kafka import Producer
         from confluent_kafka.admin import AdminClient
 
@@ -102,6 +109,7 @@ class ShardLog:
             }
         )
         self._lock = threading.Lock()
+        self.trims = trims
 
     def create_topic(self, topic: str, partitions: int) -> None:
         from confluent_kafka.admin import NewTopic
@@ -150,19 +158,37 @@ class ShardLog:
 
     def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
         """The next offset of each partition (what a caught-up replica's position equals)."""
+        return {p: high for p, (_, high) in self._watermarks(topic, partitions).items()}
+
+    def low_water(self, topic: str, partitions: int) -> dict[int, int]:
+        """The first offset each partition still holds."""
+        return {p: low for p, (low, _) in self._watermarks(topic, partitions).items()}
+
+    def _watermarks(self, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self._bootstrap, "group.id": "embedstack-probe"})
         try:
             out = {}
             for p in range(partitions):
-                _, high = consumer.get_watermark_offsets(
+                low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=self._timeout
                 )
-                out[p] = int(high)
+                out[p] = (int(low), int(high))
             return out
         finally:
             consumer.close()
+
+    def trim(self, topic: str, before: dict[int, int]) -> None:
+        """Delete the records before offset `before[p]` of each partition p (DeleteRecords)."""
+        from confluent_kafka import TopicPartition
+
+        parts = [TopicPartition(topic, p, offset) for p, offset in before.items()]
+        try:
+            for future in self._admin.delete_records(parts).values():
+                future.result(timeout=self._timeout)
+        except Exception as exc:
+            raise Unavailable(f"the log broker did not delete records of {topic}: {exc}") from exc
 
     def close(self) -> None:
         self._producer.flush(self._timeout)
@@ -185,15 +211,25 @@ class PartitionReader:
             }
         )
         self._consumer.assign([TopicPartition(topic, partition, start)])
+        self._next = start
 
     def read(self, max_records: int, timeout: float) -> list[tuple[int, bytes]]:
-        """Up to `max_records` (offset, value) pairs in log order; [] after `timeout` seconds."""
+        """Up to `max_records` (offset, value) pairs in log order; [] after `timeout` seconds;
+        LogTrimmed when the first record is past the reader's position (deleted records: an
+        out-of-range position resets to the earliest one left)."""
         out = []
         for msg in self._consumer.consume(max_records, timeout):
             offset, value = msg.offset(), msg.value()
             if msg.error() is not None or offset is None or value is None:
                 continue  # partition EOF and transient errors: librdkafka retries itself
             out.append((int(offset), bytes(value)))
+        if out and out[0][0] > self._next:
+            raise LogTrimmed(
+                f"{self.topic}[{self.partition}] resumed at offset {out[0][0]}, this replica is "
+                f"at {self._next}: the records between were deleted; it needs a snapshot"
+            )
+        if out:
+            self._next = out[-1][0] + 1
         return out
 
     def commit(self, position: int) -> None:

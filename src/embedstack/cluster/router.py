@@ -7,7 +7,11 @@ another replica when one fails or does not answer within `replica_timeout`, merg
 
 A background loop reconciles placement with the live nodes (rendezvous hashing over the nodes
 that answered the last status round): it assigns missing replicas (they catch up from the
-log) and drops surplus ones once every placed replica has caught up.
+log) and drops surplus ones once every placed replica has caught up. It also keeps the log
+short: once every replica of a shard is past an offset (each replica's position is written
+after its store commit, so its store is a snapshot covering it), the records before it are
+deleted (`retention_points`, when the log `trims`); a replica that comes back behind that (its
+node was down meanwhile) is started again from a snapshot of a live one (ShardNode.resync).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 
 from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.fused import ShardCandidates, total_stats
-from embedstack.cluster.log import LogRecord, ShardLog
+from embedstack.cluster.log import LogRecord, LogTrimmed
+from embedstack.cluster.logs import Log
 from embedstack.cluster.ray.nodes import RayNodes
 from embedstack.cluster.shards import Placement, check_layout, place, shard_of
 from embedstack.errors import EmbedStackError, InvalidInput, NotFound, SpaceMismatch, Unavailable
@@ -73,7 +78,7 @@ class ClusterRouter:
     def __init__(
         self,
         catalog: RedisCatalog,
-        log: ShardLog,
+        log: Log,
         nodes: RayNodes,
         models: ModelRegistry,
         default_model: str,
@@ -96,6 +101,7 @@ class ClusterRouter:
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self.moves = 0  # replicas assigned to a node after the collection was first placed
+        self.trimmed: dict[tuple[str, int], int] = {}  # (topic, shard) -> records deleted before
         self.on_round: list[Callable[[], None]] = []  # also run by the reconcile loop
 
     @property
@@ -547,6 +553,9 @@ class ClusterRouter:
                     if node not in have:
                         assign = handles[node].assign
                         assigned += int(self._call(assign, coll.to_json(), shard, sources))
+                    elif LogTrimmed.__name__ in (have[node].error or "") and sources:
+                        resync = handles[node].resync
+                        assigned += int(self._call(resync, coll.to_json(), shard, sources))
                 surplus = [n for n in have if n not in wanted]
                 if not surplus:
                     continue
@@ -557,9 +566,24 @@ class ClusterRouter:
                 )
                 for node in surplus if caught_up else []:
                     self._call(handles[node].drop, coll.name, shard)
+            if self.log.trims:
+                self._trim(coll, retention_points(coll.topic, placement, view))
         if assigned:
             self.refresh()
         return assigned
+
+    def _trim(self, coll: ClusterCollection, points: dict[int, int]) -> None:
+        """Delete the log records before each shard's retention point (when it moved)."""
+        todo = {s: p for s, p in points.items() if p > self.trimmed.get((coll.topic, s), 0)}
+        if not todo:
+            return
+        try:
+            self.log.trim(coll.topic, todo)
+        except Unavailable:
+            log.warning("log retention of %s: retried next round", coll.topic, exc_info=True)
+            return
+        for shard, point in todo.items():
+            self.trimmed[(coll.topic, shard)] = point
 
     def start(self, period: float = 0.5) -> None:
         """Reconcile in the background every `period` seconds until stop()."""
@@ -588,6 +612,21 @@ class ClusterRouter:
 def _settings_job(coll: ClusterCollection) -> str:
     """The job id of a collection's latest settings change (one per collection incarnation)."""
     return f"settings.{coll.topic}"
+
+
+def retention_points(topic: str, placement: Placement, view: View) -> dict[int, int]:
+    """shard -> the offset every replica of it that the last status round saw is at or past,
+    for the shards whose every placed replica answered without an error (what may be deleted
+    from the log: everything before it). A replica on a node that did not answer is not waited
+    for: if it comes back behind, it is resynced from a snapshot."""
+    out = {}
+    for shard, wanted in placement.items():
+        seen = view.replicas.get((topic, shard), [])
+        if not seen or any(r.error is not None for r in seen):
+            continue
+        if set(wanted) <= {r.node for r in seen}:
+            out[shard] = min(r.position for r in seen)
+    return out
 
 
 def _get(ref: Any, timeout: float) -> Any:

@@ -9,24 +9,28 @@ the router.
 Shard transfer: a replica new to this node (no files of its own) starts from a snapshot of a
 live replica of its shard on another node (the router names them, most advanced first): a
 consistent copy of that replica's store and the log position it is at, written here before the
-replica opens; it then reads the log from that position, so the log need not be kept from its
-start. With no source that answers, it replays the log from offset 0."""
+replica opens, sent in pieces of `piece_bytes` with a checksum (cluster/ray/transfer.py); it
+then reads the log from that position, so the log need not be kept from its start. With no
+source that answers, it replays the log from offset 0 (if retention deleted the start, its
+reader says LogTrimmed and the router resyncs it from a snapshot once a source answers)."""
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import orjson
 
 from embedstack.cluster.catalog import ClusterCollection
-from embedstack.cluster.log import PartitionReader
+from embedstack.cluster.log import LogTrimmed
+from embedstack.cluster.logs import Reader, open_reader
+from embedstack.cluster.ray.transfer import PIECE_BYTES, Outgoing, receive
 from embedstack.cluster.replica import ShardReplica
 from embedstack.fsutil import atomic_write
 from embedstack.inference.backend import ModelRegistry
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "embedstack"
 READ_BATCH = 256
-TRANSFER_TIMEOUT_S = 60.0  # one snapshot of a source replica, copied and sent
+TRANSFER_TIMEOUT_S = 60.0  # per call of a shard transfer: the source's copy, then each piece
 TRANSFER_FILE = "transfer.json"  # where a transferred replica notes its source and position
 
 
@@ -53,7 +57,7 @@ class _Feed:
     """A replica and the thread that applies its partition to it."""
 
     def __init__(
-        self, replica: ShardReplica, reopen: Callable[[], PartitionReader],
+        self, replica: ShardReplica, reopen: Callable[[], Reader],
         transfer: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.replica = replica
@@ -95,9 +99,11 @@ class ShardNode:
         bootstrap: str,
         models_factory: Callable[[], ModelRegistry],
         embed_factory: Callable[[ModelRegistry], EmbedFn] | None = None,
+        piece_bytes: int = PIECE_BYTES,
     ) -> None:
         """`embed_factory`: given the node's models, how its replicas embed texts (the shared
-        inference service, `cluster up --inference`); None: with the node's own models."""
+        inference service, `cluster up --inference`); None: with the node's own models.
+        `piece_bytes`: the size of each piece of a snapshot this node fetches."""
         self.name = name
         self._root = Path(data_root) / name
         self._root.mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,8 @@ class ShardNode:
         self._feeds: dict[tuple[str, int], _Feed] = {}
         self._lock = threading.Lock()
         self._assigned_file = self._root / "assigned.json"
+        self._outgoing = Outgoing(self._root / "outgoing")
+        self._piece_bytes = piece_bytes
         self.started = time.time()
         if self._assigned_file.exists():
             for item in orjson.loads(self._assigned_file.read_bytes()):
@@ -120,8 +128,8 @@ class ShardNode:
         replica = ShardReplica(root, coll, shard, self._models, self._embed)
         group = f"{coll.topic}.shard-{shard}.{self.name}"
 
-        def reader() -> PartitionReader:
-            return PartitionReader(self._bootstrap, coll.topic, shard, replica.position, group)
+        def reader() -> Reader:
+            return open_reader(self._bootstrap, coll.topic, shard, replica.position, group)
 
         noted = root / TRANSFER_FILE
         transfer = orjson.loads(noted.read_bytes()) if noted.exists() else None
@@ -140,27 +148,30 @@ class ShardNode:
                 continue
             try:
                 handle = ray.get_actor(actor_name(source), namespace=NAMESPACE)
-                sent: Any = handle.snapshot.remote(coll.name, shard)
-                image, position = cast(tuple[bytes, int], ray.get(sent, timeout=TRANSFER_TIMEOUT_S))
+
+                def call(method: str, *args: Any, handle: Any = handle) -> Any:
+                    ref = getattr(handle, method).remote(*args)
+                    return ray.get(ref, timeout=TRANSFER_TIMEOUT_S)
+
+                got = receive(call, coll.name, shard, root, self._piece_bytes)
             except Exception:
                 log.warning("no snapshot of %s/%s from %s", coll.name, shard, source, exc_info=True)
                 continue
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write(root / "store.db", image)
-            atomic_write(root / "position.json", orjson.dumps({"position": position}))
-            note = {"source": source, "position": position, "bytes": len(image), "at": time.time()}
+            note = {"source": source, **got, "at": time.time()}
             atomic_write(root / TRANSFER_FILE, orjson.dumps(note))
-            log.info("replica %s/%s from %s at offset %d", coll.name, shard, source, position)
+            log.info("replica %s/%s from %s: %s", coll.name, shard, source, note)
             return
 
-    def snapshot(self, name: str, shard: int) -> tuple[bytes, int]:
-        """(store image, log position) of this node's replica of `shard`, for a new replica on
-        another node (shard transfer)."""
-        replica = self._replica(name, shard)
-        with tempfile.TemporaryDirectory(dir=self._root) as tmp:
-            target = Path(tmp) / "store.db"
-            position = replica.snapshot(target)
-            return target.read_bytes(), position
+    def snapshot_open(self, name: str, shard: int) -> dict[str, Any]:
+        """Start sending a snapshot of this node's replica of `shard` to a new replica on another
+        node (shard transfer): {"id", "size", "sha256", "position"}; then snapshot_piece."""
+        return self._outgoing.open(self._replica(name, shard))
+
+    def snapshot_piece(self, sid: str, offset: int, size: int) -> bytes:
+        return self._outgoing.piece(sid, offset, size)
+
+    def snapshot_close(self, sid: str) -> None:
+        self._outgoing.close(sid)
 
     def _save(self) -> None:
         items = [
@@ -184,6 +195,21 @@ class ShardNode:
             self._transfer(coll, shard, sources or [])
             self._open(coll, shard)
             self._save()
+            return True
+
+    def resync(self, coll_json: dict[str, Any], shard: int, sources: list[str]) -> bool:
+        """Start a replica whose log position was deleted (LogTrimmed: it was behind when every
+        live replica's position let the log be trimmed) again from a snapshot of a live replica
+        on `sources`: its files go, the snapshot's come (see _transfer). True when it was."""
+        coll = ClusterCollection.from_json(coll_json)
+        with self._lock:
+            feed = self._feeds.get((coll.name, shard))
+            if feed is None or LogTrimmed.__name__ not in (feed.error or ""):
+                return False
+            self._close(coll.name, shard)
+            shutil.rmtree(self._dir(coll, shard), ignore_errors=True)
+            self._transfer(coll, shard, sources)
+            self._open(coll, shard)
             return True
 
     def _close(self, name: str, shard: int) -> None:

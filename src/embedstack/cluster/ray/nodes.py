@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from embedstack.cluster.ray.node import NAMESPACE, ShardNode, actor_name, node_resource
+from embedstack.cluster.ray.transfer import PIECE_BYTES
 from embedstack.inference.backend import ModelRegistry
 from embedstack.ingest.pipeline import EmbedFn
 
@@ -36,13 +37,14 @@ def detached_actor(cls: type, name: str, resource: str, *args: Any) -> Any:
 def start_node_actor(
     name: str, data_root: str, bootstrap: str, models_factory: Callable[[], ModelRegistry],
     embed_factory: Callable[[ModelRegistry], EmbedFn] | None = None,
+    piece_bytes: int = PIECE_BYTES,
 ) -> Any:  # fmt: skip
     """The shard node actor of Ray node `name` (which must offer the resource es_node_NAME):
     detached, restarted whenever its process dies, up to 16 concurrent calls (searches run
-    while a replica applies its log). `embed_factory`: see ShardNode."""
+    while a replica applies its log). `embed_factory`, `piece_bytes`: see ShardNode."""
     return detached_actor(
         ShardNode, actor_name(name), node_resource(name), name, data_root, bootstrap,
-        models_factory, embed_factory,
+        models_factory, embed_factory, piece_bytes,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from embedstack.cluster.catalog import RedisCatalog
+from embedstack.cluster.coordination import catalog_client
 from embedstack.cluster.log import ShardLog
 from embedstack.cluster.ray.node import NAMESPACE, node_resource
 from embedstack.cluster.ray.nodes import RayNodes, detached_actor
@@ -117,10 +118,8 @@ class RegionGateway:
         replica_timeout: float,
         period: float,
     ) -> None:
-        import redis
-
         self.region = region
-        client = redis.Redis.from_url(catalog_url, socket_timeout=5.0)
+        client = catalog_client(catalog_url)
         catalog = RedisCatalog(client, prefix=region_catalog_prefix(prefix, region))
         self.router = ClusterRouter(
             catalog, ShardLog(bootstrap), RegionalNodes(region), models_factory(), default_model,
