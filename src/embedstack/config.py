@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     inference_drain_s: float = Field(20.0, gt=0, description="a stopping replica finishes")
     inference_replica_cpus: float = Field(1.0, ge=0)
     inference_replica_gpus: float = Field(0.0, ge=0)
+    # the bulk lane (ingest, shard nodes' logs) runs in an application of its own per model
+    # with these bounds (the rest of the policy as above), so queries never queue behind bulk
+    # requests; 0 replicas: bulk shares the query replicas (queries go ahead only inside a
+    # replica). Per caller, at most bulk_in_flight bulk requests at once (0: no bound)
+    inference_bulk_min_replicas: int = Field(1, ge=0)
+    inference_bulk_max_replicas: int = Field(4, ge=0, description="0: bulk shares query replicas")
+    inference_bulk_in_flight: int = Field(8, ge=0, description="bulk requests per caller")
     # ingest
     # the job queue: "sqlite" (embedded, DATA_DIR/queue.db), kafka://HOST:PORT[?topic=&group=
     # &partitions=] or redis://HOST:PORT[/DB][?name=]; see ingest/brokers/url.py

@@ -41,6 +41,7 @@ from embedstack.storage.store import DocumentRow
 from tests.conftest import Server, server_env, wait_job
 
 ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.slow
 
 MODEL = "hashing-test"
@@ -100,8 +101,6 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
         if load is not None:
             load.stop()
             _print(load)
-        from ray import serve
-
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
@@ -243,8 +242,10 @@ def test_a_server_with_inference_on_ray_serves_embeddings_and_queries(
     finally:
         server.stop()
     after = serve_app.handle.embedded.remote().result(timeout_s=30)
-    # the embeddings (2), the ingested chunks (20) and the query (1) went through the replica
-    assert after - before >= 23
+    assert after - before == 3  # the embeddings (2) and the query (1): the query lane
+    # the ingested chunks went to the bulk lane's own application, deployed by the server
+    bulk = serve.get_app_handle(app_name(MODEL, "bulk"))
+    assert bulk.embedded.remote().result(timeout_s=30) == 20
 
 
 def test_shard_replicas_embed_their_log_through_the_deployment(
@@ -254,7 +255,8 @@ def test_shard_replicas_embed_their_log_through_the_deployment(
     --inference`): the documents of its log are embedded by the deployment's bulk lane, with
     the vectors the node's own model would give."""
     serve_app.load.wait_for(lambda s: s.running == 1 and len(s.replicas) == 1, 60)
-    before = serve_app.handle.embedded.remote().result(timeout_s=30)
+    bulk = serve.get_app_handle(app_name(MODEL, "bulk"))  # deployed by the server test
+    before = bulk.embedded.remote().result(timeout_s=30)
     settings = Settings(
         enable_test_models=True, default_model=MODEL, data_dir=tmp_path,
         inference=serve_app.address, inference_max_replicas=MAX_REPLICAS,
@@ -267,8 +269,67 @@ def test_shard_replicas_embed_their_log_through_the_deployment(
     texts = {f"d{i}": f"shard document {i} about topic {i % 3}" for i in range(12)}
     rows = tuple(DocumentRow(d, t, {}, content_hash(t, {})) for d, t in texts.items())
     assert replica.apply([(0, LogRecord("put", rows).encode())]) == 1
-    after = serve_app.handle.embedded.remote().result(timeout_s=30)
-    assert after - before == len(texts)  # every chunk went through the one replica
+    after = bulk.embedded.remote().result(timeout_s=30)
+    assert after - before == len(texts)  # every chunk went through the bulk lane's replica
     local = models.get(MODEL)
     hits = replica.search(local.embed_batch(["shard document 5"])[0], 1, None, False)
     assert hits[0]["document_id"] == "d5"
+
+
+# one replica per lane, 2 requests at once each: a few bulk requests saturate it
+LANE_POLICY = AutoscalePolicy(
+    min_replicas=1, max_replicas=1, max_ongoing_requests=2, look_back_s=2.0,
+    metrics_interval_s=0.5, replica_cpus=0.0,
+)  # fmt: skip
+
+
+async def _bulk_done_while_a_query_waits(batcher: ServeBatcher, n_bulk: int) -> int:
+    """Send `n_bulk` bulk requests (64 texts: one batch each) at once; once the first is answered (the
+    replicas are busy and the rest queued), one query: how many bulk requests were answered
+    between sending the query and its answer."""
+    done: list[int] = []
+
+    async def bulk(i: int) -> None:
+        await batcher.embed([f"bulk {i} text {j}" for j in range(64)], "bulk")
+        done.append(i)
+
+    tasks = [asyncio.create_task(bulk(i)) for i in range(n_bulk)]
+    for _ in range(600):  # bounded: 30 s
+        if done or all(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.05)
+    assert done, "no bulk request was answered in 30 s"
+    sent = len(done)
+    await batcher.embed(["the query"], "query")
+    waited = len(done) - sent
+    await asyncio.gather(*tasks)
+    assert len(done) == n_bulk
+    return waited
+
+
+def test_queries_do_not_queue_behind_bulk_requests(serve_app: ServeApp, tmp_path: Path) -> None:
+    """The slow test model (25 ms a batch + 1 ms a text: ~90 ms a bulk request), one replica
+    per lane taking 2 requests at once: 24 bulk requests saturate the bulk lane (22 wait). A
+    query sent then is answered while at most a few bulk requests complete, since it goes to
+    the query lane's own replica; sent to one application shared by both lanes (the design
+    before), the same query waits at the handle behind the queued bulk requests and is
+    answered after most of them. The caller's bound on bulk requests in flight (8) is reached
+    and never passed."""
+    settings = Settings(enable_test_models=True, data_dir=tmp_path)
+    factory = functools.partial(build_models, settings, {})
+    spec = build_models(settings, {}).get("slow-test").spec
+    config = BatcherConfig()
+    query = deploy(factory, "slow-test", config, LANE_POLICY)
+    bulk = deploy(factory, "slow-test", config, LANE_POLICY, "bulk")
+    n_bulk = 24
+    split = ServeBatcher(query, spec, bulk_handle=bulk, bulk_in_flight=8)
+    waited_split = asyncio.run(_bulk_done_while_a_query_waits(split, n_bulk))
+    shared = ServeBatcher(query, spec)  # bulk to the query application, no bound
+    waited_shared = asyncio.run(_bulk_done_while_a_query_waits(shared, n_bulk))
+    print(
+        f"\nbulk requests answered while a query waited: {waited_split} of {n_bulk} "
+        f"(a lane each), {waited_shared} (one application for both lanes)"
+    )
+    assert split.bulk_slots is not None and split.bulk_slots.most == 8
+    assert waited_split < n_bulk // 4
+    assert waited_shared >= n_bulk // 2  # the test can tell the difference

@@ -1,5 +1,6 @@
 """Federated regions with data residency, proven on a real local federation: a Ray cluster of 4
-simulated nodes (2 in region eu, 2 in us, each node's region its Ray resource es_region_*), a
+simulated nodes (2 in region eu, 2 in us; a us node's region is its Ray node label
+embedstack.io/region, an eu node's its Ray resource es_region_*: both kinds are read), a
 Kafka-protocol broker per region (tansu), one Redis catalog, a gateway actor per region and a
 federated API node served over HTTP on loopback.
 
@@ -29,7 +30,12 @@ import pytest
 from embedstack.cluster.federation import FederatedRouter
 from embedstack.cluster.ray.node import node_resource
 from embedstack.cluster.ray.nodes import start_node_actor
-from embedstack.cluster.ray.regions import RegionMap, region_resource, start_gateway
+from embedstack.cluster.ray.regions import (
+    RegionMap,
+    region_labels,
+    region_resource,
+    start_gateway,
+)
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess, start_kafka
 from embedstack.obs.metrics import Metrics
@@ -89,11 +95,16 @@ def fed(
     settings = Settings(enable_test_models=True, default_model="hashing-test", data_dir=root)
     factory = functools.partial(build_models, settings, {})
 
-    def resources(region: str, name: str) -> dict[str, float]:
-        return {node_resource(name): 1, region_resource(region): 1}
+    def node(region: str, name: str) -> dict[str, Any]:
+        """A node of `region`: the us nodes carry the region as a Ray node label, the eu ones
+        as the custom resource (nodes started without labels): both are read."""
+        if region == "us":
+            return {"num_cpus": 1, "resources": {node_resource(name): 1},
+                    "labels": region_labels(region)}  # fmt: skip
+        return {"num_cpus": 1, "resources": {node_resource(name): 1, region_resource(region): 1}}
 
     head = {
-        "num_cpus": 1, "resources": resources("eu", "eu0"), "include_dashboard": False,
+        **node("eu", "eu0"), "include_dashboard": False,
         # a lost node is declared dead within seconds, not Ray's default half minute
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 10},
     }  # fmt: skip
@@ -103,7 +114,7 @@ def fed(
         for region, names in REGIONS.items():
             for name in names:
                 if name not in nodes:
-                    nodes[name] = cluster.add_node(num_cpus=1, resources=resources(region, name))
+                    nodes[name] = cluster.add_node(**node(region, name))
         ray.init(address=cluster.address, namespace="embedstack-tests")
         gateways = {}
         for region, names in REGIONS.items():
@@ -271,11 +282,27 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
     )
     assert resp.json()["caller"] == "client"
     crossed = crossing(bytes_crossed(api))
-    for region in REGIONS:  # the query vector goes out, ids and scores come back
-        assert crossed.pop(("client", region)) == {"query"}
+    for region in REGIONS:  # the query text goes out (embedded there), ids and scores come back
+        assert crossed.pop(("client", region)) == {"query_text"}
         assert crossed.pop((region, "client")) == {"ids", "scores"}
-    assert crossed == {("eu", "us"): {"ids", "scores", "query"},
-                       ("us", "eu"): {"ids", "scores", "query"}}, crossed  # fmt: skip
+    assert crossed == {("eu", "us"): {"ids", "scores", "query_text"},
+                       ("us", "eu"): {"ids", "scores", "query_text"}}, crossed  # fmt: skip
+
+    # a query vector stays in its caller's region: refused for another (422 naming the fix),
+    # answered by the caller's region alone with nothing crossing
+    vector = query(api, "private", text="notes about the kettle", region="eu", regions=["eu"])
+    vec = fed.router.models.get("hashing-test").embed_batch(["notes about the kettle"])[0]
+    before = bytes_crossed(api)
+    own = {"vector": vec.tolist(), "space_id": vector.json()["space_id"], "region": "eu"}
+    resp = query(api, "private", **own)
+    assert resp.status_code == 422 and "send 'text'" in resp.text, resp.text
+    assert "'regions': ['eu']" in resp.text, resp.text
+    resp = query(api, "private", **own, regions=["eu"])
+    assert resp.status_code == 200, resp.text
+    got, want = resp.json()["hits"], vector.json()["hits"]  # the region embedded the same
+    assert [h["document_id"] for h in got] == [h["document_id"] for h in want]
+    assert [h["score"] for h in got] == pytest.approx([h["score"] for h in want], abs=1e-5)
+    assert crossing(bytes_crossed(api)) == crossing(before)
 
     # the collection whose policy lets text cross: text crosses, metadata still does not
     resp = query(api, "shared", text="notes about the guitar", region="eu", k=2 * N)
@@ -284,8 +311,11 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
     assert foreign and all(h["text"].startswith(MARK["us"]) for h in foreign)
     assert all("metadata" not in h for h in foreign)
     counts = bytes_crossed(api)
-    assert crossing(counts)[("us", "eu")] == {"ids", "scores", "query", "text"}
-    assert not any(kind in ("metadata", "vector", "vectors") for (a, b, kind) in counts if a != b)
+    assert crossing(counts)[("us", "eu")] == {"ids", "scores", "query_text", "text"}
+    assert crossing(counts)[("eu", "us")] == {"ids", "scores", "query_text"}
+    # no vector crossed a border, neither a stored one nor a query's
+    assert not any("vector" in kind or kind == "metadata" for (a, b, kind) in counts if a != b)
+    assert any("vector" in kind for (a, b, kind) in counts if a == b)  # the counter sees them
     print("payload bytes per (from, to, kind):", {k: int(v) for k, v in sorted(counts.items())})
 
     # latency of a region-local query vs a fan-out to both regions (printed, never asserted)
@@ -416,6 +446,26 @@ def _redis_bytes(client: Any) -> bytes:
         else:
             out.append(key)
     return b"".join(out)
+
+
+def test_a_document_moved_to_another_region_leaves_the_old_one(api: httpx.Client) -> None:
+    """Re-ingested with another region, a document is deleted from its old region once the new
+    one logged it: the job waits for both, and the old region's store and index lose it."""
+    doc = {"id": "eu-doc-005", "text": "moved to us: notes about the kettle",
+           "metadata": {"region": "us"}}  # fmt: skip
+    body = {"documents": [doc]}
+    resp = api.post("/v1/collections/shared/documents", json=body, params={"region": "us"})
+    assert resp.status_code == 202, resp.text
+    job = _wait("the move", lambda: _done(api, resp.json()["job_id"]), 120)
+    assert set(job["result"]["regions"]) == {"us"} and set(job["result"]["moved"]) == {"eu"}
+    got = api.get("/v1/collections/shared/documents/eu-doc-005", params={"region": "us"})
+    assert got.status_code == 200 and got.json()["region"] == "us", got.text
+    assert got.json()["text"].startswith("moved to us")
+    eu = query(api, "shared", text="notes about the kettle", region="eu", regions=["eu"], k=4 * N)
+    ids = {h["document_id"] for h in eu.json()["hits"]}
+    assert "eu-doc-005" not in ids and len(ids) == N - 1  # the eu index no longer has it
+    want = {"eu": {"documents": N - 1, "vectors": N - 1}, "us": {"documents": N, "vectors": N}}
+    _wait("counts", lambda: api.get("/v1/collections/shared").json()["regions"] == want, 30)
 
 
 def test_delete_a_federated_collection(api: httpx.Client) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedstack.cluster.ray.regions import RegionMap
+from embedstack.cluster.ray.regions import REGION_LABEL, RegionMap, node_regions
 from embedstack.cluster.residency import (
     ResidencyPolicy,
     parse_brokers,
@@ -29,6 +29,11 @@ def test_policy_defaults_and_round_trip() -> None:
     q = ResidencyPolicy.parse({"regions": ["eu"], "field": "loc", "crossing": ["text"]}, KNOWN)
     assert q.crossing == ("ids", "scores", "text")  # ids and scores always: results must merge
     assert ResidencyPolicy.from_json(q.to_json()) == q
+    assert p.query == ("text",)  # a query crosses as its text, never as a vector by default
+    v = ResidencyPolicy.parse({"regions": ["eu"], "query": ["vector", "text"]}, KNOWN)
+    assert v.query == ("text", "vector") and ResidencyPolicy.from_json(v.to_json()) == v
+    old = {"regions": ["eu"], "field": "region", "crossing": ["ids", "scores"]}
+    assert ResidencyPolicy.from_json(old).query == ("text",)  # an entry from before 'query'
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,7 @@ def test_policy_defaults_and_round_trip() -> None:
         ({"regions": ["eu"], "crossing": ["vectors"]}, "vectors never leave"),
         ({"regions": ["eu"], "crossing": ["chunks"]}, "choose from ids, scores, text, metadata"),
         ({"regions": ["eu"], "field": ""}, "metadata key"),
+        ({"regions": ["eu"], "query": ["vectors"]}, "some of text, vector"),
     ],
 )
 def test_bad_policies_name_the_fix(body: dict[str, object], says: str) -> None:
@@ -110,6 +116,23 @@ def test_region_map_remembers_dead_nodes() -> None:
     assert m.live_regions() == {"eu"}
     assert m.region_of("us0") == "us"  # a dead node keeps its region
     assert m.region_of("ap0") is None
+
+
+def test_a_nodes_region_is_its_label_else_its_resource() -> None:
+    def info(name: str, alive: bool = True, labels: dict[str, str] | None = None,
+             regions: tuple[str, ...] = ()) -> dict[str, object]:  # fmt: skip
+        res = {f"es_node_{name}": 1.0, "CPU": 1.0, **{f"es_region_{r}": 1.0 for r in regions}}
+        return {"Resources": res, "Labels": labels or {}, "Alive": alive}
+
+    rows = node_regions([
+        info("a", labels={REGION_LABEL: "eu"}),  # labelled (ray start --labels)
+        info("b", alive=False, regions=("us",)),  # the resource, for nodes without labels
+        info("c", labels={REGION_LABEL: "eu"}, regions=("us",)),  # the label wins
+        info("d", regions=("eu", "us")),  # two region resources: no region
+        info("e"),  # none
+        {"Resources": {"CPU": 1.0}, "Labels": {REGION_LABEL: "eu"}, "Alive": True},  # no node
+    ])  # fmt: skip
+    assert rows == [("a", "eu", True, True), ("b", "us", False, False), ("c", "eu", True, True)]
 
 
 def test_cluster_up_regions_cli(tmp_path: Path) -> None:

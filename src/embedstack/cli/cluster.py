@@ -129,7 +129,7 @@ def cluster() -> None:
               help="Simulated Ray nodes, each hosting its placed shard replicas.")  # fmt: skip
 @click.option("--regions", default=None, metavar="REGION:NODES,...",
               help="Start a federation instead, e.g. eu:2,us:2: per region that many nodes "
-              "(their region a Ray resource es_region_REGION), its own Kafka-protocol broker "
+              "(labelled embedstack.io/region=REGION), its own Kafka-protocol broker "
               "and a gateway; collections then declare a residency policy and each document's "
               "text, chunks and vectors stay on its region's nodes and broker (README: "
               "Federated regions). Ignores --nodes.")  # fmt: skip

@@ -107,7 +107,8 @@ def serve_federation(settings: Settings, queue: str, catalog: str) -> None:
 
 def up_regions(settings: Settings, layout: dict[str, int], root: Path, started: list[Any]) -> str:
     """Start a local federation: a broker per region, a Redis catalog, a Ray head plus nodes
-    (node `<region><i>` offers es_node_<name> and es_region_<region>), a shard node actor on
+    (node `<region><i>` offers es_node_<name> and carries the label embedstack.io/region=
+    <region>), a shard node actor on
     every node reading its region's broker, a gateway per region. What it started is appended
     to `started` (the caller stops it, also when this fails); returns the serve command."""
     from ray.cluster_utils import Cluster
@@ -115,7 +116,7 @@ def up_regions(settings: Settings, layout: dict[str, int], root: Path, started: 
     from embedstack.cli.cluster import _ray_init, models_factory
     from embedstack.cluster.ray.node import node_resource
     from embedstack.cluster.ray.nodes import start_node_actor
-    from embedstack.cluster.ray.regions import region_resource
+    from embedstack.cluster.ray.regions import region_labels
     from embedstack.infra.local import start_kafka, start_redis
 
     brokers = {}
@@ -126,14 +127,15 @@ def up_regions(settings: Settings, layout: dict[str, int], root: Path, started: 
     catalog = f"redis://{started[-1].address}/0"
     names = [(region, f"{region}{i}") for region, n in layout.items() for i in range(n)]
 
-    def resources(region: str, name: str) -> dict[str, float]:
-        return {node_resource(name): 1, region_resource(region): 1}
+    def node(region: str, name: str) -> dict[str, Any]:
+        return {"num_cpus": 1, "resources": {node_resource(name): 1},
+                "labels": region_labels(region)}  # fmt: skip
 
-    head = {"num_cpus": 1, "resources": resources(*names[0]), "include_dashboard": False}
-    local = Cluster(initialize_head=True, head_node_args=head)
+    local = Cluster(initialize_head=True, head_node_args={**node(*names[0]),
+                                                          "include_dashboard": False})  # fmt: skip
     started.append(local)
     for region, name in names[1:]:
-        local.add_node(num_cpus=1, resources=resources(region, name))
+        local.add_node(**node(region, name))
     _ray_init(local.address)
     factory = models_factory(settings)
     for region, name in names:  # a node reads its own region's broker only

@@ -88,6 +88,9 @@ def serve(
     scales between inference_min_replicas and inference_max_replicas (EMBEDSTACK_INFERENCE_*):
     on ongoing requests per replica, queued texts per replica, and GPU utilization where the
     replicas have a GPU. When even the maximum is full, requests get 429 with Retry-After.
+    Bulk work (ingest) runs in replicas of its own, scaled between inference_bulk_min_replicas
+    and inference_bulk_max_replicas (0: shares the query replicas), so queries never queue
+    behind it; each caller sends at most inference_bulk_in_flight bulk requests at once.
     """
     from embedstack.serving.app import create_app
     from embedstack.serving.auth import check_bind, is_loopback

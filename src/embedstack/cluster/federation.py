@@ -7,10 +7,13 @@ keeps the federated entry (policy, config) in the shared catalog and talks to th
 
 - writes: each document goes to the gateway of the region its policy field names (validated
   first: 4xx naming the allowed regions), which appends it to its region's log;
-- queries: the query is embedded here, sent to the gateways of the regions it may read (all of
-  the policy's, or the ones it names), each searches its shards and, for a caller of another
-  region, strips its hits to the policy's crossing kinds before they leave the region; the
-  hits merge here by score. A region-local query talks to its own region's gateway only.
+- queries: the query TEXT goes to the gateways of the regions it may read (all of the
+  policy's, or the ones it names); each embeds it with its region's own model (parity checked
+  against the collection's space), searches its shards and, for a caller of another region,
+  strips its hits to the policy's crossing kinds before they leave the region; the hits merge
+  here by score. A caller's query vector goes only to the caller's own region unless the
+  policy's `query` kinds list "vector". A region-local query talks to its own region's
+  gateway only.
 - every answer's payload bytes are counted per (from_region, to_region, kind) on
   embedstack_region_payload_bytes_total, so what crossed a border can be checked;
 - a region with no live node (or whose gateway does not answer) makes what needs it fail with
@@ -31,7 +34,9 @@ import orjson
 from embedstack.cluster.keys import RedisKeys
 from embedstack.cluster.residency import (
     DOCUMENTS_KIND,
-    QUERY_KIND,
+    IDS_KIND,
+    QUERY_TEXT_KIND,
+    QUERY_VECTOR_KIND,
     ResidencyPolicy,
     check_region,
     payload_bytes,
@@ -39,7 +44,6 @@ from embedstack.cluster.residency import (
 from embedstack.cluster.shards import check_layout
 from embedstack.errors import Conflict, EmbedStackError, InvalidInput, NotFound, Unavailable
 from embedstack.inference.backend import ModelRegistry
-from embedstack.inference.parity import check_parity
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionConfigs
 from embedstack.storage.store import DocumentRow
@@ -117,6 +121,7 @@ class FederatedRouter:
         self.prefix = prefix
         self._collections = f"{prefix}:federation:collections"
         self._jobs = f"{prefix}:federation:job:"
+        self._moved = f"{prefix}:federation:moved:"  # + region: ids to delete once it is back
         if home is not None and home not in self.gateways:
             raise InvalidInput(f"home region {home!r} is not one of {', '.join(self.regions)}")
 
@@ -252,25 +257,62 @@ class FederatedRouter:
             size = sum(len(orjson.dumps([d.id, d.text, d.metadata])) for d in docs)
             size += sum(len(d.vector) for d in docs if d.vector is not None)
             self.metrics.region_bytes.labels(origin, region, DOCUMENTS_KIND).inc(size)
+        moved = self._forget_moved(coll, by_region, origin)
         job_id = uuid.uuid4().hex
-        value = {"collection": name, "regions": jobs, "documents": len(rows),
+        value = {"collection": name, "regions": jobs, "moved": moved, "documents": len(rows),
                  "created_at": time.time()}  # fmt: skip
         self._r.set(self._jobs + job_id, orjson.dumps(value), ex=JOB_TTL_S)
         return job_id
+
+    def _forget_moved(
+        self, coll: FederatedCollection, by_region: Mapping[str, Sequence[DocumentRow]], origin: str
+    ) -> dict[str, str]:
+        """After the documents were logged in their regions: delete each one's old copy from
+        the collection's other regions (a document whose region field changed). Only ids
+        cross. A region that is down now keeps its ids in the catalog (`moved:REGION`, ids
+        only) and deletes them on a later write once it is back. Returns region -> delete job."""
+        live = self._live()
+        jobs = {}
+        for region in coll.policy.regions:
+            pending = self._moved + region
+            stale = [d for r, docs in by_region.items() if r != region for d in docs]
+            ids = [row.id for row in stale]
+            here = {row.id for row in by_region.get(region, [])}  # moved back: keep them
+            earlier = [m for m in self._r.smembers(pending) if orjson.loads(m)[0] == coll.name]
+            ids += [i for i in (orjson.loads(m)[1] for m in earlier) if i not in here]
+            if not ids:
+                if earlier:
+                    self._r.srem(pending, *earlier)
+                continue
+            try:
+                if region not in live:
+                    raise RegionUnavailable(region, "no live node")
+                job = self._call(region, "forget", coll.name, ids, timeout=DELETE_WAIT_S)
+            except RegionUnavailable:
+                fresh = [orjson.dumps([coll.name, row.id]) for row in stale]
+                if fresh:
+                    self._r.sadd(pending, *fresh)
+                continue
+            self.metrics.region_bytes.labels(origin, region, IDS_KIND).inc(len(orjson.dumps(ids)))
+            if earlier:
+                self._r.srem(pending, *earlier)
+            if job is not None:
+                jobs[region] = job
+        return jobs
 
     def job(self, job_id: str) -> dict[str, Any]:
         raw = self._r.get(self._jobs + job_id)
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist (or expired)")
         job: dict[str, Any] = orjson.loads(raw)
-        regions = {}
-        for region, jid in job["regions"].items():
-            part = self._call(region, "job", jid)
-            part["shards"] = {str(k): v for k, v in part["shards"].items()}  # JSON keys
-            regions[region] = part
-        done = all(j["status"] == "done" for j in regions.values())
-        return {**job, "id": job_id, "status": "done" if done else "running",
-                "regions": regions}  # fmt: skip
+        parts: dict[str, dict[str, Any]] = {"regions": {}, "moved": {}}
+        for what, jobs in parts.items():
+            for region, jid in job.get(what, {}).items():
+                part = self._call(region, "job", jid)
+                part["shards"] = {str(k): v for k, v in part["shards"].items()}  # JSON keys
+                jobs[region] = part
+        done = all(j["status"] == "done" for jobs in parts.values() for j in jobs.values())
+        return {**job, "id": job_id, "status": "done" if done else "running", **parts}
 
     def wait_job(self, job_id: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -321,17 +363,6 @@ class FederatedRouter:
             raise RegionUnavailable(down[0], "no live node; the document may be there")
         raise NotFound(f"collection {name!r} has no document {document_id!r}")
 
-    def embed_query(self, coll: FederatedCollection, text: str) -> np.ndarray:
-        model = coll.config.model
-        if not model:
-            raise InvalidInput(
-                f"collection {coll.name!r} has no model (bring-your-own vectors): "
-                "send 'vector' instead of 'text'"
-            )
-        embedder = self.models.get(model)
-        check_parity(embedder.spec, coll.name, coll.space_id)
-        return np.asarray(embedder.embed_batch([text]), np.float32)[0]
-
     def query(
         self,
         name: str,
@@ -345,20 +376,24 @@ class FederatedRouter:
     ) -> dict[str, Any]:
         """{"hits": best-first over the regions read, each with its "region"; "regions": the
         regions read, "caller": the caller's region}. A hit of another region than the
-        caller's carries only the policy's crossing kinds."""
+        caller's carries only the policy's crossing kinds; the query crosses as its text (or,
+        where the policy allows, as the caller's vector)."""
         coll = self.get(name)
         home = self.caller(caller)
         targets = coll.policy.targets(regions)
-        self._require(targets)
         if (vector is None) == (text is None):
             raise InvalidInput("send exactly one of 'text' and 'vector'")
-        vec = vector if vector is not None else self.embed_query(coll, str(text))
+        self._check_query(coll, home, targets, vector is not None)
+        self._require(targets)
+        sent: str | np.ndarray = str(text) if vector is None else vector
+        kind, size = (QUERY_TEXT_KIND, len(str(text).encode())) if vector is None else (
+            QUERY_VECTOR_KIND, vector.nbytes)  # fmt: skip
         refs = {}
         for region in targets:
             crossing = None if region == home else list(coll.policy.crossing)
             gateway = self.gateways[region]
-            refs[region] = gateway.search.remote(name, vec, k, flt, group, crossing)
-            self.metrics.region_bytes.labels(home, region, QUERY_KIND).inc(vec.nbytes)
+            refs[region] = gateway.search.remote(name, coll.space_id, sent, k, flt, group, crossing)
+            self.metrics.region_bytes.labels(home, region, kind).inc(size)
         hits = []
         for region, ref in refs.items():
             part: list[dict[str, Any]] = self._wait(region, ref)
@@ -367,3 +402,22 @@ class FederatedRouter:
             hits += [{**h, "region": region} for h in part]
         hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
         return {"hits": hits[:k], "regions": targets, "caller": home}
+
+    def _check_query(
+        self, coll: FederatedCollection, home: str, targets: Sequence[str], vector: bool
+    ) -> None:
+        """What the query would carry across a border is what the policy allows (4xx naming
+        the fix otherwise); a text query needs a model."""
+        foreign = [r for r in targets if r != home]
+        if vector and foreign and "vector" not in coll.policy.query:
+            only = f" or read only region {home} ('regions': ['{home}'])" if home in targets else ""
+            raise InvalidInput(
+                f"a query vector may not leave the caller's region ({home}) for "
+                f"{', '.join(foreign)} under collection {coll.name!r}'s residency policy: send "
+                f"'text' (each region embeds it){only}"
+            )
+        if not vector and not coll.config.model:
+            raise InvalidInput(
+                f"collection {coll.name!r} has no model (bring-your-own vectors): "
+                "send 'vector' instead of 'text'"
+            )

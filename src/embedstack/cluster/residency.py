@@ -5,6 +5,10 @@ A document's text, chunks and vectors stay in its region (its shards are placed 
 nodes only and its log partition lives on that region's broker: see federation.py). A query
 from another region gets back only the policy's `crossing` kinds of each hit: always ids and
 scores (so results can be merged), optionally the chunk text and the metadata; never vectors.
+
+What a query itself carries into another region is the policy's `query` kinds: its text by
+default (each region embeds it with its own model, parity checked against the collection's
+space), a caller's query vector only where the policy lists "vector".
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ OPTIONAL_KINDS = ("text", "metadata")
 KINDS = REQUIRED_KINDS + OPTIONAL_KINDS
 FIELDS = {"ids": ("document_id", "chunk_id"), "scores": ("score",), "text": ("text",),
           "metadata": ("metadata",)}  # fmt: skip
-QUERY_KIND = "query"  # the caller's own query (text or vector) sent to a data region
+QUERY_KINDS = ("text", "vector")  # what a query may carry into another region
+QUERY_TEXT_KIND = "query_text"  # a query's text sent to a data region (byte counter kind)
+QUERY_VECTOR_KIND = "query_vector"  # a caller's query vector sent to a data region
+IDS_KIND = "ids"
 DOCUMENTS_KIND = "documents"  # documents sent by an API node to their region's log
 
 
@@ -40,11 +47,14 @@ def check_region(region: str, what: str = "region") -> str:
 @dataclass(frozen=True)
 class ResidencyPolicy:
     """`regions`: where documents of the collection may live; `field`: the metadata key naming
-    a document's region; `crossing`: the kinds of a hit that may leave its region."""
+    a document's region; `crossing`: the kinds of a hit that may leave its region; `query`:
+    what a query may carry into another region than its caller's (its text; a query vector
+    only when listed)."""
 
     regions: tuple[str, ...]
     field: str = "region"
     crossing: tuple[str, ...] = REQUIRED_KINDS
+    query: tuple[str, ...] = ("text",)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], known: Iterable[str]) -> ResidencyPolicy:
@@ -81,14 +91,23 @@ class ResidencyPolicy:
                     f"'residency.crossing' kind {kind!r} is unknown; choose from {', '.join(KINDS)}"
                 )
         kinds = tuple(k for k in KINDS if k in set(crossing) | set(REQUIRED_KINDS))
-        return cls(tuple(dict.fromkeys(regions)), field, kinds)
+        query = data.get("query", ["text"])
+        if not isinstance(query, list) or not set(query) <= set(QUERY_KINDS):
+            raise InvalidInput(
+                f"'residency.query' lists what a query may carry into another region: some of "
+                f"{', '.join(QUERY_KINDS)} (default ['text'])"
+            )
+        query_kinds = tuple(k for k in QUERY_KINDS if k in query)
+        return cls(tuple(dict.fromkeys(regions)), field, kinds, query_kinds)
 
     def to_json(self) -> dict[str, Any]:
-        return {"regions": list(self.regions), "field": self.field, "crossing": list(self.crossing)}
+        return {"regions": list(self.regions), "field": self.field,
+                "crossing": list(self.crossing), "query": list(self.query)}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ResidencyPolicy:
-        return cls(tuple(data["regions"]), str(data["field"]), tuple(data["crossing"]))
+        query = tuple(data.get("query", ("text",)))  # entries written before it existed
+        return cls(tuple(data["regions"]), str(data["field"]), tuple(data["crossing"]), query)
 
     def region_of(self, document_id: str, metadata: Mapping[str, Any]) -> str:
         """The region a document names in its `field`; InvalidInput (naming the allowed

@@ -197,12 +197,18 @@ class ClusterRouter:
             return False
 
     def delete_document(self, name: str, document_id: str) -> str:
+        return self.delete_documents(name, [document_id])
+
+    def delete_documents(self, name: str, document_ids: Sequence[str]) -> str:
+        """Append a delete per document to the log; one job id for them all."""
         coll = self.catalog.resolve(name)
-        shard = shard_of(document_id, coll.shards)
-        record = LogRecord("delete", document_id=document_id).encode()
-        offsets = self.log.append(coll.topic, [(shard, document_id, record)])
+        records = [
+            (shard_of(d, coll.shards), d, LogRecord("delete", document_id=d).encode())
+            for d in document_ids
+        ]
+        offsets = self.log.append(coll.topic, records)
         job_id = uuid.uuid4().hex
-        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, 1)
+        self.catalog.put_job(job_id, coll.name, coll.topic, offsets, len(records))
         return job_id
 
     def append_space(self, coll: ClusterCollection, change: dict[str, Any]) -> dict[int, int]:

@@ -3,9 +3,17 @@ replicas, and `ServeBatcher`, what the API node holds in place of a local Batche
 
 Each replica runs the same Batcher as a single node, with both lanes: a query goes ahead of
 bulk work inside whichever replica takes it, and bulk batches are cut short while queries are
-about. Across replicas, Serve's router sends each request to a replica with few ongoing
-requests; the bulk lane of each replica is bounded (max_pending_bulk), so bulk work is refused
-there (and retried by the ingest worker) rather than filling the room queries need.
+about. That is not enough across replicas: Serve's router (one per caller's handle) sends a
+request to a replica only while the replica has a free ongoing-request slot, and otherwise
+queues it at the caller, first in first out, so with every slot taken by bulk requests a query
+would wait behind all the bulk requests queued before it, at its own handle and, for the slots,
+against every other caller's. So each model has two Serve applications, one per lane
+(`app_name(model, lane)`), each with its own replicas and autoscaling: the query lane never
+shares a slot or a handle queue with bulk work, and its replicas scale on query load alone.
+ServeBatcher sends each lane to its own application and bounds the bulk requests it has in
+flight (`bulk_in_flight`: the rest wait in the caller, so one busy ingest node cannot fill the
+bulk application's queues). Without a bulk application (inference_bulk_max_replicas = 0) both
+lanes share the query application, as inside one replica.
 
 Errors cross the handle as values, not exceptions: a replica's Overloaded (its queue is full,
 or a deadline cannot be met) comes back as Overloaded with the replica's Retry-After, so the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,8 +60,9 @@ _BACKOFF_S = 0.2  # doubled after each, up to _MAX_BACKOFF_S: about 5 s in all
 _MAX_BACKOFF_S = 2.0
 
 
-def app_name(model: str) -> str:
-    return f"embedstack-embed-{model}"
+def app_name(model: str, lane: Lane = "query") -> str:
+    """The Serve application of a model's lane (no name is a prefix of another)."""
+    return f"embedstack-embed-{model}" if lane == "query" else f"embedstack-{lane}-{model}"
 
 
 class EmbedderReplica:
@@ -132,13 +142,14 @@ def deploy(
     model: str,
     config: BatcherConfig,
     policy: AutoscalePolicy,
+    lane: Lane = "query",
 ) -> Any:
-    """Deploy the embedder of `model` as its own Serve application (on the connected Ray
-    cluster; Serve starts without an HTTP proxy) unless it is already running; returns its
+    """Deploy the embedder of `model` for `lane` as its own Serve application (on the connected
+    Ray cluster; Serve starts without an HTTP proxy) unless it is already running; returns its
     handle. Blocks until a replica is up."""
     from ray import serve
 
-    name = app_name(model)
+    name = app_name(model, lane)
     status = serve.status().applications.get(name)
     if status is not None and status.status == "RUNNING":
         return serve.get_app_handle(name)
@@ -151,27 +162,94 @@ def deploy(
     return serve.run(app, name=name, route_prefix=None)
 
 
-def replica_states(model: str) -> dict[str, int]:
-    """Replicas of the model's deployment by state (RUNNING, STARTING, STOPPING, ...)."""
+def replica_states(model: str, lane: Lane = "query") -> dict[str, int]:
+    """Replicas of the model's deployment for `lane` by state (RUNNING, STARTING, ...)."""
     from ray import serve
 
-    app = serve.status().applications.get(app_name(model))
+    app = serve.status().applications.get(app_name(model, lane))
     if app is None or DEPLOYMENT not in app.deployments:
         return {}
     return {str(k): int(v) for k, v in app.deployments[DEPLOYMENT].replica_states.items()}
 
 
+class Slots:
+    """At most `n` holders at once, for callers on any threads and event loops (the shard
+    node's log replicas embed from threads of their own); waiters are let in first come,
+    first served."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("Slots needs at least 1 slot")
+        self.n = n
+        self.held = 0
+        self.most = 0  # the most held at once so far
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self.held < self.n and not self._waiters:
+                self._take()
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        try:
+            await future  # release() hands its slot over: held already counts this caller
+        except asyncio.CancelledError:
+            with self._lock:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
+                    raise
+            self.release()  # cancelled after the hand-over: pass the slot on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                loop, future = self._waiters.pop(0)
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_hand_over, future)
+                    return
+            self.held -= 1
+
+    def _take(self) -> None:
+        self.held += 1
+        self.most = max(self.most, self.held)
+
+
+def _hand_over(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ServeBatcher(Batcher):
-    """The Batcher-facing side of a Serve deployment: the server calls it as it calls a local
-    Batcher; the queue and the model live in the replicas.
+    """The Batcher-facing side of a model's Serve deployments: the server calls it as it calls
+    a local Batcher; the queues and the model live in the replicas.
+
+    Queries go to `handle` (the query lane's application). Bulk work goes to the bulk lane's
+    application: `bulk_handle`, or the one `deploy_bulk()` returns (called once, off the event
+    loop, on the first bulk request: an API node that only queries never starts bulk
+    replicas); with neither, to `handle` too. At most `bulk_in_flight` bulk requests of this
+    caller are sent at once (0: no bound); the others wait here, counted in `pending()`.
 
     `pending()` counts texts this caller sent and has not had answered; there is no local
     service-time estimate (estimate_wait is None, check_deadline admits): each replica's batcher
     refuses what it cannot embed within the deadline it is sent."""
 
-    def __init__(self, handle: Any, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        spec: ModelSpec,
+        bulk_handle: Any = None,
+        deploy_bulk: Callable[[], Any] | None = None,
+        bulk_in_flight: int = 0,
+    ) -> None:
         # no Batcher.__init__: nothing here queues or runs a model
-        self._handle = handle
+        self._handles: dict[Lane, Any] = {"query": handle, "bulk": bulk_handle}
+        self._deploy_bulk = deploy_bulk
+        self._deploy_lock = threading.Lock()
+        self.bulk_slots = Slots(bulk_in_flight) if bulk_in_flight > 0 else None
         self._model = spec.name
         self._dim = spec.dim
         self._pending: dict[Lane, int] = dict.fromkeys(LANES, 0)
@@ -220,8 +298,16 @@ class ServeBatcher(Batcher):
         key = id(texts)
         self._pending[lane] += n
         self._sent[key] = (lane, time.monotonic())
+        slots = self.bulk_slots if lane == "bulk" else None
         try:
-            out = await self._send(list(texts), lane, deadline)
+            handle = await self._handle(lane)
+            if slots is not None:
+                await slots.acquire()
+            try:
+                out = await self._send(handle, list(texts), lane, deadline)
+            finally:
+                if slots is not None:
+                    slots.release()
         finally:
             self._pending[lane] -= n
             self._sent.pop(key, None)
@@ -237,7 +323,22 @@ class ServeBatcher(Batcher):
             )
         return vectors, int(out["tokens"])
 
-    async def _send(self, texts: list[str], lane: Lane, deadline: float | None) -> dict[str, Any]:
+    async def _handle(self, lane: Lane) -> Any:
+        """The handle of the lane's application (deploying the bulk one on first use)."""
+        if lane == "query":
+            return self._handles["query"]
+        if self._handles["bulk"] is None and self._deploy_bulk is not None:
+            await asyncio.to_thread(self._deploy_bulk_once)
+        return self._handles["bulk"] or self._handles["query"]
+
+    def _deploy_bulk_once(self) -> None:
+        with self._deploy_lock:
+            if self._handles["bulk"] is None and self._deploy_bulk is not None:
+                self._handles["bulk"] = self._deploy_bulk()
+
+    async def _send(
+        self, handle: Any, texts: list[str], lane: Lane, deadline: float | None
+    ) -> dict[str, Any]:
         from ray.exceptions import ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError
 
@@ -252,7 +353,7 @@ class ServeBatcher(Batcher):
                         retry_after=1.0,
                     )
             try:
-                result: dict[str, Any] = await self._handle.embed.remote(texts, lane, budget)
+                result: dict[str, Any] = await handle.embed.remote(texts, lane, budget)
                 return result
             except BackPressureError as exc:
                 raise Overloaded(

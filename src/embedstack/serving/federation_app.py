@@ -48,6 +48,11 @@ class ResidencyIn(Strict):
         description="what of a hit may leave its region: ids and scores always, optionally "
         "text and metadata; never vectors",
     )
+    query: list[Text] = Field(
+        default_factory=lambda: ["text"],
+        description="what a query may carry into another region than its caller's: its text "
+        "(each region embeds it), and 'vector' to let a caller's query vector cross",
+    )
 
 
 class FederatedCollectionCreate(CollectionCreate):
@@ -219,7 +224,7 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
             {
                 "id": job_id, "status": job["status"], "collection": job["collection"],
                 "documents": job["documents"], "attempts": 1,
-                "result": {"regions": job["regions"]}, "error": None,
+                "result": {"regions": job["regions"], "moved": job["moved"]}, "error": None,
                 "created_at": job["created_at"], "updated_at": time.time(),
             }
         )  # fmt: skip

@@ -93,10 +93,14 @@ def build_models(settings: Settings, environ: Mapping[str, str]) -> ModelRegistr
     return models
 
 
-def autoscale_policy(settings: Settings) -> AutoscalePolicy:
+def autoscale_policy(settings: Settings, lane: Lane = "query") -> AutoscalePolicy:
+    """The policy of a model's query (or bulk) application; only the bounds differ."""
     s = settings
+    bounds = (s.inference_min_replicas, s.inference_max_replicas)
+    if lane == "bulk":
+        bounds = (s.inference_bulk_min_replicas, s.inference_bulk_max_replicas)
     return AutoscalePolicy(
-        min_replicas=s.inference_min_replicas, max_replicas=s.inference_max_replicas,
+        min_replicas=bounds[0], max_replicas=bounds[1],
         target_ongoing_requests=s.inference_target_ongoing,
         target_queued_texts=s.inference_target_queued_texts, gpu_target=s.inference_gpu_target,
         upscale_delay_s=s.inference_upscale_delay_s,
@@ -147,13 +151,21 @@ def batcher_config(s: Settings) -> BatcherConfig:
 def serve_batcher(
     settings: Settings, model: str, spec: ModelSpec, config: BatcherConfig
 ) -> ServeBatcher:
-    """A model's embedder as a Ray Serve deployment on the Ray cluster at settings.inference
-    (connecting once; deployed unless it already runs there), behind a Batcher's interface."""
+    """A model's embedder as Ray Serve deployments on the Ray cluster at settings.inference
+    (connecting once; deployed unless they already run there), behind a Batcher's interface:
+    the query lane's application now, the bulk lane's on the first bulk request (none when
+    inference_bulk_max_replicas is 0: bulk shares the query replicas)."""
     assert settings.inference is not None
     connect_ray(settings.inference)
     factory = partial(build_models, settings, {})  # what each replica loads its model with
     handle = deploy(factory, model, config, autoscale_policy(settings))
-    return ServeBatcher(handle, spec)
+    deploy_bulk = None
+    if settings.inference_bulk_max_replicas > 0:
+        bulk = autoscale_policy(settings, "bulk")
+        deploy_bulk = partial(deploy, factory, model, config, bulk, "bulk")
+    return ServeBatcher(
+        handle, spec, deploy_bulk=deploy_bulk, bulk_in_flight=settings.inference_bulk_in_flight
+    )
 
 
 def quality_config(settings: Settings) -> QualityConfig:

@@ -13,11 +13,17 @@ from embedstack.ingest.pipeline import EmbedFn
 PREFIX = actor_name("")
 
 
-def detached_actor(cls: type, name: str, resource: str, *args: Any) -> Any:
+def detached_actor(
+    cls: type, name: str, resource: str | None, *args: Any, labels: dict[str, str] | None = None
+) -> Any:
     """The detached actor `name` of class `cls` (created once, found by name after), placed on
-    a node offering `resource`, restarted whenever its process dies, up to 16 concurrent calls."""
+    a node offering `resource` (and/or carrying the node `labels`), restarted whenever its
+    process dies, up to 16 concurrent calls."""
     import ray
 
+    placement: dict[str, Any] = {"resources": {resource: 0.001} if resource else {}}
+    if labels:
+        placement["label_selector"] = labels
     return (
         ray.remote(cls)
         .options(
@@ -28,7 +34,7 @@ def detached_actor(cls: type, name: str, resource: str, *args: Any) -> Any:
             max_restarts=-1,
             max_concurrency=16,
             num_cpus=0,
-            resources={resource: 0.001},
+            **placement,
         )
         .remote(*args)
     )

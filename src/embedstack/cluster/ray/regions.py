@@ -1,10 +1,13 @@
-"""Regions of a Ray cluster: a node's region is its Ray custom resource `es_region_<region>`
-(beside `es_node_<name>`), and each region runs one gateway actor that routes inside it.
+"""Regions of a Ray cluster: a node's region is its Ray node label `embedstack.io/region`
+(`ray start --labels embedstack.io/region=eu`; Ray >= 2.49 schedules on labels), or, for nodes
+started without labels, its custom resource `es_region_<region>` (beside `es_node_<name>`);
+the label wins when a node has both. Each region runs one gateway actor that routes inside it,
+placed with a label selector where the region's nodes carry the label, else by the resource.
 
 The gateway is a cluster router (cluster/router.py) restricted to its region: it sees only the
 shard node actors of its region's nodes (RegionalNodes), so shards are placed there only; it
 writes to its region's broker only; its catalog entries live under a prefix of their own. It is
-pinned to the region by the region's resource, so Ray restarts it on another node of the region
+pinned to the region (label or resource), so Ray restarts it on another node of the region
 when its node dies, and nowhere once the whole region is gone. A search from another region is
 stripped to the policy's crossing kinds here, inside the region, before the answer leaves it.
 """
@@ -31,6 +34,7 @@ from embedstack.storage.store import DocumentRow
 
 NODE_PREFIX = node_resource("")
 REGION_PREFIX = "es_region_"
+REGION_LABEL = "embedstack.io/region"
 REGION_CACHE_S = 1.0
 
 
@@ -47,18 +51,32 @@ def region_catalog_prefix(prefix: str, region: str) -> str:
     return f"{prefix}:region:{region}"
 
 
-def ray_node_regions() -> list[tuple[str, str, bool]]:
-    """(node name, region, alive) of every Ray node offering es_node_* and es_region_*."""
-    import ray
+def region_labels(region: str) -> dict[str, str]:
+    """The Ray node labels of a node of `region`."""
+    return {REGION_LABEL: region}
 
+
+def node_regions(infos: Sequence[dict[str, Any]]) -> list[tuple[str, str, bool, bool]]:
+    """(node name, region, alive, labelled) of every node in `infos` (ray.nodes() rows) that
+    offers es_node_* and names one region: by its label, else by one es_region_* resource."""
     out = []
-    for info in ray.nodes():
+    for info in infos:
         res = info.get("Resources") or {}
         names = [k.removeprefix(NODE_PREFIX) for k in res if k.startswith(NODE_PREFIX)]
+        label = (info.get("Labels") or {}).get(REGION_LABEL)
         regions = [k.removeprefix(REGION_PREFIX) for k in res if k.startswith(REGION_PREFIX)]
-        if len(regions) == 1:
-            out += [(name, regions[0], bool(info.get("Alive"))) for name in names]
+        region = label or (regions[0] if len(regions) == 1 else None)
+        if region is not None:
+            alive = bool(info.get("Alive"))
+            out += [(name, region, alive, label is not None) for name in names]
     return out
+
+
+def ray_node_regions() -> list[tuple[str, str, bool]]:
+    """(node name, region, alive) of every Ray node offering es_node_* and a region."""
+    import ray
+
+    return [row[:3] for row in node_regions(ray.nodes())]
 
 
 class RegionMap:
@@ -169,16 +187,24 @@ class RegionGateway:
     def search(
         self,
         name: str,
-        vec: np.ndarray,
+        space_id: str,
+        query: str | np.ndarray,
         k: int,
         flt: dict[str, Any] | None,
         group: bool,
         crossing: Sequence[str] | None,
     ) -> list[dict[str, Any]]:
-        """Top-k of the region's shards; with `crossing` (a caller in another region), only
-        those kinds of each hit leave this actor."""
+        """Top-k of the region's shards for a query text (embedded here by the region's model
+        for space `space_id`, the federated collection's: SpaceMismatch or Conflict if the
+        region's collection or model differ) or vector; with `crossing` (a caller in another
+        region), only those kinds of each hit leave this actor."""
         coll = self.router.catalog.get(name)
-        hits = self.router.search(coll, coll.space_id, vec, k, flt, group)
+        space, _ = self.router.space_of(coll, space_id)
+        if isinstance(query, str):
+            vec = self.router.embed_query(coll, query, space)
+        else:
+            vec = np.asarray(query, np.float32)
+        hits = self.router.search(coll, space, vec, k, flt, group)
         return hits if crossing is None else strip(hits, crossing)
 
     def get_document(
@@ -191,6 +217,14 @@ class RegionGateway:
             return None
         doc = {"document_id": found["id"], "text": found["text"], "metadata": found["metadata"]}
         return doc if crossing is None else strip([doc], crossing)[0]
+
+    def forget(self, name: str, document_ids: Sequence[str]) -> str | None:
+        """Delete, through the region's log, those of `document_ids` the region holds (their
+        region changed: re-ingested into another one); the job id of the deletes, None when
+        the region held none of them."""
+        coll = self.router.catalog.get(name)
+        held = [d for d in document_ids if self.router.get_document(coll, d) is not None]
+        return self.router.delete_documents(name, held) if held else None
 
     def delete_document(self, name: str, document_id: str, wait_s: float) -> bool:
         """Delete a document through the region's log; True once every placed replica applied
@@ -221,10 +255,15 @@ def start_gateway(
     period: float = 0.5,
 ) -> Any:
     """The gateway actor of `region` (created once, found by name after): detached, on a node
-    offering es_region_<region>, restarted on another node of the region when its node dies."""
+    of the region, restarted on another node of the region when its node dies. Placed by the
+    region's label when a node of the region carries it, else by the es_region_* resource."""
+    import ray
+
+    labelled = any(row[1] == region and row[3] for row in node_regions(ray.nodes()))
     return detached_actor(
-        RegionGateway, gateway_name(region), region_resource(region), region, catalog_url,
-        prefix, bootstrap, models_factory, default_model, replica_timeout, period,
+        RegionGateway, gateway_name(region), None if labelled else region_resource(region),
+        region, catalog_url, prefix, bootstrap, models_factory, default_model, replica_timeout,
+        period, labels=region_labels(region) if labelled else None,
     )  # fmt: skip
 
 
