@@ -24,12 +24,25 @@ server runs it) and an HTTP query with that ef_search, from one keep-alive clien
 over the bucket). Reports p50/p95/p99 of HTTP, of the server's own took_ms and of raw FAISS,
 recall@10 of each, their ratios, the server's resident memory and the data directory's size on
 disk.
+
+Iterating on the serving side without reloading: `--data-dir DIR` keeps the server's data (DIR/data)
+and log there, with DIR/load.json noting what was loaded and how long it took. A later run with the
+same --data-dir and the same data options (--n, --seed, --copy-cos, --ef-construction,
+--queries) starts the server on that data (the start is the restart from the snapshot that is
+timed) and goes straight to the queries. `--load-only` stops after the load and restart.
+`--profile OUT.prof` runs the server under bench/common.py's CPU profiler during the
+1-client measurement.
+
+    python bench/million.py --data-dir /tmp/million --load-only   # once, ~25 min
+    python bench/million.py --data-dir /tmp/million                # queries only, minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -65,6 +78,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=2, help="concurrent clients measured (2)")
     p.add_argument("--filter-queries", type=int, default=100, help="filtered queries (100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="keep the server's data here and reuse it in later runs with the same "
+                   "data options (default: a temporary dir, removed)")  # fmt: skip
+    p.add_argument("--load-only", action="store_true", help="stop after the load and restart")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="CPU profile (pstats) of the server during the 1-client run")  # fmt: skip
     return p.parse_args()
 
 
@@ -153,6 +172,52 @@ def pick_ef(index: Any, qv: np.ndarray, truth: np.ndarray, rows: np.ndarray, flo
     return EF_STEPS[-1]
 
 
+LOADED = "load.json"  # in --data-dir: what was loaded there, and how long it took
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that decide the loaded data: a kept data dir serves a run with the same."""
+    keys = ("n", "queries", "seed", "copy_cos", "ef_construction")
+    return {k: getattr(args, k) for k in keys}
+
+
+def loaded_before(workdir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """What DIR/load.json says was loaded into a kept data dir, if it matches these options;
+    SystemExit if the dir holds data of other options (no silent mix of two runs)."""
+    note = workdir / LOADED
+    if not note.exists():
+        if (workdir / "data").exists():
+            raise SystemExit(f"{workdir}/data exists without {LOADED} (an interrupted load?): "
+                             "remove it or pick another --data-dir")  # fmt: skip
+        return None
+    done: dict[str, Any] = orjson.loads(note.read_bytes())
+    if done["options"] != data_options(args):
+        raise SystemExit(f"{workdir} holds data loaded with {done['options']}, not "
+                         f"{data_options(args)}: pick another --data-dir")  # fmt: skip
+    return done
+
+
+def load(server: Server, args: argparse.Namespace, base: np.ndarray) -> dict[str, Any]:
+    """Create the collection and POST every vector; seconds until acknowledged and served."""
+    hnsw = {"type": "hnsw", "M": 32, "ef_construction": args.ef_construction, "ef_search": 64}
+    with server.client(timeout=600) as client:
+        post(client, "/v1/collections", {"name": "vec", "dim": 384, "metric": "cosine",
+                                         "index": hnsw})  # fmt: skip
+        meta = [{"bucket": i % 10} for i in range(args.n)]
+        say(f"loading {args.n:,} vectors, {args.per_post:,} per POST ... {load_note()}")
+        started = time.perf_counter()
+        jobs = UPLOADS[args.format](client, "vec", base, None, args.per_post, meta)
+        acked = time.perf_counter() - started
+        wait_jobs(client, jobs, timeout=7200, poll=0.5)
+        load_s = time.perf_counter() - started
+        served = client.get("/v1/collections/vec").json().get("vectors")
+    assert server.proc is not None
+    say(f"loaded: acknowledged after {acked:.0f} s, indexed and served after {load_s:.0f} s "
+        f"({args.n / load_s:,.0f} vectors/s), {served:,} served; server RSS "
+        f"{rss_mib(server.proc.pid):,.0f} MiB ... {load_note()}")  # fmt: skip
+    return {"load_s": load_s, "acked_s": acked, "load_note": load_note()}
+
+
 def main() -> None:
     args = parse_args()
     say(f"bench/million.py {' '.join(sys.argv[1:])}\n{machine_note()}\n{load_note()}")
@@ -171,72 +236,94 @@ def main() -> None:
     bucket = 3
     in_bucket = np.flatnonzero(np.arange(args.n) % 10 == bucket)
     ftruth = in_bucket[exact(np.ascontiguousarray(base[in_bucket]), qv, K)]
-    hnsw = {"type": "hnsw", "M": 32, "ef_construction": args.ef_construction, "ef_search": 64}
-    with tempfile.TemporaryDirectory(prefix="embedstack-million-") as tmp:
-        server = Server(Path(tmp), server_env())
-        with server:
-            with server.client(timeout=600) as client:
-                post(client, "/v1/collections", {"name": "vec", "dim": 384, "metric": "cosine",
-                                                 "index": hnsw})  # fmt: skip
-                meta = [{"bucket": i % 10} for i in range(args.n)]
-                say(f"loading {args.n:,} vectors, {args.per_post:,} per POST ... {load_note()}")
-                started = time.perf_counter()
-                upload = UPLOADS[args.format]
-                jobs = upload(client, "vec", base, None, args.per_post, meta)
-                acked = time.perf_counter() - started
-                wait_jobs(client, jobs, timeout=7200, poll=0.5)
-                load_s = time.perf_counter() - started
-                served = client.get("/v1/collections/vec").json().get("vectors")
-                say(f"loaded: acknowledged after {acked:.0f} s, indexed and served after "
-                    f"{load_s:.0f} s ({args.n / load_s:,.0f} vectors/s), {served:,} served; server "
-                    f"RSS {rss_mib(server.proc.pid):,.0f} MiB ... {load_note()}")  # fmt: skip
-            probe = orjson.dumps({"vector": qv[0].tolist(), "k": K})
+    with contextlib.ExitStack() as stack:
+        if args.data_dir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="million-")))
+        else:
+            workdir = Path(args.data_dir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        done = loaded_before(workdir, args)
+        server = Server(workdir, server_env(), profile=args.profile)
+        stack.callback(server.stop, grace=600)
+        probe = orjson.dumps({"vector": qv[0].tolist(), "k": K})
+        if done is None:
+            with server:
+                loaded = load(server, args, base)
+            done = {"options": data_options(args), **loaded}
+            (workdir / LOADED).write_bytes(orjson.dumps(done))
+            restart_s = restart_seconds(server, probe)  # the stop above snapshotted the index
+        else:
+            say(f"reusing the data loaded in {workdir} ({done['load_s']:.0f} s until served, "
+                f"{done['acked_s']:.0f} s acknowledged, at {done['load_note']})")  # fmt: skip
             restart_s = restart_seconds(server, probe)
-            rss = rss_mib(server.proc.pid)
-            disk = du_mib(Path(tmp) / "data")
-            say(f"restart until the first answer: {restart_s:.1f} s; RSS {rss:,.0f} MiB; data "
-                f"dir {disk:,.0f} MiB ... {load_note()}")  # fmt: skip
-            index, rows = snapshot_index(Path(tmp) / "data")
-            ef = pick_ef(index, qv, truth, rows, args.floor)
-            index.hnsw.efSearch = ef
-            client = server.client(timeout=600)  # the restarted server listens on a new port
-            say(f"efSearch {ef}: the smallest of {EF_STEPS} with raw recall@10 >= {args.floor}")
-            faiss.omp_set_num_threads(1)  # one query per call on one thread, as the server
-            reps = np.tile(np.arange(len(qv)), args.rounds)
-            # the collection's own efSearch (64) needs no per-query knob: the lean search path
-            knob = {} if ef == hnsw["ef_search"] else {"ef_search": ef}
-            bodies = [orjson.dumps({"vector": qv[i].tolist(), "k": K, "budget_ms": 10_000,
-                                    **knob}) for i in reps]  # fmt: skip
+        rss = rss_mib(server.proc.pid)  # type: ignore[union-attr]
+        disk = du_mib(workdir / "data")
+        say(f"restart until the first answer: {restart_s:.1f} s; RSS {rss:,.0f} MiB; data "
+            f"dir {disk:,.0f} MiB ... {load_note()}")  # fmt: skip
+        if args.load_only:
+            return
+        measure(args, server, workdir, qv, truth, ftruth, bucket, done, restart_s, disk)
 
-            def raw(i: int) -> Any:
-                return index.search(qv[reps[i] : reps[i] + 1], K)
 
-            http = poster(client, "/v1/collections/vec/query", bodies)
-            paired(raw, http, 100, 50)  # warm-up
-            note = load_note()
-            raw_lat, http_lat, raw_out, answers = paired(raw, http, len(reps), 100)
-            raw_found = [rows[pos[0]].tolist() for _, pos in raw_out[: len(qv)]]
-            http_found = [doc_rows(a) for a in answers[: len(qv)]]
-            took_lat = took(answers)
-            lat_c, answers_c, wall_c = http_load(server.url, "/v1/collections/vec/query", bodies,
-                                                 args.clients)  # fmt: skip
-            fl_rows: list[list[object]] = []
-            if args.filter_queries:
-                fq = min(args.filter_queries, len(qv))
-                fbodies = [orjson.dumps({"vector": qv[i].tolist(), "k": K, "budget_ms": 10_000,
-                                         "filter": {"bucket": bucket}, **knob})
-                           for i in range(fq)]  # fmt: skip
-                lat_f, answers_f, _ = http_load(server.url, "/v1/collections/vec/query",
-                                                fbodies, 1)  # fmt: skip
-                fl_rows.append([
-                    "HTTP query, 10% filter, 1 client", fq, *percentiles(lat_f),
-                    *percentiles(took(answers_f)), fq / lat_f.sum(),
-                    recall_at_k([doc_rows(a) for a in answers_f], ftruth[:fq], K),
-                ])  # fmt: skip
-            final_rss = rss_mib(server.proc.pid)
-            stats = client.get("/v1/collections/vec/stats").json()
-            say(f"server stats after the queries (knobs, online recall): {str(stats)[:1500]}")
-            client.close()
+def measure(
+    args: argparse.Namespace,
+    server: Server,
+    workdir: Path,
+    qv: np.ndarray,
+    truth: np.ndarray,
+    ftruth: np.ndarray,
+    bucket: int,
+    done: dict[str, Any],
+    restart_s: float,
+    disk: float,
+) -> None:
+    """Raw FAISS on the server's snapshot against HTTP queries: 1 client, --clients, filtered."""
+    assert server.proc is not None
+    index, rows = snapshot_index(workdir / "data")
+    ef = pick_ef(index, qv, truth, rows, args.floor)
+    index.hnsw.efSearch = ef
+    client = server.client(timeout=600)  # the restarted server listens on a new port
+    say(f"efSearch {ef}: the smallest of {EF_STEPS} with raw recall@10 >= {args.floor}")
+    faiss.omp_set_num_threads(1)  # one query per call on one thread, as the server
+    reps = np.tile(np.arange(len(qv)), args.rounds)
+    # the collection's own efSearch (64) needs no per-query knob: the lean search path
+    knob = {} if ef == 64 else {"ef_search": ef}
+    bodies = [orjson.dumps({"vector": qv[i].tolist(), "k": K, "budget_ms": 10_000,
+                            **knob}) for i in reps]  # fmt: skip
+
+    def raw(i: int) -> Any:
+        return index.search(qv[reps[i] : reps[i] + 1], K)
+
+    http = poster(client, "/v1/collections/vec/query", bodies)
+    paired(raw, http, 100, 50)  # warm-up
+    note = load_note()
+    if args.profile:
+        server.signal(signal.SIGUSR1)
+    raw_lat, http_lat, raw_out, answers = paired(raw, http, len(reps), 100)
+    if args.profile:
+        server.signal(signal.SIGUSR2)
+    raw_found = [rows[pos[0]].tolist() for _, pos in raw_out[: len(qv)]]
+    http_found = [doc_rows(a) for a in answers[: len(qv)]]
+    took_lat = took(answers)
+    lat_c, answers_c, wall_c = http_load(server.url, "/v1/collections/vec/query", bodies,
+                                         args.clients)  # fmt: skip
+    fl_rows: list[list[object]] = []
+    if args.filter_queries:
+        fq = min(args.filter_queries, len(qv))
+        fbodies = [orjson.dumps({"vector": qv[i % len(qv)].tolist(), "k": K, "budget_ms": 10_000,
+                                 "filter": {"bucket": bucket}, **knob})
+                   for i in range(fq)]  # fmt: skip
+        http_load(server.url, "/v1/collections/vec/query", fbodies[:20], 1)  # warm-up
+        lat_f, answers_f, _ = http_load(server.url, "/v1/collections/vec/query", fbodies, 1)
+        fl_rows.append([
+            "HTTP query, 10% filter, 1 client", fq, *percentiles(lat_f),
+            *percentiles(took(answers_f)), fq / lat_f.sum(),
+            recall_at_k([doc_rows(a) for a in answers_f], ftruth[:fq], K),
+        ])  # fmt: skip
+    final_rss = rss_mib(server.proc.pid)
+    stats = client.get("/v1/collections/vec/stats").json()
+    say(f"server stats after the queries (knobs, online recall): {str(stats)[:1500]}")
+    client.close()
     say(f"done. {load_note()}")
     n_req = len(reps)
     table(
@@ -256,8 +343,8 @@ def main() -> None:
         ],
     )  # fmt: skip
     say(
-        f"load: {load_s:.0f} s until served ({acked:.0f} s acknowledged); restart "
-        f"{restart_s:.1f} s; server RSS {final_rss:,.0f} MiB; data dir {disk:,.0f} MiB"
+        f"load: {done['load_s']:.0f} s until served ({done['acked_s']:.0f} s acknowledged); "
+        f"restart {restart_s:.1f} s; server RSS {final_rss:,.0f} MiB; data dir {disk:,.0f} MiB"
     )
     p99_http, p99_took, p99_raw = (percentiles(x)[2] for x in (http_lat, took_lat, raw_lat))
     say(f"[bold]RESULT HTTP p99 (1 client) = {p99_http:.2f} ms (target <= 10)[/]")
@@ -265,6 +352,9 @@ def main() -> None:
         f"{percentiles(took_lat)[0] / percentiles(raw_lat)[0]:.2f}, p99 / p99 = "
         f"{p99_took / p99_raw:.2f} (target <= 2)[/]")  # fmt: skip
     say(f"[bold]RATIO HTTP p99 / raw FAISS p99 = {p99_http / p99_raw:.2f}[/]")
+    if fl_rows:
+        say(f"[bold]RESULT filtered HTTP p99 (1 client) = {fl_rows[0][4]:.2f} ms, recall@10 "
+            f"{fl_rows[0][-1]:.3f} (targets <= 10 ms, >= 0.95)[/]")  # fmt: skip
     say(f"load average at the end: {load_note()}; OMP threads for raw: 1; pid {os.getpid()}")
 
 
