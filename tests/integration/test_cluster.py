@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from prometheus_client import generate_latest
 
 from embedstack.cluster.catalog import RedisCatalog
 from embedstack.cluster.log import ShardLog
@@ -1415,6 +1416,13 @@ def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> N
     print(f"queries {len(latencies)}, failed {len(failures)}, max latency {max(latencies):.2f} s")
     assert not failures, failures[:3]
     assert len(latencies) > 20
+    calls = _samples(generate_latest(router.metrics.registry).decode())
+    outcomes = {o: _value(calls, "embedstack_cluster_shard_calls_total", collection="docs",
+                          outcome=o) for o in ("ok", "error", "timeout")}  # fmt: skip
+    retries = _value(calls, "embedstack_cluster_shard_retries_total", collection="docs")
+    print(f"router shard calls on docs: {outcomes}, retried {retries}")
+    # no query failed: each failed or timed-out shard call was retried on another replica
+    assert retries == outcomes["error"] + outcomes["timeout"]
     # a query never waits on a dead replica longer than the replica timeout (plus slack for a
     # loaded box): the worst query saw at most one timeout per shard in parallel
     assert max(latencies) < router.replica_timeout * 2 + 5.0

@@ -438,13 +438,14 @@ class ClusterRouter:
         def launch(shard: int, attempt: int, why: str | None) -> None:
             if why is not None:
                 failures.setdefault(shard, []).append(why)
-                m.shard_retries.labels(name, str(shard)).inc()
             if attempt >= len(candidates[shard]):
                 tried = "; ".join(failures.get(shard, [])) or "no live replica"
                 raise Unavailable(
                     f"shard {shard} of collection {coll.name!r} has no replica that answered "
                     f"within {self.replica_timeout:g} s ({tried}): retry shortly"
                 )
+            if attempt > 0:
+                m.shard_retries.labels(name, str(shard)).inc()
             node = candidates[shard][attempt]
             with self._lock:
                 self._inflight[node] += 1
