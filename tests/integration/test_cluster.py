@@ -404,7 +404,7 @@ def test_upgrade_cutover_rollback_over_http(api_node: httpx.Client) -> None:
     """The single-node upgrade API on an API node: shadow back-fill by every shard replica with
     writes during it, the labeled gate, an atomic cutover and a rollback under continuous
     queries (zero errors, no mixed-space answer), retire; the description has single-node
-    fields; single-node-only routes answer 501."""
+    fields; every single-node route is served (none answers 501)."""
     c = api_node
     docs = [_doc(i) for i in range(200)]
     made = c.post("/v1/collections", json={"name": "up", "model": "hashing-test"})
