@@ -92,13 +92,14 @@ class CatalogRedis:
             return out
 
     @contextlib.contextmanager
-    def pipeline(self) -> Iterator[Any]:
-        """A redis-py pipeline on the writing connection (WATCH/MULTI/EXEC); a replica confirms
-        what it wrote when the block ends without an exception. Not retried on failover: the
-        caller's block may have decided on what it read."""
+    def pipeline(self, transaction: bool = True) -> Iterator[Any]:
+        """A redis-py pipeline on the writing connection (WATCH/MULTI/EXEC unless not a
+        `transaction`); a replica confirms what it wrote when the block ends without an
+        exception. Not retried on failover: the caller's block may have decided on what it
+        read."""
         with self._lock or contextlib.nullcontext():
             try:
-                with self._writes.pipeline() as pipe:
+                with self._writes.pipeline(transaction=transaction) as pipe:
                     yield pipe
             except _errors() as exc:
                 raise self._down(exc) from exc
