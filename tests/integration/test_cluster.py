@@ -907,11 +907,10 @@ def test_records_as_on_single_node(api_node: httpx.Client, single_node: httpx.Cl
     job = wait_job(api_node, only_bad.json()["job_id"], timeout=30)
     assert job["status"] == "done" and len(job["rejected"]) == 1  # type: ignore[arg-type]
     assert api_node.get("/v1/collections/recs/documents/s7").json()["metadata"] == {"brand": "b1"}
-    for q in [*QUERIES[:2], "product 7"]:
-        for extra in ({"mode": "dense"}, {}):
-            got, want = both(pair, "POST", "/v1/collections/recs/query",
-                             json={"text": q, "k": 5, **extra})  # fmt: skip
-            same_hits(got.json(), want.json())
+    for q in [*QUERIES[:2], "product 7"]:  # dense: single node's bm25 spans its whole store
+        got, want = both(pair, "POST", "/v1/collections/recs/query",
+                         json={"text": q, "k": 5, "mode": "dense"})  # fmt: skip
+        same_hits(got.json(), want.json())
     too_many = [{"sku": str(i)} for i in range(Settings().max_documents_per_request + 1)]
     for path, b in (
         ("/v1/collections/plain/records", {"records": records[:2]}),
@@ -946,8 +945,9 @@ def test_patch_changes_settings_on_every_replica(
     assert api_node.get("/v1/collections/tune").json()["search"]["mode"] == "lexical"
     q = {"text": docs[3]["text"], "k": 5}
     got, want = both(pair, "POST", "/v1/collections/tune/query", json=q)
-    assert got.json()["mode"] == "lexical"
-    same_hits(got.json(), want.json())
+    # (not the single node's scores: its bm25 statistics span every collection of its store)
+    assert got.json()["mode"] == want.json()["mode"] == "lexical"
+    assert got.json()["hits"][0]["document_id"] == want.json()["hits"][0]["document_id"] == "d3"
 
     index = {"index": {"type": "hnsw", "M": 8}, "search": {"mode": None}}
     got, want = both(pair, "PATCH", "/v1/collections/tune", json=index)
@@ -1108,6 +1108,8 @@ def test_malformed_and_huge_bodies_on_the_write_routes_are_4xx(
                 assert r.status_code == 413 and "4096-byte limit" in r.text
     finally:
         router.on_round[:] = hooks
+        for name in ("vecs", "recs", "plain", "tune"):  # the node tests that follow move less
+            assert api_node.delete(f"/v1/collections/{name}").status_code in (200, 404)
 
 
 def _samples(text: str) -> list[Any]:

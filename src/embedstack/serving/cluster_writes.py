@@ -14,8 +14,9 @@ response shapes (the parsing code is single node's, shared):
   catalog); "done" for an index change: GET collection says `rebuilding: false` once every
   placed live replica of every shard has applied the record (the quorum of a job: all), and
   reports a replica's failed rebuild as `last_rebuild_error` (its old index keeps serving).
-  Not checked before the 202, unlike single node: a quantized index's recall floor on the
-  data (an API node holds none; each replica's index checks it when it trains).
+  Not checked before the 202, unlike single node: a quantized index's recall floor on a
+  sample of the data (an API node holds none; each replica trains the index with its
+  `recall_floor` param as the gate, which raises the search knobs and logs when unmet).
 - `POST /v1/embeddings` (OpenAI-compatible): through the shared inference service's model
   deployments when the API node has one (`serve --cluster --inference`), else the API node's
   own model behind the single-node Batcher; the same limits, budget header and 429 on
