@@ -748,6 +748,42 @@ def test_upgrade_to_the_real_model_equals_ingesting_with_it(api_node: httpx.Clie
     assert c.delete("/v1/collections/grow").status_code == 200
 
 
+def test_kill_a_node_during_an_upgrade_backfill(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """kill -9 of a whole node (its Ray node removed ungracefully: every process on it dies)
+    while the shards back-fill an upgrade's shadow space: its shards' new replicas on the
+    survivors start from snapshots taken mid-back-fill and finish it, the upgrade reaches ready,
+    the cutover serves the new space; then the node comes back."""
+    c = api_node
+    docs = [_doc(i) for i in range(1000, 1300)]
+    made = c.post("/v1/collections", json={"name": "up-kill", "model": "hashing-test"})
+    assert made.status_code == 201, made.text
+    job = c.post("/v1/collections/up-kill/documents", json={"documents": docs}).json()["job_id"]
+    _wait_http_job(c, job)
+    labeled = [{"query": d["text"], "document_id": d["id"]} for d in docs[:100:4]]
+    body = {"model": "hashing-test-b", "eval": labeled, "gate": {"k": 5}}
+    r = c.post("/v1/collections/up-kill/upgrade", json=body)
+    assert r.status_code == 202 and r.json()["state"] == "backfilling", r.text
+    local_cluster.cluster.remove_node(local_cluster.nodes.pop("n2"), allow_graceful=False)
+    try:
+        at_kill = c.get("/v1/collections/up-kill/upgrade").json()
+        print(f"upgrade at the kill: {at_kill['state']} {at_kill['done']}/{at_kill['total']}")
+        st = _wait_state(c, "up-kill", {"ready"}, timeout=180)
+        assert st["done"] == st["total"] == 300
+        r = c.post("/v1/collections/up-kill/upgrade/cutover", json={})
+        assert r.status_code == 200 and r.json()["report"]["passed"], r.text
+        described = c.get("/v1/collections/up-kill").json()
+        assert described["space_id"] == st["to_space"] and described["vectors"] == 300
+        hit = c.post("/v1/collections/up-kill/query", json={"text": docs[7]["text"], "k": 1})
+        assert hit.json()["space_id"] == st["to_space"]
+        assert hit.json()["hits"][0]["document_id"] == docs[7]["id"]
+    finally:
+        local_cluster.add("n2")  # Ray restarts its actor, which reopens its replicas
+        local_cluster.router.wait_for_nodes(3)
+        c.delete("/v1/collections/up-kill")
+
+
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:
     router = local_cluster.router
     failures: list[str] = []
