@@ -579,7 +579,10 @@ def test_catalog_primary_killed_while_an_api_node_serves(
         failed = [a for a in answered if a[1] != 200]
         assert not failed, failed[:5]
         after = [a for a in answered if a[0] > killed]
-        assert len(after) >= 3 and max(a[2] for a in answered) < 30, answered[-5:]
+        slowest = max(a[2] for a in answered)
+        print(f"catalog failover: {len(answered)} queries, {len(after)} after the kill, "
+              f"none failed, slowest {slowest:.2f} s")  # fmt: skip
+        assert len(after) >= 3 and slowest < 30, answered[-5:]
         assert new.port != old.port
         assert c.get("/v1/collections/ha-before").json()["documents"] == 20
         r = c.post("/v1/collections", json={"name": "ha-after", "model": "hashing-test"})
@@ -1376,6 +1379,42 @@ def test_malformed_feedback_and_baseline_requests_are_4xx(api_node: httpx.Client
     assert r.status_code == 200  # the route takes no body (as on single node): it is ignored
     graded = {"query_id": qid, "document_id": doc, "kind": "grade", "grade": 0}
     assert c.post("/v1/feedback", json=graded).json()["recorded"] == "grade"
+
+
+def test_kill_a_node_during_an_upgrade_backfill(
+    local_cluster: LocalCluster, api_node: httpx.Client
+) -> None:
+    """kill -9 of a whole node (its Ray node removed ungracefully: every process on it dies)
+    while the shards back-fill an upgrade's shadow space: its shards' new replicas on the
+    survivors start from snapshots taken mid-back-fill and finish it, the upgrade reaches ready,
+    the cutover serves the new space; then the node comes back."""
+    c = api_node
+    docs = [_doc(i) for i in range(1000, 1300)]
+    made = c.post("/v1/collections", json={"name": "up-kill", "model": "hashing-test"})
+    assert made.status_code == 201, made.text
+    job = c.post("/v1/collections/up-kill/documents", json={"documents": docs}).json()["job_id"]
+    _wait_http_job(c, job)
+    labeled = [{"query": d["text"], "document_id": d["id"]} for d in docs[:100:4]]
+    body = {"model": "hashing-test-b", "eval": labeled, "gate": {"k": 5}}
+    r = c.post("/v1/collections/up-kill/upgrade", json=body)
+    assert r.status_code == 202 and r.json()["state"] == "backfilling", r.text
+    local_cluster.cluster.remove_node(local_cluster.nodes.pop("n2"), allow_graceful=False)
+    try:
+        at_kill = c.get("/v1/collections/up-kill/upgrade").json()
+        print(f"upgrade at the kill: {at_kill['state']} {at_kill['done']}/{at_kill['total']}")
+        st = _wait_state(c, "up-kill", {"ready"}, timeout=180)
+        assert st["done"] == st["total"] == 300
+        r = c.post("/v1/collections/up-kill/upgrade/cutover", json={})
+        assert r.status_code == 200 and r.json()["report"]["passed"], r.text
+        described = c.get("/v1/collections/up-kill").json()
+        assert described["space_id"] == st["to_space"] and described["vectors"] == 300
+        hit = c.post("/v1/collections/up-kill/query", json={"text": docs[7]["text"], "k": 1})
+        assert hit.json()["space_id"] == st["to_space"]
+        assert hit.json()["hits"][0]["document_id"] == docs[7]["id"]
+    finally:
+        local_cluster.add("n2")  # Ray restarts its actor, which reopens its replicas
+        local_cluster.router.wait_for_nodes(3)
+        c.delete("/v1/collections/up-kill")
 
 
 def test_kill_a_node_during_queries_and_ingest(local_cluster: LocalCluster) -> None:

@@ -1,5 +1,6 @@
-"""`embedstack cluster up --nodes 3` and `embedstack serve --cluster`: the same HTTP API on a
-local cluster, started by the CLI as a user would (real processes, loopback)."""
+"""`embedstack cluster up --nodes 3 --log redis` and `embedstack serve --cluster`: the same HTTP
+API on a local cluster, started by the CLI as a user would (real processes, loopback), with its
+replicated catalog (Sentinel URL) and a Redis Streams shard log that retention trims."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from embedstack.cluster.stream_log import StreamShardLog
 from embedstack.testing import EMBEDSTACK, stop_process
 from tests.conftest import DATA, Server, load_jsonl, server_env, wait_job
 
@@ -30,11 +33,30 @@ def _serve_line(proc: subprocess.Popen[bytes], out: Path, timeout: float) -> str
     raise AssertionError(f"cluster up printed no serve command: {out.read_text()[-2000:]}")
 
 
+def trimmed(queue: str, described: dict[str, Any]) -> None:
+    """Until the API node's router deleted every record of the collection's log (all its
+    replicas applied them); AssertionError after 60 s."""
+    assert queue.startswith("redis://"), queue
+    log = StreamShardLog(queue)
+    topic, shards = described["topic"], described["shards"]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            low, end = log.low_water(topic, shards), log.end_offsets(topic, shards)
+            if low == end:
+                break
+            time.sleep(0.5)
+        assert low == end and sum(end.values()) > 0, (low, end)
+    finally:
+        log.close()
+
+
 def test_cluster_up_and_serve(tmp_path: Path) -> None:
     env = server_env(EMBEDSTACK_DEFAULT_MODEL="hashing-test")
     out = tmp_path / "up.log"
     up = subprocess.Popen(
-        [*EMBEDSTACK, "cluster", "up", "--nodes", "3", "--data-dir", str(tmp_path / "c")],
+        [*EMBEDSTACK, "cluster", "up", "--nodes", "3", "--log", "redis",
+         "--data-dir", str(tmp_path / "c")],
         env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -66,6 +88,8 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                     got = c.post("/v1/collections/docs/query", json=body)
                     assert got.status_code == 200 and got.json()["mode"] == mode, got.text
                     assert len(got.json()["hits"]) == 5
+                # log retention: once every replica is past the records, they are deleted
+                trimmed(args[args.index("--queue") + 1], c.get("/v1/collections/docs").json())
                 # bad input is a 4xx naming the fix, as on a single node
                 bad = c.post("/v1/collections/docs/query", json={"mode": "lexical"})
                 assert bad.status_code == 422 and "send 'text'" in bad.json()["error"]["message"]
@@ -77,6 +101,7 @@ def test_cluster_up_and_serve(tmp_path: Path) -> None:
                 assert c.get("/v1/collections").json() == {"collections": []}
             # the cluster's API keys live in its catalog, managed by the same CLI
             catalog = args[args.index("--catalog") + 1]
+            assert catalog.startswith("redis+sentinel://"), catalog  # the replicated catalog
             made = subprocess.run(
                 [*EMBEDSTACK, "keys", "create", "--catalog", catalog, "--scope", "admin"],
                 env=env, capture_output=True, text=True, timeout=120,

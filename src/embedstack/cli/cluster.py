@@ -138,11 +138,17 @@ def cluster() -> None:
               "replicas send documents to the bulk lane, and the printed serve command adds "
               "--inference so API nodes send queries there too (one shared inference service "
               "instead of a model in every node).")  # fmt: skip
+@click.option("--log", "log_kind", type=click.Choice(["kafka", "redis"]), default="kafka",
+              show_default=True,
+              help="The shard write log: a Kafka-protocol broker (tansu, in memory: kept whole) "
+              "or Redis Streams (a redis-server with an fsync-per-write append-only file; "
+              "records every replica is past are deleted: log retention).")  # fmt: skip
 @data_dir_option
 @config_option
 def up(
-    nodes: int, regions: str | None, inference: bool, data_dir: Path | None, config: Path | None
-) -> None:
+    nodes: int, regions: str | None, inference: bool, log_kind: str, data_dir: Path | None,
+    config: Path | None,
+) -> None:  # fmt: skip
     """Start a cluster on this machine, on loopback, until Ctrl-C: a Ray head plus NODES-1
     simulated nodes (ray.cluster_utils), a Kafka-protocol broker (tansu) as the shard write log,
     the catalog as a Redis primary with 2 replicas and 3 Sentinels (every catalog write is
@@ -152,15 +158,21 @@ def up(
     --cluster ...` command that starts an API node against it; its --catalog is the
     redis+sentinel://SENTINEL,SENTINEL,SENTINEL/MASTER/DB URL.
 
+    A replica placed on a node that lacks it starts from a snapshot of a live one, sent in
+    pieces of cluster_transfer_piece_bytes (8 MiB) with a sha256 check. The log here is kept
+    whole: tansu's in-memory engine cannot delete records (log retention needs a Kafka broker
+    with DeleteRecords and cluster_log_trim on, or the Redis Streams log of --log redis).
+
     For trying cluster mode on one machine; production points `serve --cluster` at an existing
     Ray cluster, Kafka and Redis Sentinel (or a plain redis://HOST:PORT/DB, not replicated).
     """
     import ray
     from ray.cluster_utils import Cluster
 
+    from embedstack.cluster.logs import node_address
     from embedstack.cluster.ray.node import node_resource
     from embedstack.cluster.ray.nodes import start_node_actor
-    from embedstack.infra.local import start_kafka, start_redis_ha
+    from embedstack.infra.local import start_kafka, start_redis, start_redis_ha
     from embedstack.serving.cluster_inference import ServeEmbed
 
     settings = load_settings(config, data_dir=data_dir)
@@ -169,7 +181,12 @@ def up(
         from embedstack.cli.federation import up_federation
 
         return up_federation(settings, regions, root)
-    kafka = start_kafka(root / "kafka")
+    if log_kind == "kafka":
+        broker = start_kafka(root / "kafka")
+        queue = f"kafka://{broker.address}"
+    else:
+        broker = start_redis(root / "log")
+        queue = f"redis://{broker.address}/0"
     redis = start_redis_ha(root / "catalog")
     head = {"num_cpus": 1, "resources": {node_resource("n0"): 1}, "include_dashboard": False}
     local = Cluster(initialize_head=True, head_node_args=head)
@@ -183,10 +200,10 @@ def up(
             embed = ServeEmbed(settings)
         for i in range(nodes):
             start_node_actor(
-                f"n{i}", str(root / "nodes"), kafka.address, models_factory(settings), embed,
+                f"n{i}", str(root / "nodes"), node_address(queue), models_factory(settings), embed,
                 settings.cluster_transfer_piece_bytes,
             )  # fmt: skip
-        queue, catalog = f"kafka://{kafka.address}", redis.url(0)
+        catalog = redis.url(0)
         router = build_router(settings, queue, catalog)
         router.wait_for_nodes(nodes, timeout=300)
         click.echo(f"ray: {local.address}\nqueue: {queue}\ncatalog: {catalog}")
@@ -204,5 +221,5 @@ def up(
     finally:
         ray.shutdown()
         local.shutdown()
-        kafka.stop()
+        broker.stop()
         redis.stop()

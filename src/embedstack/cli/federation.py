@@ -106,9 +106,10 @@ def serve_federation(settings: Settings, queue: str, catalog: str) -> None:
 
 
 def up_regions(settings: Settings, layout: dict[str, int], root: Path, started: list[Any]) -> str:
-    """Start a local federation: a broker per region, a Redis catalog, a Ray head plus nodes
-    (node `<region><i>` offers es_node_<name> and carries the label embedstack.io/region=
-    <region>), a shard node actor on
+    """Start a local federation: a broker per region, a replicated Redis catalog (primary, 2
+    replicas, 3 Sentinels: infra/local.py start_redis_ha), a Ray head plus nodes (node
+    `<region><i>` offers es_node_<name> and carries the label embedstack.io/region=<region>),
+    a shard node actor on
     every node reading its region's broker, a gateway per region. What it started is appended
     to `started` (the caller stops it, also when this fails); returns the serve command."""
     from ray.cluster_utils import Cluster
@@ -117,14 +118,15 @@ def up_regions(settings: Settings, layout: dict[str, int], root: Path, started: 
     from embedstack.cluster.ray.node import node_resource
     from embedstack.cluster.ray.nodes import start_node_actor
     from embedstack.cluster.ray.regions import region_labels
-    from embedstack.infra.local import start_kafka, start_redis
+    from embedstack.infra.local import start_kafka, start_redis_ha
 
     brokers = {}
     for region in layout:
         started.append(start_kafka(root / f"kafka-{region}"))
         brokers[region] = started[-1].address
-    started.append(start_redis(root / "redis"))
-    catalog = f"redis://{started[-1].address}/0"
+    catalog_ha = start_redis_ha(root / "catalog")
+    started.append(catalog_ha)
+    catalog = catalog_ha.url(0)
     names = [(region, f"{region}{i}") for region, n in layout.items() for i in range(n)]
 
     def node(region: str, name: str) -> dict[str, Any]:

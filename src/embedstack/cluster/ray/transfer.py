@@ -102,25 +102,29 @@ def receive(
     digest = hashlib.sha256()
     pieces = 0
     try:
-        with open(partial, "wb") as out:
-            for offset in range(0, int(info["size"]), piece_bytes):
-                data: bytes = call("snapshot_piece", info["id"], offset, piece_bytes)
-                if not data:
-                    break
-                digest.update(data)
-                out.write(data)
-                pieces += 1
-            out.flush()
-            os.fsync(out.fileno())
-            got = out.tell()
-    finally:
-        call("snapshot_close", info["id"])
-    if got != info["size"] or digest.hexdigest() != info["sha256"]:
-        partial.unlink(missing_ok=True)
-        raise Unavailable(
-            f"the snapshot of {name}/{shard} arrived damaged ({got} of {info['size']} bytes, "
-            f"sha256 {digest.hexdigest()[:12]} for {str(info['sha256'])[:12]}): not used"
-        )
+        try:
+            with open(partial, "wb") as out:
+                for offset in range(0, int(info["size"]), piece_bytes):
+                    data: bytes = call("snapshot_piece", info["id"], offset, piece_bytes)
+                    if not data:
+                        break
+                    digest.update(data)
+                    out.write(data)
+                    pieces += 1
+                out.flush()
+                os.fsync(out.fileno())
+                got = out.tell()
+        finally:
+            call("snapshot_close", info["id"])
+        if got != info["size"] or digest.hexdigest() != info["sha256"]:
+            raise Unavailable(
+                f"the snapshot of {name}/{shard} arrived damaged ({got} of {info['size']} "
+                f"bytes, sha256 {digest.hexdigest()[:12]} for {str(info['sha256'])[:12]}): "
+                "not used"
+            )
+    except BaseException:
+        partial.unlink(missing_ok=True)  # nothing of a failed transfer stays behind
+        raise
     os.replace(partial, root / "store.db")
     atomic_write(root / "position.json", orjson.dumps({"position": info["position"]}))
     return {"position": info["position"], "bytes": got, "pieces": pieces, "sha256": info["sha256"]}
