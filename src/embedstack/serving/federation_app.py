@@ -27,15 +27,23 @@ from embedstack.cluster.federation import FederatedCollection, FederatedRouter
 from embedstack.cluster.keys import RedisKeys
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, SpaceMismatch
-from embedstack.registry.collections import describe_config
+from embedstack.registry.collections import NAME_RE, describe_config
 from embedstack.serving.app import install_error_handlers
 from embedstack.serving.cluster_app import creation_args, mount
 from embedstack.serving.cluster_auth import key_routes
 from embedstack.serving.http import JSON
-from embedstack.serving.limits import RateLimiter
-from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
+from embedstack.serving.limits import RateLimiter, check_filter
+from embedstack.serving.responses import AliasesOut, AliasOut, DeletedOut, JobOut, SubmittedOut
 from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
-from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn, Strict, Text
+from embedstack.serving.routes.query import checked_text, retrieval
+from embedstack.serving.schemas import (
+    AliasIn,
+    CollectionCreate,
+    DocumentsIn,
+    QueryIn,
+    Strict,
+    Text,
+)
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
 
@@ -229,31 +237,62 @@ def federation_routes(router: FederatedRouter, settings: Settings) -> APIRouter:
             }
         )  # fmt: skip
 
+    @api.post("/v1/aliases", response_model=AliasOut)
+    async def set_alias(body: AliasIn) -> Response:
+        """Point an alias at a federated collection (for every API node: the shared catalog
+        holds it, a name only)."""
+        if not NAME_RE.match(body.alias):
+            raise InvalidInput(
+                f"alias {body.alias!r} is not valid: use the rules of collection names"
+            )
+        await asyncio.to_thread(router.set_alias, body.alias, body.collection)
+        return JSON({"alias": body.alias, "collection": body.collection})
+
+    @api.get("/v1/aliases", response_model=AliasesOut)
+    async def list_aliases() -> Response:
+        return JSON({"aliases": await asyncio.to_thread(router.aliases)})
+
+    @api.delete("/v1/aliases/{alias}", response_model=DeletedOut)
+    async def delete_alias(alias: str) -> Response:
+        await asyncio.to_thread(router.delete_alias, alias)
+        return JSON({"deleted": alias})
+
     @api.post("/v1/collections/{name}/query", response_model=FederatedQueryOut)
     async def query(name: str, body: FederatedQueryIn) -> Response:
+        """Dense, lexical or hybrid (the collection's search settings, else the server
+        defaults), with filter and group_by: each region searches and fuses its own shards
+        (its own lexical statistics), the API node merges the regions' hits by score."""
         started = time.perf_counter()
+        if body.k > settings.max_k:
+            raise InvalidInput(f"'k' is {body.k}, over the limit of {settings.max_k}")
+        check_filter(body.filter, settings.max_filter_conditions)
         coll = await asyncio.to_thread(router.get, name)
-        if body.mode not in (None, "dense"):
-            raise InvalidInput(
-                f"federated queries are dense; send mode 'dense' (not {body.mode!r})"
-            )
         if body.space_id not in (None, coll.space_id):
             raise SpaceMismatch(
                 f"space {body.space_id} is not the space of collection {coll.name!r} "
                 f"({coll.space_id}): vectors from different spaces cannot be mixed"
             )
+        record, space = _space(router, coll)
+        how = retrieval(body, record)
+        if how.mode == "lexical" and body.vector is not None:
+            raise InvalidInput("mode 'lexical' searches 'text' only: drop 'vector'")
+        if how.mode != "dense" and body.text is None:
+            raise InvalidInput(f"mode {how.mode!r} searches words: send 'text'")
+        text = None
+        if body.text is not None:
+            text = checked_text(body.text, settings.max_document_chars)
         vector = None
         if body.vector is not None:
-            record, space = _space(router, coll)
             claimed = body.space_id is not None
             vector = checked_vector(body.vector, record, space, "'vector'", claimed)
         out = await asyncio.to_thread(
-            router.query, coll.name, text=body.text, vector=vector, k=body.k, flt=body.filter,
+            router.query, coll.name, text=text, vector=vector, k=body.k, flt=body.filter,
             group=body.group_by == "document", caller=body.region, regions=body.regions,
+            how=how,
         )  # fmt: skip
         took = (time.perf_counter() - started) * 1000
-        return JSON({**out, "collection": coll.name, "space_id": coll.space_id, "mode": "dense",
-                     "took_ms": took})  # fmt: skip
+        return JSON({**out, "collection": coll.name, "space_id": coll.space_id,
+                     "mode": how.mode, "took_ms": took})  # fmt: skip
 
     return api
 
