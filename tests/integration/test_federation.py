@@ -487,6 +487,36 @@ def _redis_bytes(client: Any) -> bytes:
     return b"".join(out)
 
 
+def test_tenants_see_only_their_own_collections(fed: Federation, api: httpx.Client) -> None:
+    """A key of tenant acme: its collection names live in its tenant (stored "acme:NAME"), it
+    never sees the default tenant's collections, aliases or jobs; the admin never sees its."""
+    key, _ = fed.router.keys().create_key("acme", scopes=["admin"], name="acme")
+    acme = httpx.Client(base_url=str(api.base_url), timeout=60,
+                        headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    with acme:
+        assert acme.get("/v1/collections").json() == {"collections": []}
+        assert acme.get("/v1/collections/private").status_code == 404
+        assert query(acme, "private", text="notes", region="eu").status_code == 404
+        body = {"name": "private", "index": {"type": "exact"}, "residency": {"regions": ["eu"]}}
+        made = acme.post("/v1/collections", json=body)
+        assert made.status_code == 201 and made.json()["name"] == "private", made.text
+        doc = {"id": "acme-1", "text": "acme notes about the kettle", "metadata": {"region": "eu"}}
+        resp = acme.post("/v1/collections/private/documents", json={"documents": [doc]})
+        assert resp.status_code == 202, resp.text
+        job = resp.json()["job_id"]
+        assert _wait("acme's job", lambda: _done(acme, job), 120)["collection"] == "private"
+        assert api.get(f"/v1/jobs/{job}").status_code == 404  # another tenant's job
+        hits = query(acme, "private", text="notes about the kettle", region="eu").json()["hits"]
+        assert [h["document_id"] for h in hits] == ["acme-1"]
+        assert acme.post("/v1/aliases", json={"alias": "mine", "collection": "private"}).is_success
+        assert acme.get("/v1/aliases").json() == {"aliases": {"mine": "private"}}
+        assert api.get("/v1/aliases").json() == {"aliases": {}}
+        names = [c["name"] for c in api.get("/v1/collections").json()["collections"]]
+        assert "private" in names and not any("acme" in n for n in names)
+        assert acme.delete("/v1/collections/private").status_code == 200
+    assert api.get("/v1/collections/private").status_code == 200  # the admin's is untouched
+
+
 def test_a_document_moved_to_another_region_leaves_the_old_one(api: httpx.Client) -> None:
     """Re-ingested with another region, a document is deleted from its old region once the new
     one logged it: the job waits for both, and the old region's store and index lose it."""

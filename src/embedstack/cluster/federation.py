@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from embedstack.cluster.catalog import RedisCatalog
 from embedstack.cluster.keys import RedisKeys
 from embedstack.cluster.residency import (
     DOCUMENTS_KIND,
@@ -122,7 +123,8 @@ class FederatedRouter:
         self.prefix = prefix
         self._collections = f"{prefix}:federation:collections"
         self._jobs = f"{prefix}:federation:job:"
-        self._aliases = f"{prefix}:federation:aliases"
+        self._names = RedisCatalog(client, prefix=f"{prefix}:federation")
+        self._aliases = f"{prefix}:federation:aliases"  # the alias hash of self._names
         self._moved = f"{prefix}:federation:moved:"  # + region: ids to delete once it is back
         if home is not None and home not in self.gateways:
             raise InvalidInput(f"home region {home!r} is not one of {', '.join(self.regions)}")
@@ -212,21 +214,23 @@ class FederatedRouter:
             raise NotFound(f"collection {name!r} does not exist")
         return FederatedCollection.from_json(orjson.loads(raw))
 
+    resolve = get  # (what a route's TenantAccess resolves names with)
+
     # -- aliases: names of the federation, in the shared catalog (names only cross) -----------
+    # (the cluster catalog's alias hash, under the federation's prefix; its collection entries
+    # are ours, so set_alias checks them here)
     def set_alias(self, alias: str, target: str) -> None:
-        if not self._r.hexists(self._collections, target):
+        if not self._r.hexists(self._collections, target):  # a collection, not an alias
             raise NotFound(f"collection {target!r} does not exist")
         if self._r.hexists(self._collections, alias):
             raise Conflict(f"{alias!r} is a collection: pick another alias name")
         self._r.hset(self._aliases, alias, target)
 
     def aliases(self) -> dict[str, str]:
-        rows = self._r.hgetall(self._aliases)
-        return {k.decode(): v.decode() for k, v in sorted(rows.items())}
+        return self._names.aliases()
 
     def delete_alias(self, alias: str) -> None:
-        if not self._r.hdel(self._aliases, alias):
-            raise NotFound(f"alias {alias!r} does not exist")
+        self._names.delete_alias(alias)
 
     def collections(self) -> list[FederatedCollection]:
         rows = self._r.hgetall(self._collections)
