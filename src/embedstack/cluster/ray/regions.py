@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ NODE_PREFIX = node_resource("")
 REGION_PREFIX = "es_region_"
 REGION_LABEL = "embedstack.io/region"
 REGION_CACHE_S = 1.0
+FORGET_THREADS = 8  # a write's existence checks of moved documents in another region
 
 
 def region_resource(region: str) -> str:
@@ -232,7 +234,9 @@ class RegionGateway:
         region changed: re-ingested into another one); the job id of the deletes, None when
         the region held none of them."""
         coll = self.router.catalog.get(name)
-        held = [d for d in document_ids if self.router.get_document(coll, d) is not None]
+        with ThreadPoolExecutor(FORGET_THREADS) as pool:  # one replica call per id, at once
+            found = list(pool.map(lambda d: self.router.get_document(coll, d), document_ids))
+        held = [d for d, doc in zip(document_ids, found, strict=True) if doc is not None]
         return self.router.delete_documents(name, held) if held else None
 
     def delete_document(self, name: str, document_id: str, wait_s: float) -> bool:
