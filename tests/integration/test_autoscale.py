@@ -1,11 +1,14 @@
 """Inference as an autoscaled Ray Serve deployment, on a real local Ray instance (loopback).
 
 One Ray head and one Serve application (the hashing test model, min 1 / max 3 replicas, short
-delays) for the module: Ray and each replica take seconds to start on a loaded 2-core box. The
-tests run in order under one load step: replicas grow from 1 to the maximum, a replica killed
-under load has its in-flight requests sent again to another, the load drops and the replicas
-shrink back to 1 without a failed request; then a real server started with
-`--inference ray://HOST:PORT` answers /v1/embeddings and a text query through the same application.
+delays; the load step sends both lanes to it) for the module: Ray and each replica take
+seconds to start on a loaded 2-core box. The tests run in order under one load step: replicas
+grow from 1 to the maximum, a replica killed under load has its in-flight requests sent again
+to another, the load drops and the replicas shrink back to 1 without a failed request; then a
+real server started with `--inference ray://HOST:PORT` answers /v1/embeddings and a text query
+through the same application (its ingest through the model's bulk application, which it
+deploys), and a query is not queued behind bulk requests (a Serve application per lane, the
+slow test model).
 
 The sampled replica count, queue depth and p99 are printed (pytest -s shows them)."""
 

@@ -290,7 +290,9 @@ def test_ingest_and_query_across_regions(fed: Federation, api: httpx.Client) -> 
 
     # a query vector stays in its caller's region: refused for another (422 naming the fix),
     # answered by the caller's region alone with nothing crossing
-    vector = query(api, "private", text="notes about the kettle", region="eu", regions=["eu"])
+    vector = query(
+        api, "private", text="notes about the kettle", region="eu", regions=["eu"], mode="dense"
+    )
     vec = fed.router.models.get("hashing-test").embed_batch(["notes about the kettle"])[0]
     before = bytes_crossed(api)
     own = {"vector": vec.tolist(), "space_id": vector.json()["space_id"], "region": "eu"}
@@ -352,6 +354,43 @@ def test_get_a_document_across_regions(api: httpx.Client) -> None:
     assert api.delete("/v1/collections/shared/documents/us-doc-002").status_code == 404
     counts = bytes_crossed(api)
     assert not any(kind == "metadata" for (a, b, kind) in counts if a != b)
+
+
+def test_lexical_hybrid_and_aliases_across_regions(api: httpx.Client) -> None:
+    """Lexical and hybrid queries read every region (each fuses its own shards, the API node
+    merges by score; a foreign hit is still ids and scores only); an alias names a federated
+    collection for queries."""
+    before = bytes_crossed(api)
+    word = "bicycle"
+    want = {d["id"] for r in REGIONS for d in docs(r) if word in d["text"]}
+    resp = query(api, "private", text=word, mode="lexical", region="eu", k=2 * N)
+    assert resp.status_code == 200, resp.text
+    body = FederatedQueryOut.model_validate(resp.json())
+    assert body.mode == "lexical" and {h.document_id for h in body.hits} == want
+    assert {h.region for h in body.hits} == {"eu", "us"}
+    assert all(h.text is None and h.metadata is None for h in body.hits if h.region == "us")
+    resp = query(api, "private", text="notes about the guitar", mode="hybrid", region="us")
+    assert resp.status_code == 200, resp.text
+    hits = resp.json()["hits"]
+    assert resp.json()["mode"] == "hybrid" and len(hits) == 10
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert all(set(h) == {"document_id", "chunk_id", "score", "region"}
+               for h in hits if h["region"] == "eu")  # fmt: skip
+    now = bytes_crossed(api)
+    crossed = crossing({key: v - before.get(key, 0.0) for key, v in now.items()})
+    assert crossed == {("eu", "us"): {"ids", "scores", "query_text"},
+                       ("us", "eu"): {"ids", "scores", "query_text"}}, crossed  # fmt: skip
+
+    assert api.post("/v1/aliases", json={"alias": "priv", "collection": "private"}).is_success
+    assert api.get("/v1/aliases").json() == {"aliases": {"priv": "private"}}
+    body_ = {"text": "notes about the kettle", "region": "eu", "mode": "dense"}
+    via = query(api, "priv", **body_)
+    assert via.status_code == 200 and via.json()["collection"] == "private", via.text
+    assert via.json()["hits"] == query(api, "private", **body_).json()["hits"]
+    taken = api.post("/v1/aliases", json={"alias": "shared", "collection": "private"})
+    assert taken.status_code == 409, taken.text
+    assert api.delete("/v1/aliases/priv").json() == {"deleted": "priv"}
+    assert query(api, "priv", **body_).status_code == 404
 
 
 def _files(root: Path) -> list[Path]:
@@ -446,6 +485,36 @@ def _redis_bytes(client: Any) -> bytes:
         else:
             out.append(key)
     return b"".join(out)
+
+
+def test_tenants_see_only_their_own_collections(fed: Federation, api: httpx.Client) -> None:
+    """A key of tenant acme: its collection names live in its tenant (stored "acme:NAME"), it
+    never sees the default tenant's collections, aliases or jobs; the admin never sees its."""
+    key, _ = fed.router.keys().create_key("acme", scopes=["admin"], name="acme")
+    acme = httpx.Client(base_url=str(api.base_url), timeout=60,
+                        headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    with acme:
+        assert acme.get("/v1/collections").json() == {"collections": []}
+        assert acme.get("/v1/collections/private").status_code == 404
+        assert query(acme, "private", text="notes", region="eu").status_code == 404
+        body = {"name": "private", "index": {"type": "exact"}, "residency": {"regions": ["eu"]}}
+        made = acme.post("/v1/collections", json=body)
+        assert made.status_code == 201 and made.json()["name"] == "private", made.text
+        doc = {"id": "acme-1", "text": "acme notes about the kettle", "metadata": {"region": "eu"}}
+        resp = acme.post("/v1/collections/private/documents", json={"documents": [doc]})
+        assert resp.status_code == 202, resp.text
+        job = resp.json()["job_id"]
+        assert _wait("acme's job", lambda: _done(acme, job), 120)["collection"] == "private"
+        assert api.get(f"/v1/jobs/{job}").status_code == 404  # another tenant's job
+        hits = query(acme, "private", text="notes about the kettle", region="eu").json()["hits"]
+        assert [h["document_id"] for h in hits] == ["acme-1"]
+        assert acme.post("/v1/aliases", json={"alias": "mine", "collection": "private"}).is_success
+        assert acme.get("/v1/aliases").json() == {"aliases": {"mine": "private"}}
+        assert api.get("/v1/aliases").json() == {"aliases": {}}
+        names = [c["name"] for c in api.get("/v1/collections").json()["collections"]]
+        assert "private" in names and not any("acme" in n for n in names)
+        assert acme.delete("/v1/collections/private").status_code == 200
+    assert api.get("/v1/collections/private").status_code == 200  # the admin's is untouched
 
 
 def test_a_document_moved_to_another_region_leaves_the_old_one(api: httpx.Client) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from embedstack.cluster.catalog import RedisCatalog
 from embedstack.cluster.keys import RedisKeys
 from embedstack.cluster.residency import (
     DOCUMENTS_KIND,
@@ -46,6 +47,7 @@ from embedstack.errors import Conflict, EmbedStackError, InvalidInput, NotFound,
 from embedstack.inference.backend import ModelRegistry
 from embedstack.obs.metrics import Metrics
 from embedstack.registry.collections import CollectionConfigs
+from embedstack.registry.hybrid import Retrieval
 from embedstack.storage.store import DocumentRow
 from embedstack.types import CollectionConfig
 
@@ -121,6 +123,8 @@ class FederatedRouter:
         self.prefix = prefix
         self._collections = f"{prefix}:federation:collections"
         self._jobs = f"{prefix}:federation:job:"
+        self._names = RedisCatalog(client, prefix=f"{prefix}:federation")
+        self._aliases = f"{prefix}:federation:aliases"  # the alias hash of self._names
         self._moved = f"{prefix}:federation:moved:"  # + region: ids to delete once it is back
         if home is not None and home not in self.gateways:
             raise InvalidInput(f"home region {home!r} is not one of {', '.join(self.regions)}")
@@ -190,8 +194,8 @@ class FederatedRouter:
         policy = ResidencyPolicy.parse(residency, self.regions)
         check_layout(shards, replicas)
         config, space_id = self._configs.config_for(name, **settings)
-        if self._r.hexists(self._collections, name):
-            raise Conflict(f"collection {name!r} already exists: pick another name")
+        if self._r.hexists(self._collections, name) or self._r.hexists(self._aliases, name):
+            raise Conflict(f"collection or alias {name!r} already exists: pick another name")
         self._require(policy.regions)
         coll = FederatedCollection(name, policy, config, space_id, time.time(), shards, replicas)
         for region in policy.regions:
@@ -203,10 +207,30 @@ class FederatedRouter:
         return coll
 
     def get(self, name: str) -> FederatedCollection:
-        raw = self._r.hget(self._collections, name)
+        """A collection by name or alias."""
+        target = self._r.hget(self._aliases, name)
+        raw = self._r.hget(self._collections, target.decode() if target is not None else name)
         if raw is None:
             raise NotFound(f"collection {name!r} does not exist")
         return FederatedCollection.from_json(orjson.loads(raw))
+
+    resolve = get  # (what a route's TenantAccess resolves names with)
+
+    # -- aliases: names of the federation, in the shared catalog (names only cross) -----------
+    # (the cluster catalog's alias hash, under the federation's prefix; its collection entries
+    # are ours, so set_alias checks them here)
+    def set_alias(self, alias: str, target: str) -> None:
+        if not self._r.hexists(self._collections, target):  # a collection, not an alias
+            raise NotFound(f"collection {target!r} does not exist")
+        if self._r.hexists(self._collections, alias):
+            raise Conflict(f"{alias!r} is a collection: pick another alias name")
+        self._r.hset(self._aliases, alias, target)
+
+    def aliases(self) -> dict[str, str]:
+        return self._names.aliases()
+
+    def delete_alias(self, alias: str) -> None:
+        self._names.delete_alias(alias)
 
     def collections(self) -> list[FederatedCollection]:
         rows = self._r.hgetall(self._collections)
@@ -216,11 +240,18 @@ class FederatedRouter:
         )
 
     def delete_collection(self, name: str) -> None:
+        """Delete a collection by its name (not an alias), with the aliases pointing at it."""
+        if not self._r.hexists(self._collections, name):
+            raise NotFound(f"collection {name!r} does not exist (an alias is deleted with "
+                           "DELETE /v1/aliases/NAME)")  # fmt: skip
         coll = self.get(name)
         self._require(coll.policy.regions)
         for region in coll.policy.regions:
             self._call(region, "delete_collection", name, timeout=ADMIN_S)
         self._r.hdel(self._collections, name)
+        pointing = [a for a, target in self.aliases().items() if target == name]
+        if pointing:
+            self._r.hdel(self._aliases, *pointing)
 
     def counts(self, coll: FederatedCollection) -> dict[str, dict[str, int] | None]:
         """Documents and vectors held in each region (None: the region is unavailable)."""
@@ -253,13 +284,13 @@ class FederatedRouter:
         origin = self.caller(caller)
         jobs = {}
         for region, docs in by_region.items():
-            jobs[region] = self._call(region, "put_documents", name, docs)
+            jobs[region] = self._call(region, "put_documents", coll.name, docs)
             size = sum(len(orjson.dumps([d.id, d.text, d.metadata])) for d in docs)
             size += sum(len(d.vector) for d in docs if d.vector is not None)
             self.metrics.region_bytes.labels(origin, region, DOCUMENTS_KIND).inc(size)
         moved = self._forget_moved(coll, by_region, origin)
         job_id = uuid.uuid4().hex
-        value = {"collection": name, "regions": jobs, "moved": moved, "documents": len(rows),
+        value = {"collection": coll.name, "regions": jobs, "moved": moved, "documents": len(rows),
                  "created_at": time.time()}  # fmt: skip
         self._r.set(self._jobs + job_id, orjson.dumps(value), ex=JOB_TTL_S)
         return job_id
@@ -331,7 +362,7 @@ class FederatedRouter:
         deleted = [
             r
             for r in coll.policy.regions
-            if self._call(r, "delete_document", name, document_id, wait, timeout=wait + 10)
+            if self._call(r, "delete_document", coll.name, document_id, wait, timeout=wait + 10)
         ]
         if not deleted:
             raise NotFound(f"document {document_id!r} does not exist in collection {name!r}")
@@ -354,7 +385,7 @@ class FederatedRouter:
                 down.append(region)
                 continue
             crossing = None if region == home else list(coll.policy.crossing)
-            doc = self._call(region, "get_document", name, document_id, crossing)
+            doc = self._call(region, "get_document", coll.name, document_id, crossing)
             if doc is not None:
                 for kind, size in payload_bytes([doc]).items():
                     self.metrics.region_bytes.labels(region, home, kind).inc(size)
@@ -373,41 +404,54 @@ class FederatedRouter:
         group: bool = False,
         caller: str | None = None,
         regions: Sequence[str] | None = None,
+        how: Retrieval | None = None,
     ) -> dict[str, Any]:
         """{"hits": best-first over the regions read, each with its "region"; "regions": the
-        regions read, "caller": the caller's region}. A hit of another region than the
-        caller's carries only the policy's crossing kinds; the query crosses as its text (or,
-        where the policy allows, as the caller's vector)."""
+        regions read, "caller": the caller's region}. `how`: dense (default), lexical or
+        hybrid; each region searches (and fuses) its own shards, the hits merge here by score.
+        A hit of another region than the caller's carries only the policy's crossing kinds;
+        the query crosses as its text (or, where the policy allows, as the caller's vector)."""
         coll = self.get(name)
         home = self.caller(caller)
         targets = coll.policy.targets(regions)
-        if (vector is None) == (text is None):
+        mode = how.mode if how is not None else "dense"
+        if mode == "dense" and (vector is None) == (text is None):
             raise InvalidInput("send exactly one of 'text' and 'vector'")
-        self._check_query(coll, home, targets, vector is not None)
+        self._check_query(coll, home, targets, vector is not None, text is not None, mode)
         self._require(targets)
-        sent: str | np.ndarray = str(text) if vector is None else vector
-        kind, size = (QUERY_TEXT_KIND, len(str(text).encode())) if vector is None else (
-            QUERY_VECTOR_KIND, vector.nbytes)  # fmt: skip
+        sent = {QUERY_TEXT_KIND: 0 if text is None else len(text.encode()),
+                QUERY_VECTOR_KIND: 0 if vector is None else vector.nbytes}  # fmt: skip
         refs = {}
         for region in targets:
             crossing = None if region == home else list(coll.policy.crossing)
             gateway = self.gateways[region]
-            refs[region] = gateway.search.remote(name, coll.space_id, sent, k, flt, group, crossing)
-            self.metrics.region_bytes.labels(home, region, kind).inc(size)
+            refs[region] = gateway.search.remote(
+                coll.name, coll.space_id, text, vector, k, flt, group, crossing, how
+            )
+            for kind, size in sent.items():
+                if size:
+                    self.metrics.region_bytes.labels(home, region, kind).inc(size)
         hits = []
         for region, ref in refs.items():
             part: list[dict[str, Any]] = self._wait(region, ref)
             for kind, size in payload_bytes(part).items():
                 self.metrics.region_bytes.labels(region, home, kind).inc(size)
             hits += [{**h, "region": region} for h in part]
-        hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
+        lower_first = mode == "dense" and coll.config.metric == "l2"  # fused: higher is better
+        hits.sort(key=lambda h: h["score"], reverse=not lower_first)
         return {"hits": hits[:k], "regions": targets, "caller": home}
 
     def _check_query(
-        self, coll: FederatedCollection, home: str, targets: Sequence[str], vector: bool
+        self,
+        coll: FederatedCollection,
+        home: str,
+        targets: Sequence[str],
+        vector: bool,
+        text: bool,
+        mode: str,
     ) -> None:
         """What the query would carry across a border is what the policy allows (4xx naming
-        the fix otherwise); a text query needs a model."""
+        the fix otherwise); a text query embedded by the regions needs a model."""
         foreign = [r for r in targets if r != home]
         if vector and foreign and "vector" not in coll.policy.query:
             only = f" or read only region {home} ('regions': ['{home}'])" if home in targets else ""
@@ -416,7 +460,7 @@ class FederatedRouter:
                 f"{', '.join(foreign)} under collection {coll.name!r}'s residency policy: send "
                 f"'text' (each region embeds it){only}"
             )
-        if not vector and not coll.config.model:
+        if text and not vector and mode != "lexical" and not coll.config.model:
             raise InvalidInput(
                 f"collection {coll.name!r} has no model (bring-your-own vectors): "
                 "send 'vector' instead of 'text'"

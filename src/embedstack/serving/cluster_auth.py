@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
@@ -62,16 +62,29 @@ def scope_for(method: str, path: str) -> str:
     return "admin"
 
 
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+C = TypeVar("C", bound=Named, covariant=True)
+
+
+class Resolver(Protocol[C]):
+    def resolve(self, name: str) -> C: ...
+
+
 @dataclass(frozen=True)
-class ClusterAccess:
-    """A cluster route's view of the caller (single node's Access over the shared catalog)."""
+class TenantAccess(Generic[C]):
+    """A route's view of the caller over a shared catalog of collections `C` (single node's
+    Access): names resolve in the key's tenant, grants are checked, texts charged."""
 
     principal: Principal
-    catalog: RedisCatalog
+    catalog: Resolver[C]
     limiter: RateLimiter
     detail: dict[str, Any] = field(default_factory=dict)  # the request's audit notes
 
-    def resolve(self, name: str) -> ClusterCollection:
+    def resolve(self, name: str) -> C:
         """This tenant's collection `name` (or the one its alias `name` points to)."""
         coll = self.catalog.resolve(self.principal.qualify(name))
         self.principal.check_resolved(name, coll.name)
@@ -83,6 +96,10 @@ class ClusterAccess:
     def note(self, **detail: Any) -> None:
         """Counts and names for this request's audit entry (never text, vectors or secrets)."""
         self.detail.update(detail)
+
+
+class ClusterAccess(TenantAccess[ClusterCollection]):
+    """A cluster route's view of the caller (over the cluster catalog)."""
 
 
 def access_of(catalog: RedisCatalog, limiter: RateLimiter) -> Callable[[Request], ClusterAccess]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,12 +31,14 @@ from embedstack.cluster.residency import strip
 from embedstack.cluster.router import ClusterRouter
 from embedstack.errors import Unavailable
 from embedstack.inference.backend import ModelRegistry
+from embedstack.registry.hybrid import Retrieval
 from embedstack.storage.store import DocumentRow
 
 NODE_PREFIX = node_resource("")
 REGION_PREFIX = "es_region_"
 REGION_LABEL = "embedstack.io/region"
 REGION_CACHE_S = 1.0
+FORGET_THREADS = 8  # a write's existence checks of moved documents in another region
 
 
 def region_resource(region: str) -> str:
@@ -188,23 +191,30 @@ class RegionGateway:
         self,
         name: str,
         space_id: str,
-        query: str | np.ndarray,
+        text: str | None,
+        vector: np.ndarray | None,
         k: int,
         flt: dict[str, Any] | None,
         group: bool,
         crossing: Sequence[str] | None,
+        how: Retrieval | None = None,
     ) -> list[dict[str, Any]]:
-        """Top-k of the region's shards for a query text (embedded here by the region's model
-        for space `space_id`, the federated collection's: SpaceMismatch or Conflict if the
-        region's collection or model differ) or vector; with `crossing` (a caller in another
-        region), only those kinds of each hit leave this actor."""
+        """Top-k of the region's shards: dense (a query text is embedded here by the region's
+        model for space `space_id`, the federated collection's: SpaceMismatch or Conflict if
+        the region's collection or model differ), or lexical / hybrid as `how` says (fused
+        over the region's shards). With `crossing` (a caller in another region), only those
+        kinds of each hit leave this actor."""
         coll = self.router.catalog.get(name)
         space, _ = self.router.space_of(coll, space_id)
-        if isinstance(query, str):
-            vec = self.router.embed_query(coll, query, space)
+        mode = how.mode if how is not None else "dense"
+        vec = None if vector is None else np.asarray(vector, np.float32)
+        if vec is None and mode != "lexical":
+            vec = self.router.embed_query(coll, str(text), space)
+        if how is None or (mode == "dense" and (not group or how.doc_scoring == "max")):
+            assert vec is not None
+            hits = self.router.search(coll, space, vec, k, flt, group)
         else:
-            vec = np.asarray(query, np.float32)
-        hits = self.router.search(coll, space, vec, k, flt, group)
+            hits = self.router.fused_search(coll, space, vec, text, k, flt, group, how)
         return hits if crossing is None else strip(hits, crossing)
 
     def get_document(
@@ -223,7 +233,9 @@ class RegionGateway:
         region changed: re-ingested into another one); the job id of the deletes, None when
         the region held none of them."""
         coll = self.router.catalog.get(name)
-        held = [d for d in document_ids if self.router.get_document(coll, d) is not None]
+        with ThreadPoolExecutor(FORGET_THREADS) as pool:  # one replica call per id, at once
+            found = list(pool.map(lambda d: self.router.get_document(coll, d), document_ids))
+        held = [d for d, doc in zip(document_ids, found, strict=True) if doc is not None]
         return self.router.delete_documents(name, held) if held else None
 
     def delete_document(self, name: str, document_id: str, wait_s: float) -> bool:

@@ -66,7 +66,7 @@ def arrival(request: Request) -> float:
     return arrived if isinstance(arrived, float) else time.monotonic()
 
 
-def _checked_text(text: str, max_chars: int) -> str:
+def checked_text(text: str, max_chars: int) -> str:
     if not text.strip():
         raise InvalidInput("'text' is empty: send the words to search for")
     if len(text) > max_chars:
@@ -103,11 +103,11 @@ async def query_inputs(
             claimed = body.space_id is not None
             return checked_vector(body.vector, record, space, "the query vector", claimed), None
         assert body.text is not None
-        text = _checked_text(body.text, max_chars)
+        text = checked_text(body.text, max_chars)
         return await embed(text), text
     if body.text is None:
         raise InvalidInput(f"mode {how.mode!r} searches words: send 'text'")
-    text = _checked_text(body.text, max_chars)
+    text = checked_text(body.text, max_chars)
     if how.mode == "lexical":
         if body.vector is not None:
             raise InvalidInput("mode 'lexical' searches 'text' only: drop 'vector'")
