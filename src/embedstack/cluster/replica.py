@@ -303,15 +303,9 @@ class ShardReplica:
         router never asks another replica, with other chunk ids, to hydrate them)."""
         space = self._searched_space(space_id)
         name = self.coll.name
-        allow = None
-        if flt and mode != "lexical":
-            allow = self._store.filter_chunk_ids(name, space, flt)
-            if allow.size == 0:
-                return {"dense": ([], []), "lexical": ([], []), "rows": {}}
         source = StoreCandidates(
-            self._store, self._indexes, name, space, vec, text, flt, mode, allow,
-            lexical_total=total,
-        )  # fmt: skip
+            self._store, self._indexes, name, space, vec, text, flt, mode, lexical_total=total
+        )
         dense, lexical = source.lists(depth, 1)
         rows = source.hydrate(list(dict.fromkeys([*dense[0], *lexical[0]])))
         return {"dense": dense, "lexical": lexical, "rows": rows}

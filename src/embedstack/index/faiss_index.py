@@ -59,8 +59,12 @@ def _as_queries(x: Any, dim: int) -> np.ndarray:
 
 
 FAISS_TYPES: tuple[str, ...] = ("flat", "hnsw", "hnsw_sq8", "sq8", "ivf_flat", "ivf_pq")
-SMALL_ALLOW_MIN = 2000  # allow sets smaller than max(this, 2% of count) are searched exactly
+# filtered searches (an allow list or a mask): admitted sets up to max(this, this share of the
+# live vectors) are scanned exactly; larger ones go through the index with a bitmap selector,
+# efSearch widened up to FILTER_EF_CAP
+SMALL_ALLOW_MIN = 2000
 SMALL_ALLOW_FRACTION = 0.02
+FILTER_EF_CAP = 4096
 ADD_BATCH = 65536
 FORMAT = 2
 KNOB_CAPS = {"ef_search": 4096, "refine_factor": 64}
@@ -306,19 +310,71 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray, knobs: dict[str, int]
     ) -> tuple[np.ndarray, np.ndarray]:
         positions = self._map.find(allowed)
-        positions = positions[positions >= 0]
-        if len(positions) == 0:
+        admitted = np.zeros(self._map.size, bool)
+        admitted[positions[positions >= 0]] = True
+        return self._search_admitted(queries, k, admitted, knobs)
+
+    # -- positions: metadata filters evaluated by position (index/attributes.py) ------------
+    @property
+    def size(self) -> int:
+        """Positions in use (removed ones included); positions only grow until a swap."""
+        return self._map.size
+
+    def labels(self, start: int = 0) -> np.ndarray:
+        """The ids at positions start..size-1 (a copy)."""
+        with self._lock.read():
+            return self._map.ids_at(np.arange(start, self._map.size, dtype=np.int64))
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of live `ids`, -1 where absent or removed."""
+        with self._lock.read():
+            return self._map.find(as_ids(ids))
+
+    def search_mask(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, **knobs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Best k per query among the positions where bool `mask` is True (positions past its
+        end are not admitted): what a metadata filter admits. Chosen by how many it admits:
+        an exact scan of just those when few (a graph or IVF search loses recall when most of
+        what it visits is filtered out), else this index's search with a bitmap selector and
+        efSearch / nprobe widened by the inverse of the admitted share (the filtered search
+        visits about as many admitted vectors as an unfiltered one visits in all)."""
+        k = check_k(k)
+        queries = _as_queries(queries, self._dim)
+        over = check_knobs(self._type, knobs) if knobs else {}
+        omp = _omp_get_max_threads() if len(queries) == 1 else 1
+        if omp != 1:
+            _omp_set_num_threads(1)
+        self._lock.acquire_read()
+        try:
+            live = self._map.live_flags()
+            admitted = np.zeros(len(live), bool)
+            m = min(len(mask), len(live))
+            np.logical_and(mask[:m], live[:m], out=admitted[:m])
+            return self._search_admitted(queries, k, admitted, {**self._state.knobs, **over})
+        finally:
+            self._lock.release_read()
+            if omp != 1:
+                _omp_set_num_threads(omp)
+
+    def _search_admitted(
+        self, queries: np.ndarray, k: int, admitted: np.ndarray, knobs: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        count = int(np.count_nonzero(admitted))
+        if count == 0:
             return empty_result(len(queries), k, self._metric)
-        if len(positions) < max(SMALL_ALLOW_MIN, SMALL_ALLOW_FRACTION * self.count()):
-            vecs = st.vectors_at(self._faiss, positions)  # graph/IVF recall falls when selective
+        live = self.count()
+        if count < max(SMALL_ALLOW_MIN, SMALL_ALLOW_FRACTION * live):
+            positions = np.flatnonzero(admitted)
+            vecs = st.vectors_at(self._faiss, positions)
             if vecs is not None:
-                ids = self._map.ids_at(positions)
-                return brute_force(vecs, ids, queries, k, self._metric)
-        mask = np.zeros(self._map.size, dtype=bool)
-        mask[positions] = True
-        sel, _bits = bitmap_selector(mask)
-        if "nprobe" in knobs:  # scan as many allowed candidates as an unfiltered search would
-            widen = self.count() / len(positions)
+                return brute_force(vecs, self._map.ids_at(positions), queries, k, self._metric)
+        sel, _bits = bitmap_selector(admitted)
+        widen = live / count
+        if "ef_search" in knobs and self._trained:
+            ef = int(min(FILTER_EF_CAP, math.ceil(knobs["ef_search"] * widen)))
+            knobs = {**knobs, "ef_search": max(ef, knobs["ef_search"])}
+        if "nprobe" in knobs:  # scan as many admitted candidates as an unfiltered search would
             nprobe = int(min(self._state.shape["nlist"], knobs["nprobe"] * widen))
             knobs = {**knobs, "nprobe": nprobe}
         params, _refs = st.search_params(self._type, self._trained, knobs, k, sel)

@@ -87,6 +87,10 @@ class IdMap:
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         return self._ids[positions]
 
+    def live_flags(self) -> np.ndarray:
+        """Whether each position 0..size-1 is live (a view: valid until the next write)."""
+        return self._live[: self._n]
+
     def state(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids by position, live flags by position): enough to rebuild this map."""
         return self._ids[: self._n].copy(), self._live[: self._n].copy()

@@ -134,13 +134,8 @@ def search(
         assert vec is not None
         return search_space(store, indexes, collection, space_id, vec, k, flt, group, knobs)
     check_inputs(how, vec, text)
-    allow = None
-    if flt and how.mode != "lexical":
-        allow = store.filter_chunk_ids(collection, space_id, flt)
-        if allow.size == 0:
-            return []
     source = StoreCandidates(
-        store, indexes, collection, space_id, vec, text, flt, how.mode, allow, lexical_first, knobs
+        store, indexes, collection, space_id, vec, text, flt, how.mode, lexical_first, knobs
     )
     l2 = indexes.get(collection, space_id).config.metric == "l2"
     return fused_search(source, k, group, how, l2)
@@ -187,7 +182,6 @@ class StoreCandidates:
     text: str | None
     flt: dict[str, Any] | None
     mode: str
-    allow: np.ndarray | None = None
     lexical_first: tuple[list[int], list[float]] | None = None
     knobs: dict[str, int] | None = None
     lexical_total: LexicalStats | None = None
@@ -198,7 +192,7 @@ class StoreCandidates:
         if self.mode != "lexical":
             assert self.vec is not None
             scores, ids = self.indexes.search(
-                self.collection, self.space_id, self.vec[None, :], depth, self.allow, self.knobs
+                self.collection, self.space_id, self.vec[None, :], depth, None, self.knobs, self.flt
             )
             keep = ids[0] >= 0
             found = scores[0][keep]

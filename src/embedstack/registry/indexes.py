@@ -22,6 +22,7 @@ from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import create_index, load_index
 from embedstack.index.params import check_knobs
 from embedstack.obs.metrics import Metrics
+from embedstack.registry.filtering import FilterColumns, positioned
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
 from embedstack.storage.store import Store
 
@@ -54,6 +55,7 @@ class LiveIndex:
         self.applied_seq = applied_seq
         self.snapshot_seq = -1
         self.lock = threading.Lock()
+        self.filters: FilterColumns | None = None  # made by the first filtered search
 
 
 Key = tuple[str, str]  # (collection, space id)
@@ -266,19 +268,41 @@ class IndexManager:
         k: int,
         allow: np.ndarray | None = None,
         knobs: dict[str, int] | None = None,
+        flt: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`knobs`: per-call search parameters (ef_search, nprobe, ...), checked for the type."""
+        """`knobs`: per-call search parameters (ef_search, nprobe, ...), checked for the type;
+        `allow`: the ids that may be returned; `flt`: a metadata filter (storage/filters.py)
+        the hits' documents satisfy, from memory for an index with positions
+        (registry/filtering.py), else through the store's SQL."""
         live = self.get(collection, space_id)
         started = time.perf_counter()
         given = check_knobs(live.config.type, knobs) if knobs else {}
-        if given:
-            out = live.index.search(queries, k, allow, **given)
+        index = live.index
+        if flt and allow is None and positioned(index):
+            if live.filters is None:
+                live.filters = FilterColumns(self._store, collection, space_id)
+            mask = live.filters.mask(index, flt)
+            started = self._filtered(started)
+            out = index.search_mask(queries, k, mask, **given)
         else:
-            out = live.index.search(queries, k, allow)
+            if flt:
+                ids = self._store.filter_chunk_ids(collection, space_id, flt)
+                allow = ids if allow is None else np.intersect1d(allow, ids)
+                started = self._filtered(started)
+            if given:
+                out = index.search(queries, k, allow, **given)
+            else:
+                out = index.search(queries, k, allow)
         seconds = time.perf_counter() - started
         self._metrics.search_latency.labels(collection).observe(seconds)
         self.observe_stage("search", seconds)
         return out
+
+    def _filtered(self, started: float) -> float:
+        """Observe the filter stage that began at `started`; returns now (the search's start)."""
+        now = time.perf_counter()
+        self.observe_stage("filter", now - started)
+        return now
 
     def observe_stage(self, stage: str, seconds: float, route: str = "query") -> None:
         """One observation of embedstack_stage_seconds (search, hydrate: registry/search.py)."""

@@ -30,18 +30,13 @@ def search_space(
 ) -> list[dict[str, Any]]:
     """Best-first hits; with `group`, the best chunk of each of the top-k documents; `knobs`
     are per-query search parameters of the index (e.g. ef_search)."""
-    allow = None
-    if flt:
-        allow = store.filter_chunk_ids(collection, space_id, flt)
-        if allow.size == 0:
-            return []
     cap = max(k, MAX_FETCH)
     fetch = min(k * 4, cap) if group else k
     hits: list[dict[str, Any]] = []
     rows: dict[int, HitRow] = {}
     metadata: dict[tuple[str, str], Any] = {}  # each document's metadata parsed once per query
     for _ in range(FETCH_ROUNDS):
-        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, allow, knobs)
+        scores, ids = indexes.search(collection, space_id, vec[None, :], fetch, None, knobs, flt)
         keep = ids[0] >= 0
         found_scores, found_ids = scores[0][keep], ids[0][keep]
         hydrating = time.perf_counter()

@@ -14,7 +14,7 @@ MAX_VALUES = 1024  # values of one $in / $nin list
 INT64 = 1 << 63
 
 
-def _path(key: str) -> str:
+def json_path(key: str) -> str:
     if not isinstance(key, str) or not key or '"' in key or "\\" in key or key.startswith("$"):
         raise InvalidInput(
             f"filter key {key!r} is not allowed: use a metadata field name without quotes, "
@@ -40,20 +40,22 @@ def _scalar(key: str, value: Any) -> Any:
     )
 
 
-def filter_sql(flt: dict[str, Any], column: str = "d.metadata") -> tuple[str, list[Any]]:
-    """`{"lang": "en", "year": {"$gte": 2020}, "tag": {"$in": ["a", "b"]}}` -> (where, params).
+Condition = tuple[str, str, Any]  # (key, operator, value: a scalar, or a list for $in/$nin)
+OPERATORS = (*_OPS, "$in", "$nin")
 
-    Conditions are ANDed. Operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin.
-    """
+
+def conditions(flt: dict[str, Any]) -> list[Condition]:
+    """`{"lang": "en", "year": {"$gte": 2020}, "tag": {"$in": ["a", "b"]}}` -> checked
+    (key, operator, value) triples, ANDed; values as SQLite compares them (booleans 1/0).
+
+    Operators: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin. InvalidInput names what is wrong."""
     if not isinstance(flt, dict):
         raise InvalidInput(f"'filter' must be an object, got {type(flt).__name__}")
     if len(flt) > MAX_KEYS:
         raise InvalidInput(f"filter tests {len(flt)} fields, over the limit of {MAX_KEYS}")
-    clauses: list[str] = []
-    params: list[Any] = []
+    out: list[Condition] = []
     for key, cond in flt.items():
-        expr = f"json_extract({column}, ?)"
-        path = _path(key)
+        json_path(key)
         ops = cond if isinstance(cond, dict) else {"$eq": cond}
         if not ops:
             raise InvalidInput(f"filter for {key!r} is an empty object: give a value or operator")
@@ -66,21 +68,30 @@ def filter_sql(flt: dict[str, Any], column: str = "d.metadata") -> tuple[str, li
                         f"{op} for {key!r} has {len(value)} values, over the limit of "
                         f"{MAX_VALUES} values"
                     )
-                marks = ",".join("?" * len(value))
-                neg = "NOT " if op == "$nin" else ""
-                clauses.append(f"{expr} {neg}IN ({marks})")
-                params += [path, *(_scalar(key, v) for v in value)]
+                out.append((key, op, [_scalar(key, v) for v in value]))
             elif op in _OPS:
-                v = _scalar(key, value)
-                if v is None:
-                    clauses.append(f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL")
-                    params.append(path)
-                else:
-                    clauses.append(f"{expr} {_OPS[op]} ?")
-                    params += [path, v]
+                out.append((key, op, _scalar(key, value)))
             else:
                 raise InvalidInput(
-                    f"unknown filter operator {op!r} for {key!r}; "
-                    f"use one of {', '.join([*_OPS, '$in', '$nin'])}"
+                    f"unknown filter operator {op!r} for {key!r}; use one of {', '.join(OPERATORS)}"
                 )
+    return out
+
+
+def filter_sql(flt: dict[str, Any], column: str = "d.metadata") -> tuple[str, list[Any]]:
+    """`conditions(flt)` as a parameterized SQL condition over the metadata JSON `column`."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, op, value in conditions(flt):
+        expr = f"json_extract({column}, ?)"
+        params.append(json_path(key))
+        if op in ("$in", "$nin"):
+            marks = ",".join("?" * len(value))
+            clauses.append(f"{expr} {'NOT ' if op == '$nin' else ''}IN ({marks})")
+            params += value
+        elif value is None:
+            clauses.append(f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL")
+        else:
+            clauses.append(f"{expr} {_OPS[op]} ?")
+            params.append(value)
     return " AND ".join(clauses) or "1", params

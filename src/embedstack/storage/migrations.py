@@ -168,6 +168,24 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');
     """,
+    # metadata filters evaluated in memory (index/attributes.py) follow a document whose
+    # metadata was replaced while its chunks were kept (no change-log entry): each such
+    # document is noted here with a per-collection sequence number, in the same transaction
+    """
+    CREATE TABLE metadata_changes(
+        collection TEXT NOT NULL,
+        document_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY(collection, document_id)
+    );
+    CREATE INDEX metadata_changes_by_seq ON metadata_changes(collection, seq);
+    CREATE TRIGGER documents_metadata_changed AFTER UPDATE OF metadata ON documents
+    WHEN old.metadata IS NOT new.metadata BEGIN
+        INSERT OR REPLACE INTO metadata_changes(collection, document_id, seq)
+            VALUES (new.collection, new.id, 1 + coalesce((SELECT max(seq) FROM metadata_changes
+                                                          WHERE collection = new.collection), 0));
+    END;
+    """,
 )
 
 

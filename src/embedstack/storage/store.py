@@ -18,7 +18,7 @@ from embedstack.errors import Conflict, NotFound
 from embedstack.fsutil import storage_failure
 from embedstack.storage import lexical
 from embedstack.storage.catalog import CatalogMixin, SpaceInfo
-from embedstack.storage.filters import filter_sql
+from embedstack.storage.filters import filter_sql, json_path
 from embedstack.storage.keys import KeysMixin
 from embedstack.storage.migrations import MIGRATIONS, statements
 from embedstack.types import CollectionConfig
@@ -247,7 +247,8 @@ class Store(CatalogMixin, KeysMixin):
         with self._catalog_tx() as c:
             if c.execute("DELETE FROM collections WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"collection {name!r} does not exist")
-            for table in ("documents", "chunks", "changes", "spaces", "upgrades", "aliases"):
+            for table in ("documents", "chunks", "changes", "spaces", "upgrades", "aliases",
+                          "metadata_changes"):  # fmt: skip
                 c.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
 
     def collection_stats(self, name: str) -> dict[str, int]:
@@ -634,6 +635,49 @@ class Store(CatalogMixin, KeysMixin):
             (collection, space_id, *params),
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def field_values(
+        self, collection: str, space_id: str, keys: Sequence[str],
+        chunk_ids: Sequence[int] | None = None, changed_after: int | None = None,
+    ) -> tuple[list[int], dict[str, list[Any]]]:  # fmt: skip
+        """Per metadata key, json_extract of the document metadata of the space's chunks (the
+        values SQL filters compare: index/attributes.py): of `chunk_ids` only (chunks that no
+        longer exist are left out), or of the chunks whose document's metadata was replaced
+        after metadata_changes seq `changed_after` (see `metadata_seq`), or of every chunk."""
+        cols = ", json_extract(d.metadata, ?)" * len(keys)
+        paths = [json_path(k) for k in keys]
+        sql = f"SELECT c.id{cols} FROM chunks c JOIN documents d ON d.collection=c.collection"
+        sql += " AND d.id=c.document_id WHERE c.collection=? AND c.space_id=?"
+        r = self._reader()
+        if changed_after is not None:
+            sql += " AND c.document_id IN (SELECT document_id FROM metadata_changes"
+            sql += " WHERE collection=? AND seq>?)"
+            rows = r.execute(
+                sql, (*paths, collection, space_id, collection, changed_after)
+            ).fetchall()
+        elif chunk_ids is None:
+            rows = r.execute(sql, (*paths, collection, space_id)).fetchall()
+        else:
+            rows = []
+            for start in range(0, len(chunk_ids), _SQL_SLICE):
+                part = [int(i) for i in chunk_ids[start : start + _SQL_SLICE]]
+                marks = ",".join("?" * len(part))
+                rows += r.execute(
+                    f"{sql} AND c.id IN ({marks})", (*paths, collection, space_id, *part)
+                )
+        return [row[0] for row in rows], {
+            k: [row[i] for row in rows] for i, k in enumerate(keys, 1)
+        }
+
+    def metadata_seq(self, collection: str) -> int:
+        """The last metadata_changes seq of a collection (0 before any): read it before
+        `field_values`, and a later `field_values(changed_after=it)` misses no change."""
+        row = (
+            self._reader()
+            .execute("SELECT max(seq) FROM metadata_changes WHERE collection=?", (collection,))
+            .fetchone()
+        )
+        return int(row[0] or 0)
 
     # -- lexical (storage/lexical.py) ------------------------------------------------------
     def lexical_search(
