@@ -66,12 +66,16 @@ class ReplicaState:
 
 @dataclass
 class View:
-    """What the last status round saw: live nodes and the replicas they host."""
+    """What the last status round saw: live nodes and the replicas they host. `placed`: the
+    nodes shards are placed on, the live ones plus those that answered within the router's
+    grace period (a node slow to answer one round keeps its shards, so a loaded box does not
+    move replicas back and forth; queries only go to `live` ones)."""
 
     live: list[str]
     replicas: dict[tuple[str, int], list[ReplicaState]]  # (topic, shard) -> replicas
     at: float
     handles: dict[str, Any] = field(default_factory=dict)  # node -> actor handle
+    placed: list[str] = field(default_factory=list)
 
 
 class ClusterRouter:
@@ -85,6 +89,7 @@ class ClusterRouter:
         replica_timeout: float = 1.0,
         status_timeout: float = 1.0,
         metrics: Metrics | None = None,
+        node_grace_s: float = 5.0,
     ) -> None:
         self.catalog = catalog
         # shard calls, retries and timeouts (the API node's /metrics exports the registry)
@@ -95,6 +100,8 @@ class ClusterRouter:
         self._configs = CollectionConfigs(models, default_model)
         self.replica_timeout = replica_timeout
         self._status_timeout = status_timeout
+        self.node_grace_s = node_grace_s
+        self._seen: dict[str, tuple[float, list[ReplicaState]]] = {}  # node -> last answer
         self._view = View([], {}, 0.0)
         self._inflight: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -269,7 +276,7 @@ class ClusterRouter:
     def replica_states(self, coll: ClusterCollection) -> dict[int, list[ReplicaState]]:
         """Each shard's placed live replicas, as the last status round saw them."""
         view = self._view
-        placement = place(coll.shards, view.live, coll.replicas, coll.topic) if view.live else {}
+        placement = self.placement(coll, view)
         out: dict[int, list[ReplicaState]] = {}
         for shard in range(coll.shards):
             states = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
@@ -282,7 +289,7 @@ class ClusterRouter:
         job = self.catalog.get_job(job_id)
         coll = self.catalog.get(job["collection"])
         view = self._view
-        placement = place(coll.shards, view.live, coll.replicas, coll.topic) if view.live else {}
+        placement = self.placement(coll, view)
         shards = {}
         for shard, offset in job["offsets"].items():
             states = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
@@ -487,7 +494,8 @@ class ClusterRouter:
 
     # -- placement -----------------------------------------------------------------------------
     def refresh(self) -> View:
-        """Ask every node actor for its status (bounded wait); the ones that answer are live."""
+        """Ask every node actor for its status (bounded wait); the ones that answer are live;
+        one that answered within `node_grace_s` keeps its place (with its last replicas)."""
         import ray
 
         if not ray.is_initialized():  # never start a Ray of our own from the reconcile loop
@@ -496,20 +504,28 @@ class ClusterRouter:
         refs = {handle.status.remote(): node for node, handle in handles.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self._status_timeout)
         live: list[str] = []
-        replicas: dict[tuple[str, int], list[ReplicaState]] = {}
+        now = time.monotonic()
         for ref in ready:
             try:
                 status = ray.get(ref)
             except Exception:
                 continue
             live.append(refs[ref])
-            for r in status["replicas"]:
-                state = ReplicaState(
+            self._seen[refs[ref]] = (now, [
+                ReplicaState(
                     refs[ref], r["shard"], r["topic"], r["position"], r["error"],
                     r.get("stats", {}), r.get("upgrade"),
-                )  # fmt: skip
-                replicas.setdefault((r["topic"], r["shard"]), []).append(state)
-        self._view = View(sorted(live), replicas, time.monotonic(), handles)
+                )
+                for r in status["replicas"]
+            ])  # fmt: skip
+        for node in [n for n, (at, _) in self._seen.items() if now - at > self.node_grace_s]:
+            del self._seen[node]
+        placed = [n for n in self._seen if n in handles]
+        replicas: dict[tuple[str, int], list[ReplicaState]] = {}
+        for node in placed:
+            for state in self._seen[node][1]:
+                replicas.setdefault((state.topic, state.shard), []).append(state)
+        self._view = View(sorted(live), replicas, now, handles, sorted(placed))
         return self._view
 
     def wait_for_nodes(self, count: int, timeout: float = 120.0) -> View:
@@ -526,8 +542,10 @@ class ClusterRouter:
                 )
             time.sleep(0.2)
 
-    def placement(self, coll: ClusterCollection) -> Placement:
-        return place(coll.shards, self._view.live, coll.replicas, coll.topic)
+    def placement(self, coll: ClusterCollection, view: View | None = None) -> Placement:
+        """Where `coll`'s shards belong over the placed nodes of `view` (default: the last)."""
+        view = view or self._view
+        return place(coll.shards, view.placed, coll.replicas, coll.topic) if view.placed else {}
 
     def _call(self, method: Any, *args: Any) -> Any:
         """One node call of the reconcile loop, bounded: a node that died since the status round
@@ -547,7 +565,7 @@ class ClusterRouter:
         assigned = 0
         ends: dict[str, dict[int, int]] = {}
         for coll in self.catalog.list():
-            placement = place(coll.shards, view.live, coll.replicas, coll.topic)
+            placement = place(coll.shards, view.placed, coll.replicas, coll.topic)
             for shard, wanted in placement.items():
                 have = {r.node: r for r in view.replicas.get((coll.topic, shard), [])}
                 # a new replica starts from a snapshot of a live one (most advanced first)
