@@ -283,6 +283,12 @@ class Metrics:
             "service; local: a model in the API node) and outcome (ok, error).",
             ["model", "via", "outcome"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.query_records_failed = Counter(
+            "embedstack_cluster_query_records_failed_total",
+            "Answered queries whose record (for feedback and drift) the catalog did not take, "
+            "e.g. during a catalog failover: the query was answered; feedback on it gets 404.",
+            ["collection"], registry=r,
+        )  # fmt: skip
         replica = ["collection", "shard", "node"]
         self.replica_documents = Gauge(
             "embedstack_cluster_replica_documents", "Documents stored by a shard replica.",

@@ -107,7 +107,9 @@ class ClusterObs:
         hits: list[dict[str, Any]],
     ) -> str:  # fmt: skip
         """Remember an answered query (its record committed before this returns, so any API
-        node takes feedback on it) and note its drift signals; its query_id."""
+        node takes feedback on it) and note its drift signals; its query_id. The query's answer
+        never waits on the catalog's health: a record the catalog does not take (a failover) is
+        counted and logged, and the query is answered (feedback on it then gets 404)."""
         import redis
 
         self._names[(coll.topic, space_id)] = coll.name
@@ -124,10 +126,10 @@ class ClusterObs:
                     )
                 baseline = drift and self.drift.record(coll.topic, space_id, top1, norm, pipe)
                 answers = pipe.execute()
-        except redis.RedisError as exc:
-            raise Unavailable(
-                f"the catalog (Redis) did not take the record of this query ({exc}): retry"
-            ) from exc
+        except (redis.RedisError, Unavailable) as exc:
+            self.metrics.query_records_failed.labels(coll.name).inc()
+            log.warning("the catalog did not take the record of query %s: %s", query_id, exc)
+            return query_id
         if baseline:
             self.drift.appended(coll.topic, space_id, int(answers[-1]), top1, norm)
         return query_id
