@@ -7,6 +7,7 @@ _Feed), in process: no Ray needed for this."""
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import time
@@ -20,7 +21,7 @@ import pytest
 from embedstack.cluster.catalog import ClusterCollection
 from embedstack.cluster.log import LogRecord
 from embedstack.cluster.logs import open_reader, shard_log
-from embedstack.cluster.ray.node import _Feed
+from embedstack.cluster.ray.node import ShardNode, _Feed
 from embedstack.cluster.replica import ShardReplica
 from embedstack.cluster.router import ReplicaState, View, retention_points
 from embedstack.cluster.stream_log import StreamShardLog
@@ -121,5 +122,70 @@ def test_trimmed_log_still_converges_restarted_and_new_replicas(
     for f in (a, b, c):
         stop(f)
         f.replica.close()
+    log.delete_topic(topic)
+    log.close()
+
+
+def test_a_node_behind_the_trimmed_log_is_resynced_from_a_peer_snapshot(
+    redis_broker: LocalProcess, tmp_path: Path
+) -> None:
+    """The shard node's own paths, in process (peers call each other's methods directly, where
+    the cluster goes through Ray): a replica new to node b arrives as a snapshot of a's in
+    pieces; b dies; while it is not placed the log is trimmed past it; b restarts from its disk,
+    its reader says LogTrimmed; resync brings it back from a's snapshot and it converges."""
+    url = f"redis://{redis_broker.address}/5"
+    log = shard_log(url)
+    settings = Settings(enable_test_models=True, default_model="hashing-test", data_dir=tmp_path)
+    factory = functools.partial(build_models, settings, {})
+    config, space = CollectionConfigs(factory(), "hashing-test").config_for("docs")
+    topic = f"embedstack.docs.{uuid.uuid4().hex[:8]}"
+    coll = ClusterCollection("docs", config, space, time.time(), topic, 1, 2)
+    log.create_topic(topic, 1)
+    nodes: dict[str, ShardNode] = {}
+
+    def peer(name: str) -> Any:
+        return lambda method, *args: getattr(nodes[name], method)(*args)
+
+    def start(name: str) -> ShardNode:
+        nodes[name] = ShardNode(name, str(tmp_path / "nodes"), url, factory, None, 4096, peer)
+        return nodes[name]
+
+    def state(node: ShardNode) -> dict[str, Any]:
+        return dict(node.status()["replicas"][0])
+
+    def wait(node: ShardNode, check: Any, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not check(st := state(node)):
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+        return st
+
+    a = start("a")
+    a.assign(coll.to_json(), 0, [])
+    log.append(topic, [(0, "k", _record(i * 10, 10)) for i in range(3)])
+    wait(a, lambda st: st["position"] == 3)
+    b = start("b")
+    assert b.assign(coll.to_json(), 0, ["a"])
+    moved = state(b)["transfer"]
+    assert moved["source"] == "a" and moved["position"] == 3 and moved["pieces"] > 1, moved
+    wait(b, lambda st: st["position"] == 3 and st["documents"] == 30)
+
+    for feed in b._feeds.values():  # b dies: its feed threads end, its disk stays
+        feed.stop.set()
+        feed.thread.join(timeout=30)
+        feed.reader.close()
+    log.append(topic, [(0, "k", _record(30 + i * 10, 10)) for i in range(2)])
+    st = wait(a, lambda st: st["position"] == 5)
+    view = View(["a"], {(topic, 0): [ReplicaState("a", 0, topic, 5, st["error"])]}, 0.0)
+    log.trim(topic, retention_points(topic, {0: ("a",)}, view))  # b is not placed while down
+    assert log.low_water(topic, 1) == {0: 5}
+
+    b = start("b")  # restarted from its disk: position 3, but the log starts at 5
+    wait(b, lambda st: "LogTrimmed" in (st["error"] or ""))
+    assert b.resync(coll.to_json(), 0, ["a"])
+    st = wait(b, lambda st: st["position"] == 5 and st["documents"] == 50)
+    assert st["transfer"]["source"] == "a" and st["transfer"]["position"] == 5
+    for node in (a, b):
+        node.drop("docs", 0)
     log.delete_topic(topic)
     log.close()

@@ -579,8 +579,8 @@ class ClusterRouter:
                         assign = handles[node].assign
                         assigned += int(self._call(assign, coll.to_json(), shard, sources))
                     elif LogTrimmed.__name__ in (have[node].error or "") and sources:
-                        resync = handles[node].resync
-                        assigned += int(self._call(resync, coll.to_json(), shard, sources))
+                        # behind the log's low-water mark: a snapshot again (not a move)
+                        self._call(handles[node].resync, coll.to_json(), shard, sources)
                 surplus = [n for n in have if n not in wanted]
                 if not surplus:
                     continue

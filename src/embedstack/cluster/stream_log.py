@@ -129,21 +129,29 @@ class StreamPartitionReader:
 
     def read(self, max_records: int, timeout: float) -> list[tuple[int, bytes]]:
         """Up to `max_records` (offset, value) pairs from the reader's position on; [] after
-        `timeout` seconds; LogTrimmed when records at the position were deleted."""
-        after = "0-0" if self._next == 0 else f"1-{self._next - 1}"
-        block = int(timeout * 1000) if timeout > 0 else None
-        got: Any = self._r.xread({_stream(self.topic, self.partition): after}, max_records, block)
-        if not got:
-            return []
-        entries = got[0][1]
-        out = [(_offset(entry_id), bytes(fields[b"v"])) for entry_id, fields in entries]
-        if out and out[0][0] != self._next:
+        `timeout` seconds; LogTrimmed when records at the position were deleted (also when
+        every record was: the topic's counter is past the position, the stream holds none)."""
+        out = self._entries(max_records, timeout)
+        if not out:
+            end = int(self._r.hget(_counters(self.topic), str(self.partition)) or 0)
+            if end <= self._next:
+                return []
+            out = self._entries(max_records, 0.0)  # appended since the first look, or gone
+        if not out or out[0][0] != self._next:
+            first = f"offsets from {out[0][0]}" if out else "no record"
             raise LogTrimmed(
-                f"{self.topic}[{self.partition}] holds offsets from {out[0][0]}, this replica is "
-                f"at {self._next}: the records between were deleted; it needs a snapshot"
+                f"{self.topic}[{self.partition}] holds {first}, this replica is at "
+                f"{self._next}: the records between were deleted; it needs a snapshot"
             )
         self._next = out[-1][0] + 1
         return out
+
+    def _entries(self, max_records: int, timeout: float) -> list[tuple[int, bytes]]:
+        after = "0-0" if self._next == 0 else f"1-{self._next - 1}"
+        block = int(timeout * 1000) if timeout > 0 else None
+        got: Any = self._r.xread({_stream(self.topic, self.partition): after}, max_records, block)
+        entries = got[0][1] if got else []
+        return [(_offset(entry_id), bytes(fields[b"v"])) for entry_id, fields in entries]
 
     def commit(self, position: int) -> None:
         """Record `position` under the reader's group, for lag monitoring."""

@@ -91,6 +91,18 @@ class _Feed:
                 backoff = min(backoff * 2, 5.0)
 
 
+def ray_peer(node: str) -> Callable[..., Any]:
+    """`call(method, *args)` of node `node`'s actor, each call bounded by TRANSFER_TIMEOUT_S."""
+    import ray
+
+    handle = ray.get_actor(actor_name(node), namespace=NAMESPACE)
+
+    def call(method: str, *args: Any) -> Any:
+        return ray.get(getattr(handle, method).remote(*args), timeout=TRANSFER_TIMEOUT_S)
+
+    return call
+
+
 class ShardNode:
     def __init__(
         self,
@@ -100,10 +112,12 @@ class ShardNode:
         models_factory: Callable[[], ModelRegistry],
         embed_factory: Callable[[ModelRegistry], EmbedFn] | None = None,
         piece_bytes: int = PIECE_BYTES,
+        peer: Callable[[str], Callable[..., Any]] | None = None,
     ) -> None:
         """`embed_factory`: given the node's models, how its replicas embed texts (the shared
         inference service, `cluster up --inference`); None: with the node's own models.
-        `piece_bytes`: the size of each piece of a snapshot this node fetches."""
+        `piece_bytes`: the size of each piece of a snapshot this node fetches. `peer`: given
+        another node's name, a `call(method, *args)` of its actor (default: through Ray)."""
         self.name = name
         self._root = Path(data_root) / name
         self._root.mkdir(parents=True, exist_ok=True)
@@ -115,6 +129,7 @@ class ShardNode:
         self._assigned_file = self._root / "assigned.json"
         self._outgoing = Outgoing(self._root / "outgoing")
         self._piece_bytes = piece_bytes
+        self._peer = peer or ray_peer
         self.started = time.time()
         if self._assigned_file.exists():
             for item in orjson.loads(self._assigned_file.read_bytes()):
@@ -138,8 +153,6 @@ class ShardNode:
     def _transfer(self, coll: ClusterCollection, shard: int, sources: list[str]) -> None:
         """Start a replica new to this node from a snapshot of the first source that sends one
         (see the module doc); nothing when this node has files of the replica already."""
-        import ray
-
         root = self._dir(coll, shard)
         if (root / "store.db").exists():
             return
@@ -147,13 +160,7 @@ class ShardNode:
             if source == self.name:
                 continue
             try:
-                handle = ray.get_actor(actor_name(source), namespace=NAMESPACE)
-
-                def call(method: str, *args: Any, handle: Any = handle) -> Any:
-                    ref = getattr(handle, method).remote(*args)
-                    return ray.get(ref, timeout=TRANSFER_TIMEOUT_S)
-
-                got = receive(call, coll.name, shard, root, self._piece_bytes)
+                got = receive(self._peer(source), coll.name, shard, root, self._piece_bytes)
             except Exception:
                 log.warning("no snapshot of %s/%s from %s", coll.name, shard, source, exc_info=True)
                 continue

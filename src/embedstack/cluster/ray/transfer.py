@@ -29,6 +29,7 @@ from embedstack.errors import NotFound, Unavailable
 from embedstack.fsutil import atomic_write
 
 PIECE_BYTES = 8 << 20
+HASH_READ = 1 << 20  # how the source reads its copy to checksum it
 STALE_S = 3600.0  # an outgoing snapshot nobody closed (its receiver died) is removed after this
 
 
@@ -59,7 +60,7 @@ class Outgoing:
         position = replica.snapshot(path)
         digest = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(PIECE_BYTES):
+            while chunk := f.read(HASH_READ):
                 digest.update(chunk)
         size = path.stat().st_size
         with self._lock:
