@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -95,6 +97,45 @@ def test_an_npy_upload_is_stored_and_served_like_base64(hashing_server: Server) 
         assert (hit["document_id"], hit["text"]) == ("n17", "t17")
         same = {"ids": ["n17"], "texts": ["t17"], "vectors": _b64(vecs[17:18])}
         assert c.post("/v1/collections/bulknpy/vectors", json=same).json()["unchanged"] == 1
+
+
+def test_bulk_vectors_into_ivf_pq_with_sq8_refine_are_stored_once(hashing_server: Server) -> None:
+    """An ivf_pq collection re-ranking from SQ8 codes (refine_bits=8) trains from a bulk upload
+    and serves it; each vector is kept once in the store (its chunk row; the document row has
+    none), a changed vector replaces its chunk, and the job reads done only once served."""
+    n, dim = 3000, 32
+    vecs = np.random.default_rng(2).normal(size=(n, dim)).astype(np.float32)
+    index = {"type": "ivf_pq", "nlist": 8, "m": 8, "refine_bits": 8, "train_min": 1000}
+    with hashing_server.client() as c:
+        r = c.post("/v1/collections", json={"name": "pq8", "dim": dim, "metric": "cosine",
+                                            "index": index})  # fmt: skip
+        assert r.status_code == 201, r.text
+        for start in (0, 1500):
+            meta = {"ids": [f"p{i}" for i in range(start, start + 1500)]}
+            r = _multipart(c, "pq8", _npy(vecs[start : start + 1500]), meta)
+            assert r.status_code == 202, r.text
+            assert wait_job(c, r.json()["job_id"])["status"] == "done"
+        assert c.get("/v1/collections/pq8").json()["vectors"] == n
+        hits = _query(c, "pq8", vecs[2500], k=3)["hits"]
+        assert hits[0]["document_id"] == "p2500" and abs(hits[0]["score"] - 1.0) < 0.02
+        moved = {"ids": ["p2500"], "vectors": _b64(vecs[7:8])}  # p2500 now holds p7's vector
+        assert (
+            wait_job(c, c.post("/v1/collections/pq8/vectors", json=moved).json()["job_id"])[
+                "status"
+            ]
+            == "done"
+        )
+        assert {h["document_id"] for h in _query(c, "pq8", vecs[7], k=2)["hits"]} == {"p7", "p2500"}
+    db = sqlite3.connect(f"file:{hashing_server.data_dir / 'store.db'}?mode=ro", uri=True)
+    with closing(db):
+        rows = db.execute(
+            "SELECT count(*), count(vector) FROM documents WHERE collection='pq8'"
+        ).fetchone()
+        chunks = db.execute(
+            "SELECT count(*), sum(length(vector)) FROM chunks WHERE collection='pq8'"
+        )
+        assert rows == (n, 0)
+        assert chunks.fetchone() == (n, n * dim * 4)
 
 
 def test_bad_bulk_vectors_are_refused_naming_the_fix(hashing_server: Server) -> None:

@@ -13,7 +13,16 @@ from embedstack.cli import plan as plan_module
 from embedstack.cli.plan import plan as plan_command
 from embedstack.errors import InvalidInput
 from embedstack.index.factory import create_index
-from embedstack.index.planner import HEADROOM, human_bytes, parse_size, plan, plan_all
+from embedstack.index.planner import (
+    HEADROOM,
+    STORE_ROW_BYTES,
+    human_bytes,
+    parse_size,
+    plan,
+    plan_all,
+    resident,
+    store_bytes,
+)
 
 
 def test_raw_size_of_a_billion_768_dim_vectors() -> None:
@@ -104,3 +113,29 @@ def test_plan_command_details_one_family() -> None:
 
 def test_cli_headroom_default_is_the_planners() -> None:
     assert plan_module.HEADROOM == HEADROOM  # restated in cli/plan.py to keep --help fast
+
+
+def test_sq8_refine_store_is_a_quarter_and_resident_memory_adds_the_server() -> None:
+    base = {"nlist": 2048, "m": 48}
+    floats = plan(10**7, 384, "ivf_pq", base, node_ram_bytes=24 * 2**30)
+    sq8 = plan(10**7, 384, "ivf_pq", {**base, "refine_bits": 8}, node_ram_bytes=24 * 2**30)
+    parts = dict(sq8.components)
+    assert (
+        parts["SQ8 refine store"]
+        == 10**7 * 384
+        == dict(floats.components)["float32 refine store"] // 4
+    )
+    assert sq8.index_bytes < 5 * 2**30 < floats.index_bytes
+    store = store_bytes(10**7, 384)
+    assert store == 10**7 * (384 * 4 + STORE_ROW_BYTES)
+    rss = resident(sq8, store)
+    assert sum(b for what, b in rss if what.startswith("index: ")) == sq8.index_bytes
+    extra = dict(rss)
+    assert extra["server process (Python, libraries, empty collection)"] == 250 * 2**20
+    assert extra["store memory map (min(store file, mmap_size))"] == 256 * 2**20  # capped
+    assert dict(resident(sq8, 10**6))["store memory map (min(store file, mmap_size))"] == 10**6
+    out = CliRunner().invoke(plan_command, ["--vectors", "10M", "--dim", "384", "--index",
+                                            "ivf_pq", "--nlist", "2048", "--refine-bits", "8"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "SQ8 refine store" in out.output and "resident memory of one serving node" in out.output
+    assert "4.84 GiB" in out.output and "store on disk" in out.output

@@ -193,3 +193,59 @@ def test_cached_catalog_reads_follow_every_catalog_write(store: Store) -> None:
     store.delete_collection("d")
     with pytest.raises(NotFound):
         store.resolve_collection("d")
+
+
+BYO = CollectionConfig(4, "cosine", IndexSpec("flat"))
+
+
+def _byo_row(doc_id: str, seed: int, text: str = "") -> DocumentRow:
+    return DocumentRow(doc_id, text, {"n": seed}, f"h{doc_id}{seed}", vector=_vec(seed))
+
+
+def test_put_vectors_stores_each_vector_once_with_its_chunk(store: Store) -> None:
+    store.create_collection("v", BYO, "spv")
+    done = store.put_vectors("v", [_byo_row("a", 1), _byo_row("b", 2, "some text")])
+    assert done is not None and done.changed == ["a", "b"] and (done.added, done.removed) == (2, 0)
+    assert done.seq == store.max_seq("v", "spv")
+    db = store._reader()
+    assert db.execute("SELECT count(*) FROM documents WHERE vector IS NOT NULL").fetchone() == (0,)
+    ids, vecs = store.chunk_vectors(store.all_chunk_ids("v", "spv"), 4)
+    assert vecs.tobytes() == _vec(1) + _vec(2)
+    assert store.pending_documents() == {}  # indexed in the same transaction: no job to redo
+    # a chunk with no text has nothing for the lexical index; one with text does
+    assert db.execute("SELECT document_id, lexical FROM chunks ORDER BY id").fetchall() == [
+        ("a", 0),
+        ("b", 1),
+    ]
+    assert store.lexical_search("v", "spv", "text", 5)[0] == [int(ids[1])]
+    # the same again: nothing written; a changed vector replaces its chunk
+    again = store.put_vectors("v", [_byo_row("a", 1), _byo_row("b", 3, "some text")])
+    assert again is not None and again.changed == ["b"] and (again.added, again.removed) == (1, 1)
+    assert store.chunk_vectors(store.all_chunk_ids("v", "spv"), 4)[1].tobytes() == _vec(1) + _vec(3)
+    store.lexical_check()
+
+
+def test_put_vectors_leaves_a_collection_with_a_model_space_to_the_worker(store: Store) -> None:
+    assert store.put_vectors("c", [_byo_row("a", 1)]) is None
+    assert store.get_documents("c", ["a"]) == []  # nothing written
+    with pytest.raises(NotFound):
+        store.put_vectors("nope", [_byo_row("a", 1)])
+
+
+def test_text_chunk_hash_index_skips_vector_chunks(store: Store) -> None:
+    names = {r[0] for r in store._reader().execute("SELECT name FROM sqlite_master")}
+    assert "chunks_by_text_hash" in names and "chunks_by_hash" not in names
+    store.put_documents("c", [DocumentRow("a", "x", {}, "h1")])
+    store.write_chunks("c", "sp1", [DocumentChunks("a", "h1", [_chunk(0, "x", 1)])])
+    assert store.vectors_by_hash("c", "sp1", ["h-x", "h-missing"]) == {"h-x": _vec(1)}
+    plan = (
+        store._reader()
+        .execute(
+            "EXPLAIN QUERY PLAN SELECT hash, vector FROM chunks WHERE collection=? AND space_id=?"
+            " AND hash IN (?) AND token_count > 0",
+            ("c", "sp1", "h-x"),
+        )
+        .fetchall()
+    )
+    assert "chunks_by_text_hash" in str(plan)
+    assert store._reader().execute("PRAGMA page_size").fetchone() == (16384,)

@@ -24,8 +24,10 @@ RAW_DTYPE_BYTES = 4  # float32
 
 
 def _plan_params(m: int | None, nlist: int | None, nbits: int | None, hnsw_m: int | None,
-                 refine: int | None, extra: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
-    named = {"m": m, "nlist": nlist, "nbits": nbits, "M": hnsw_m, "refine_factor": refine}
+                 refine: int | None, refine_bits: str | None,
+                 extra: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    named = {"m": m, "nlist": nlist, "nbits": nbits, "M": hnsw_m, "refine_factor": refine,
+             "refine_bits": None if refine_bits is None else int(refine_bits)}  # fmt: skip
     params: dict[str, Any] = {key: v for key, v in named.items() if v is not None}
     for item in extra:
         key, sep, value = item.partition("=")
@@ -65,6 +67,8 @@ def _plan_table(plans: list[Plan], detail: bool) -> Any:
 @click.option("--nbits", type=int, default=None, help="ivf_pq bits per sub-quantizer code.")
 @click.option("--hnsw-m", type=int, default=None, help="HNSW graph degree M.")
 @click.option("--refine-factor", type=int, default=None, help="ivf_pq re-ranking (0: no floats).")
+@click.option("--refine-bits", type=click.Choice(["32", "16", "8"]), default=None,
+              help="ivf_pq re-ranking store: float32, float16 or SQ8.")  # fmt: skip
 @click.option("-p", "--param", "extra", multiple=True, help="Any index param as KEY=VALUE.")
 @click.option("--replicas", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--node-ram", default=DEFAULT_NODE_RAM, show_default=True, help="RAM per node.")
@@ -83,7 +87,8 @@ def _plan_table(plans: list[Plan], detail: bool) -> Any:
               help="With --qps: CPU cores per node.")  # fmt: skip
 def plan(
     vectors: str, dim: int, index_type: str | None, m: int | None, nlist: int | None,
-    nbits: int | None, hnsw_m: int | None, refine_factor: int | None, extra: tuple[str, ...],
+    nbits: int | None, hnsw_m: int | None, refine_factor: int | None, refine_bits: str | None,
+    extra: tuple[str, ...],
     replicas: int, node_ram: str, headroom: float, metric: str, dtype_bytes: int,
     qps: float | None, recall: float, node_cores: int,
 ) -> None:  # fmt: skip
@@ -99,7 +104,7 @@ def plan(
     from embedstack.index.planner import human_bytes, parse_size, plan_all
     from embedstack.index.planner import plan as make_plan
 
-    params = _plan_params(m, nlist, nbits, hnsw_m, refine_factor, extra)
+    params = _plan_params(m, nlist, nbits, hnsw_m, refine_factor, refine_bits, extra)
     if params and index_type is None:
         raise click.UsageError("index params need --index, e.g. --index ivf_pq --m 96")
     count, ram = parse_size(vectors), parse_size(node_ram)  # InvalidInput: one line (Command)
@@ -118,6 +123,8 @@ def plan(
     for p in plans:
         for note in p.notes:
             click.echo(f"note ({p.index_type}): {note}")
+    if index_type:
+        _resident(plans[0], count, dim)
     if qps is not None:
         from embedstack.index.cluster_sizing import size_cluster
 
@@ -128,6 +135,21 @@ def plan(
             click.echo(f"  {line}")
         click.echo(f"=> {sized.virtual_shards} virtual shards x {sized.replicas} replicas on "
                    f"{sized.nodes} nodes")  # fmt: skip
+
+
+def _resident(p: Plan, count: int, dim: int) -> None:
+    """The resident memory of one node serving one shard, and the store's disk, with the sums."""
+    from embedstack.index.planner import human_bytes, resident, store_bytes
+
+    disk = store_bytes(count, dim)
+    click.echo(f"store on disk (SQLite, each vector once): {count:,} x ({dim} x 4 + 616) B = "
+               f"{human_bytes(disk)}; index snapshots beside it")  # fmt: skip
+    parts = resident(p, disk // p.shards)
+    click.echo("resident memory of one serving node (one shard):")
+    for what, size in parts:
+        click.echo(f"  {human_bytes(size):>10}  {what}")
+    click.echo(f"= {human_bytes(sum(b for _, b in parts))} (a bulk load's working set comes on top "
+               "while it runs)")  # fmt: skip
 
 
 def _hnsw(plans: list[Plan]) -> Plan:

@@ -89,6 +89,12 @@ INDEX_PARAMS: MappingProxyType[str, MappingProxyType[str, Param]] = MappingProxy
                     "vectors (0 = no float store, PQ scores only)",
                     knob=True,
                 ),
+                # the refine store's precision: 32 float32 (4 bytes a dimension), 16 float16, 8
+                # SQ8 (1 byte: 10M x 384 in 3.6 GiB rather than 14.3 GiB); the candidates are
+                # re-scored from it, so 8 costs a little recall that refine_factor buys back
+                "refine_bits": Param(
+                    32, 8, 32, "bits a dimension in the refine store: 32 (float32), 16, 8 (SQ8)"
+                ),
                 **_TRAINED,
             },
             "binary": {

@@ -164,7 +164,11 @@ def memory_components(
         if metric == "l2" and table <= PRECOMPUTED_TABLE_MAX:
             out.append(("precomputed L2 table", table))
         if int(p["refine_factor"]) > 0:
-            out.append(("float32 refine store", n * d * FLOAT))
+            bits = int(p.get("refine_bits", 32))
+            name = {32: "float32", 16: "float16", 8: "SQ8"}[bits]
+            out.append((f"{name} refine store", n * d * bits // 8))
+            if bits == 8:  # SQ8's per-dimension ranges, in the structure and its template
+                out.append(("SQ8 ranges", 2 * 2 * d * FLOAT))
         return out
     if index_type == "binary":  # binary.py: bits + a float16 re-score copy
         out = [("sign-bit codes", n * math.ceil(d / 8)), ("float16 re-score copy", n * d * 2), ids]
@@ -262,9 +266,12 @@ def plan(
         )
     notes = []
     if int(resolved.get("refine_factor", 0)) > 0:
+        bits = int(resolved.get("refine_bits", 32))
+        copy = {32: "a float32", 16: "a float16", 8: "an SQ8 (1 byte a dimension)"}[bits]
         notes.append(
-            "refine_factor > 0 keeps a float32 copy of every vector for re-ranking; "
+            f"refine_factor > 0 keeps {copy} copy of every vector for re-ranking; "
             "refine_factor=0 drops it at a recall cost"
+            + ("; refine_bits=8 keeps a quarter of it" if bits == 32 else "")
         )
     if resolved.get("nlist") and TRAIN_PER_CENTROID * int(resolved["nlist"]) > TRAIN_SAMPLE_MAX:
         notes.append(
@@ -308,3 +315,52 @@ def plan_all(
         plan(vectors, dim, t, params, replicas, node_ram_bytes, dtype_bytes, **kwargs)
         for t, params in variants
     ]
+
+
+# -- resident memory of a serving node -------------------------------------------------------------
+@dataclass(frozen=True)
+class ProcessCosts:
+    """What a single-node server holds besides its index, measured on this project's benchmark
+    machine (bench/ten_million.py prints it): the Python process with its libraries (FastAPI,
+    numpy, faiss, onnxruntime, metrics) and an empty collection, 246-250 MiB idle; the store's
+    SQLite page cache per connection (its default cache_size, 2,000 KiB); and the pages of the
+    store file that serving reads through the memory map (storage/store.py maps at most 256
+    MiB of it per connection; mapped pages count as resident). Counted once: the query threads
+    read the same hot pages (hits' rows), and a bulk load's writer pages are given back at a
+    restart. A bulk load's own working set (request bodies, the insert batches, the index's
+    training copy) comes on top while it runs: bench/ten_million.py reports that peak apart."""
+
+    process_bytes: int = 250 * 2**20
+    page_cache_bytes: int = 2000 * 1024
+    connections: int = 4  # writer, ingest worker, index applier, a query thread
+    mmap_bytes: int = 256 * 2**20
+
+
+PROCESS_COSTS = ProcessCosts()
+# store file bytes per bring-your-own vector beyond its float32 bytes: the chunk row's other
+# columns, the document row, their indexes, the change log, page slack (16 KiB pages): measured
+# 2,152 bytes a 384-d vector at 300k (bench/ten_million.py)
+STORE_ROW_BYTES = 616
+
+
+def store_bytes(vectors: int, dim: int) -> int:
+    """The store file (SQLite) holding `vectors` bring-your-own float32 vectors of `dim`: each
+    kept once, in its chunk row (its document row keeps no copy)."""
+    return vectors * (dim * FLOAT + STORE_ROW_BYTES)
+
+
+def resident(
+    p: Plan, store_bytes: int, costs: ProcessCosts = PROCESS_COSTS
+) -> list[tuple[str, int]]:
+    """(what, bytes) a server holds resident while it serves the plan's index (one shard on
+    one node) over a store file of `store_bytes`: the index's components, the process, and
+    the store's caches."""
+    share = 1 / p.shards
+    parts = [(f"index: {what}", round(b * share)) for what, b in p.components]
+    parts += [
+        ("server process (Python, libraries, empty collection)", costs.process_bytes),
+        (f"store page cache ({costs.connections} connections x 2,000 KiB)",
+         costs.connections * costs.page_cache_bytes),
+        ("store memory map (min(store file, mmap_size))", min(store_bytes, costs.mmap_bytes)),
+    ]  # fmt: skip
+    return parts

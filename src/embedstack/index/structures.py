@@ -21,6 +21,8 @@ TRAIN_SAMPLE_MAX = 65536  # vectors used to train quantizers (faiss subsamples k
 MIN_TRAIN = 1000
 TRAIN_PER_CENTROID = 39  # faiss k-means wants this many training points per centroid
 PQ_POINTS_PER_CENTROID = 64  # faiss default 256; 64 x 256 codes = 16k residuals per sub-quantizer
+# ivf_pq's refine store by bits per dimension: index_factory keys
+REFINE_STORES = {32: "RFlat", 16: "Refine(SQfp16)", 8: "Refine(SQ8)"}
 
 
 def _is(obj: Any, cls: Any) -> bool:
@@ -53,6 +55,9 @@ def check_shape(index_type: str, params: dict[str, Any], dim: int) -> None:
     m = int(params.get("m", 0))
     if index_type == "ivf_pq" and m and dim % m:
         raise InvalidInput(f"ivf_pq param m={m} must divide dim={dim}; use a divisor or 0 (auto)")
+    bits = int(params.get("refine_bits", 32))
+    if bits not in REFINE_STORES:
+        raise InvalidInput(f"ivf_pq param refine_bits={bits}: use 32 (float32), 16 or 8 (SQ8)")
 
 
 def train_min(index_type: str, params: dict[str, Any]) -> int:
@@ -78,6 +83,9 @@ def resolve(index_type: str, params: dict[str, Any], dim: int, n: int) -> dict[s
         out["m"] = int(params["m"]) or auto_m(dim)
         out["nbits"] = int(params["nbits"])
         out["refine"] = int(params["refine_factor"] > 0)
+        bits = int(params.get("refine_bits", 32))
+        if out["refine"] and bits != 32:  # absent: float32 (shapes saved before it existed)
+            out["refine_bits"] = bits
     return out
 
 
@@ -91,7 +99,8 @@ def factory_key(index_type: str, shape: dict[str, int]) -> str:
     if index_type == "ivf_flat":
         return f"IVF{shape['nlist']},Flat"
     if index_type == "ivf_pq":
-        refine = ",RFlat" if shape["refine"] else ""
+        store = REFINE_STORES[shape.get("refine_bits", 32)]
+        refine = f",{store}" if shape["refine"] else ""
         return f"IVF{shape['nlist']},PQ{shape['m']}x{shape['nbits']}np{refine}"
     return "Flat"
 

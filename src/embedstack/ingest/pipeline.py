@@ -26,7 +26,14 @@ from embedstack.ingest.chunking import chunk_texts, chunking_for_model
 from embedstack.ingest.queue import Job, Queue
 from embedstack.obs.metrics import Metrics
 from embedstack.storage.catalog import SpaceInfo
-from embedstack.storage.store import ChunkRow, CollectionRecord, DocumentChunks, DocumentRow, Store
+from embedstack.storage.store import (
+    ChunkRow,
+    CollectionRecord,
+    DocumentChunks,
+    DocumentRow,
+    Store,
+    vector_chunks,
+)
 
 log = logging.getLogger(__name__)
 # documents per store transaction when the collection has no model (bring-your-own vectors)
@@ -113,6 +120,14 @@ class DocumentIndexer:
         if backfill is not None:
             spaces = [s for s in spaces if s.space_id == backfill]
         ids = [str(i) for i in payload["documents"]]
+        stored = payload.get("stored")
+        if isinstance(stored, dict):  # put_vectors wrote the chunks already: the index takes them
+            totals.documents = len(ids)
+            totals.chunks_removed = int(stored.get("removed", 0))
+            totals.seq = int(stored.get("seq", 0))
+            if self._on_written is not None:
+                await self._on_written(name)
+            return totals
         step = self._config.batch_documents
         if not any(s.model for s in spaces):  # vectors given: no model work to interleave
             step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
@@ -141,7 +156,8 @@ class DocumentIndexer:
         if space.model:
             prepared = await self._embed_documents(coll, space, docs, totals)
         else:
-            prepared = [_vector_document(d) for d in docs]
+            # a row without its vector was stored by put_vectors: its chunks are written already
+            prepared = [vector_chunks(d) for d in docs if d.vector is not None]
         result = await asyncio.to_thread(
             self._store.write_chunks, coll.name, space.space_id, prepared, mark_indexed
         )
@@ -399,11 +415,3 @@ class IngestWorker(DocumentIndexer):
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-def _vector_document(d: DocumentRow) -> DocumentChunks:
-    """A bring-your-own-vector document is one chunk carrying its (already validated) vector."""
-    if d.vector is None:
-        return DocumentChunks(d.id, d.content_hash, [])
-    row = ChunkRow(0, d.text, 0, len(d.text), 0, d.content_hash, d.vector)
-    return DocumentChunks(d.id, d.content_hash, [row])

@@ -38,9 +38,18 @@ def submit_documents(
 
     A crash between the two leaves documents stored but not indexed; start-up recovery
     (`Store.pending_documents`) re-enqueues them, so nothing acknowledged is lost.
+
+    Rows that all carry vectors (bring-your-own) are stored with their chunks in the same
+    transaction (`Store.put_vectors`): the index catches up from the change log, at start-up
+    too, so they are not lost either, and the job only carries the seq to wait for.
     """
-    changed = store.put_documents(collection, rows)
     payload: dict[str, Any] = {"collection": collection, "documents": [r.id for r in rows]}
+    done = store.put_vectors(collection, rows) if rows and all(r.vector for r in rows) else None
+    if done is not None:  # vectors stored once, with their chunks: the job only wakes the index
+        changed = done.changed
+        payload["stored"] = {"seq": done.seq, "added": done.added, "removed": done.removed}
+    else:
+        changed = store.put_documents(collection, rows)
     if rejected:
         payload["rejected"] = [rejection_entry(r) for r in rejected]
     job_id = queue.enqueue(payload)
