@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     # this many per second; an estimate under the index's floor re-tunes its knobs (off: False)
     recall_sample_fraction: float = Field(0.05, ge=0, le=1)
     recall_max_per_s: float = Field(5.0, gt=0)
+    recall_time_share: float = Field(
+        0.05, gt=0, le=1, description="share of the time exact re-runs may take (1: no pause)"
+    )
     recall_min_queries: int = Field(30, ge=5, description="checked queries before acting")
     recall_retune: bool = True
     # click / relevance feedback on query_ids: the last this many queries (feedback.db)

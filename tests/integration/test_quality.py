@@ -232,7 +232,7 @@ def test_online_recall_drops_under_the_floor_and_is_retuned(make_server: Any) ->
     and the estimate comes back over the floor."""
     env = quality_env(
         EMBEDSTACK_RECALL_SAMPLE_FRACTION="1.0", EMBEDSTACK_RECALL_MAX_PER_S="1000",
-        EMBEDSTACK_RECALL_MIN_QUERIES="40",
+        EMBEDSTACK_RECALL_MIN_QUERIES="40", EMBEDSTACK_RECALL_TIME_SHARE="1",
     )  # fmt: skip
     server = make_server(env)
     dim, n = 32, 4000

@@ -199,3 +199,50 @@ def test_bad_filters_name_the_fix(store: Store, tmp_path: Path) -> None:
         manager.search(C, SPACE, VECS[:1], 5, flt={"bucket": {"$like": 3}})
     with pytest.raises(InvalidInput, match="filter key"):
         manager.search(C, SPACE, VECS[:1], 5, flt={"$bad": 3})
+
+
+# -- online recall's truth from the index's own vectors ------------------------------------------
+def test_exact_search_over_the_index_vectors() -> None:
+    from embedstack.index.common import brute_force
+    from embedstack.index.faiss_index import FaissIndex
+
+    ids = np.arange(100, 100 + N, dtype=np.int64)
+    hnsw = FaissIndex(DIM, "cosine", "hnsw", {})
+    hnsw.add(ids, VECS)
+    hnsw.remove(ids[:50])  # tombstones are not truth
+    q = VECS[10:13] + 0.01
+    got = hnsw.exact_search(q, 10)
+    assert got is not None
+    unit = VECS / np.linalg.norm(VECS, axis=1, keepdims=True)
+    _, want = brute_force(
+        unit[50:], ids[50:], q / np.linalg.norm(q, axis=1, keepdims=True), 10, "ip"
+    )
+    assert got[1].tolist() == want.tolist()
+    sq8 = FaissIndex(DIM, "cosine", "sq8", {})
+    sq8.add(ids, VECS)  # trained: it keeps codes only
+    assert sq8.exact_search(q, 10) is None
+
+
+def test_online_recall_takes_its_time_share(store: Store, tmp_path: Path) -> None:
+    from embedstack.registry.quality import QualityConfig, QualityObserver
+
+    manager = IndexManager(store, tmp_path / "indexes", Metrics())
+    manager.open(IndexConfig(C, SPACE, DIM, "cosine", "hnsw", {}))
+    put(store, range(N))
+    manager.sync(C, SPACE)
+    metrics = Metrics()
+    config = QualityConfig(recall_fraction=1.0, recall_max_per_s=1000.0, recall_time_share=1e-6)
+    quality = QualityObserver(store, manager, metrics, config)
+
+    def counted(outcome: str) -> float:
+        labels = {"collection": C, "space": SPACE, "outcome": outcome}
+        return (
+            metrics.registry.get_sample_value("embedstack_online_recall_samples_total", labels)
+            or 0.0
+        )
+
+    quality._check(C, SPACE, VECS[3])  # checked with the index's own vectors: no store copy
+    assert counted("checked") == 1 and not quality._exact
+    quality._check(C, SPACE, VECS[4])  # within the pause after the first: dropped
+    assert counted("checked") == 1 and counted("dropped") == 1
+    assert quality.report(C, SPACE)["recall"]["estimate"]["recall"] == 1.0

@@ -314,6 +314,24 @@ class FaissIndex:
         admitted[positions[positions >= 0]] = True
         return self._search_admitted(queries, k, admitted, knobs)
 
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact best k over this index's own float vectors (one thread), or None when it keeps
+        only codes: the truth online recall compares with, without a copy of every vector."""
+        queries = _as_queries(queries, self._dim)
+        omp = _omp_get_max_threads()
+        _omp_set_num_threads(1)
+        try:
+            with self._lock.read():
+                store = st.float_store(self._faiss)
+                if store is None:
+                    return None
+                if not self._map.live_count:
+                    return empty_result(len(queries), k, self._metric)
+                params, _refs = st.search_params("flat", True, {}, k, self._map.dead_selector())
+                return self._finish(*store.search(queries, k, params=params))
+        finally:
+            _omp_set_num_threads(omp)
+
     # -- positions: metadata filters evaluated by position (index/attributes.py) ------------
     @property
     def size(self) -> int:

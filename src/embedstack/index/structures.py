@@ -165,6 +165,15 @@ def vectors_at(structure: Any, positions: np.ndarray) -> np.ndarray | None:
     return np.asarray(s.reconstruct_batch(positions))
 
 
+def float_store(structure: Any) -> Any | None:
+    """The IndexFlat holding a structure's vectors as given (flat, the untrained buffer, an
+    HNSW graph's storage), or None when it keeps only codes (SQ, PQ, IVF lists)."""
+    s: Any = faiss.downcast_index(structure)
+    if _is(s, faiss.IndexHNSW):
+        s = faiss.downcast_index(s.storage)
+    return s if _is(s, faiss.IndexFlat) else None
+
+
 def all_vectors(structure: Any) -> np.ndarray:
     """(ntotal, d) vectors by position: exact for flat and refine stores, decoded otherwise."""
     n = int(structure.ntotal)

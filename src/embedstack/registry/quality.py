@@ -40,7 +40,7 @@ from embedstack.obs.drift import DriftMonitor
 from embedstack.obs.feedback import FeedbackLog
 from embedstack.obs.metrics import Metrics
 from embedstack.obs.recall import RecallWindow, query_recall
-from embedstack.registry.indexes import IndexManager
+from embedstack.registry.indexes import IndexManager, LiveIndex
 from embedstack.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class QualityConfig:
     recall_window: int = 200
     recall_min_queries: int = 30
     recall_max_vectors: int = 1_000_000  # spaces bigger than this get no exact re-run
+    # exact re-runs take at most this share of the time (one check of t seconds is followed
+    # by t * (1 / share - 1) without one): at 1M vectors an exact scan reads 1.5 GB, and at
+    # recall_max_per_s those scans alone would keep a core and the memory bus busy, slowing
+    # the queries they measure
+    recall_time_share: float = 0.05
     retune: bool = True
     feedback: bool = True
     feedback_max_queries: int = 100_000
@@ -106,6 +111,7 @@ class QualityObserver:
         self._exact: dict[Key, _Exact] = {}
         self._tokens = 1.0
         self._refilled = time.monotonic()
+        self._resume_at = 0.0  # no exact re-run before this (time.monotonic())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -238,6 +244,8 @@ class QualityObserver:
     def _allowed(self) -> bool:
         """Token bucket of recall_max_per_s (burst 1 s)."""
         now = time.monotonic()
+        if now < self._resume_at:
+            return False
         rate = self.config.recall_max_per_s
         self._tokens = min(max(1.0, rate), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
@@ -256,17 +264,36 @@ class QualityObserver:
             live = self._indexes.get(collection, space_id)
         except NotFound:
             return
-        exact = self._exact_copy(key, live.applied_seq, live.config.dim)
-        if exact is None:
+        started = time.monotonic()
+        try:
+            truth = self._truth(key, live, vec)
+        finally:
+            took = time.monotonic() - started
+            self._resume_at = time.monotonic() + took * (1 / self.config.recall_time_share - 1)
+        if truth is None:
             return
         k = self.config.recall_k
         query = np.ascontiguousarray(vec[None, :], dtype=np.float32)
-        _, truth = brute_force(exact.vectors, exact.ids, query, k, live.config.metric)
         _, found = live.index.search(query, k)
         space = self._space(key)
-        space.recall.add(query_recall(found[0], truth[0]))
-        space.samples.append((query[0], truth[0]))
+        space.recall.add(query_recall(found[0], truth))
+        space.samples.append((query[0], truth))
         self._metrics.recall_samples.labels(collection, space_id, "checked").inc()
+
+    def _truth(self, key: Key, live: LiveIndex, vec: np.ndarray) -> np.ndarray | None:
+        """Exact top-k ids of `vec`: over the index's own float vectors when it keeps them
+        (flat, hnsw: no copy), else over a copy of the stored vectors; None over the cap."""
+        k = self.config.recall_k
+        query = np.ascontiguousarray(vec[None, :], dtype=np.float32)
+        exact_search = getattr(live.index, "exact_search", None)
+        if exact_search is not None and live.index.count() <= self.config.recall_max_vectors:
+            got = exact_search(query, k)
+            if got is not None:
+                return np.asarray(got[1][0])
+        exact = self._exact_copy(key, live.applied_seq, live.config.dim)
+        if exact is None:
+            return None
+        return brute_force(exact.vectors, exact.ids, query, k, live.config.metric)[1][0]
 
     def _exact_copy(self, key: Key, seq: int, dim: int) -> _Exact | None:
         """The space's stored vectors, re-read when the index moved and the copy is older than

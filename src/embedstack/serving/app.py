@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -375,6 +376,11 @@ def create_app(services: Services) -> FastAPI:
             drained.set()
 
         services.drain = drain
+        # what startup made (open indexes and their maps, models, caches) lives as long as the
+        # server: out of the collector's generations, no full collection walks it again (a
+        # pause every query that lands in it would wait for)
+        gc.collect()
+        gc.freeze()
         services.ready = True
         log.info("embedstack ready on data dir %s", services.settings.data_dir)
         try:

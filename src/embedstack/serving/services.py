@@ -173,6 +173,7 @@ def quality_config(settings: Settings) -> QualityConfig:
     return QualityConfig(
         drift=s.quality_drift, recall_fraction=s.recall_sample_fraction,
         recall_max_per_s=s.recall_max_per_s, recall_min_queries=s.recall_min_queries,
+        recall_time_share=s.recall_time_share,
         retune=s.recall_retune, feedback=s.quality_feedback,
         feedback_max_queries=s.feedback_max_queries, drift_baseline=s.drift_baseline_queries,
         drift_window=s.drift_window_queries, drift_min_window=min(100, s.drift_window_queries),
