@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # a replicated catalog (--catalog redis+sentinel://...): how long a write waits for a replica
     # to confirm it (else 503), and how long a command waits out a failover of its primary
     cluster_catalog_ack_ms: int = Field(2000, ge=1, description="replica confirmation wait")
-    cluster_catalog_failover_s: float = Field(20.0, ge=0, description="failover retry budget")
+    cluster_catalog_failover_s: float = Field(30.0, ge=0, description="failover retry budget")
     # log retention: delete the log records every replica of a shard is past. Redis Streams logs
     # always do; a Kafka broker only with this on (DeleteRecords; tansu's memory engine lacks it)
     cluster_log_trim: bool = False

@@ -582,7 +582,7 @@ def test_catalog_primary_killed_while_an_api_node_serves(
         slowest = max(a[2] for a in answered)
         print(f"catalog failover: {len(answered)} queries, {len(after)} after the kill, "
               f"none failed, slowest {slowest:.2f} s")  # fmt: skip
-        assert len(after) >= 3 and slowest < 30, answered[-5:]
+        assert len(after) >= 3 and slowest < 45, answered[-5:]
         assert new.port != old.port
         assert c.get("/v1/collections/ha-before").json()["documents"] == 20
         r = c.post("/v1/collections", json={"name": "ha-after", "model": "hashing-test"})

@@ -14,9 +14,11 @@ hold the change, and Sentinel promotes the most advanced replica when the primar
 acknowledged write survives the loss of any one process. The primaries also run with
 `min-replicas-to-write 1`, so a primary cut off from every replica refuses writes.
 
-Failover: a command that fails because the primary died (connection refused or reset) or was
-demoted (READONLY, which redis-py turns into a connection error) is retried against the primary
-the Sentinels name, for up to `failover_s`; a reader or writer sees a pause, not an error. A
+Failover: a command that fails because the primary died (connection refused or reset), was
+demoted (READONLY, which redis-py turns into a connection error) or has no replica in sync yet
+(NOREPLICAS, a new primary whose replicas are resyncing) is retried against the primary the
+Sentinels name, for up to `failover_s`, and a WAIT that no replica answered yet is repeated as
+long; a reader or writer sees a pause, not an error. A
 write whose WAIT was cut off is not retried (it may or may not be on a replica: Unavailable,
 retry the request). Retrying a write that failed before its reply may apply it twice: the
 catalog's writes are idempotent except HSETNX (a create), which then answers 409 as if someone
@@ -37,7 +39,7 @@ T = TypeVar("T")
 
 SOCKET_TIMEOUT_S = 5.0
 ACK_MS = 2000  # how long a write waits for a replica to confirm it
-FAILOVER_S = 20.0  # how long a command keeps retrying while the Sentinels elect a new primary
+FAILOVER_S = 30.0  # how long a command keeps retrying while the Sentinels elect a new primary
 RETRY_PAUSE_S = 0.2
 SENTINEL_SCHEME = "redis+sentinel://"
 URL_FORMS = "redis://HOST:PORT/DB or redis+sentinel://HOST:PORT,HOST:PORT,HOST:PORT/MASTER/DB"
@@ -85,7 +87,7 @@ class CatalogRedis:
 
     def write(self, body: Callable[[Any], T]) -> T:
         """Run `body(client)` (commands, or a pipeline on `client.pipeline()`) on the writing
-        connection, then wait for a replica to confirm it."""
+        connection, then wait for a replica to confirm it (see _acked)."""
         with self._lock or contextlib.nullcontext():
             out = self._retry(lambda: body(self._writes))
             self._acked()
@@ -106,23 +108,34 @@ class CatalogRedis:
             self._acked()
 
     def _acked(self) -> None:
+        """WAIT on the writing connection until a replica has its writes; while none has (a
+        replica resyncing after a failover), WAIT again (same connection, same offset) until
+        `failover_s` passed, then Unavailable."""
         if not self.replicas:
             return
-        try:
-            got = int(self._writes.wait(self.replicas, self._ack_ms))
-        except _errors() as exc:
-            raise Unavailable(
-                f"the catalog primary ({self.where}) failed before a replica confirmed the "
-                f"write, which may or may not have been kept: retry ({exc})"
-            ) from exc
-        if got < self.replicas:
-            raise Unavailable(
-                f"no catalog replica confirmed the write within {self._ack_ms} ms "
-                f"({got} of {self.replicas} needed; {self.where}): the catalog's replicas are "
-                "down or lagging; the write is not known to be durable: retry once they are back"
-            )
+        deadline = time.monotonic() + self._failover_s
+        while True:
+            try:
+                got = int(self._writes.wait(self.replicas, self._ack_ms))
+            except _errors() as exc:
+                raise Unavailable(
+                    f"the catalog primary ({self.where}) failed before a replica confirmed the "
+                    f"write, which may or may not have been kept: retry ({exc})"
+                ) from exc
+            if got >= self.replicas:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"no catalog replica confirmed the write within {self._ack_ms} ms "
+                    f"({got} of {self.replicas} needed; {self.where}): the catalog's replicas "
+                    "are down or lagging; the write is not known to be durable: retry once "
+                    "they are back"
+                )
 
     def _retry(self, call: Callable[[], T]) -> T:
+        """`call()`, again while the primary is unreachable, demoted, or has no replica in
+        sync (NOREPLICAS: a new primary whose replicas are still resyncing), for up to
+        `failover_s`; then Unavailable naming the cause."""
         import redis
 
         deadline = time.monotonic() + self._failover_s
@@ -132,14 +145,15 @@ class CatalogRedis:
             except _errors() as exc:
                 if time.monotonic() >= deadline:
                     raise self._down(exc) from exc
-                time.sleep(RETRY_PAUSE_S)
             except redis.ResponseError as exc:
-                if str(exc).startswith("NOREPLICAS"):
+                if not str(exc).startswith("NOREPLICAS"):
+                    raise
+                if time.monotonic() >= deadline:
                     raise Unavailable(
                         f"the catalog primary ({self.where}) has no replica in sync and refuses "
                         "writes: restart a replica"
                     ) from exc
-                raise
+            time.sleep(RETRY_PAUSE_S)
 
     def _down(self, exc: Exception) -> Unavailable:
         waited = f" for {self._failover_s:.0f} s" if self._failover_s else ""

@@ -149,7 +149,9 @@ def start_redis(
     return spawn("redis", [*argv, *more], port, workdir)
 
 
-SENTINEL_DOWN_MS = 1000  # a primary silent this long is down (then the Sentinels elect another)
+# a primary silent this long is down (then the Sentinels elect another): not shorter, or a
+# primary stalled by an fsync or a starved CPU on a loaded machine is failed over for nothing
+SENTINEL_DOWN_MS = 5000
 HA_MASTER = "embedstack"
 
 
