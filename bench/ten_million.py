@@ -59,7 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--nlist", type=int, default=2048, help="IVF lists (2,048)")
     p.add_argument("--nprobe", type=int, default=128, help="lists probed (128)")
     p.add_argument("--refine-bits", type=int, default=8, help="refine store: 8 SQ8, 16, 32")
-    p.add_argument("--refine-factor", type=int, default=16, help="k x this re-scored (16)")
+    # 16 gave recall@10 0.820 at 4.5M (the true top-10 were among the PQ stage's 160 candidates
+    # 83% of the time, at any nprobe from 128 to 512); 64 gave 0.928 on the same index
+    p.add_argument("--refine-factor", type=int, default=64, help="k x this re-scored (64)")
     p.add_argument("--max-load-s", type=float, default=0.0,
                    help="stop making pieces after this many seconds of loading and measure what "
                    "was loaded (0: load all --n); the 10M projection is printed")  # fmt: skip
