@@ -15,8 +15,9 @@ INGEST_OUTCOMES = ("embedded", "reused", "kept", "removed")
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 # stages of embedstack_stage_seconds: admission_wait (search pool queue), tokenize, batch_wait
-# (admitted text until its batch starts), forward (model), search (index), hydrate (store rows)
-STAGES = ("admission_wait", "tokenize", "batch_wait", "forward", "search", "hydrate")
+# (admitted text until its batch starts), forward (model), filter (metadata filter), search
+# (index), hydrate (store rows)
+STAGES = ("admission_wait", "tokenize", "batch_wait", "forward", "filter", "search", "hydrate")
 DRIFT_SIGNALS = ("top1_score", "centroid_cosine", "norm")
 
 
