@@ -31,10 +31,16 @@ from embedstack.cluster.router import ClusterRouter
 from embedstack.cluster.upgrades import ClusterUpgrades
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, NotSupported, Unavailable
-from embedstack.registry.collections import NAME_RE, check_name, describe_config
+from embedstack.registry.collections import check_name, describe_config
 from embedstack.serving.app import ROUTE_MODULES, BodyLimit, install_error_handlers
 from embedstack.serving.auth import Principal
-from embedstack.serving.cluster_auth import ClusterAccess, ClusterGate, access_of, key_routes
+from embedstack.serving.cluster_auth import (
+    ClusterAccess,
+    ClusterGate,
+    access_of,
+    alias_routes,
+    key_routes,
+)
 from embedstack.serving.cluster_inference import ServeQueryEmbedder
 from embedstack.serving.cluster_obs import ClusterObs
 from embedstack.serving.cluster_upgrades import upgrade_routes
@@ -42,8 +48,6 @@ from embedstack.serving.cluster_writes import write_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter, check_filter
 from embedstack.serving.responses import (
-    AliasesOut,
-    AliasOut,
     CollectionOut,
     DeletedOut,
     DocumentOut,
@@ -55,7 +59,7 @@ from embedstack.serving.responses import (
 from embedstack.serving.routes.admin import models_list
 from embedstack.serving.routes.documents import _document_row
 from embedstack.serving.routes.query import query_inputs, retrieval
-from embedstack.serving.schemas import AliasIn, CollectionCreate, DocumentsIn, QueryIn
+from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
 
@@ -193,33 +197,6 @@ def cluster_routes(
         access.principal.grant(name)
         await asyncio.to_thread(router.delete_collection, access.principal.qualify(name))
         return JSON({"deleted": name})
-
-    @api.post("/v1/aliases", response_model=AliasOut)
-    async def set_alias(body: AliasIn, access: ClusterAccess = caller) -> Response:
-        """Point an alias at a collection (atomically, for every API node)."""
-        if not NAME_RE.match(body.alias):
-            raise InvalidInput(
-                f"alias {body.alias!r} is not valid: use the rules of collection names"
-            )
-        p = access.principal
-        p.grant(body.alias)
-        p.grant(body.collection)
-        alias, target = p.qualify(body.alias), p.qualify(body.collection)
-        await asyncio.to_thread(router.catalog.set_alias, alias, target)
-        return JSON({"alias": body.alias, "collection": body.collection})
-
-    @api.get("/v1/aliases", response_model=AliasesOut)
-    async def list_aliases(access: ClusterAccess = caller) -> Response:
-        p = access.principal
-        found = await asyncio.to_thread(router.catalog.aliases)
-        shown = {p.display(a): p.display(c) for a, c in found.items() if p.sees(a) and p.sees(c)}
-        return JSON({"aliases": shown})
-
-    @api.delete("/v1/aliases/{alias}", response_model=DeletedOut)
-    async def delete_alias(alias: str, access: ClusterAccess = caller) -> Response:
-        access.principal.grant(alias)
-        await asyncio.to_thread(router.catalog.delete_alias, access.principal.qualify(alias))
-        return JSON({"deleted": alias})
 
     @api.post("/v1/collections/{name}/documents", status_code=202, response_model=SubmittedOut)
     async def add_documents(
@@ -407,6 +384,7 @@ def create_cluster_app(
     served = [
         cluster_routes(router, settings, access, embedder, obs),
         upgrade_routes(cluster_upgrades, access),
+        alias_routes(router.catalog, access),
         key_routes(keys),
         write_routes(router, settings, access, _out, embedder),
         obs.routes(access),

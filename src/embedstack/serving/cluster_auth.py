@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from embedstack.cluster.catalog import ClusterCollection, RedisCatalog
 from embedstack.cluster.keys import RedisKeys
 from embedstack.config import Settings
-from embedstack.errors import NotFound
+from embedstack.errors import InvalidInput, NotFound
+from embedstack.registry.collections import NAME_RE
 from embedstack.serving.audit import notes_of
 from embedstack.serving.auth import (
     INSECURE,
@@ -43,8 +44,16 @@ from embedstack.serving.auth import (
 )
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter
-from embedstack.serving.responses import KeyCreatedOut, KeyOut, KeysOut
+from embedstack.serving.responses import (
+    AliasesOut,
+    AliasOut,
+    DeletedOut,
+    KeyCreatedOut,
+    KeyOut,
+    KeysOut,
+)
 from embedstack.serving.routes.keys import KeyIn, RotateIn, covers
+from embedstack.serving.schemas import AliasIn
 
 
 def scope_for(method: str, path: str) -> str:
@@ -198,5 +207,50 @@ def key_routes(keys: RedisKeys) -> APIRouter:
         await own(request, prefix)
         notes_of(request.scope).update(key=prefix)
         return JSON((await asyncio.to_thread(keys.revoke_key, prefix)).public())
+
+    return api
+
+
+class Aliases(Protocol):
+    """Where a cluster's or a federation's aliases live (the shared catalog)."""
+
+    def set_alias(self, alias: str, target: str) -> None: ...
+
+    def aliases(self) -> dict[str, str]: ...
+
+    def delete_alias(self, alias: str) -> None: ...
+
+
+def alias_routes(names: Aliases, access_of: Callable[..., TenantAccess[Any]]) -> APIRouter:
+    """Set, list and delete aliases in the shared catalog (one write: every API node sees it at
+    once), each in the caller's tenant, as single node's alias routes."""
+    api = APIRouter()
+    caller = Depends(access_of)
+
+    @api.post("/v1/aliases", response_model=AliasOut)
+    async def set_alias(body: AliasIn, access: TenantAccess[Any] = caller) -> Response:
+        if not NAME_RE.match(body.alias):
+            raise InvalidInput(
+                f"alias {body.alias!r} is not valid: use the rules of collection names"
+            )
+        p = access.principal
+        p.grant(body.alias)
+        p.grant(body.collection)
+        alias, target = p.qualify(body.alias), p.qualify(body.collection)
+        await asyncio.to_thread(names.set_alias, alias, target)
+        return JSON({"alias": body.alias, "collection": body.collection})
+
+    @api.get("/v1/aliases", response_model=AliasesOut)
+    async def list_aliases(access: TenantAccess[Any] = caller) -> Response:
+        p = access.principal
+        found = await asyncio.to_thread(names.aliases)
+        shown = {p.display(a): p.display(c) for a, c in found.items() if p.sees(a) and p.sees(c)}
+        return JSON({"aliases": shown})
+
+    @api.delete("/v1/aliases/{alias}", response_model=DeletedOut)
+    async def delete_alias(alias: str, access: TenantAccess[Any] = caller) -> Response:
+        access.principal.grant(alias)
+        await asyncio.to_thread(names.delete_alias, access.principal.qualify(alias))
+        return JSON({"deleted": alias})
 
     return api

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -29,18 +30,17 @@ from embedstack.cluster.federation import FederatedCollection, FederatedRouter
 from embedstack.cluster.keys import RedisKeys
 from embedstack.config import Settings
 from embedstack.errors import InvalidInput, NotFound, SpaceMismatch
-from embedstack.registry.collections import NAME_RE, check_name, describe_config
+from embedstack.registry.collections import check_name, describe_config
 from embedstack.serving.app import install_error_handlers
 from embedstack.serving.auth import INSECURE, Principal, principal_of
 from embedstack.serving.cluster_app import creation_args, mount
-from embedstack.serving.cluster_auth import TenantAccess, key_routes
+from embedstack.serving.cluster_auth import TenantAccess, alias_routes, key_routes
 from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter, check_filter
-from embedstack.serving.responses import AliasesOut, AliasOut, DeletedOut, JobOut, SubmittedOut
+from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
 from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
 from embedstack.serving.routes.query import checked_text, retrieval
 from embedstack.serving.schemas import (
-    AliasIn,
     CollectionCreate,
     DocumentsIn,
     QueryIn,
@@ -161,15 +161,22 @@ def _space(router: FederatedRouter, c: FederatedCollection) -> tuple[CollectionR
     return record, SpaceInfo(c.name, c.space_id, model, spec, "serving", 0.0)
 
 
-def federation_routes(
-    router: FederatedRouter, settings: Settings, limiter: RateLimiter
-) -> APIRouter:
-    api = APIRouter()
+def federated_access(
+    router: FederatedRouter, limiter: RateLimiter
+) -> Callable[[Request], FederatedAccess]:
+    """The dependency that hands a route its FederatedAccess (the gate set the principal)."""
 
     def access_of(request: Request) -> FederatedAccess:
         return FederatedAccess(principal_of(request) or INSECURE, router, limiter)
 
-    caller = Depends(access_of)
+    return access_of
+
+
+def federation_routes(
+    router: FederatedRouter, settings: Settings, limiter: RateLimiter
+) -> APIRouter:
+    api = APIRouter()
+    caller = Depends(federated_access(router, limiter))
 
     def health() -> dict[str, Any]:
         regions = router.live()
@@ -271,34 +278,6 @@ def federation_routes(
             }
         )  # fmt: skip
 
-    @api.post("/v1/aliases", response_model=AliasOut)
-    async def set_alias(body: AliasIn, access: FederatedAccess = caller) -> Response:
-        """Point an alias at a federated collection of the key's tenant (for every API node:
-        the shared catalog holds it, a name only)."""
-        if not NAME_RE.match(body.alias):
-            raise InvalidInput(
-                f"alias {body.alias!r} is not valid: use the rules of collection names"
-            )
-        p = access.principal
-        p.grant(body.alias)
-        p.grant(body.collection)
-        alias, target = p.qualify(body.alias), p.qualify(body.collection)
-        await asyncio.to_thread(router.set_alias, alias, target)
-        return JSON({"alias": body.alias, "collection": body.collection})
-
-    @api.get("/v1/aliases", response_model=AliasesOut)
-    async def list_aliases(access: FederatedAccess = caller) -> Response:
-        p = access.principal
-        found = await asyncio.to_thread(router.aliases)
-        shown = {p.display(a): p.display(c) for a, c in found.items() if p.sees(a) and p.sees(c)}
-        return JSON({"aliases": shown})
-
-    @api.delete("/v1/aliases/{alias}", response_model=DeletedOut)
-    async def delete_alias(alias: str, access: FederatedAccess = caller) -> Response:
-        access.principal.grant(alias)
-        await asyncio.to_thread(router.delete_alias, access.principal.qualify(alias))
-        return JSON({"deleted": alias})
-
     @api.post("/v1/collections/{name}/query", response_model=FederatedQueryOut)
     async def query(
         name: str, body: FederatedQueryIn, access: FederatedAccess = caller
@@ -356,5 +335,9 @@ def create_federation_app(
     errors = install_error_handlers(app)
     keys = keys if keys is not None else router.keys()
     limiter = RateLimiter.of(settings)
-    served = [federation_routes(router, settings, limiter), key_routes(keys)]
+    served = [
+        federation_routes(router, settings, limiter),
+        alias_routes(router, federated_access(router, limiter)),
+        key_routes(keys),
+    ]
     return mount(app, served, errors, keys, settings, limiter)
