@@ -406,7 +406,13 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(module.router, responses=errors)
     # innermost of ours: refuses a query that would miss its budget before FastAPI reads it
     overloaded = status_of(Overloaded("", retry_after=1.0))
-    app.add_middleware(QueryShedder, services=services, status=overloaded, body_of=error_body)
+    app.add_middleware(
+        QueryShedder,
+        services=services,
+        status=overloaded,
+        body_of=error_body,
+        direct=query.direct_query,
+    )
     app.add_middleware(MetricsAndLimits, services=services)
     # outermost: Host check and authentication come before anything reads the request
     app.add_middleware(AccessGate, services=services, limiter=limiter)

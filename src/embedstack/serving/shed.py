@@ -27,13 +27,15 @@ Refused: a 429 + Retry-After answered straight to ASGI, in the error shape and s
 ERROR_STATUS table (handed in by create_app). Anything it cannot judge cheaply -- a body that is
 not small JSON, an out-of-range budget, a server not ready -- passes through to the route, which
 answers it as before. Admitted: the body is replayed to the app, which checks again with the real
-text (these checks are lower bounds: they only refuse what the route would refuse).
+text (these checks are lower bounds: they only refuse what the route would refuse); an admitted
+query whose body parsed goes to `direct` (the route's own answer without FastAPI's routing,
+dependency solving and second parse), which hands it back to the app when it does not validate.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -212,6 +214,11 @@ def route_of(scope: Scope) -> RouteTemplate | None:
     return None
 
 
+# answers an admitted query itself (True), or leaves it to the app having sent nothing (False):
+# routes/query.py direct_query, handed in by create_app (this module cannot import routes)
+Direct = Callable[[Scope, Receive, Send, bytes], Awaitable[bool]]
+
+
 class QueryShedder:
     """Pure ASGI middleware (inside AccessGate and MetricsAndLimits): early 429s for queries.
 
@@ -220,9 +227,10 @@ class QueryShedder:
 
     def __init__(
         self, app: ASGIApp, services: Services, status: int,
-        body_of: Callable[[str, str], dict[str, Any]],
+        body_of: Callable[[str, str], dict[str, Any]], direct: Direct | None = None,
     ) -> None:  # fmt: skip
         self.app = app
+        self.direct = direct
         self.services = services
         self.status = status
         self.body_of = body_of
@@ -276,7 +284,12 @@ class QueryShedder:
         answered: list[float] = []
         send = self._timed(send, arrived, predicted, answered)
         try:
-            await self.app(scope, _replay(messages, receive), send)
+            replayed = _replay(messages, receive)
+            direct = self.direct if route is QUERY_ROUTE and body is not None else None
+            if direct is not None:
+                scope["route"] = route  # labels the latency metric as FastAPI's route would
+            if direct is None or not await direct(scope, replayed, send, body or b""):
+                await self.app(scope, replayed, send)
         finally:
             if limit is not None:
                 latency = answered[0] if answered else None
