@@ -84,6 +84,9 @@ def test_params_reach_filtered_and_grouped_searches(c: httpx.Client) -> None:
     assert got == truth
     grouped = [_ids(c, "ivf", q, group_by="document", params={"nprobe": NLIST}) for q in QS[:5]]
     assert grouped == _exact(QS[:5])  # one chunk a document: the same top k
+    # a scored grouping runs the fused path (registry/hybrid.py fused_search): the same knobs
+    fused = {"group_by": "document", "doc_scoring": "max_sum", "params": {"nprobe": NLIST}}
+    assert [_ids(c, "ivf", q, **fused) for q in QS[:5]] == _exact(QS[:5])
     # hybrid: the dense half searches with the knobs too (a bad one is refused, not ignored)
     r = c.post("/v1/collections/ivf/query", json={"vector": QS[0].tolist(), "text": "point",
                                                   "mode": "hybrid", "params": {"nprobe": 0}})  # fmt: skip
