@@ -13,8 +13,13 @@ request, --clients requests in flight), and the exact top-10 of every query is m
 piece (faiss.knn over the piece), so the truth streams with the load.
 
 Then: wait until every job is done (indexed and served), query every held-out vector once
-through HTTP (1 client; p50/p99 and recall@10 against the exact truth), stop the server (it
-snapshots) and start it again (timed until it answers), query again. Resident memory: the
+through HTTP (1 client; p50/p99 and recall@10 against the exact truth) at the collection's own
+knobs, then once per setting of the per-query `params` sweep (--nprobes x --refine-factors,
+cheapest first: nprobe, which decides how many PQ codes are scanned, then refine_factor, how
+many candidates are re-scored) with recall@10 and latency for each; the cheapest setting whose
+recall@10 reaches --floor is picked, as bench/million.py picks its efSearch. Stop the server (it
+snapshots) and start it again (timed until it answers), query again, at the collection's knobs
+and at the picked setting. Resident memory: the
 server's peak (VmHWM) and its RSS after the load, after the queries and after the restart,
 against `embedstack.index.planner.resident`'s prediction for the same index (printed with its
 arithmetic). Disk: the data directory by part (store, its WAL, index snapshots).
@@ -62,12 +67,21 @@ def parse_args() -> argparse.Namespace:
     # 16 gave recall@10 0.820 at 4.5M (the true top-10 were among the PQ stage's 160 candidates
     # 83% of the time, at any nprobe from 128 to 512); 64 gave 0.928 on the same index
     p.add_argument("--refine-factor", type=int, default=64, help="k x this re-scored (64)")
+    p.add_argument("--nprobes", type=ints, default=(32, 64, 128, 256),
+                   help="per-query nprobe values swept through HTTP (32,64,128,256)")  # fmt: skip
+    p.add_argument("--refine-factors", type=ints, default=(16, 32, 64, 128, 256),
+                   help="per-query refine_factor values swept (16,32,64,128,256)")  # fmt: skip
+    p.add_argument("--floor", type=float, default=0.9, help="recall@10 to reach (0.9)")
     p.add_argument("--max-load-s", type=float, default=0.0,
                    help="stop making pieces after this many seconds of loading and measure what "
                    "was loaded (0: load all --n); the 10M projection is printed")  # fmt: skip
     p.add_argument("--workdir", type=Path, default=None, help="where the data dir goes (a tmp)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 class Peak:
@@ -167,10 +181,14 @@ def load(
     return best[1], jobs, time.perf_counter() - started, exact_s
 
 
-def query_all(client: httpx.Client, qv: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+def query_all(
+    client: httpx.Client, qv: np.ndarray, params: dict[str, int] | None = None
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Every query once through HTTP (`params`: per-query index knobs; None: the index's)."""
     lat, found = [], []
+    knobs = {"params": params} if params else {}
     for q in qv:
-        body = orjson.dumps({"vector": q.tolist(), "k": K, "budget_ms": 60_000})
+        body = orjson.dumps({"vector": q.tolist(), "k": K, "budget_ms": 60_000, **knobs})
         t = time.perf_counter()
         r = client.post("/v1/collections/vec/query", content=body,
                         headers={"content-type": "application/json"})  # fmt: skip
@@ -179,6 +197,35 @@ def query_all(client: httpx.Client, qv: np.ndarray) -> tuple[np.ndarray, list[li
             raise RuntimeError(f"query -> {r.status_code}: {r.text[:300]}")
         found.append([int(h["document_id"][1:]) for h in orjson.loads(r.content)["hits"][:K]])
     return np.array(lat), found
+
+
+def sweep(
+    client: httpx.Client, qv: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> tuple[dict[str, int] | None, list[list[object]]]:
+    """Recall@10 and HTTP latency of every (nprobe, refine_factor) of the sweep, sent as the
+    query's `params`, cheapest first; the first reaching --floor (None if none does)."""
+    picked: dict[str, int] | None = None
+    rows: list[list[object]] = []
+    for nprobe in sorted(args.nprobes):
+        for factor in sorted(args.refine_factors):
+            params = {"nprobe": min(nprobe, args.nlist), "refine_factor": factor}
+            query_all(client, qv[:10], params)  # warm the setting's search parameters
+            lat, found = query_all(client, qv, params)
+            recall = recall_at_k(found, truth, K)
+            p50, _, p99 = percentiles(lat)
+            reached = recall >= args.floor
+            if reached and picked is None:
+                picked = params
+            rows.append([f"nprobe={params['nprobe']} refine_factor={factor}", f"{recall:.3f}",
+                         f"{p50:.2f}", f"{p99:.2f}", f"{len(qv) / lat.sum():,.1f}",
+                         "PICKED" if picked is params else ("yes" if reached else "")])  # fmt: skip
+            say(f"params {params}: recall@10 {recall:.3f}, HTTP p50 {p50:.2f} ms, p99 "
+                f"{p99:.2f} ms; {load_note()}")  # fmt: skip
+    reaching = [r for r in rows if r[-1]]
+    if reaching:  # measured, so under load it may differ from the cost order
+        fastest = min(reaching, key=lambda r: float(str(r[2])))
+        say(f"fastest measured p50 reaching {args.floor}: {fastest[0]} ({fastest[2]} ms)")
+    return picked, rows
 
 
 def disk_parts(data: Path) -> dict[str, float]:
@@ -232,8 +279,10 @@ def main() -> None:
             )
             say(f"index stats: {str(stats)[:1200]}")
             lat, found = query_all(client, qv)
-            after_queries = rss_mib(server.proc.pid)
             recall = recall_at_k(found, truth, K)
+            say(f"at the collection's knobs: recall@10 {recall:.3f}; sweeping per-query params")
+            picked, swept = sweep(client, qv, truth, args)
+            after_queries = rss_mib(server.proc.pid)
         hwm = max(status_mib(server.proc.pid, "VmHWM"), sampled_peak)
         say(f"after the queries: {rss_parts(server.proc.pid)} MiB")
         disk = disk_parts(data)
@@ -241,6 +290,8 @@ def main() -> None:
         restart_s = restart_seconds(server, probe)
         with server.client(timeout=600) as client:
             lat2, found2 = query_all(client, qv)
+            if picked is not None:
+                lat3, found3 = query_all(client, qv, picked)
         after_restart = rss_mib(server.proc.pid)
         say(f"after the restart and the queries: {rss_parts(server.proc.pid)} MiB")
         recall2 = recall_at_k(found2, truth, K)
@@ -255,6 +306,21 @@ def main() -> None:
         say(f"  {what}: {human_bytes(size)}")
     say(f"  = {predicted:,.0f} MiB")
     table(
+        f"per-query params through HTTP (1 client, {len(qv)} queries each, cheapest first; "
+        f"floor {args.floor}); collection's own: nprobe={args.nprobe} "
+        f"refine_factor={args.refine_factor}",
+        ["params", "recall@10", "p50 ms", "p99 ms", "QPS", f">= {args.floor}"],
+        swept,
+    )
+    at_picked: list[list[str]] = []
+    if picked is not None:
+        at_picked = [
+            [f"recall@10 at the picked params {picked} after restart",
+             f"{recall_at_k(found3, truth, K):.3f}"],
+            ["HTTP p50 / p99 ms at the picked params after restart",
+             "{:.2f} / {:.2f}".format(*percentiles(lat3)[::2])],
+        ]  # fmt: skip
+    table(
         f"{args.n:,} x {DIM} ivf_pq nlist={args.nlist} refine SQ{args.refine_bits} "
         f"x{args.refine_factor}, k={K}; {load_note()}",
         ["measure", "value"],
@@ -263,8 +329,10 @@ def main() -> None:
             ["load: indexed and served s", f"{load_s:,.0f}"],
             ["load rate vectors/s", f"{args.n / load_s:,.0f}"],
             ["projected 10M load min at this rate", f"{1e7 / (args.n / load_s) / 60:,.0f}"],
-            ["recall@10 (HTTP, vs exact)", f"{recall:.3f}"],
+            ["recall@10 (HTTP, vs exact), the collection's knobs", f"{recall:.3f}"],
             ["recall@10 after restart", f"{recall2:.3f}"],
+            ["picked per-query params (cheapest reaching the floor)", str(picked)],
+            *at_picked,
             ["HTTP p50 / p99 ms", "{:.2f} / {:.2f}".format(*percentiles(lat)[::2])],
             ["HTTP p50 / p99 ms after restart", "{:.2f} / {:.2f}".format(*percentiles(lat2)[::2])],
             ["restart until first answer s", f"{restart_s:,.1f}"],

@@ -991,6 +991,59 @@ def test_patch_changes_settings_on_every_replica(
     assert api_node.patch("/v1/collections/nope", json={"search": {}}).status_code == 404
 
 
+def test_query_params_reach_every_replica(
+    api_node: httpx.Client, local_cluster: LocalCluster
+) -> None:
+    """A query's `params` (per-query index knobs) are checked on the API node against the
+    collection's index type (422 before any fan-out) and searched with by every shard's replica:
+    ivf_flat at nprobe 1 of 8 lists misses neighbours, nprobe=8 returns the exact top k (dense
+    and through the fused path); a replica handed a bad knob refuses it as a plain 422 error."""
+    import numpy as np
+
+    from embedstack.errors import InvalidInput
+
+    n, k = 2000, 10
+    ivf = {"type": "ivf_flat", "nlist": 8, "nprobe": 1, "recall_floor": 0, "train_min": 350}
+    body = {"name": "knobs", "dim": VEC_DIM, "metric": "l2", "index": ivf}
+    assert api_node.post("/v1/collections", json=body).status_code == 201
+    try:
+        vecs, queries = _vectors(n, 11), _vectors(8, 12)
+        for start in (0, 1000):
+            part = {"ids": [f"v{i}" for i in range(start, start + 1000)],
+                    "vectors": base64.b64encode(vecs[start : start + 1000].tobytes()).decode()}  # fmt: skip
+            r = api_node.post("/v1/collections/knobs/vectors", json=part)
+            assert r.status_code == 202, r.text
+            assert wait_job(api_node, r.json()["job_id"], timeout=120)["status"] == "done"
+        dist = ((queries[:, None, :] - vecs[None, :, :]) ** 2).sum(-1)
+        truth = [[f"v{j}" for j in np.argsort(row)[:k]] for row in dist]
+
+        def ids(q: Any, **extra: Any) -> list[str]:
+            r = api_node.post("/v1/collections/knobs/query",
+                              json={"vector": q.tolist(), "k": k, **extra})  # fmt: skip
+            assert r.status_code == 200, r.text
+            return [h["document_id"] for h in r.json()["hits"]]
+
+        default = [ids(q) for q in queries]
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(default, truth, strict=True)])
+        assert recall < 0.9, recall  # every shard's index trained and searches 1 list of 8
+        assert [ids(q, params={"nprobe": 8}) for q in queries] == truth
+        fused = {"group_by": "document", "doc_scoring": "max_sum", "params": {"nprobe": 8}}
+        assert [ids(q, **fused) for q in queries[:3]] == truth[:3]  # one chunk a document
+        for extra, words in (({"params": {"ef_search": 64}}, "valid: nprobe"),
+                             ({"ef_search": 64}, "valid: nprobe"),
+                             ({"params": {"nprobe": 0}}, "nprobe"),
+                             ({"params": {"nprobe": "8"}}, "integer")):  # fmt: skip
+            r = api_node.post("/v1/collections/knobs/query",
+                              json={"vector": queries[0].tolist(), **extra})  # fmt: skip
+            assert r.status_code == 422 and words in r.json()["error"]["message"], r.text
+        router = local_cluster.router
+        coll = router.catalog.resolve("knobs")
+        with pytest.raises(InvalidInput, match="valid: nprobe"):
+            router.search(coll, coll.space_id, queries[0], k, None, False, {"ef_search": 8})
+    finally:
+        api_node.delete("/v1/collections/knobs")  # later tests count every collection's shards
+
+
 def test_embeddings_equal_single_node(api_node: httpx.Client, single_node: httpx.Client) -> None:
     """POST /v1/embeddings on an API node (no inference service: its own model behind the
     single-node batcher): the single node's vectors, usage and 4xx/429; with the bundled model,

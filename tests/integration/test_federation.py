@@ -473,6 +473,52 @@ def test_no_data_of_one_region_in_the_other(fed: Federation, api: httpx.Client) 
     assert not any(m.encode() in catalog for m in (*MARK.values(), *META.values()))
 
 
+def test_query_params_reach_the_regions(fed: Federation, api: httpx.Client) -> None:
+    """A query's `params` are checked by the federated API node against the collection's index
+    type (422 before anything crosses) and reach every shard replica of the regions read:
+    ivf_flat at its own nprobe 1 of 4 lists misses neighbours, nprobe=4 finds the exact top k."""
+    import numpy as np
+
+    ivf = {"type": "ivf_flat", "nlist": 4, "nprobe": 1, "recall_floor": 0, "train_min": 200}
+    body = {"name": "knobs", "index": ivf, "residency": {"regions": ["eu", "us"]}}
+    assert api.post("/v1/collections", json=body).status_code == 201
+    try:
+        rng = np.random.default_rng(5)
+        words = [f"w{i}" for i in range(400)]
+        texts = [" ".join(rng.choice(words, 6)) for _ in range(1000)]
+        for start in (0, 500):
+            part = [{"id": f"k{i}", "text": texts[i], "metadata": {"region": "eu"}}
+                    for i in range(start, start + 500)]  # fmt: skip
+            resp = api.post("/v1/collections/knobs/documents", json={"documents": part})
+            assert resp.status_code == 202, resp.text
+            _wait("the job", lambda r=resp: _done(api, r.json()["job_id"]), 180)
+        model = fed.router.models.get("hashing-test")
+
+        def unit(rows: list[str]) -> Any:
+            v = np.asarray(model.embed_batch(rows), np.float64)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+        asked = [" ".join(rng.choice(words, 6)) for _ in range(5)]
+        exact = -np.sort(-(unit(asked) @ unit(texts).T), axis=1)  # cosine, best first
+
+        def scores(text: str, **extra: Any) -> list[float]:
+            resp = query(api, "knobs", text=text, region="eu", regions=["eu"], mode="dense",
+                         **extra)  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            return [h["score"] for h in resp.json()["hits"]]
+
+        every = np.array([scores(t, params={"nprobe": 4}) for t in asked])
+        assert np.allclose(every, exact[:, :10], atol=1e-5), (every, exact[:, :10])
+        default = np.array([scores(t) for t in asked])
+        assert not np.allclose(default, exact[:, :10], atol=1e-5)  # 1 list of 4 per shard
+        for extra, words_ in (({"params": {"ef_search": 64}}, "valid: nprobe"),
+                              ({"params": {"nprobe": -1}}, "nprobe")):  # fmt: skip
+            resp = query(api, "knobs", text=asked[0], region="eu", regions=["eu"], **extra)
+            assert resp.status_code == 422 and words_ in resp.json()["error"]["message"]
+    finally:
+        api.delete("/v1/collections/knobs")  # later tests list every collection
+
+
 def _redis_bytes(client: Any) -> bytes:
     """Every key and value (strings and hashes: what the catalog writes) of the test's DB."""
     out = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from embedstack.config import ENV_PREFIX, Settings
 from embedstack.errors import ConfigError, EmbedStackError
@@ -25,6 +26,21 @@ CONFIG_EXIT = 2
 def setting_default(name: str) -> Any:
     """A setting's built-in default (what applies when neither env, file nor flag sets it)."""
     return Settings.model_fields[name].default
+
+
+def key_values(items: tuple[str, ...], option: str) -> dict[str, Any]:
+    """KEY=VALUE options as a dict: a value that is JSON (64, 0.5, true) is parsed, any other
+    is kept as a string (the server or the checker it meets says what it expects)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint=option)
+        try:
+            out[key.strip()] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def load_settings(config: Path | None, **overrides: Any) -> Settings:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import click
-import orjson
 
-from embedstack.cli.common import Command
+from embedstack.cli.common import Command, key_values
 from embedstack.types import METRICS
 
 if TYPE_CHECKING:
@@ -29,12 +28,7 @@ def _plan_params(m: int | None, nlist: int | None, nbits: int | None, hnsw_m: in
     named = {"m": m, "nlist": nlist, "nbits": nbits, "M": hnsw_m, "refine_factor": refine,
              "refine_bits": None if refine_bits is None else int(refine_bits)}  # fmt: skip
     params: dict[str, Any] = {key: v for key, v in named.items() if v is not None}
-    for item in extra:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="--param")
-        params[key.strip()] = orjson.loads(value) if value.strip() else value
-    return params
+    return params | key_values(extra, "--param")
 
 
 def _plan_table(plans: list[Plan], detail: bool) -> Any:

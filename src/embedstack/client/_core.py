@@ -18,7 +18,13 @@ import orjson
 from pydantic import BaseModel
 
 from embedstack.client.errors import error_from_response, retry_after
-from embedstack.serving.responses import EmbeddingsOut, JobOut, RejectedOut, SubmittedOut
+from embedstack.serving.responses import (
+    EmbeddingsOut,
+    JobOut,
+    QueryOut,
+    RejectedOut,
+    SubmittedOut,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -222,6 +228,16 @@ def embeddings_call(
     payload = {"input": texts, "model": model, "encoding_format": encoding_format,
                "dimensions": dimensions}  # fmt: skip
     return call("POST", "/v1/embeddings", EmbeddingsOut, payload)
+
+
+def query_call(
+    collection: str, text: str | None, vector: Sequence[float] | None,
+    params: Mapping[str, int] | None, **fields: Any,
+) -> Call[QueryOut]:  # fmt: skip
+    """POST /v1/collections/{name}/query; `fields`: the body's other keys (None: not sent)."""
+    payload = {"text": text, "vector": list(vector) if vector is not None else None,
+               "params": dict(params) if params is not None else None, **fields}  # fmt: skip
+    return call("POST", f"/v1/collections/{seg(collection)}/query", QueryOut, payload)
 
 
 # -- ingest progress ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from embedstack.client import _core as core
-from embedstack.client._core import Call, IngestResult, Progress, call, seg
+from embedstack.client._core import Call, IngestResult, Progress, call, query_call, seg
 from embedstack.client.errors import (
     ConnectError,
     InvalidInputError,
@@ -405,6 +405,7 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,
         group_by: Literal["document"] | None = None,
         ef_search: int | None = None,
+        params: Mapping[str, int] | None = None,
         mode: Literal["dense", "lexical", "hybrid"] | None = None,
         fusion: Literal["rrf", "blend"] | None = None,
         alpha: float | None = None,
@@ -413,13 +414,13 @@ class AsyncClient:
         """POST /v1/collections/{name}/query: `text` or `vector` (+ `space_id`); `filter` like
         `{"lang": "en", "year": {"$gte": 2020}}`; `group_by="document"` for one hit per
         document; `mode` dense / lexical / hybrid (default: the collection's), `fusion`,
-        `alpha`, `doc_scoring` (README "Search modes")."""
-        payload = {"text": text, "vector": list(vector) if vector is not None else None,
-                   "space_id": space_id, "k": k, "filter": filter, "group_by": group_by,
-                   "ef_search": ef_search, "mode": mode, "fusion": fusion, "alpha": alpha,
-                   "doc_scoring": doc_scoring}  # fmt: skip
-        return await self._run(call("POST", f"/v1/collections/{seg(collection)}/query", QueryOut,
-                              payload))  # fmt: skip
+        `alpha`, `doc_scoring` (README "Search modes"); `params`: the index's search parameters
+        for this query only, e.g. {"nprobe": 64, "refine_factor": 32} (README "HTTP API"), with
+        `ef_search` a shorthand for params["ef_search"]."""
+        return await self._run(query_call(collection, text, vector, params, space_id=space_id, k=k,
+                                    filter=filter, group_by=group_by, ef_search=ef_search,
+                                    mode=mode, fusion=fusion, alpha=alpha,
+                                    doc_scoring=doc_scoring))  # fmt: skip
 
     # -- quality --------------------------------------------------------------------------------
     async def feedback(

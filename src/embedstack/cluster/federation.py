@@ -405,12 +405,14 @@ class FederatedRouter:
         caller: str | None = None,
         regions: Sequence[str] | None = None,
         how: Retrieval | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """{"hits": best-first over the regions read, each with its "region"; "regions": the
         regions read, "caller": the caller's region}. `how`: dense (default), lexical or
         hybrid; each region searches (and fuses) its own shards, the hits merge here by score.
         A hit of another region than the caller's carries only the policy's crossing kinds;
-        the query crosses as its text (or, where the policy allows, as the caller's vector)."""
+        the query crosses as its text (or, where the policy allows, as the caller's vector);
+        `knobs`: its per-query index parameters, passed to every region's replicas."""
         coll = self.get(name)
         home = self.caller(caller)
         targets = coll.policy.targets(regions)
@@ -426,7 +428,7 @@ class FederatedRouter:
             crossing = None if region == home else list(coll.policy.crossing)
             gateway = self.gateways[region]
             refs[region] = gateway.search.remote(
-                coll.name, coll.space_id, text, vector, k, flt, group, crossing, how
+                coll.name, coll.space_id, text, vector, k, flt, group, crossing, how, knobs
             )
             for kind, size in sent.items():
                 if size:

@@ -41,14 +41,17 @@ class ShardCandidates:
     def __init__(
         self, scatter: Scatter, space_id: str, vec: np.ndarray | None, text: str | None,
         flt: dict[str, Any] | None, mode: str, total: LexicalStats | None,
+        knobs: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
         self._scatter = scatter
         self._args = (space_id, vec, text)
-        self._flt, self._mode, self._total = flt, mode, total
+        self._flt, self._mode, self._total, self._knobs = flt, mode, total, knobs
         self._rows: dict[tuple[int, int], HitRow] = {}
 
     def lists(self, depth: int, round_: int) -> tuple[Ranked, Ranked]:
-        parts = self._scatter("candidates", *self._args, depth, self._flt, self._mode, self._total)
+        parts = self._scatter(
+            "candidates", *self._args, depth, self._flt, self._mode, self._total, self._knobs
+        )
         self._rows = {}  # a round may be answered by other replicas, with other chunk ids
         dense: list[tuple[tuple[int, int], float]] = []
         lexical: list[tuple[tuple[int, int], float]] = []

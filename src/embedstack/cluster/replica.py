@@ -270,11 +270,15 @@ class ShardReplica:
         flt: dict[str, Any] | None,
         group: bool,
         space_id: str | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
         """Search `space_id` (the router names the space the catalog serves; default: the one
-        this replica was created with)."""
+        this replica was created with); `knobs`: the query's index parameters, checked by this
+        replica's index (InvalidInput, a 422 at the API node, if it has no such knob)."""
         space = self._searched_space(space_id)
-        return search_space(self._store, self._indexes, self.coll.name, space, vec, k, flt, group)
+        return search_space(
+            self._store, self._indexes, self.coll.name, space, vec, k, flt, group, knobs
+        )
 
     def _searched_space(self, space_id: str | None) -> str:
         """The space a query names (default: this replica's first); Unavailable when this
@@ -296,6 +300,7 @@ class ShardReplica:
     def candidates(
         self, space_id: str | None, vec: np.ndarray | None, text: str | None, depth: int,
         flt: dict[str, Any] | None, mode: str, total: LexicalStats | None,
+        knobs: dict[str, int] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """This shard's share of a fused query (registry/hybrid.py fused_search, run by the
         router over every shard): its top `depth` dense and lexical candidates, lexical ones
@@ -303,9 +308,8 @@ class ShardReplica:
         router never asks another replica, with other chunk ids, to hydrate them)."""
         space = self._searched_space(space_id)
         name = self.coll.name
-        source = StoreCandidates(
-            self._store, self._indexes, name, space, vec, text, flt, mode, lexical_total=total
-        )
+        source = StoreCandidates(self._store, self._indexes, name, space, vec, text, flt, mode,
+                                 knobs=knobs, lexical_total=total)  # fmt: skip
         dense, lexical = source.lists(depth, 1)
         rows = source.hydrate(list(dict.fromkeys([*dense[0], *lexical[0]])))
         return {"dense": dense, "lexical": lexical, "rows": rows}

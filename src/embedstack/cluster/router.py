@@ -370,12 +370,13 @@ class ClusterRouter:
         k: int = 10,
         flt: dict[str, Any] | None = None,
         group: bool = False,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
         coll = self.catalog.resolve(name)
         if vector is None and text is None:
             raise InvalidInput("a query needs 'text' or 'vector'")
         vec = vector if vector is not None else self.embed_query(coll, str(text))
-        return self.search(coll, coll.space_id, vec, k, flt, group)
+        return self.search(coll, coll.space_id, vec, k, flt, group, knobs)
 
     def search(
         self,
@@ -385,10 +386,12 @@ class ClusterRouter:
         k: int,
         flt: dict[str, Any] | None = None,
         group: bool = False,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k of space `space_id` over every shard (the query names the space, so a query
-        in flight during a cutover reads one space throughout)."""
-        parts = self._scatter(coll, "search", vec, k, flt, group, space_id)
+        in flight during a cutover reads one space throughout); `knobs`: per-query index
+        parameters (a plain dict, checked again by each replica's index)."""
+        parts = self._scatter(coll, "search", vec, k, flt, group, space_id, knobs)
         hits = [h for part in parts for h in part]
         hits.sort(key=lambda h: h["score"], reverse=coll.config.metric != "l2")
         return hits[:k]
@@ -403,16 +406,17 @@ class ClusterRouter:
         flt: dict[str, Any] | None,
         group: bool,
         how: Retrieval,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
         """A hybrid or lexical query (or dense with a document scoring), fused by the
-        single-node code over every shard's candidates (cluster/fused.py)."""
+        single-node code over every shard's candidates (cluster/fused.py); `knobs` as search's."""
         check_inputs(how, vec, text)
 
         def scatter(method: str, *args: Any) -> list[Any]:
             return self._scatter(coll, method, *args)
 
         total = total_stats(scatter, str(text)) if how.mode != "dense" else None
-        source = ShardCandidates(scatter, space_id, vec, text, flt, how.mode, total)
+        source = ShardCandidates(scatter, space_id, vec, text, flt, how.mode, total, knobs)
         return fused_search(source, k, group, how, coll.config.metric == "l2")
 
     def _candidates(self, coll: ClusterCollection, shard: int) -> list[str]:

@@ -170,3 +170,28 @@ def check_knobs(index_type: str, knobs: dict[str, Any]) -> dict[str, int]:
             )
         out[key] = check_int(key, value, max(1, int(param.low)), int(param.high))
     return out
+
+
+def query_knobs(
+    index_type: str, params: dict[str, Any] | None, ef_search: int | None = None
+) -> dict[str, int] | None:
+    """A query's search parameters (its `params` object, plus the `ef_search` shorthand) checked
+    for `index_type`: None when it asks for none; InvalidInput naming the fix otherwise."""
+    if params is None and ef_search is None:
+        return None
+    asked = dict(params or {})
+    if ef_search is not None:
+        if asked.get("ef_search", ef_search) != ef_search:
+            raise InvalidInput(
+                f"'ef_search' is {ef_search} but params.ef_search is {asked['ef_search']}: "
+                "send one of them (params.ef_search)"
+            )
+        asked["ef_search"] = ef_search
+    if not asked:
+        return None
+    if not any(p.knob for p in INDEX_PARAMS[index_type].values()):
+        raise InvalidInput(
+            f"{index_type!r} indexes have no search parameters (every query scans all vectors "
+            f"exactly): drop {', '.join(sorted(asked))}"
+        )
+    return check_knobs(index_type, asked)

@@ -206,10 +206,13 @@ class EmbedStackVectorStore(BasePydanticVectorStore):
         if not self.server_embeds:
             probe = {"vector": [1.0] + [0.0] * (described.dim - 1)}
         probe["space_id"] = None if self.server_embeds else described.space_id
+        # the widest HNSW search (an index without ef_search, e.g. ivf_flat, refuses the knob)
+        if "ef_search" in described.index.get("params", {}):
+            probe["ef_search"] = 4096
         seen: set[str] = set()
         while True:
             found = self._client.query(self.collection, k=self.max_k, filter=flt or None,
-                                       group_by="document", ef_search=4096, **probe)  # fmt: skip
+                                       group_by="document", **probe)  # fmt: skip
             new = [h.document_id for h in found.hits if h.document_id not in seen]
             ids += new
             seen.update(new)

@@ -58,7 +58,7 @@ from embedstack.serving.responses import (
 )
 from embedstack.serving.routes.admin import models_list
 from embedstack.serving.routes.documents import _document_row
-from embedstack.serving.routes.query import query_inputs, retrieval
+from embedstack.serving.routes.query import query_inputs, retrieval, search_knobs
 from embedstack.serving.schemas import CollectionCreate, DocumentsIn, QueryIn
 from embedstack.storage.catalog import SpaceInfo
 from embedstack.storage.store import CollectionRecord
@@ -285,6 +285,7 @@ def cluster_routes(
         space_id, _ = router.space_of(coll, body.space_id)
         record, space = _record(router, coll, space_id)
         how = retrieval(body, record)
+        knobs = search_knobs(body, record)  # checked here, before the query fans out
         group = body.group_by is not None
 
         def embed(text: str) -> Awaitable[np.ndarray]:
@@ -299,12 +300,13 @@ def cluster_routes(
         if how.mode == "dense" and (not group or how.doc_scoring == "max"):
             assert vec is not None
             hits = await asyncio.to_thread(
-                router.search, coll, space_id, vec, body.k, body.filter, group
+                router.search, coll, space_id, vec, body.k, body.filter, group, knobs
             )
         else:
             hits = await asyncio.to_thread(
-                router.fused_search, coll, space_id, vec, text, body.k, body.filter, group, how
-            )
+                router.fused_search, coll, space_id, vec, text, body.k, body.filter, group, how,
+                knobs,
+            )  # fmt: skip
         query_id = (
             await asyncio.to_thread(obs.observe, coll, space_id, vec, hits)
             if obs is not None

@@ -39,7 +39,7 @@ from embedstack.serving.http import JSON
 from embedstack.serving.limits import RateLimiter, check_filter
 from embedstack.serving.responses import DeletedOut, JobOut, SubmittedOut
 from embedstack.serving.routes.documents import check_count, checked_vector, document_rows
-from embedstack.serving.routes.query import checked_text, retrieval
+from embedstack.serving.routes.query import checked_text, retrieval, search_knobs
 from embedstack.serving.schemas import (
     CollectionCreate,
     DocumentsIn,
@@ -298,6 +298,7 @@ def federation_routes(
             )
         record, space = _space(router, coll)
         how = retrieval(body, record)
+        knobs = search_knobs(body, record)  # checked here, before the query crosses to regions
         if how.mode == "lexical" and body.vector is not None:
             raise InvalidInput("mode 'lexical' searches 'text' only: drop 'vector'")
         if how.mode != "dense" and body.text is None:
@@ -312,7 +313,7 @@ def federation_routes(
         out = await asyncio.to_thread(
             router.query, coll.name, text=text, vector=vector, k=body.k, flt=body.filter,
             group=body.group_by == "document", caller=body.region, regions=body.regions,
-            how=how,
+            how=how, knobs=knobs,
         )  # fmt: skip
         took = (time.perf_counter() - started) * 1000
         return JSON({**out, "collection": access.principal.display(coll.name),

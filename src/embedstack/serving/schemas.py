@@ -207,7 +207,19 @@ class QueryIn(Strict):
     k: int = Field(10, ge=1)
     filter: JSONObject | None = None
     group_by: Literal["document"] | None = None
-    ef_search: int | None = Field(None, ge=1, le=4096)
+    ef_search: int | None = Field(
+        None, ge=1, le=4096, description="HNSW candidate list size: shorthand for params.ef_search"
+    )
+    params: JSONObject | None = Field(
+        None,
+        description="search parameters of the collection's index for this query only, e.g. "
+        '{"nprobe": 64, "refine_factor": 32} (ivf_pq); the search-time ("knob") params of its '
+        "type: ef_search (hnsw, hnsw_sq8, binary), nprobe (ivf_flat, ivf_pq), refine_factor "
+        "(ivf_pq with a refine store), rescore (binary), leaves_to_search and reorder (scann); "
+        "integers in the param's range. Unknown keys or bad values are refused (422) naming "
+        "the valid ones; exact, flat and sq8 indexes take none. Default: the index's own (as set "
+        "or raised by its recall gate)",
+    )
     budget_ms: float | None = Field(
         None,
         gt=0,

@@ -244,8 +244,9 @@ class ShardNode:
         flt: dict[str, Any] | None,
         group: bool,
         space_id: str | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
-        return self._replica(name, shard).search(vec, k, flt, group, space_id)
+        return self._replica(name, shard).search(vec, k, flt, group, space_id, knobs)
 
     def lexical_stats(self, name: str, shard: int, text: str) -> LexicalStats:
         return self._replica(name, shard).lexical_stats(text)
@@ -253,11 +254,11 @@ class ShardNode:
     def candidates(
         self, name: str, shard: int, space_id: str | None, vec: np.ndarray | None,
         text: str | None, depth: int, flt: dict[str, Any] | None, mode: str,
-        total: LexicalStats | None,
+        total: LexicalStats | None, knobs: dict[str, int] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """A replica's share of a fused (hybrid, lexical, scored-group) query."""
         replica = self._replica(name, shard)
-        return replica.candidates(space_id, vec, text, depth, flt, mode, total)
+        return replica.candidates(space_id, vec, text, depth, flt, mode, total, knobs)
 
     def _replica(self, name: str, shard: int) -> ShardReplica:
         feed = self._feeds.get((name, shard))

@@ -198,12 +198,13 @@ class RegionGateway:
         group: bool,
         crossing: Sequence[str] | None,
         how: Retrieval | None = None,
+        knobs: dict[str, int] | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k of the region's shards: dense (a query text is embedded here by the region's
         model for space `space_id`, the federated collection's: SpaceMismatch or Conflict if
         the region's collection or model differ), or lexical / hybrid as `how` says (fused
         over the region's shards). With `crossing` (a caller in another region), only those
-        kinds of each hit leave this actor."""
+        kinds of each hit leave this actor. `knobs`: the query's index parameters."""
         coll = self.router.catalog.get(name)
         space, _ = self.router.space_of(coll, space_id)
         mode = how.mode if how is not None else "dense"
@@ -212,9 +213,9 @@ class RegionGateway:
             vec = self.router.embed_query(coll, str(text), space)
         if how is None or (mode == "dense" and (not group or how.doc_scoring == "max")):
             assert vec is not None
-            hits = self.router.search(coll, space, vec, k, flt, group)
+            hits = self.router.search(coll, space, vec, k, flt, group, knobs)
         else:
-            hits = self.router.fused_search(coll, space, vec, text, k, flt, group, how)
+            hits = self.router.fused_search(coll, space, vec, text, k, flt, group, how, knobs)
         return hits if crossing is None else strip(hits, crossing)
 
     def get_document(

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from embedstack.errors import InvalidInput
+from embedstack.index.params import query_knobs
 from embedstack.registry import hybrid
 from embedstack.registry.hybrid import (
     Retrieval,
@@ -129,6 +130,14 @@ async def query_inputs(
 DENSE = Retrieval(mode="dense")
 
 
+def search_knobs(body: QueryIn, record: CollectionRecord) -> dict[str, int] | None:
+    """The query's per-query index parameters (`params`, `ef_search`), checked against the
+    collection's index type before any search or fan-out (None: the index's own)."""
+    if body.params is None and body.ef_search is None:
+        return None
+    return query_knobs(record.config.index.type, body.params, body.ef_search)
+
+
 def retrieval(body: QueryIn, record: CollectionRecord) -> Retrieval:
     """How a query searches: its own mode, fusion, alpha and doc_scoring, else the collection's
     search settings, else the server defaults (registry/hybrid.py)."""
@@ -229,6 +238,7 @@ async def answer(
         space = await asyncio.to_thread(services.collections.space, record, body.space_id)
     access.charge_texts(1)
     how = retrieval(body, record)
+    knobs = search_knobs(body, record)  # refused before the query is embedded
     group = body.group_by is not None
 
     def embed(text: str) -> Awaitable[np.ndarray]:
@@ -237,7 +247,6 @@ async def answer(
     vec, text = await query_inputs(
         body, how, record, space, embed, services.settings.max_document_chars
     )
-    knobs = {"ef_search": body.ef_search} if body.ef_search is not None else None
     args = (services.store, services.indexes, record.name, space.space_id, vec, text, body.k,
             body.filter, group, how, None, knobs)  # fmt: skip
     if how.mode == "dense" and not body.filter and _inline(services.search_gate):
