@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,55 @@ def test_bad_filters_name_the_fix(store: Store, tmp_path: Path) -> None:
         manager.search(C, SPACE, VECS[:1], 5, flt={"bucket": {"$like": 3}})
     with pytest.raises(InvalidInput, match="filter key"):
         manager.search(C, SPACE, VECS[:1], 5, flt={"$bad": 3})
+
+
+def test_filtered_keys_are_warm_after_a_restart(
+    store: Store, tmp_path: Path, monkeypatch: Any
+) -> None:
+    root = tmp_path / "indexes"
+    cfg = IndexConfig(C, SPACE, DIM, "cosine", "hnsw", {})
+    manager = IndexManager(store, root, Metrics())
+    manager.open(cfg)
+    put(store, range(600))
+    manager.sync(C, SPACE)
+    q = VECS[5] + 0.01
+    flt = {"bucket": 5, "tag": {"$ne": "red"}}
+    want = exact_filtered(store, flt, q, 10)
+    assert served(manager, store, flt, q, 10) == want
+    manager.snapshot(C, SPACE)
+    # a rebuild with other settings keeps the columns (they move to the new positions)
+    columns = manager.get(C, SPACE).filters
+    manager.replace(IndexConfig(C, SPACE, DIM, "cosine", "hnsw", {"M": 16}))
+    assert manager.get(C, SPACE).filters is columns
+    assert served(manager, store, flt, q, 10) == want
+
+    # the next start builds the columns of the keys filtered before, without a query
+    again = IndexManager(store, root, Metrics())
+    live = again.open(IndexConfig(C, SPACE, DIM, "cosine", "hnsw", {"M": 16}))
+    for _ in range(500):
+        if live.filters is not None and live.filters.keys() == {"bucket", "tag"}:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the filter columns were not warmed within 5 s")
+
+    def scan(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("chunk_ids") is None and kwargs.get("changed_after") is None:
+            raise AssertionError("a warmed column was read again from the store")
+        return real(*args, **kwargs)
+
+    real = store.field_values
+    monkeypatch.setattr(store, "field_values", scan)
+    assert served(again, store, flt, q, 10) == want
+
+    # a noted-keys file that cannot be read: the index opens, the filter builds on demand
+    monkeypatch.undo()
+    (root / C / f"{SPACE}.filter-keys.json").write_text("{not json")
+    third = IndexManager(store, root, Metrics())
+    assert third.open(IndexConfig(C, SPACE, DIM, "cosine", "hnsw", {"M": 16})).filters is None
+    assert served(third, store, flt, q, 10) == want
+    third.drop(C, SPACE)
+    assert not (root / C / f"{SPACE}.filter-keys.json").exists()
 
 
 # -- online recall's truth from the index's own vectors ------------------------------------------

@@ -6,7 +6,8 @@ positions of the live index it serves, and brings them up to date before each fi
 - the index appended positions (the change log added chunks): their values are read for
   those chunks only;
 - a key no filter named before: its column is read for every chunk once (a scan of the store,
-  seconds at 1M chunks: the price the SQL filter paid on every query);
+  seconds at 1M chunks: the price the SQL filter paid on every query). The IndexManager notes the
+  keys on disk and warms their columns when the index next opens (registry/indexes.py);
 - documents whose metadata was replaced while their chunks were kept (no change-log entry):
   the store notes each in metadata_changes (a trigger), read from the last seq seen.
 Removed positions need nothing: the index never admits them.
@@ -61,6 +62,16 @@ class FilterColumns:
         with self._lock:
             self._update(index, {key for key, _, _ in checked})
             return self._attributes.mask(checked)
+
+    def keys(self) -> frozenset[str]:
+        """The keys whose columns are held."""
+        return frozenset(self._attributes.columns)
+
+    def warm(self, index: Positioned, keys: set[str]) -> None:
+        """Build the columns of `keys` now (an index just opened: the keys filtered before),
+        so that no query waits for the store's scan. A filtered search meanwhile waits for it."""
+        with self._lock:
+            self._update(index, keys)
 
     def memory_bytes(self) -> int:
         return self._attributes.memory_bytes()

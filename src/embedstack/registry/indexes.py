@@ -7,7 +7,9 @@ rebuild) never blocks or breaks a query in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import threading
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from embedstack.errors import Conflict, NotFound
 from embedstack.index.base import MaintainedIndex
@@ -86,6 +89,7 @@ class IndexManager:
         with self._guard:
             self._live[key] = live
         self.sync(*key)
+        self._warm_filters(live)
         return live
 
     def replace(self, cfg: IndexConfig) -> LiveIndex:
@@ -101,6 +105,7 @@ class IndexManager:
             with self._guard:
                 self._live[key] = fresh
             return fresh
+        fresh.filters = old.filters  # its columns move to the new positions on the next filter
         with old.lock:  # no writes land on the old index while we swap
             self._catch_up(fresh)
             with self._guard:
@@ -148,6 +153,8 @@ class IndexManager:
                 del self._live[key]
         target = self._root / collection
         shutil.rmtree(target if space_id is None else target / space_id, ignore_errors=True)
+        if space_id is not None:
+            self._keys_file(collection, space_id).unlink(missing_ok=True)
 
     def get(self, collection: str, space_id: str) -> LiveIndex:
         live = self._live.get((collection, space_id))
@@ -279,9 +286,11 @@ class IndexManager:
         given = check_knobs(live.config.type, knobs) if knobs else {}
         index = live.index
         if flt and allow is None and positioned(index):
-            if live.filters is None:
-                live.filters = FilterColumns(self._store, collection, space_id)
-            mask = live.filters.mask(index, flt)
+            filters = self._filters(live)
+            known = filters.keys()
+            mask = filters.mask(index, flt)
+            if filters.keys() != known:
+                self._note_keys(live.config, filters.keys())
             started = self._filtered(started)
             out = index.search_mask(queries, k, mask, **given)
         else:
@@ -297,6 +306,55 @@ class IndexManager:
         self._metrics.search_latency.labels(collection).observe(seconds)
         self.observe_stage("search", seconds)
         return out
+
+    # -- filter columns (registry/filtering.py) ----------------------------------------------
+    def _filters(self, live: LiveIndex) -> FilterColumns:
+        filters = live.filters
+        if filters is None:
+            with self._guard:  # one FilterColumns per index, whoever asks first
+                if live.filters is None:
+                    cfg = live.config
+                    live.filters = FilterColumns(self._store, cfg.collection, cfg.space_id)
+                filters = live.filters
+        return filters
+
+    def _keys_file(self, collection: str, space_id: str) -> Path:
+        """The metadata keys filters named on this space (beside the space's snapshot folder,
+        which a rebuild replaces)."""
+        return self._root / collection / f"{space_id}.filter-keys.json"
+
+    def _note_keys(self, cfg: IndexConfig, keys: frozenset[str]) -> None:
+        path = self._keys_file(cfg.collection, cfg.space_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(sorted(keys)))
+            os.replace(tmp, path)
+        except OSError:  # only the next start's warm-up is lost
+            log.exception("could not note the filter keys of %s", cfg.collection)
+
+    def _warm_filters(self, live: LiveIndex) -> None:
+        """Build, on a low-priority thread, the filter columns of the keys filtered before, so
+        that the first filtered query after a start does not wait for a scan of the store."""
+        path = self._keys_file(live.config.collection, live.config.space_id)
+        try:
+            keys = {str(k) for k in orjson.loads(path.read_bytes())}
+        except (OSError, ValueError, TypeError):  # none noted, or unreadable: built on demand
+            return
+        index = live.index
+        if not keys or not positioned(index):
+            return
+        filters = self._filters(live)
+
+        def warm() -> None:
+            with contextlib.suppress(OSError, AttributeError):  # a low priority thread (Linux)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            try:
+                filters.warm(index, keys)
+            except Exception:  # the first filtered query builds what is missing
+                log.exception("warming the filter columns of %s failed", live.config.collection)
+
+        threading.Thread(target=warm, name="filter-warm", daemon=True).start()
 
     def _filtered(self, started: float) -> float:
         """Observe the filter stage that began at `started`; returns now (the search's start)."""
