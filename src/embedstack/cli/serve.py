@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 from pathlib import Path
@@ -114,6 +115,7 @@ def serve(
         return serve_cluster(settings, cluster_address, queue, catalog_url)
     check_bind(settings)
     ignore_file_size_signal()
+    bound_heap()
     services = Services.build(settings)
     if settings.insecure_no_auth:
         click.secho(
@@ -138,6 +140,36 @@ def serve(
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = (str(settings.tls_cert), str(settings.tls_key))
     run_server(services, app, settings.host, settings.port, settings.log_level, tls)
+
+
+# glibc mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 1 << 20
+
+
+def bound_heap() -> None:
+    """Keep freed memory from piling up in the heap (glibc; elsewhere nothing changes).
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
+    after the first bulk upload every later vector buffer (20,000 x 384 float32 = 30 MiB) and
+    its copies come from the heap arenas, which keep their pages after free; one arena per
+    thread, up to 8 per core. A fixed 1 MiB threshold keeps large blocks mmapped (given back at
+    free) and one arena per core bounds the rest. Measured loading 1M x 384 into ivf_pq
+    (bench/ten_million.py --n 1000000): RSS after the load 1,407 -> 1,121 MiB, peak 1,722 ->
+    1,322 MiB against a planned 964 MiB. A MALLOC_* or GLIBC_TUNABLES setting of the user's
+    own wins."""
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(M_ARENA_MAX, max(1, os.cpu_count() or 1))
 
 
 def ignore_file_size_signal() -> None:
