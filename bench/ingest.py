@@ -73,8 +73,9 @@ def parse_args() -> argparse.Namespace:
         "--docs",
         type=int,
         default=2000,
-        help="documents for the model run (default 2000 GCIDE entries, ~2,500 chunks: about a "
-        "minute for each side on 2 idle cores, several on a loaded machine)",
+        help="documents for the model run (default 2000 GCIDE entries, ~2,600 chunks: on 2 "
+        "loaded cores about 100 s for the server, as long for the engine in process, 3x that "
+        "for plain sentence-transformers)",
     )
     p.add_argument("--batch", type=int, default=500, help="documents per POST (default 500)")
     p.add_argument(
@@ -116,8 +117,10 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         metavar="OUT.prof",
         default=None,
-        help="profile the server (CPU time of its event loop and thread-pool work) during the "
-        "measured hashing run; write OUT.prof and print the top functions",
+        help="profile the server (CPU time of its event loop and thread-pool work: not the model "
+        "runner thread) during the measured hashing run, writing OUT.prof, and during part 1's "
+        "rounds, writing OUT-model.prof; print the top functions (the profiler slows the "
+        "server's Python: a profiled run's ratios are not the benchmark's)",
     )
     p.add_argument("--torch-threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument(
@@ -187,6 +190,11 @@ def metric_sum(client: httpx.Client, name: str, label: str) -> float:
     return total
 
 
+def stage_seconds(client: httpx.Client, stage: str) -> float:
+    """Seconds the server spent in a batcher stage of the bulk lane (embedstack_stage_seconds)."""
+    return metric_sum(client, "embedstack_stage_seconds_sum", f'route="bulk",stage="{stage}"')
+
+
 def served_backend(client: httpx.Client, model: str) -> str:
     """The engine the server runs `model` on (its embedstack_model_engine_info series)."""
     for line in client.get("/metrics").text.splitlines():
@@ -229,13 +237,19 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
     engine.seconds([chunks[:64]])  # warm-up, not timed
     plain_s = engine_s = engine_fwd = ours_s = 0.0
     embedded = reused = 0
-    with Server(workdir / "model", env) as server, server.client() as client:
+    profile = None if args.profile is None else args.profile.with_stem(args.profile.stem + "-model")
+    server_cpu = engine_cpu = 0.0
+    with Server(workdir / "model", env, profile) as server, server.client() as client:
+        assert server.proc is not None
         create(client, "warmup", "all-MiniLM-L6-v2")
         warm = post(client, "/v1/collections/warmup/documents", bodies(docs[:8], 8)[0])
         wait_jobs(client, [warm["job_id"]])
         create(client, "bench", "all-MiniLM-L6-v2")
         served_by = served_backend(client, "all-MiniLM-L6-v2")
         before = model_seconds(client)
+        tokenize_before = stage_seconds(client, "tokenize")
+        if profile is not None:
+            server.signal(signal.SIGUSR1)
         # alternate the three round by round, so all see the same machine load
         for r, (part, groups) in enumerate(zip(split(docs, args.rounds), rounds, strict=True)):
             texts = [t for g in groups for t in g]
@@ -243,12 +257,21 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
             started = time.perf_counter()
             plain.encode(texts, batch_size=32)
             plain_s += time.perf_counter() - started
-            wall, forward = engine.seconds(groups)
-            engine_s, engine_fwd = engine_s + wall, engine_fwd + forward
+            wall, forward, cpu = engine.seconds(groups)
+            engine_s, engine_fwd, engine_cpu = (
+                engine_s + wall,
+                engine_fwd + forward,
+                engine_cpu + cpu,
+            )
+            cpu = cpu_seconds(server.proc.pid)
             ours = write_path(client, "bench", bodies(part, args.batch))
+            server_cpu += cpu_seconds(server.proc.pid) - cpu
             ours_s += ours["seconds"]
             embedded, reused = embedded + ours["embedded"], reused + ours["reused"]
+        if profile is not None:
+            server.signal(signal.SIGUSR2)
         model_s = model_seconds(client) - before
+        tokenize_s = stage_seconds(client, "tokenize") - tokenize_before
     engine.close()
     say(f"done. {load_note()}")
     n_chunks = embedded + reused
@@ -271,6 +294,12 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
         f"{model_s:.1f} s = {100 * model_s / ours_s:.0f}% of its wall time (in process: "
         f"{engine_fwd:.1f} s = {100 * engine_fwd / engine_s:.0f}%)"
     )
+    say(
+        f"CPU: server {server_cpu:.1f} s ({server_cpu / ours_s:.2f} cores), engine in process "
+        f"{engine_cpu:.1f} s ({engine_cpu / engine_s:.2f} cores): the write path used "
+        f"{server_cpu - engine_cpu:+.1f} s more; the server's batcher tokenized for "
+        f"{tokenize_s:.2f} s (off the model's thread)"
+    )
     if n_chunks != len(chunks):
         say(f"[bold red]the server made {n_chunks} chunks, the baselines {len(chunks)}[/]")
     ratio = (n_chunks / ours_s) / (len(chunks) / plain_s)
@@ -279,6 +308,8 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
         f"[bold]RATIO pipeline wall / engine in-process = {ours_s / engine_s:.2f} "
         f"(target <= 1.10)[/]; {load_note()}"
     )
+    if profile is not None:
+        print_profile(profile, "part 1's rounds (profiled: the server ran slower)")
 
 
 def hash_docs(base: list[tuple[str, str]], n: int, tag: str) -> list[tuple[str, str]]:
@@ -334,10 +365,14 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
     )
     say(f"[bold]RATIO pipeline ceiling / target = {rate / args.target:.2f}[/]")
     if args.profile is not None:
-        say("\nCPU profile of the server's loop and thread pools in the measured run:")
-        stats = pstats.Stats(str(args.profile))
-        stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(40)
+        print_profile(args.profile, "the measured run")
+
+
+def print_profile(path: Path, during: str) -> None:
+    say(f"\nCPU profile of the server's loop and thread pools during {during}:")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
 
 
 def main() -> None:

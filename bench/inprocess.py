@@ -79,12 +79,13 @@ class Engine:
                 out.append(texts)
         return out
 
-    def seconds(self, groups: Sequence[Sequence[str]]) -> tuple[float, float]:
-        """Wall seconds to embed `groups` one after another through the server's batcher, and
-        the model's forward seconds within them (the batcher's inference-duration sum)."""
-        started = time.perf_counter()
+    def seconds(self, groups: Sequence[Sequence[str]]) -> tuple[float, float, float]:
+        """Wall seconds to embed `groups` one after another through the server's batcher, the
+        model's forward seconds within them (the batcher's inference-duration sum), and the
+        CPU seconds this process used meanwhile (all its threads)."""
+        started, cpu = time.perf_counter(), time.process_time()
         forward = asyncio.run(self._embed(groups))
-        return time.perf_counter() - started, forward
+        return time.perf_counter() - started, forward, time.process_time() - cpu
 
     async def _embed(self, groups: Sequence[Sequence[str]]) -> float:
         metrics = Metrics()

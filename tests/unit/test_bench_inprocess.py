@@ -52,7 +52,8 @@ def test_engine_like_server_groups_and_embeds(monkeypatch: pytest.MonkeyPatch) -
         # POSTs of 4 documents, 2 documents per worker group; repeats left out
         assert groups == [["alpha", "beta"], ["gamma"], []]
         assert seen == {"alpha", "beta", "gamma", "delta"}
-        wall, forward = engine.seconds(groups)
+        wall, forward, cpu = engine.seconds(groups)
         assert 0 < forward <= wall
+        assert cpu > 0
     finally:
         engine.close()
