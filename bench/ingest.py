@@ -122,6 +122,14 @@ def parse_args() -> argparse.Namespace:
         "rounds, writing OUT-model.prof; print the top functions (the profiler slows the "
         "server's Python: a profiled run's ratios are not the benchmark's)",
     )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=0.05,
+        help="part 1: seconds between the client's GET /v1/jobs/{id} while it waits (default "
+        "0.05); the client and the server's answers share the 2 cores with the model, a longer "
+        "poll costs at most that much wall per round",
+    )
     p.add_argument("--torch-threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument(
         "--workers",
@@ -166,11 +174,14 @@ def bodies(docs: list[tuple[str, str]], batch: int) -> list[bytes]:
     ]
 
 
-def write_path(client: httpx.Client, collection: str, payloads: list[bytes]) -> dict[str, Any]:
-    """POST every batch, wait for every job; seconds from the first POST to the last "done"."""
+def write_path(
+    client: httpx.Client, collection: str, payloads: list[bytes], poll: float = 0.05
+) -> dict[str, Any]:
+    """POST every batch, wait for every job (asking every `poll` seconds); seconds from the
+    first POST to the last "done"."""
     started = time.perf_counter()
     jobs = [post(client, f"/v1/collections/{collection}/documents", b)["job_id"] for b in payloads]
-    done = wait_jobs(client, jobs)
+    done = wait_jobs(client, jobs, poll=poll)
     seconds = time.perf_counter() - started
     totals = [j["result"] or {} for j in done]
     return {
@@ -264,7 +275,7 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
                 engine_cpu + cpu,
             )
             cpu = cpu_seconds(server.proc.pid)
-            ours = write_path(client, "bench", bodies(part, args.batch))
+            ours = write_path(client, "bench", bodies(part, args.batch), args.poll)
             server_cpu += cpu_seconds(server.proc.pid) - cpu
             ours_s += ours["seconds"]
             embedded, reused = embedded + ours["embedded"], reused + ours["reused"]
