@@ -1,20 +1,18 @@
-"""The ingest worker writes one group of documents to the store while it embeds the next, and
-fetches and chunks the next while it embeds this one (the model would idle meanwhile): writes
-stay in order, a text repeated in the next group reuses the vector still being written, a failed
-write fails the job."""
+"""The ingest worker writes one group of documents to the store while it chunks and embeds the
+next (a commit waits on fsync; the model would idle meanwhile): writes stay in order, a text
+repeated in the next group reuses the vector still being written, a failed write fails the job."""
 
 # ruff: noqa: F811 (the `node` fixture, imported, is every test's argument)
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-from embedstack.ingest import pipeline
 from embedstack.ingest.pipeline import IngestWorker, WorkerConfig
 from embedstack.obs.metrics import Metrics
 from tests.unit.test_pipeline_inprocess import Node, node  # noqa: F401 (the fixture)
@@ -22,12 +20,8 @@ from tests.unit.test_pipeline_inprocess import Node, node  # noqa: F401 (the fix
 WAIT_S = 10.0  # bounded waits: a worker that does not overlap fails the test, never hangs
 
 
-async def nothing(calls: int) -> None:
-    return None
-
-
 def one_document_groups(
-    node: Node, on_embed: Callable[[int], Awaitable[None]] = nothing
+    node: Node, on_embed: Callable[[int], None] = lambda n: None
 ) -> tuple[IngestWorker, list[Sequence[str]]]:
     """A worker over `node` embedding one document at a time; the texts of each embed call
     (`on_embed` is told how many calls there were, each time)."""
@@ -35,7 +29,7 @@ def one_document_groups(
 
     async def embed(model: str, texts: Sequence[str]) -> np.ndarray:
         calls.append(list(texts))
-        await on_embed(len(calls))
+        on_embed(len(calls))
         return await node.embed(model, texts)
 
     async def written(collection: str) -> None:
@@ -59,12 +53,7 @@ def test_the_next_group_is_embedded_while_a_write_commits(
 ) -> None:
     node.collections.create("docs")
     second_embed = threading.Event()
-
-    async def on_embed(calls: int) -> None:
-        if calls == 2:
-            second_embed.set()
-
-    worker, _ = one_document_groups(node, on_embed)
+    worker, _ = one_document_groups(node, lambda n: second_embed.set() if n == 2 else None)
     write = node.store.write_chunks
     order: list[str] = []
 
@@ -133,32 +122,3 @@ def test_a_failed_write_fails_the_job(node: Node, monkeypatch: pytest.MonkeyPatc
     result = run(node, worker, job)
     assert result["status"] != "done" and "disk on fire" in (result["error"] or "")
     assert len(writes) == 1  # no write after the failed one
-
-
-def test_the_next_group_is_chunked_while_this_one_is_embedded(
-    node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    node.collections.create("docs")
-    chunk_texts = pipeline.chunk_texts
-    chunkings: list[int] = []
-    second_chunked = threading.Event()
-    seen: list[bool] = []
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        chunkings.append(len(args[0]))
-        if len(chunkings) == 2:
-            second_chunked.set()
-        return chunk_texts(*args, **kwargs)
-
-    async def on_embed(calls: int) -> None:
-        if calls == 1:  # the first group's texts wait for the model while the second is chunked
-            seen.append(await asyncio.to_thread(second_chunked.wait, WAIT_S))
-
-    monkeypatch.setattr(pipeline, "chunk_texts", counted)
-    worker, calls = one_document_groups(node, on_embed)
-    job = node.submit("docs", {"a": "alpha one", "b": "beta two"})
-    result = run(node, worker, job)
-    assert result["status"] == "done", result["error"]
-    assert seen == [True] and chunkings == [1, 1]
-    assert calls == [["alpha one"], ["beta two"]]
-    assert node.search("docs", "alpha one")[0] == "a"

@@ -34,7 +34,6 @@ from embedstack.storage.store import (
     Store,
     vector_chunks,
 )
-from embedstack.types import Chunk
 
 log = logging.getLogger(__name__)
 # documents per store transaction when the collection has no model (bring-your-own vectors)
@@ -43,8 +42,6 @@ VECTOR_BATCH = 5000
 EmbedFn = Callable[[str, Sequence[str]], Awaitable[np.ndarray]]
 WrittenFn = Callable[[str], Awaitable[None]]
 _T = TypeVar("_T")
-# a group of a job: its documents, those to index, their chunks per space id (model spaces)
-_Group = tuple[list[DocumentRow], list[DocumentRow], dict[str, list[list[Chunk]]]]
 
 
 @dataclass
@@ -134,28 +131,21 @@ class DocumentIndexer:
         step = self._config.batch_documents
         if not any(s.model for s in spaces):  # vectors given: no model work to interleave
             step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
-        # the next group is fetched and chunked, and the store write of the last one commits
-        # (it waits on fsync), while this group's texts are with the model: the model does not
-        # wait for either. Writes stay one at a time and in order; a job ends when its last has.
-        groups = [ids[start : start + step] for start in range(0, len(ids), step)]
-        ahead: asyncio.Future[_Group] | None = None
+        # the store write of one group runs behind the next group's fetch, chunking and model
+        # work (a commit waits on fsync: the model would idle meanwhile); writes stay one at a
+        # time and in order, and a job ends only when its last write has
         writing: asyncio.Future[None] | None = None
         recent: dict[tuple[str, str], bytes] = {}  # (space, text hash) -> vector being written
         try:
-            for k, group in enumerate(groups):
-                if ahead is None:
-                    ahead = asyncio.ensure_future(self._fetch(coll, spaces, group, backfill))
-                docs, todo, chunked = await ahead
-                ahead = None
-                if k + 1 < len(groups):
-                    nxt = groups[k + 1]
-                    ahead = asyncio.ensure_future(self._fetch(coll, spaces, nxt, backfill))
+            for start in range(0, len(ids), step):
+                docs = await asyncio.to_thread(
+                    self._store.get_documents, name, ids[start : start + step]
+                )
                 totals.documents += len(docs)
+                todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
                 for n, space in enumerate(spaces):
                     if todo:
-                        prepared, fresh = await self._vectors(
-                            coll, space, todo, chunked.get(space.space_id), totals, recent
-                        )
+                        prepared, fresh = await self._chunks(coll, space, todo, totals, recent)
                         if writing is not None:
                             await writing
                         last = n == len(spaces) - 1 and backfill is None
@@ -166,11 +156,10 @@ class DocumentIndexer:
             if writing is not None:
                 await writing
         finally:
-            for task in (ahead, writing):
-                if task is not None and not task.done():
-                    task.cancel()  # a write still ends in its thread (writes are idempotent)
-                elif task is not None and not task.cancelled():
-                    task.exception()  # seen: the error that stopped the job is raised instead
+            if writing is not None and not writing.done():
+                writing.cancel()  # its transaction still ends in its thread (writes are idempotent)
+            elif writing is not None and not writing.cancelled():
+                writing.exception()  # seen: the error that stopped the job is raised instead
         if self._on_written is not None:
             await self._on_written(name)
         return totals
@@ -196,38 +185,26 @@ class DocumentIndexer:
         if self._on_written is not None:  # the index takes them in while the model runs on
             await self._on_written(coll.name)
 
-    async def _fetch(
-        self, coll: CollectionRecord, spaces: list[SpaceInfo], ids: list[str], backfill: Any
-    ) -> _Group:
-        """A group's documents, those to index, and their chunks per space with a model."""
-        docs = await asyncio.to_thread(self._store.get_documents, coll.name, ids)
-        todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
-        chunked: dict[str, list[list[Chunk]]] = {}
-        for space in spaces:
-            if todo and space.model:
-                embedder = await asyncio.to_thread(self._models.get, space.model)
-                check_parity(embedder.spec, coll.name, space.space_id)
-                spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
-                texts = [(d.id, d.text) for d in todo]
-                chunked[space.space_id] = await asyncio.to_thread(
-                    chunk_texts, texts, embedder.tokenizer, spec
-                )
-        return docs, todo, chunked
-
-    async def _vectors(
+    async def _chunks(
         self,
         coll: CollectionRecord,
         space: SpaceInfo,
         docs: list[DocumentRow],
-        chunked: list[list[Chunk]] | None,
         totals: JobTotals,
         recent: dict[tuple[str, str], bytes],
     ) -> tuple[list[DocumentChunks], dict[str, bytes]]:
         """The documents' chunks with their vectors for `space`, and the vectors embedded now
         (text hash -> bytes); `recent` holds vectors not yet committed, reused like stored ones."""
-        if not space.model or chunked is None:
+        if not space.model:
             # a row without its vector was stored by put_vectors: its chunks are written already
             return [vector_chunks(d) for d in docs if d.vector is not None], {}
+        embedder = await asyncio.to_thread(self._models.get, space.model)
+        check_parity(embedder.spec, coll.name, space.space_id)
+        spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
+        tok = embedder.tokenizer
+        chunked = await asyncio.to_thread(
+            lambda: chunk_texts([(d.id, d.text) for d in docs], tok, spec)
+        )
         hashes = [c.hash for chunks in chunked for c in chunks]
         known = await asyncio.to_thread(
             self._store.vectors_by_hash, coll.name, space.space_id, hashes
