@@ -1,11 +1,16 @@
-"""Ingest throughput through the whole write path, against plain sentence-transformers.
+"""Ingest throughput through the whole write path, against the same engine in process.
 
 Part 1, the bundled model: documents go in as POST /v1/collections/{name}/documents batches, then
 durable queue -> worker -> chunking -> batcher -> model -> store -> index, timed until every job
-reports "done" (GET /v1/jobs/{id}, which waits for the serving index). Baseline in the same run:
-`SentenceTransformer(...).encode(chunk_texts, batch_size=32)` of the very chunks the collection
-makes (same tokenizer, same ChunkingSpec), alternating with the server slice by slice (--rounds)
-so that both see the same machine load. RATIO = our chunks/s / plain chunks/s.
+reports "done" (GET /v1/jobs/{id}, which waits for the serving index). Baselines in the same run,
+on the very chunks the collection makes (same tokenizer, same ChunkingSpec), alternating with the
+server slice by slice (--rounds) so that all see the same machine load:
+- the engine the server picks, in this process (bench/inprocess.py): built by the project's own
+  factory from the server's settings (the auto backend, its threads), fed through the server's
+  batcher in the groups a server worker submits. RATIO pipeline wall / engine in-process: what
+  the write path adds over the model (target <= 1.10).
+- plain `SentenceTransformer(...).encode(chunk_texts, batch_size=32)`. RATIO = our chunks/s /
+  plain chunks/s.
 
 Part 2, the pipeline's own ceiling: the same write path with the hashing test embedder (almost
 free), sized to run >= --hash-seconds. Target: >= 20,000 chunks/s, so the model stays the
@@ -45,8 +50,8 @@ from common import (
     use_torch_threads,
     wait_jobs,
 )
-from embedstack.ingest.chunking import chunk_text
 from embedstack.types import ChunkingSpec
+from inprocess import Engine
 
 CHUNKING = {"mode": "tokens", "size": 256, "overlap": 32}
 HASH_MODEL = "hashing-test"
@@ -68,8 +73,9 @@ def parse_args() -> argparse.Namespace:
         "--docs",
         type=int,
         default=2000,
-        help="documents for the model run (default 2000 GCIDE entries, ~2,500 chunks: about a "
-        "minute for each side on 2 idle cores, several on a loaded machine)",
+        help="documents for the model run (default 2000 GCIDE entries, ~2,600 chunks: on 2 "
+        "loaded cores about 100 s for the server, as long for the engine in process, 3x that "
+        "for plain sentence-transformers)",
     )
     p.add_argument("--batch", type=int, default=500, help="documents per POST (default 500)")
     p.add_argument(
@@ -111,8 +117,18 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         metavar="OUT.prof",
         default=None,
-        help="profile the server (CPU time of its event loop and thread-pool work) during the "
-        "measured hashing run; write OUT.prof and print the top functions",
+        help="profile the server (CPU time of its event loop and thread-pool work: not the model "
+        "runner thread) during the measured hashing run, writing OUT.prof, and during part 1's "
+        "rounds, writing OUT-model.prof; print the top functions (the profiler slows the "
+        "server's Python: a profiled run's ratios are not the benchmark's)",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=0.05,
+        help="part 1: seconds between the client's GET /v1/jobs/{id} while it waits (default "
+        "0.05); the client and the server's answers share the 2 cores with the model, a longer "
+        "poll costs at most that much wall per round",
     )
     p.add_argument("--torch-threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument(
@@ -144,23 +160,6 @@ def load_docs(corpus: str, n: int) -> list[tuple[str, str]]:
     return [(f"{corpus}-{i}", text) for i, (_, text) in enumerate(rows)]
 
 
-def chunk_rounds(docs: list[tuple[str, str]], rounds: int) -> list[list[str]]:
-    """Per round (a contiguous slice of `docs`): the chunk texts the collection will embed.
-    A chunk text seen in an earlier document is left out: the worker reuses its vector."""
-    from embedstack.inference.engines.hf_tokenizer import HFTokenizer
-    from embedstack.inference.models.bundled import L6
-
-    tok = HFTokenizer(L6.folder() / "tokenizer.json", 256)
-    spec = ChunkingSpec(**CHUNKING)  # type: ignore[arg-type]
-    seen: set[str] = set()
-    out: list[list[str]] = []
-    for part in split(docs, rounds):
-        texts = [c.text for doc_id, text in part for c in chunk_text(doc_id, text, tok, spec)]
-        out.append([t for t in dict.fromkeys(texts) if t not in seen])
-        seen.update(out[-1])
-    return out
-
-
 def split(items: list[Any], parts: int) -> list[list[Any]]:
     """`items` in `parts` contiguous slices of near-equal size."""
     bounds = [len(items) * i // parts for i in range(parts + 1)]
@@ -175,11 +174,14 @@ def bodies(docs: list[tuple[str, str]], batch: int) -> list[bytes]:
     ]
 
 
-def write_path(client: httpx.Client, collection: str, payloads: list[bytes]) -> dict[str, Any]:
-    """POST every batch, wait for every job; seconds from the first POST to the last "done"."""
+def write_path(
+    client: httpx.Client, collection: str, payloads: list[bytes], poll: float = 0.05
+) -> dict[str, Any]:
+    """POST every batch, wait for every job (asking every `poll` seconds); seconds from the
+    first POST to the last "done"."""
     started = time.perf_counter()
     jobs = [post(client, f"/v1/collections/{collection}/documents", b)["job_id"] for b in payloads]
-    done = wait_jobs(client, jobs)
+    done = wait_jobs(client, jobs, poll=poll)
     seconds = time.perf_counter() - started
     totals = [j["result"] or {} for j in done]
     return {
@@ -197,6 +199,19 @@ def metric_sum(client: httpx.Client, name: str, label: str) -> float:
         if line.startswith(name + "{") and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def stage_seconds(client: httpx.Client, stage: str) -> float:
+    """Seconds the server spent in a batcher stage of the bulk lane (embedstack_stage_seconds)."""
+    return metric_sum(client, "embedstack_stage_seconds_sum", f'route="bulk",stage="{stage}"')
+
+
+def served_backend(client: httpx.Client, model: str) -> str:
+    """The engine the server runs `model` on (its embedstack_model_engine_info series)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("embedstack_model_engine_info{") and f'model="{model}"' in line:
+            return line.split('backend="', 1)[1].split('"', 1)[0]
+    return "not exported"
 
 
 def model_seconds(client: httpx.Client) -> float:
@@ -218,50 +233,94 @@ def model_run(args: argparse.Namespace, workdir: Path) -> None:
 
     say(f"[bold]Part 1: bundled all-MiniLM-L6-v2[/] ({args.corpus}, {args.docs} documents)")
     docs = load_docs(args.corpus, args.docs)
+    env = server_env(**use_torch_threads(args.torch_threads), **workers(args))
+    engine = Engine.like_server(env)  # the server's settings, registry and auto backend
     started = time.perf_counter()
-    rounds = chunk_rounds(docs, args.rounds)
-    chunks = [t for texts in rounds for t in texts]
+    seen: set[str] = set()
+    spec = ChunkingSpec(**CHUNKING)  # type: ignore[arg-type]
+    rounds = [engine.worker_groups(part, spec, args.batch, seen)
+              for part in split(docs, args.rounds)]  # fmt: skip
+    chunks = [t for groups in rounds for texts in groups for t in texts]
     say(f"{len(docs)} documents -> {len(chunks)} distinct chunks "
         f"(chunked in {time.perf_counter() - started:.1f} s)")  # fmt: skip
     plain = SentenceTransformer(str(L6.folder()), device="cpu")
     plain.encode(chunks[:32], batch_size=32)  # warm-up, not timed
-    plain_s = ours_s = 0.0
+    engine.seconds([chunks[:64]])  # warm-up, not timed
+    plain_s = engine_s = engine_fwd = ours_s = 0.0
     embedded = reused = 0
-    env = server_env(**use_torch_threads(args.torch_threads), **workers(args))
-    with Server(workdir / "model", env) as server, server.client() as client:
+    profile = None if args.profile is None else args.profile.with_stem(args.profile.stem + "-model")
+    server_cpu = engine_cpu = 0.0
+    with Server(workdir / "model", env, profile) as server, server.client() as client:
+        assert server.proc is not None
         create(client, "warmup", "all-MiniLM-L6-v2")
         warm = post(client, "/v1/collections/warmup/documents", bodies(docs[:8], 8)[0])
         wait_jobs(client, [warm["job_id"]])
         create(client, "bench", "all-MiniLM-L6-v2")
+        served_by = served_backend(client, "all-MiniLM-L6-v2")
         before = model_seconds(client)
-        # alternate baseline and server round by round, so both see the same machine load
-        for r, (part, texts) in enumerate(zip(split(docs, args.rounds), rounds, strict=True)):
+        tokenize_before = stage_seconds(client, "tokenize")
+        if profile is not None:
+            server.signal(signal.SIGUSR1)
+        # alternate the three round by round, so all see the same machine load
+        for r, (part, groups) in enumerate(zip(split(docs, args.rounds), rounds, strict=True)):
+            texts = [t for g in groups for t in g]
             say(f"round {r + 1}/{args.rounds}: {len(texts)} chunks ... {load_note()}")
             started = time.perf_counter()
             plain.encode(texts, batch_size=32)
             plain_s += time.perf_counter() - started
-            ours = write_path(client, "bench", bodies(part, args.batch))
+            wall, forward, cpu = engine.seconds(groups)
+            engine_s, engine_fwd, engine_cpu = (
+                engine_s + wall,
+                engine_fwd + forward,
+                engine_cpu + cpu,
+            )
+            cpu = cpu_seconds(server.proc.pid)
+            ours = write_path(client, "bench", bodies(part, args.batch), args.poll)
+            server_cpu += cpu_seconds(server.proc.pid) - cpu
             ours_s += ours["seconds"]
             embedded, reused = embedded + ours["embedded"], reused + ours["reused"]
+        if profile is not None:
+            server.signal(signal.SIGUSR2)
         model_s = model_seconds(client) - before
+        tokenize_s = stage_seconds(client, "tokenize") - tokenize_before
+    engine.close()
     say(f"done. {load_note()}")
     n_chunks = embedded + reused
     table(
-        "Write path with the bundled model vs plain sentence-transformers (same chunks)",
-        ["path", "documents", "chunks", "seconds", "docs/s", "chunks/s"],
+        "Write path with the bundled model vs the same engine in process, and plain "
+        "sentence-transformers (same chunks)",
+        ["path", "documents", "chunks", "seconds", "docs/s", "chunks/s", "model forward s"],
         [
             ["plain ST encode(batch_size=32)", len(docs), len(chunks), plain_s,
-             len(docs) / plain_s, len(chunks) / plain_s],
-            ["embedstack HTTP -> queue -> ... -> index (auto backend)", len(docs), n_chunks, ours_s,
-             len(docs) / ours_s, n_chunks / ours_s],
+             len(docs) / plain_s, len(chunks) / plain_s, "-"],
+            [f"engine in process ({engine.embedder.backend}, the server's batcher and groups)",
+             len(docs), len(chunks), engine_s, len(docs) / engine_s, len(chunks) / engine_s,
+             engine_fwd],
+            [f"embedstack HTTP -> queue -> ... -> index ({served_by})", len(docs), n_chunks,
+             ours_s, len(docs) / ours_s, n_chunks / ours_s, model_s],
         ],
     )  # fmt: skip
     say(
         f"embedstack: {embedded} chunks embedded, {reused} reused; model forward time "
-        f"{model_s:.1f} s = {100 * model_s / ours_s:.0f}% of its wall time"
+        f"{model_s:.1f} s = {100 * model_s / ours_s:.0f}% of its wall time (in process: "
+        f"{engine_fwd:.1f} s = {100 * engine_fwd / engine_s:.0f}%)"
     )
+    say(
+        f"CPU: server {server_cpu:.1f} s ({server_cpu / ours_s:.2f} cores), engine in process "
+        f"{engine_cpu:.1f} s ({engine_cpu / engine_s:.2f} cores): the write path used "
+        f"{server_cpu - engine_cpu:+.1f} s more; the server's batcher tokenized for "
+        f"{tokenize_s:.2f} s (off the model's thread)"
+    )
+    if n_chunks != len(chunks):
+        say(f"[bold red]the server made {n_chunks} chunks, the baselines {len(chunks)}[/]")
     ratio = (n_chunks / ours_s) / (len(chunks) / plain_s)
     say(f"[bold]RATIO ingest chunks/s embedstack / plain encode = {ratio:.2f}[/]")
+    say(
+        f"[bold]RATIO pipeline wall / engine in-process = {ours_s / engine_s:.2f} "
+        f"(target <= 1.10)[/]; {load_note()}"
+    )
+    if profile is not None:
+        print_profile(profile, "part 1's rounds (profiled: the server ran slower)")
 
 
 def hash_docs(base: list[tuple[str, str]], n: int, tag: str) -> list[tuple[str, str]]:
@@ -317,10 +376,14 @@ def hash_run(args: argparse.Namespace, workdir: Path) -> None:
     )
     say(f"[bold]RATIO pipeline ceiling / target = {rate / args.target:.2f}[/]")
     if args.profile is not None:
-        say("\nCPU profile of the server's loop and thread pools in the measured run:")
-        stats = pstats.Stats(str(args.profile))
-        stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(40)
+        print_profile(args.profile, "the measured run")
+
+
+def print_profile(path: Path, during: str) -> None:
+    say(f"\nCPU profile of the server's loop and thread pools during {during}:")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
 
 
 def main() -> None:

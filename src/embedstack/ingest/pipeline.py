@@ -131,33 +131,47 @@ class DocumentIndexer:
         step = self._config.batch_documents
         if not any(s.model for s in spaces):  # vectors given: no model work to interleave
             step = max(step, VECTOR_BATCH)  # fewer, larger store transactions
-        for start in range(0, len(ids), step):
-            docs = await asyncio.to_thread(
-                self._store.get_documents, name, ids[start : start + step]
-            )
-            totals.documents += len(docs)
-            todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
-            for n, space in enumerate(spaces):
-                if todo:
-                    last = n == len(spaces) - 1 and backfill is None
-                    await self._index_documents(coll, space, todo, totals, mark_indexed=last)
+        # the store write of one group runs behind the next group's fetch, chunking and model
+        # work (a commit waits on fsync: the model would idle meanwhile); writes stay one at a
+        # time and in order, and a job ends only when its last write has
+        writing: asyncio.Future[None] | None = None
+        recent: dict[tuple[str, str], bytes] = {}  # (space, text hash) -> vector being written
+        try:
+            for start in range(0, len(ids), step):
+                docs = await asyncio.to_thread(
+                    self._store.get_documents, name, ids[start : start + step]
+                )
+                totals.documents += len(docs)
+                todo = docs if backfill else [d for d in docs if d.indexed_hash != d.content_hash]
+                for n, space in enumerate(spaces):
+                    if todo:
+                        prepared, fresh = await self._chunks(coll, space, todo, totals, recent)
+                        if writing is not None:
+                            await writing
+                        last = n == len(spaces) - 1 and backfill is None
+                        writing = asyncio.ensure_future(
+                            self._write(coll, space, prepared, totals, mark_indexed=last)
+                        )
+                        recent = {(space.space_id, h): v for h, v in fresh.items()}
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()  # its transaction still ends in its thread (writes are idempotent)
+            elif writing is not None and not writing.cancelled():
+                writing.exception()  # seen: the error that stopped the job is raised instead
         if self._on_written is not None:
             await self._on_written(name)
         return totals
 
-    async def _index_documents(
+    async def _write(
         self,
         coll: CollectionRecord,
         space: SpaceInfo,
-        docs: list[DocumentRow],
+        prepared: list[DocumentChunks],
         totals: JobTotals,
         mark_indexed: bool,
     ) -> None:
-        if space.model:
-            prepared = await self._embed_documents(coll, space, docs, totals)
-        else:
-            # a row without its vector was stored by put_vectors: its chunks are written already
-            prepared = [vector_chunks(d) for d in docs if d.vector is not None]
         result = await asyncio.to_thread(
             self._store.write_chunks, coll.name, space.space_id, prepared, mark_indexed
         )
@@ -168,11 +182,22 @@ class DocumentIndexer:
         m = self._metrics.ingest_chunks
         m.labels(coll.name, "removed").inc(result.removed)
         m.labels(coll.name, "kept").inc(result.kept)
+        if self._on_written is not None:  # the index takes them in while the model runs on
+            await self._on_written(coll.name)
 
-    async def _embed_documents(
-        self, coll: CollectionRecord, space: SpaceInfo, docs: list[DocumentRow], totals: JobTotals
-    ) -> list[DocumentChunks]:
-        assert space.model is not None
+    async def _chunks(
+        self,
+        coll: CollectionRecord,
+        space: SpaceInfo,
+        docs: list[DocumentRow],
+        totals: JobTotals,
+        recent: dict[tuple[str, str], bytes],
+    ) -> tuple[list[DocumentChunks], dict[str, bytes]]:
+        """The documents' chunks with their vectors for `space`, and the vectors embedded now
+        (text hash -> bytes); `recent` holds vectors not yet committed, reused like stored ones."""
+        if not space.model:
+            # a row without its vector was stored by put_vectors: its chunks are written already
+            return [vector_chunks(d) for d in docs if d.vector is not None], {}
         embedder = await asyncio.to_thread(self._models.get, space.model)
         check_parity(embedder.spec, coll.name, space.space_id)
         spec = coll.config.chunking or chunking_for_model(embedder.spec.max_tokens)
@@ -188,7 +213,12 @@ class DocumentIndexer:
         for chunks in chunked:
             for c in chunks:
                 if c.hash not in known:
-                    missing.setdefault(c.hash, c.text)
+                    vector = recent.get((space.space_id, c.hash))
+                    if vector is not None:
+                        known[c.hash] = vector
+                    else:
+                        missing.setdefault(c.hash, c.text)
+        fresh: dict[str, bytes] = {}
         if missing:
             texts = list(missing.values())
             step = max(1, self._config.embed_batch)
@@ -202,12 +232,12 @@ class DocumentIndexer:
             starts = range(0, len(texts), step)
             parts = await asyncio.gather(*(piece(start) for start in starts))
             for h, v in zip(missing, np.concatenate(parts), strict=True):
-                known[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
+                known[h] = fresh[h] = np.ascontiguousarray(v, dtype=np.float32).tobytes()
         totals.chunks_embedded += len(missing)
         totals.chunks_reused += len(hashes) - len(missing)
         self._metrics.ingest_chunks.labels(coll.name, "embedded").inc(len(missing))
         self._metrics.ingest_chunks.labels(coll.name, "reused").inc(len(hashes) - len(missing))
-        return [
+        prepared = [
             DocumentChunks(
                 d.id,
                 d.content_hash,
@@ -220,6 +250,7 @@ class DocumentIndexer:
             )
             for d, chunks in zip(docs, chunked, strict=True)
         ]
+        return prepared, fresh
 
     async def _embed_waiting(self, model: str, texts: list[str]) -> np.ndarray:
         """Embed one admissible slice, waiting out Overloaded for as long as it lasts."""

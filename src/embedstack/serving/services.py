@@ -148,6 +148,16 @@ def batcher_config(s: Settings) -> BatcherConfig:
     )
 
 
+def worker_config(s: Settings) -> WorkerConfig:
+    """An ingest worker's settings: documents embedded together, and texts per embed call (at
+    most half of what the batcher's bulk lane admits at once, so no document is too big)."""
+    return WorkerConfig(
+        visibility_timeout=s.visibility_timeout_s,
+        batch_documents=s.ingest_batch_documents,
+        embed_batch=max(1, min(256, s.max_pending_bulk, s.max_pending) // 2),
+    )
+
+
 def serve_batcher(
     settings: Settings, model: str, spec: ModelSpec, config: BatcherConfig
 ) -> ServeBatcher:
@@ -298,14 +308,9 @@ class Services:
         return await self.embed(model, texts, "bulk")
 
     def make_worker(self, name: str | None = None) -> IngestWorker:
-        s = self.settings
-        cfg = WorkerConfig(
-            visibility_timeout=s.visibility_timeout_s,
-            batch_documents=s.ingest_batch_documents,
-            embed_batch=max(1, min(256, s.max_pending_bulk, s.max_pending) // 2),
-        )
         return IngestWorker(
-            self.store, self.queue, self.models, self.embed_bulk, self.metrics, cfg,
+            self.store, self.queue, self.models, self.embed_bulk, self.metrics,
+            worker_config(self.settings),
             on_written=self.after_write, name=name,
         )  # fmt: skip
 
