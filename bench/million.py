@@ -83,6 +83,9 @@ def parse_args() -> argparse.Namespace:
                    help="keep the server's data here and reuse it in later runs with the same "
                    "data options (default: a temporary dir, removed)")  # fmt: skip
     p.add_argument("--load-only", action="store_true", help="stop after the load and restart")
+    p.add_argument("--server-setting", action="append", default=[], metavar="ENV=VALUE",
+                   help="an EMBEDSTACK_* setting for the server, e.g. "
+                   "EMBEDSTACK_RECALL_SAMPLE_FRACTION=0 (repeatable)")  # fmt: skip
     p.add_argument("--profile", type=Path, default=None,
                    help="CPU profile (pstats) of the server during the 1-client run")  # fmt: skip
     return p.parse_args()
@@ -271,7 +274,8 @@ def main() -> None:
             workdir = Path(args.data_dir)
             workdir.mkdir(parents=True, exist_ok=True)
         done = loaded_before(workdir, args)
-        server = Server(workdir, server_env(), profile=args.profile)
+        settings = dict(kv.split("=", 1) for kv in args.server_setting)
+        server = Server(workdir, server_env(**settings), profile=args.profile)
         stack.callback(server.stop, grace=600)
         probe = orjson.dumps({"vector": qv[0].tolist(), "k": K, "budget_ms": 10_000})
         if done is None:

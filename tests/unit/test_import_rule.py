@@ -8,7 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "src" / "embedstack"
 
 LAYER = {
-    "types": 1, "errors": 1, "fsutil": 1, "vectors": 1,
+    "types": 1, "errors": 1, "fsutil": 1, "vectors": 1, "threads": 1,
     "config": 2, "obs": 2, "infra": 2,
     "inference": 3, "index": 3, "storage": 3,
     "ingest": 4,

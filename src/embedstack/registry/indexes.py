@@ -7,9 +7,7 @@ rebuild) never blocks or breaks a query in flight.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import threading
 import time
@@ -21,6 +19,7 @@ import numpy as np
 import orjson
 
 from embedstack.errors import Conflict, NotFound
+from embedstack.fsutil import atomic_write
 from embedstack.index.base import MaintainedIndex
 from embedstack.index.factory import create_index, load_index
 from embedstack.index.params import check_knobs
@@ -28,6 +27,7 @@ from embedstack.obs.metrics import Metrics
 from embedstack.registry.filtering import FilterColumns, positioned
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
 from embedstack.storage.store import Store
+from embedstack.threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -327,9 +327,7 @@ class IndexManager:
         path = self._keys_file(cfg.collection, cfg.space_id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps(sorted(keys)))
-            os.replace(tmp, path)
+            atomic_write(path, orjson.dumps(sorted(keys)))
         except OSError:  # only the next start's warm-up is lost
             log.exception("could not note the filter keys of %s", cfg.collection)
 
@@ -347,8 +345,7 @@ class IndexManager:
         filters = self._filters(live)
 
         def warm() -> None:
-            with contextlib.suppress(OSError, AttributeError):  # a low priority thread (Linux)
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            lower_priority()
             try:
                 filters.warm(index, keys)
             except Exception:  # the first filtered query builds what is missing

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import random
 import threading
@@ -42,6 +41,7 @@ from embedstack.obs.metrics import Metrics
 from embedstack.obs.recall import RecallWindow, query_recall
 from embedstack.registry.indexes import IndexManager, LiveIndex
 from embedstack.storage.store import Store
+from embedstack.threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,7 @@ class QualityObserver:
             log.exception("remembered queries could not be written at stop")
 
     def _run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # a low priority thread (Linux)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        lower_priority()
         next_refresh = time.monotonic()
         while not self._stop.is_set():
             wait = max(0.0, next_refresh - time.monotonic())
