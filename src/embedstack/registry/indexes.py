@@ -27,7 +27,6 @@ from embedstack.obs.metrics import Metrics
 from embedstack.registry.filtering import FilterColumns, positioned
 from embedstack.storage.snapshot import read_snapshot, write_snapshot
 from embedstack.storage.store import Store
-from embedstack.threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +331,10 @@ class IndexManager:
             log.exception("could not note the filter keys of %s", cfg.collection)
 
     def _warm_filters(self, live: LiveIndex) -> None:
-        """Build, on a low-priority thread, the filter columns of the keys filtered before, so
-        that the first filtered query after a start does not wait for a scan of the store."""
+        """Build, on a thread of its own, the filter columns of the keys filtered before, so
+        that the first filtered query after a start does not wait for a scan of the store. At
+        normal priority: a filtered query that comes meanwhile waits for it (a lowered priority
+        would make that wait as long as the machine is busy)."""
         path = self._keys_file(live.config.collection, live.config.space_id)
         try:
             keys = {str(k) for k in orjson.loads(path.read_bytes())}
@@ -345,7 +346,6 @@ class IndexManager:
         filters = self._filters(live)
 
         def warm() -> None:
-            lower_priority()
             try:
                 filters.warm(index, keys)
             except Exception:  # the first filtered query builds what is missing
