@@ -273,6 +273,36 @@ def test_exact_search_over_the_index_vectors() -> None:
     assert sq8.exact_search(q, 10) is None
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_exact_search_in_slices(metric: str, monkeypatch: Any) -> None:
+    """The scan releases the index's lock between slices: the same truth in any slicing, with
+    removed vectors in some slices and fewer live vectors than k."""
+    from embedstack.index.common import brute_force
+    from embedstack.index.faiss_index import FaissIndex
+
+    ids = np.arange(N, dtype=np.int64) * 3
+    index = FaissIndex(DIM, metric, "hnsw", {})
+    index.add(ids, VECS)
+    gone = ids[(np.arange(N) % 7 == 0) | (np.arange(N) > 1000)]
+    index.remove(gone)
+    keep = ~np.isin(ids, gone)
+    base = VECS if metric == "l2" else VECS / np.linalg.norm(VECS, axis=1, keepdims=True)
+    q = VECS[10:14] + 0.01
+    q = q if metric == "l2" else q / np.linalg.norm(q, axis=1, keepdims=True)
+    want = brute_force(base[keep], ids[keep], q, 10, "l2" if metric == "l2" else "ip")
+    for size in (1 << 16, 97, 1):
+        monkeypatch.setattr(faiss_index, "EXACT_SLICE", size)
+        got = index.exact_search(q, 10)
+        assert got is not None
+        assert got[1].tolist() == want[1].tolist(), size
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    index.remove(ids[keep][3:])  # 3 live vectors left: the rest is padding
+    monkeypatch.setattr(faiss_index, "EXACT_SLICE", 50)
+    got = index.exact_search(q[:1], 10)
+    assert got is not None and sorted(got[1][0, :3].tolist()) == sorted(ids[keep][:3].tolist())
+    assert got[1][0, 3:].tolist() == [-1] * 7
+
+
 def test_online_recall_takes_its_time_share(store: Store, tmp_path: Path) -> None:
     from embedstack.registry.quality import QualityConfig, QualityObserver
 

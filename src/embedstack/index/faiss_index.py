@@ -68,6 +68,7 @@ FILTER_EF_CAP = 4096
 ADD_BATCH = 65536
 FORMAT = 2
 KNOB_CAPS = {"ef_search": 4096, "refine_factor": 64}
+EXACT_SLICE = 1 << 16  # positions an exact scan covers per hold of the read lock
 
 
 class FaissIndex:
@@ -316,21 +317,52 @@ class FaissIndex:
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Exact best k over this index's own float vectors (one thread), or None when it keeps
-        only codes: the truth online recall compares with, without a copy of every vector."""
+        only codes: the truth online recall compares with, without a copy of every vector.
+
+        Scanned EXACT_SLICE positions at a time, the read lock released between slices: a
+        writer (and the queries queued behind it) waits for one slice, not for a scan of the
+        whole index however slowly this low-priority check runs. Vectors added meanwhile may
+        be seen or not; the truth is of the index as the scan went."""
         queries = _as_queries(queries, self._dim)
+        metric = st.faiss_metric(self._metric)
+        worst = -np.inf if metric == faiss.METRIC_INNER_PRODUCT else np.inf
+        scores: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
         omp = _omp_get_max_threads()
         _omp_set_num_threads(1)
         try:
-            with self._lock.read():
-                store = st.float_store(self._faiss)
-                if store is None:
-                    return None
-                if not self._map.live_count:
-                    return empty_result(len(queries), k, self._metric)
-                params, _refs = st.search_params("flat", True, {}, k, self._map.dead_selector())
-                return self._finish(*store.search(queries, k, params=params))
+            start = 0
+            while True:
+                with self._lock.read():
+                    store = st.float_store(self._faiss)
+                    if store is None:
+                        return None
+                    if not self._map.live_count:
+                        return empty_result(len(queries), k, self._metric)
+                    n = int(store.ntotal)
+                    if start >= n:
+                        break
+                    end = min(n, start + EXACT_SLICE)
+                    xb = faiss.rev_swig_ptr(store.get_xb(), n * self._dim).reshape(n, self._dim)
+                    live = self._map.live_flags()[start:end]
+                    want = min(end - start, k + len(live) - int(np.count_nonzero(live)))
+                    d, i = faiss.knn(queries, xb[start:end], want, metric=metric)
+                dead = ~live[i]
+                d[dead], i[dead] = worst, -1 - start
+                scores.append(d)
+                labels.append(i + start)
+                start = end
         finally:
             _omp_set_num_threads(omp)
+        d, i = np.concatenate(scores, axis=1), np.concatenate(labels, axis=1)
+        order = np.argsort(-d if worst < 0 else d, axis=1, kind="stable")[:, :k]
+        d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        if d.shape[1] < k:  # fewer live vectors than k: padded as a faiss search pads
+            pad = k - d.shape[1]
+            d = np.pad(d, ((0, 0), (0, pad)), constant_values=worst)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        with self._lock.read():
+            return self._finish(np.ascontiguousarray(d, np.float32), np.ascontiguousarray(i))
 
     # -- positions: metadata filters evaluated by position (index/attributes.py) ------------
     @property
