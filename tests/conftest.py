@@ -16,7 +16,9 @@ import pytest
 
 from embedstack.config import Settings
 from embedstack.infra.local import LocalProcess, RedisHA, start_kafka, start_redis, start_redis_ha
+from embedstack.storage.store import Store
 from embedstack.testing import ServerProcess
+from embedstack.types import CollectionConfig, IndexSpec, ModelSpec
 from embedstack.vectors import unit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,15 @@ def single_omp_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+def store_with_space(path: Path, collection: str, space_id: str, dim: int) -> Store:
+    """A store at `path` holding one cosine collection with one model space of `dim`."""
+    store = Store(path)
+    spec = ModelSpec("m", "r1", "fp", dim, "cosine", 16)
+    config = CollectionConfig(dim, "cosine", IndexSpec(), "m", spec)
+    store.create_collection(collection, config, space_id)
+    return store
 
 
 def clustered(

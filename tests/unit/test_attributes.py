@@ -22,8 +22,7 @@ from embedstack.obs.metrics import Metrics
 from embedstack.registry.indexes import IndexConfig, IndexManager
 from embedstack.storage.filters import conditions, filter_sql, json_path
 from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
-from embedstack.types import CollectionConfig, IndexSpec, ModelSpec
-from tests.conftest import clustered
+from tests.conftest import clustered, store_with_space
 
 KEYS = ("a", "b", "c")
 VALUES: list[Any] = [0, 1, -1, 2, 7, 1.0, 2.5, -0.0, 1e300, 2**53 + 1, 2**63 - 1, -(2**63),
@@ -96,10 +95,7 @@ VECS = clustered(N, 0, dim=DIM)
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "store.db")
-    spec = ModelSpec("m", "r1", "fp", DIM, "cosine", 16)
-    s.create_collection(C, CollectionConfig(DIM, "cosine", IndexSpec(), "m", spec), SPACE)
-    return s
+    return store_with_space(tmp_path / "store.db", C, SPACE, DIM)
 
 
 def meta(i: int) -> dict[str, Any]:

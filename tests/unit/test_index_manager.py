@@ -16,8 +16,7 @@ from embedstack.obs.metrics import Metrics
 from embedstack.registry import indexes
 from embedstack.registry.indexes import IndexConfig, IndexManager
 from embedstack.storage.store import ChunkRow, DocumentChunks, DocumentRow, Store
-from embedstack.types import CollectionConfig, IndexSpec, ModelSpec
-from tests.conftest import clustered
+from tests.conftest import clustered, store_with_space
 
 pytestmark = pytest.mark.usefixtures("single_omp_thread")
 
@@ -31,10 +30,7 @@ def config(index_type: str = "exact", **params: Any) -> IndexConfig:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "store.db")
-    spec = ModelSpec("m", "r1", "fp", DIM, "cosine", 16)
-    s.create_collection(C, CollectionConfig(DIM, "cosine", IndexSpec(), "m", spec), SPACE)
-    return s
+    return store_with_space(tmp_path / "store.db", C, SPACE, DIM)
 
 
 @pytest.fixture()
